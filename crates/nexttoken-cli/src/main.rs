@@ -1,0 +1,153 @@
+//! `nexttoken`: GPT-2 text generation from the command line.
+
+mod args;
+mod device;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use nexttoken_generate::{Completion, GenerationConfig, GenerationStats, TextGenerator};
+use serde::Serialize;
+
+use crate::args::{Cli, Command, GenerateArgs};
+
+/// The small Shakespeare model shipped in the repository (see models/README.md).
+const BUNDLED_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../models/nexttoken-tiny-shakespeare"
+);
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Generate(args) => run_generate(args),
+    }
+}
+
+fn run_generate(args: GenerateArgs) -> Result<()> {
+    let device = device::device(&args.backend)?;
+    let model_path = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(BUNDLED_MODEL));
+    let generator = TextGenerator::load(&model_path, &device)
+        .with_context(|| format!("loading the model from {}", model_path.display()))?;
+    let mut config = GenerationConfig::new(args.max_new_tokens as usize);
+    if args.ignore_eos {
+        config = config.without_eos();
+    }
+    if let Some(index) = args.prompts.iter().position(String::is_empty) {
+        bail!("prompt {index} is empty: give it at least one character of text");
+    }
+
+    // Prompts of one token length form one [b, t] batch; different lengths run apart.
+    let mut batches: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (index, prompt) in args.prompts.iter().enumerate() {
+        batches
+            .entry(generator.tokenizer.encode(prompt).len())
+            .or_default()
+            .push(index);
+    }
+    let stream = !args.json && args.prompts.len() == 1;
+    let mut results: Vec<Option<(Completion, GenerationStats)>> = vec![None; args.prompts.len()];
+    let mut stdout = std::io::stdout().lock();
+    for indices in batches.values() {
+        let prompts: Vec<&str> = indices.iter().map(|&i| args.prompts[i].as_str()).collect();
+        if stream {
+            write!(stdout, "{}", prompts[0])?;
+            stdout.flush()?;
+        }
+        let (completions, generation) = generator.generate_text(&prompts, &config, |_, text| {
+            if stream {
+                // A closed stdout (e.g. `| head`) ends the stream; the summary still prints.
+                let _ = write!(stdout, "{text}").and_then(|()| stdout.flush());
+            }
+        })?;
+        for (&index, completion) in indices.iter().zip(completions) {
+            results[index] = Some((completion, generation.stats.clone()));
+        }
+    }
+
+    for (completion, stats) in results.into_iter().flatten() {
+        if args.json {
+            writeln!(
+                stdout,
+                "{}",
+                serde_json::to_string(&JsonLine::new(&completion, &stats, &generator))?
+            )?;
+        } else if stream {
+            writeln!(stdout)?;
+            print_timings(&generator, &stats);
+        } else {
+            writeln!(stdout, "{}{}\n", completion.prompt, completion.text)?;
+            print_timings(&generator, &stats);
+        }
+    }
+    Ok(())
+}
+
+fn print_timings(generator: &TextGenerator, stats: &GenerationStats) {
+    eprintln!(
+        "load:      {:>8.1} ms",
+        generator.load_time.as_secs_f64() * 1e3
+    );
+    eprintln!(
+        "prompt:    {:>8.1} ms, {:>5} tokens, {:>8.1} tokens/s",
+        stats.prefill.as_secs_f64() * 1e3,
+        stats.prompt_tokens,
+        stats.prompt_tokens_per_s()
+    );
+    eprintln!(
+        "generated: {:>8.1} ms, {:>5} tokens, {:>8.1} tokens/s",
+        stats.decode().as_secs_f64() * 1e3,
+        stats.decode_tokens,
+        stats.generated_tokens_per_s()
+    );
+}
+
+/// One `--json` line.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    prompt: &'a str,
+    prompt_ids: &'a [u32],
+    ids: &'a [u32],
+    text: &'a str,
+    timings: Timings,
+}
+
+#[derive(Serialize)]
+struct Timings {
+    load_ms: f64,
+    prefill_ms: f64,
+    prompt_tokens: usize,
+    prompt_tokens_per_s: f64,
+    decode_ms: f64,
+    decode_tokens: usize,
+    generated_tokens_per_s: f64,
+    /// Each decode step, in order: the per-token latency.
+    decode_step_ms: Vec<f64>,
+}
+
+impl<'a> JsonLine<'a> {
+    fn new(completion: &'a Completion, stats: &GenerationStats, generator: &TextGenerator) -> Self {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        Self {
+            prompt: &completion.prompt,
+            prompt_ids: &completion.prompt_ids,
+            ids: &completion.ids,
+            text: &completion.text,
+            timings: Timings {
+                load_ms: ms(generator.load_time),
+                prefill_ms: ms(stats.prefill),
+                prompt_tokens: stats.prompt_tokens,
+                prompt_tokens_per_s: stats.prompt_tokens_per_s(),
+                decode_ms: ms(stats.decode()),
+                decode_tokens: stats.decode_tokens,
+                generated_tokens_per_s: stats.generated_tokens_per_s(),
+                decode_step_ms: stats.decode_steps.iter().copied().map(ms).collect(),
+            },
+        }
+    }
+}

@@ -1,0 +1,25 @@
+/// How long to generate and when to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationConfig {
+    /// Upper bound on the number of tokens appended to each prompt.
+    pub max_new_tokens: usize,
+    /// Stop a row once it produces this id (GPT-2: `<|endoftext|>`, 50256). The id is kept as
+    /// the row's last token; `None` always runs `max_new_tokens` steps.
+    pub eos_token_id: Option<u32>,
+}
+
+impl GenerationConfig {
+    /// Generates up to `max_new_tokens`, stopping a row at GPT-2's `<|endoftext|>`.
+    pub fn new(max_new_tokens: usize) -> Self {
+        Self {
+            max_new_tokens,
+            eos_token_id: Some(nexttoken_tokenizer::END_OF_TEXT),
+        }
+    }
+
+    /// Never stops early, as the book's `generate_text_simple` does.
+    pub fn without_eos(mut self) -> Self {
+        self.eos_token_id = None;
+        self
+    }
+}

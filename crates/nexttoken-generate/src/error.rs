@@ -1,0 +1,34 @@
+use nexttoken_tokenizer::TokenizerError;
+
+/// Why generation could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("max_new_tokens is 0, so there is nothing to generate: ask for at least 1 token")]
+    ZeroMaxNewTokens,
+
+    #[error("no prompts were given: pass at least one prompt")]
+    NoPrompts,
+
+    #[error("prompt {index} is empty: give it at least one token of text")]
+    EmptyPrompt { index: usize },
+
+    #[error(
+        "prompts in one batch must have the same number of tokens, but prompt 0 has {expected} \
+         and prompt {index} has {found}: batch prompts of equal length, or generate them apart"
+    )]
+    RaggedBatch {
+        index: usize,
+        expected: usize,
+        found: usize,
+    },
+
+    #[error("prompt {index} holds token id {id}, but the model's vocabulary has {vocab_size} ids")]
+    TokenOutOfRange {
+        index: usize,
+        id: u32,
+        vocab_size: usize,
+    },
+
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}

@@ -1,0 +1,215 @@
+use std::time::Instant;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use nexttoken_model::Gpt2;
+
+use crate::{GenerateError, GenerationConfig, GenerationStats, select_greedy};
+
+/// What [`generate`] produced.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The new ids of each row, without the prompt. A row that stopped at the end-of-text id
+    /// ends with it and is shorter than the others.
+    pub tokens: Vec<Vec<u32>>,
+    pub stats: GenerationStats,
+}
+
+/// Greedily extends each prompt of a batch by up to `config.max_new_tokens` ids.
+///
+/// `on_step` is called after every step with the id each row just got (`None` for rows that
+/// had already stopped), so callers can stream text as it is made.
+///
+/// The prompts must all have the same length (they form one `[b, t]` tensor). Before each step
+/// the ids are cropped to the last `context_length` tokens, as in the book's loop, so prompts
+/// and generations longer than the context still work, seeing only the most recent window.
+///
+/// # Errors
+/// [`GenerateError`] for `max_new_tokens == 0`, no prompts, an empty prompt, prompts of
+/// different lengths, or an id outside the model's vocabulary.
+pub fn generate(
+    model: &Gpt2,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    mut on_step: impl FnMut(&[Option<u32>]),
+) -> Result<Generation, GenerateError> {
+    check_batch(model, prompts, config)?;
+    let device = model.wte.weight.device();
+    let context = model.context_length();
+    let (b, prompt_len) = (prompts.len(), prompts[0].len());
+
+    let mut sequences: Vec<Vec<u32>> = prompts.to_vec();
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut finished = vec![false; b];
+    let mut stats = GenerationStats {
+        prompt_tokens: b * prompt_len.min(context),
+        ..GenerationStats::default()
+    };
+
+    for step in 0..config.max_new_tokens {
+        let start = Instant::now();
+        let window = sequences[0].len().saturating_sub(context);
+        let flat: Vec<i64> = sequences
+            .iter()
+            .flat_map(|row| row[window..].iter().map(|&id| i64::from(id)))
+            .collect();
+        let t = flat.len() / b;
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), &device);
+        let next = select_greedy(model.forward_last(ids));
+
+        let emitted: Vec<Option<u32>> = next
+            .iter()
+            .zip(&mut finished)
+            .map(|(&id, done)| {
+                let emitted = (!*done).then_some(id);
+                *done |= Some(id) == config.eos_token_id;
+                emitted
+            })
+            .collect();
+        for (row, &id) in emitted.iter().enumerate() {
+            // Finished rows keep a token so the batch stays rectangular; it is never reported.
+            sequences[row].push(id.unwrap_or(next[row]));
+            tokens[row].extend(id);
+        }
+        let elapsed = start.elapsed();
+        if step == 0 {
+            stats.prefill = elapsed;
+        } else {
+            stats.decode_steps.push(elapsed);
+            stats.decode_tokens += emitted.iter().flatten().count();
+        }
+        on_step(&emitted);
+        if finished.iter().all(|&done| done) {
+            break;
+        }
+    }
+    Ok(Generation { tokens, stats })
+}
+
+fn check_batch(
+    model: &Gpt2,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+) -> Result<(), GenerateError> {
+    if config.max_new_tokens == 0 {
+        return Err(GenerateError::ZeroMaxNewTokens);
+    }
+    let first = prompts.first().ok_or(GenerateError::NoPrompts)?;
+    let vocab_size = model.vocab_size();
+    for (index, prompt) in prompts.iter().enumerate() {
+        if prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt { index });
+        }
+        if prompt.len() != first.len() {
+            return Err(GenerateError::RaggedBatch {
+                index,
+                expected: first.len(),
+                found: prompt.len(),
+            });
+        }
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(GenerateError::TokenOutOfRange {
+                index,
+                id,
+                vocab_size,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Device;
+    use nexttoken_model::Gpt2Config;
+
+    use super::*;
+
+    fn tiny_model() -> Gpt2 {
+        let config = Gpt2Config {
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 8,
+            n_positions: 6,
+            vocab_size: 16,
+            layer_norm_epsilon: 1e-5,
+        };
+        config.init(&Device::flex())
+    }
+
+    /// The loop written out the slow, obvious way: full forward, last row, argmax.
+    fn reference(model: &Gpt2, prompt: &[u32], steps: usize) -> Vec<u32> {
+        let device = Device::flex();
+        let mut ids = prompt.to_vec();
+        for _ in 0..steps {
+            let window = &ids[ids.len().saturating_sub(model.context_length())..];
+            let data = TensorData::new(
+                window.iter().map(|&id| i64::from(id)).collect(),
+                [1, window.len()],
+            );
+            let logits = model.forward(Tensor::<2, Int>::from_data(data, &device));
+            let row: Vec<f32> = logits
+                .slice_dim(1, window.len() - 1..window.len())
+                .into_data()
+                .try_to_vec()
+                .unwrap();
+            let best = (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best });
+            ids.push(best as u32);
+        }
+        ids[prompt.len()..].to_vec()
+    }
+
+    #[test]
+    fn batch_rows_match_the_plain_loop_past_the_context_length() {
+        let model = tiny_model();
+        let prompts = vec![vec![1, 2, 3, 4], vec![9, 8, 7, 6]];
+        let config = GenerationConfig::new(10).without_eos();
+        let out = generate(&model, &prompts, &config, |_| {}).unwrap();
+        for (prompt, tokens) in prompts.iter().zip(&out.tokens) {
+            assert_eq!(tokens, &reference(&model, prompt, 10));
+        }
+        assert_eq!(out.stats.decode_steps.len(), 9);
+        assert_eq!(out.stats.decode_tokens, 18);
+    }
+
+    #[test]
+    fn a_row_stops_at_eos_and_the_callback_sees_each_step() {
+        let model = tiny_model();
+        let prompt = vec![vec![1, 2, 3]];
+        let expected = reference(&model, &prompt[0], 4);
+        // Use the second generated id as the stop id: the row must end right after it.
+        let config = GenerationConfig {
+            max_new_tokens: 4,
+            eos_token_id: Some(expected[1]),
+        };
+        let stop = expected.iter().position(|&id| id == expected[1]).unwrap();
+        let mut steps = Vec::new();
+        let out = generate(&model, &prompt, &config, |step| steps.push(step.to_vec())).unwrap();
+        assert_eq!(out.tokens[0], expected[..=stop]);
+        assert_eq!(steps.len(), stop + 1);
+    }
+
+    #[test]
+    fn bad_batches_are_errors() {
+        let model = tiny_model();
+        let config = GenerationConfig::new(3);
+        let cases: Vec<(Vec<Vec<u32>>, GenerationConfig, &str)> = vec![
+            (
+                vec![vec![1]],
+                GenerationConfig::new(0),
+                "max_new_tokens is 0",
+            ),
+            (vec![], config.clone(), "no prompts"),
+            (vec![vec![1], vec![]], config.clone(), "prompt 1 is empty"),
+            (
+                vec![vec![1, 2], vec![3]],
+                config.clone(),
+                "same number of tokens",
+            ),
+            (vec![vec![1, 16]], config.clone(), "token id 16"),
+        ];
+        for (prompts, config, message) in cases {
+            let err = generate(&model, &prompts, &config, |_| {}).unwrap_err();
+            assert!(err.to_string().contains(message), "{err}");
+        }
+    }
+}

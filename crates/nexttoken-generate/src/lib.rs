@@ -1,0 +1,37 @@
+//! The generation loop: *decode, select, append*, one step per new token.
+//!
+//! Each step crops the ids to the model's context length, runs the model, takes the logits of
+//! the last position, turns them into probabilities with a softmax and picks the most likely id
+//! (greedy decoding), then appends it. This is the loop of `generate_text_simple` in *Build a
+//! Large Language Model (From Scratch)*, and Hugging Face's `generate(do_sample=False)`.
+//!
+//! ```
+//! use burn::tensor::Device;
+//! use nexttoken_generate::{GenerationConfig, generate};
+//! use nexttoken_model::Gpt2Config;
+//!
+//! let device = Device::flex();
+//! let config = Gpt2Config { n_layer: 2, n_head: 2, n_embd: 8, n_positions: 16, ..Gpt2Config::gpt2() };
+//! let model = config.init(&device);
+//! // A batch of two prompts of equal length.
+//! let prompts = vec![vec![6109, 3626, 6100, 345], vec![15496, 11, 314, 716]];
+//! let out = generate(&model, &prompts, &GenerationConfig::new(5), |_step| {})?;
+//! assert!(out.tokens.iter().all(|row| row.len() <= 5));
+//! # Ok::<(), nexttoken_generate::GenerateError>(())
+//! ```
+
+pub use burn;
+
+mod config;
+mod error;
+mod generate;
+mod sampling;
+mod stats;
+mod text;
+
+pub use config::GenerationConfig;
+pub use error::GenerateError;
+pub use generate::{Generation, generate};
+pub use sampling::select_greedy;
+pub use stats::GenerationStats;
+pub use text::{Completion, TextGenerator};

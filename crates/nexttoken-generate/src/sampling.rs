@@ -1,0 +1,29 @@
+use burn::tensor::{Tensor, activation::softmax};
+
+/// Greedy selection: the most probable id of each row, after a softmax over the vocabulary.
+///
+/// The softmax does not change which id is largest; it is here because the probabilities are
+/// what a sampler would draw from, and keeping the step explicit keeps the loop the book's.
+///
+/// # Shapes
+/// - logits: `[b, v]` -> `b` ids
+pub fn select_greedy(logits: Tensor<2>) -> Vec<u32> {
+    let probs = softmax(logits, 1);
+    let ids = probs.argmax(1).into_data(); // [b, 1]
+    // argmax returns indices below v, which fit in u32 for any real vocabulary.
+    ids.iter::<i64>().map(|id| id as u32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Device;
+
+    use super::*;
+
+    #[test]
+    fn picks_the_largest_logit_of_each_row() {
+        let device = Device::flex();
+        let logits = Tensor::<2>::from_data([[0.1, 2.0, -1.0, 1.9], [5.0, 4.0, 3.0, 4.5]], &device);
+        assert_eq!(select_greedy(logits), [1, 0]);
+    }
+}

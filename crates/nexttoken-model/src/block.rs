@@ -1,0 +1,42 @@
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig};
+use burn::tensor::{Device, Tensor};
+
+use crate::attention::CausalSelfAttention;
+use crate::mlp::Mlp;
+
+pub(crate) struct BlockConfig {
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub layer_norm_epsilon: f64,
+}
+
+impl BlockConfig {
+    pub fn init(&self, device: &Device) -> Block {
+        let layer_norm = LayerNormConfig::new(self.n_embd).with_epsilon(self.layer_norm_epsilon);
+        Block {
+            ln_1: layer_norm.init(device),
+            attn: CausalSelfAttention::new(self.n_embd, self.n_head, device),
+            ln_2: layer_norm.init(device),
+            mlp: Mlp::new(self.n_embd, device),
+        }
+    }
+}
+
+/// One transformer block, pre-norm: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub ln_1: LayerNorm,
+    pub attn: CausalSelfAttention,
+    pub ln_2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    /// # Shapes
+    /// - x: `[b, t, c]` -> `[b, t, c]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+}

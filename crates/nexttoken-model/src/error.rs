@@ -1,0 +1,78 @@
+use std::path::PathBuf;
+
+/// Why a model could not be loaded. Each message names the file or tensor at fault and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "model path {path} does not exist: pass a directory holding a Hugging Face GPT-2 \
+         checkpoint (config.json and model.safetensors) or the .safetensors file itself"
+    )]
+    NotFound { path: PathBuf },
+
+    #[error(
+        "no model.safetensors in {dir}: download the checkpoint's model.safetensors (Hugging \
+         Face: `huggingface-cli download gpt2 model.safetensors config.json --local-dir {dir}`)"
+    )]
+    NoWeights { dir: PathBuf },
+
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not a usable GPT-2 config.json: {reason}")]
+    InvalidConfig { path: PathBuf, reason: String },
+
+    #[error(
+        "no config.json beside {weights}, and a width of n_embd={n_embd} matches none of the \
+         GPT-2 sizes, so the number of heads is unknown: put the checkpoint's config.json next \
+         to the weights"
+    )]
+    NoConfig { weights: PathBuf, n_embd: usize },
+
+    #[error(
+        "{path} is not a valid safetensors file (truncated or corrupt?): {reason}; \
+         download it again"
+    )]
+    CorruptWeights { path: PathBuf, reason: String },
+
+    #[error("{path} has no tensor `{name}`: is this a GPT-2 checkpoint?")]
+    MissingTensor { path: PathBuf, name: String },
+
+    #[error(
+        "tensor `{name}` in {path} has shape {found:?} but the config needs {expected:?}: \
+         the weights and config.json come from different models"
+    )]
+    WrongShape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    #[error(
+        "config.json says {field} = {config} but the weights in {path} have {field} = {weights}: \
+         use the config.json that came with these weights"
+    )]
+    ConfigMismatch {
+        path: PathBuf,
+        field: &'static str,
+        config: usize,
+        weights: usize,
+    },
+
+    #[error(
+        "tensor `{name}` in {path} is {dtype}, but nexttoken loads float32 weights: \
+         save the checkpoint in float32 (e.g. `model.float().save_pretrained(..)`)"
+    )]
+    UnsupportedDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+
+    #[error("{path} holds tensor `{name}`, which GPT-2 does not have: is this a GPT-2 checkpoint?")]
+    UnexpectedTensor { path: PathBuf, name: String },
+}

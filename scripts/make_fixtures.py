@@ -1,0 +1,177 @@
+"""Makes nexttoken's test fixtures: tiny GPT-2 checkpoints and Hugging Face reference outputs.
+
+For each model it records, per prompt, the ids Hugging Face's GPT-2 tokenizer gives, the greedy
+ids of the book's loop (crop to the context, last position, softmax, argmax, append) run on
+Hugging Face's GPT2LMHeadModel, the top logits and top-2 margin of every step, and the full
+last-position logits of the first step. Where no cropping happens, the loop is checked against
+`model.generate(do_sample=False)` as well.
+
+    python scripts/make_fixtures.py --corpus ../shared/corpus        # or: cargo xtask goldens
+
+Writes tests/fixtures/<model>/ (checkpoints) and tests/goldens/<model>.json + .logits.safetensors.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import transformers
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from common import ROOT, gpt2_tokenizer
+
+FORMAT_VERSION = 1
+NEW_TOKENS = 24
+EOT = 50256
+
+PROMPTS = {
+    "one_token": "The",
+    "few_tokens": "Every effort moves you",
+    "hello": "Hello, I am",
+    "unicode": "Café, 日本語 and 🦀🚀: ",
+    "end_of_text": "<|endoftext|>First Citizen:",
+}
+# Long enough to pass every fixture's context length, so the loop must crop from step 0.
+LONG_PROMPT = " ".join(f"Line {i} of the play, and the king speaks." for i in range(40))
+BATCH = ["Every effort moves you", "Hello, I am"]  # 4 tokens each
+
+
+def tiny_config(**sizes):
+    return GPT2Config(
+        vocab_size=50257, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=EOT, eos_token_id=EOT, **sizes,
+    )
+
+
+def make_random(out: Path):
+    torch.manual_seed(0)
+    # A wide initializer spreads the logits, so greedy choices are not near-ties.
+    config = tiny_config(n_layer=2, n_head=2, n_embd=16, n_positions=32, initializer_range=0.3)
+    model = GPT2LMHeadModel(config).eval()
+    model.save_pretrained(out, safe_serialization=True)
+
+
+def make_trained(out: Path, corpus: Path, tokenizer, seconds: float):
+    torch.manual_seed(1)
+    config = tiny_config(n_layer=2, n_head=4, n_embd=32, n_positions=64)
+    model = GPT2LMHeadModel(config)
+    data = torch.tensor(tokenizer.encode((corpus / "the-verdict.txt").read_text()), dtype=torch.long)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    start, step = time.time(), 0
+    while time.time() - start < seconds:
+        starts = torch.randint(0, len(data) - 65, (16,))
+        x = torch.stack([data[s:s + 64] for s in starts])
+        loss = model(input_ids=x, labels=x).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+    print(f"  trained {step} steps, final loss {loss.item():.3f}")
+    model.eval().save_pretrained(out, safe_serialization=True)
+
+
+@torch.no_grad()
+def reference_loop(model, ids: torch.Tensor, steps: int):
+    """The book's generate_text_simple, on Hugging Face's model, recording every step."""
+    context = model.config.n_positions
+    records, first_logits = [], None
+    for _ in range(steps):
+        window = ids[:, -context:]
+        logits = model(window).logits[:, -1, :]
+        if first_logits is None:
+            first_logits = logits.clone()
+        probs = torch.softmax(logits, dim=-1)
+        next_ids = torch.argmax(probs, dim=-1, keepdim=True)
+        top = torch.topk(logits, 5, dim=-1)
+        records.append({
+            "topk": [[[int(i), float(v)] for i, v in zip(row_i, row_v)]
+                     for row_i, row_v in zip(top.indices, top.values)],
+            "top2_gap": [float(row[0] - row[1]) for row in top.values],
+        })
+        ids = torch.cat([ids, next_ids], dim=1)
+    return ids, records, first_logits
+
+
+def golden_case(model, tokenizer, name, prompts, logits_out):
+    encoded = [tokenizer.encode(p) for p in prompts]
+    ids = torch.tensor(encoded, dtype=torch.long)
+    full, records, first_logits = reference_loop(model, ids, NEW_TOKENS)
+    greedy = full[:, ids.shape[1]:]
+    if ids.shape[1] <= model.config.n_positions - NEW_TOKENS:
+        # No cropping: Hugging Face's own generate must agree with the loop.
+        model.generation_config.eos_token_id = None
+        hf = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                            do_sample=False, pad_token_id=EOT)
+        assert torch.equal(hf[:, ids.shape[1]:], greedy), f"{name}: generate disagrees with the loop"
+    logits_out[name] = first_logits.contiguous()
+    gaps = [gap for record in records for gap in record["top2_gap"]]
+    return {
+        "name": name,
+        "prompts": prompts,
+        "input_ids": encoded,
+        "greedy_ids": greedy.tolist(),
+        "steps": records,
+        "top2_gap_min": min(gaps),
+        "crops": ids.shape[1] > model.config.n_positions,
+    }
+
+
+def write_goldens(model_dir: Path, model_name: str, tokenizer):
+    model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    cases, logits = [], {}
+    for name, prompt in PROMPTS.items():
+        cases.append(golden_case(model, tokenizer, name, [prompt], logits))
+    cases.append(golden_case(model, tokenizer, "past_context", [LONG_PROMPT], logits))
+    cases.append(golden_case(model, tokenizer, "batch_of_two", BATCH, logits))
+    goldens = ROOT / "tests" / "goldens"
+    goldens.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "model": model_name,
+        "model_dir": str(model_dir.relative_to(ROOT)),
+        "context_length": model.config.n_positions,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "dtype": "f32",
+        "new_tokens": NEW_TOKENS,
+        "cases": cases,
+    }
+    (goldens / f"{model_name}.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    safetensors.torch.save_file(logits, goldens / f"{model_name}.logits.safetensors",
+                                metadata={"format_version": str(FORMAT_VERSION)})
+    worst = min(case["top2_gap_min"] for case in cases)
+    print(f"  {model_name}: {len(cases)} cases, smallest top-2 margin {worst:.2e}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--train-seconds", type=float, default=90.0)
+    parser.add_argument("--skip-checkpoints", action="store_true",
+                        help="keep the existing checkpoints, only recompute the goldens")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    tokenizer = gpt2_tokenizer()
+    fixtures = ROOT / "tests" / "fixtures"
+    models = {
+        "tiny-random": fixtures / "tiny-random",
+        "tiny-trained": fixtures / "tiny-trained",
+        "nexttoken-tiny-shakespeare": ROOT / "models" / "nexttoken-tiny-shakespeare",
+    }
+    if not args.skip_checkpoints:
+        print("making tiny-random")
+        make_random(models["tiny-random"])
+        print("training tiny-trained")
+        make_trained(models["tiny-trained"], args.corpus, tokenizer, args.train_seconds)
+    for name, path in models.items():
+        if (path / "model.safetensors").exists():
+            write_goldens(path, name, tokenizer)
+        else:
+            print(f"  {name}: no checkpoint at {path}, skipped")
+
+
+if __name__ == "__main__":
+    main()

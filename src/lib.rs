@@ -1,0 +1,12 @@
+//! nexttoken: GPT-2 text generation in Rust on any burn backend.
+//!
+//! This crate gathers the workspace's parts under one name:
+//! - [`model`]: the GPT-2 architecture and Hugging Face checkpoint loading;
+//! - [`tokenizer`]: GPT-2's BPE tokenizer with a streaming decoder;
+//! - [`generate`]: the decode-select-append loop and its timings.
+//!
+//! The `nexttoken` binary (crate `nexttoken-cli`) is the command-line front end.
+
+pub use nexttoken_generate as generate;
+pub use nexttoken_model as model;
+pub use nexttoken_tokenizer as tokenizer;
