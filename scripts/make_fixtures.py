@@ -13,7 +13,6 @@ Writes tests/fixtures/<model>/ (checkpoints) and tests/goldens/<model>.json + .l
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import safetensors.torch
@@ -21,7 +20,7 @@ import torch
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from common import ROOT, gpt2_tokenizer
+from common import ROOT, gpt2_tokenizer, train
 
 FORMAT_VERSION = 1
 NEW_TOKENS = 24
@@ -59,18 +58,8 @@ def make_trained(out: Path, corpus: Path, tokenizer, seconds: float):
     config = tiny_config(n_layer=2, n_head=4, n_embd=32, n_positions=64)
     model = GPT2LMHeadModel(config)
     data = torch.tensor(tokenizer.encode((corpus / "the-verdict.txt").read_text()), dtype=torch.long)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    start, step = time.time(), 0
-    while time.time() - start < seconds:
-        starts = torch.randint(0, len(data) - 65, (16,))
-        x = torch.stack([data[s:s + 64] for s in starts])
-        loss = model(input_ids=x, labels=x).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        step += 1
-    print(f"  trained {step} steps, final loss {loss.item():.3f}")
-    model.eval().save_pretrained(out, safe_serialization=True)
+    train(model, data, seconds=seconds, lr=1e-2, block=64)
+    model.save_pretrained(out, safe_serialization=True)
 
 
 @torch.no_grad()
