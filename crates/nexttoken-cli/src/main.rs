@@ -5,7 +5,8 @@ mod device;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -15,23 +16,30 @@ use serde::Serialize;
 use crate::args::{Cli, Command, GenerateArgs};
 
 /// The small Shakespeare model shipped in the repository (see models/README.md).
-const BUNDLED_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../models/nexttoken-tiny-shakespeare"
-);
+fn bundled_model() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    repo.canonicalize()
+        .unwrap_or(repo)
+        .join("models/nexttoken-tiny-shakespeare")
+}
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
         Command::Generate(args) => run_generate(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line with the whole chain of causes, without anyhow's backtrace.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
     let device = device::device(&args.backend)?;
-    let model_path = args
-        .model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(BUNDLED_MODEL));
+    let model_path = args.model.clone().unwrap_or_else(bundled_model);
     let generator = TextGenerator::load(&model_path, &device)
         .with_context(|| format!("loading the model from {}", model_path.display()))?;
     let mut config = GenerationConfig::new(args.max_new_tokens as usize);

@@ -1,0 +1,161 @@
+//! The `nexttoken` binary end to end: output formats, and clean errors for bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tiny_trained() -> String {
+    repo()
+        .join("tests/fixtures/tiny-trained")
+        .display()
+        .to_string()
+}
+
+fn nexttoken(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nexttoken"))
+        .args(args)
+        .env_remove("NEXTTOKEN_MODEL")
+        .output()
+        .expect("the nexttoken binary runs")
+}
+
+/// The command failed with a message containing `expected`, and did not panic.
+fn assert_fails_with(output: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "succeeded; stderr: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "`{expected}` not in stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+}
+
+/// The greedy ids Hugging Face recorded for `prompt` on the tiny-trained fixture.
+fn golden_ids(prompt: &str) -> Vec<u64> {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/goldens/tiny-trained.json")).unwrap(),
+    )
+    .unwrap();
+    let case = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|case| case["prompts"][0] == prompt)
+        .unwrap();
+    case["greedy_ids"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn json_lines_carry_ids_text_and_timings() {
+    let prompts = ["Every effort moves you", "Hello, I am", "The"];
+    let model = tiny_trained();
+    let mut args = vec![
+        "generate",
+        "--model",
+        &model,
+        "-n",
+        "8",
+        "--ignore-eos",
+        "--json",
+    ];
+    args.extend(prompts);
+    let output = nexttoken(&args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), prompts.len());
+    for (line, prompt) in lines.iter().zip(prompts) {
+        assert_eq!(line["prompt"], prompt);
+        let ids: Vec<u64> = line["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, golden_ids(prompt)[..8]);
+        assert!(line["text"].is_string());
+        assert!(line["timings"]["generated_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(
+            line["timings"]["decode_step_ms"].as_array().unwrap().len(),
+            7
+        );
+    }
+    // The two 4-token prompts ran as one batch of 2.
+    assert_eq!(lines[0]["timings"]["prompt_tokens"], 8);
+    assert_eq!(lines[2]["timings"]["prompt_tokens"], 1);
+}
+
+#[test]
+fn streamed_text_is_the_prompt_and_its_continuation() {
+    let model = tiny_trained();
+    let json = nexttoken(&[
+        "generate",
+        "--model",
+        &model,
+        "-n",
+        "12",
+        "--json",
+        "Every effort moves you",
+    ]);
+    let stream = nexttoken(&[
+        "generate",
+        "--model",
+        &model,
+        "-n",
+        "12",
+        "Every effort moves you",
+    ]);
+    assert!(stream.status.success());
+    let line: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let expected = format!("Every effort moves you{}\n", line["text"].as_str().unwrap());
+    assert_eq!(String::from_utf8(stream.stdout).unwrap(), expected);
+    let stderr = String::from_utf8(stream.stderr).unwrap();
+    assert!(stderr.contains("tokens/s"), "{stderr}");
+}
+
+#[test]
+fn zero_new_tokens() {
+    assert_fails_with(
+        &nexttoken(&["generate", "--max-new-tokens", "0", "Hi"]),
+        "--max-new-tokens",
+    );
+}
+
+#[test]
+fn empty_prompt() {
+    assert_fails_with(
+        &nexttoken(&["generate", "--model", &tiny_trained(), ""]),
+        "prompt 0 is empty",
+    );
+}
+
+#[test]
+fn missing_model() {
+    assert_fails_with(
+        &nexttoken(&["generate", "--model", "/no/such/dir", "Hi"]),
+        "/no/such/dir does not exist",
+    );
+}
+
+#[test]
+fn unknown_backend() {
+    assert_fails_with(
+        &nexttoken(&["generate", "--backend", "tpu", "Hi"]),
+        "unknown backend `tpu`",
+    );
+}
