@@ -15,8 +15,6 @@ struct Xtask {
 
 #[derive(Subcommand)]
 enum Task {
-    /// What CI runs: formatting, clippy, and the test suite (plus benchmarks, once each).
-    Ci,
     /// Regenerate the Hugging Face reference data in tests/goldens (needs scripts/requirements.txt).
     Goldens {
         /// Python with torch and transformers installed (see scripts/requirements.txt).
@@ -34,7 +32,6 @@ enum Task {
 fn main() -> Result<()> {
     let root = project_root();
     match Xtask::parse().task {
-        Task::Ci => ci(&root),
         Task::Goldens {
             python,
             corpus,
@@ -54,28 +51,6 @@ fn main() -> Result<()> {
             })
         }
     }
-}
-
-fn ci(root: &Path) -> Result<()> {
-    let cargo = || {
-        let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        command.current_dir(root);
-        command
-    };
-    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args([
-        "clippy",
-        "--release",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    // The README's test command.
-    run(cargo().args(["test", "--release", "--workspace"]))?;
-    // Each benchmark once, so they keep building and running; timings come from `cargo bench`.
-    run(cargo().args(["bench", "--workspace", "--", "--test"]))
 }
 
 fn run(command: &mut Command) -> Result<()> {
