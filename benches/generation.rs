@@ -1,5 +1,5 @@
 //! Criterion benchmarks on GPT-2-124M-shaped random weights (speed does not depend on the
-//! values): prompt processing, a single generation step, and a short whole generation.
+//! values): prompt processing at several lengths and a short whole generation.
 //!
 //! `cargo bench` measures; `cargo bench -- --test` runs each once, as CI does.
 
@@ -23,9 +23,11 @@ fn benches(c: &mut Criterion) {
     let model: Gpt2 = Gpt2Config::gpt2().init(&device);
     let backend = "flex";
 
+    // Until generation keeps a KV cache, one step at position t costs one forward pass over t
+    // tokens, so this group also gives the step cost at those positions.
     let mut prefill = c.benchmark_group(format!("prefill/{backend}"));
     prefill.sample_size(10);
-    for t in [32, 128] {
+    for t in [8, 32, 128] {
         prefill.throughput(Throughput::Elements(t as u64));
         let mut seed = 0;
         prefill.bench_with_input(BenchmarkId::from_parameter(t), &t, |b, &t| {
@@ -36,21 +38,6 @@ fn benches(c: &mut Criterion) {
         });
     }
     prefill.finish();
-
-    // Without a KV cache a step re-reads the whole window, so its cost grows with the position.
-    let mut step = c.benchmark_group(format!("decode_step/{backend}"));
-    step.sample_size(10);
-    step.throughput(Throughput::Elements(1));
-    for position in [8, 128] {
-        let mut seed = 0;
-        step.bench_with_input(BenchmarkId::from_parameter(position), &position, |b, &t| {
-            b.iter(|| {
-                seed += 1;
-                black_box(model.forward_last(ids(seed, t, &device)).into_data())
-            })
-        });
-    }
-    step.finish();
 
     let mut whole = c.benchmark_group(format!("generate/{backend}"));
     whole.sample_size(10);
