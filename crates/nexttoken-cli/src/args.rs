@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use nexttoken_backend::Backend;
 
 /// Text generation with GPT-2 models on burn.
 #[derive(Debug, Parser)]
@@ -14,6 +15,8 @@ pub struct Cli {
 pub enum Command {
     /// Continue one or more prompts greedily, streaming the text to stdout.
     Generate(GenerateArgs),
+    /// List the backends: which are compiled in, and whether each can start on this machine.
+    Info,
 }
 
 #[derive(Debug, Args)]
@@ -35,9 +38,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub ignore_eos: bool,
 
-    /// Compute backend.
+    /// Compute backend: flex, ndarray, wgpu, vulkan, tch or cuda (`nexttoken info` lists the
+    /// ones compiled in).
     #[arg(short, long, default_value = "flex", value_name = "NAME")]
-    pub backend: String,
+    pub backend: Backend,
 
     /// Print one line of JSON per prompt (prompt, ids, text, timings) instead of streaming text.
     #[arg(long)]

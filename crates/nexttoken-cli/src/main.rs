@@ -1,7 +1,6 @@
 //! `nexttoken`: GPT-2 text generation from the command line.
 
 mod args;
-mod device;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use nexttoken_backend::{Backend, BackendError};
 use nexttoken_generate::{Completion, GenerationConfig, GenerationStats, TextGenerator};
 use serde::Serialize;
 
@@ -26,6 +26,7 @@ fn bundled_model() -> PathBuf {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Generate(args) => run_generate(args),
+        Command::Info => run_info(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -38,7 +39,7 @@ fn main() -> ExitCode {
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
-    let device = device::device(&args.backend)?;
+    let device = args.backend.probe()?;
     let model_path = args.model.clone().unwrap_or_else(bundled_model);
     let generator = TextGenerator::load(&model_path, &device)
         .with_context(|| format!("loading the model from {}", model_path.display()))?;
@@ -92,6 +93,24 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             writeln!(stdout, "{}{}\n", completion.prompt, completion.text)?;
             print_timings(&generator, &stats);
         }
+    }
+    Ok(())
+}
+
+/// Lists every backend: compiled in or not, and whether it starts on this machine.
+fn run_info() -> Result<()> {
+    println!("nexttoken {}", env!("CARGO_PKG_VERSION"));
+    println!("{:<8} {:<10} status", "backend", "compiled");
+    for backend in Backend::ALL {
+        let status = match backend.probe() {
+            Ok(device) => format!("ok ({device:?})"),
+            Err(BackendError::NotCompiled { feature, .. }) => {
+                format!("rebuild with `--features {feature}`")
+            }
+            Err(e) => format!("cannot start: {e}"),
+        };
+        let compiled = if backend.is_compiled() { "yes" } else { "no" };
+        println!("{:<8} {compiled:<10} {status}", backend.name());
     }
     Ok(())
 }

@@ -1,0 +1,214 @@
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::str::FromStr;
+
+use burn::tensor::{Device, Tensor};
+
+use crate::BackendError;
+
+/// A burn backend nexttoken can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// burn's pure-Rust CPU backend (SIMD, multithreaded). Always compiled in; the default.
+    Flex,
+    /// The ndarray CPU backend (deprecated upstream in favour of flex).
+    NdArray,
+    /// WebGPU through wgpu (WGSL shaders): Vulkan, Metal or DX12 GPUs, or lavapipe on a CPU.
+    Wgpu,
+    /// wgpu pinned to Vulkan with SPIR-V shaders: for real GPUs (it crashes inside lavapipe).
+    Vulkan,
+    /// libtorch through tch (PyTorch 2.9.0's shared libraries), on the CPU.
+    Tch,
+    /// CUDA through cubecl, on NVIDIA GPU 0.
+    Cuda,
+}
+
+impl Backend {
+    /// Every backend, compiled in or not.
+    pub const ALL: [Backend; 6] = [
+        Backend::Flex,
+        Backend::NdArray,
+        Backend::Wgpu,
+        Backend::Vulkan,
+        Backend::Tch,
+        Backend::Cuda,
+    ];
+
+    /// The name `--backend` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Flex => "flex",
+            Backend::NdArray => "ndarray",
+            Backend::Wgpu => "wgpu",
+            Backend::Vulkan => "vulkan",
+            Backend::Tch => "tch",
+            Backend::Cuda => "cuda",
+        }
+    }
+
+    /// The cargo feature that compiles it in (flex needs none).
+    pub fn feature(self) -> &'static str {
+        self.name()
+    }
+
+    pub fn is_compiled(self) -> bool {
+        match self {
+            Backend::Flex => true,
+            Backend::NdArray => cfg!(feature = "ndarray"),
+            Backend::Wgpu => cfg!(feature = "wgpu"),
+            Backend::Vulkan => cfg!(feature = "vulkan"),
+            Backend::Tch => cfg!(feature = "tch"),
+            Backend::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// The backends compiled into this build.
+    pub fn compiled() -> Vec<Backend> {
+        Self::ALL.into_iter().filter(|b| b.is_compiled()).collect()
+    }
+
+    /// A device of this backend.
+    ///
+    /// # Errors
+    /// [`BackendError::NotCompiled`] if the build lacks the backend's feature;
+    /// [`BackendError::NoVulkanAdapter`] for wgpu/vulkan on a machine without a Vulkan driver.
+    pub fn device(self) -> Result<Device, BackendError> {
+        if !self.is_compiled() {
+            return Err(BackendError::NotCompiled {
+                name: self.name(),
+                compiled: names(&Self::compiled()),
+                feature: self.feature(),
+            });
+        }
+        self.compiled_device()
+    }
+
+    /// A device, after checking the backend really computes here: it runs one small matmul.
+    /// Backends fail in different ways when their libraries or drivers are missing, some by
+    /// panicking deep inside; this turns every such failure into an error.
+    ///
+    /// # Errors
+    /// As [`Backend::device`], and [`BackendError::StartFailed`] with what went wrong.
+    pub fn probe(self) -> Result<Device, BackendError> {
+        let device = self.device()?;
+        let check = catch_unwind(AssertUnwindSafe(|| {
+            let x = Tensor::<2>::from_data([[1.0, 2.0], [3.0, 4.0]], &device);
+            x.clone().matmul(x).into_data().try_to_vec::<f32>()
+        }));
+        match check {
+            Ok(Ok(values)) if values == [7.0, 10.0, 15.0, 22.0] => Ok(device),
+            Ok(Ok(values)) => Err(self.start_failed(format!("a 2x2 matmul gave {values:?}"))),
+            Ok(Err(e)) => Err(self.start_failed(format!("{e:?}"))),
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "it panicked".into());
+                Err(self.start_failed(reason))
+            }
+        }
+    }
+
+    fn start_failed(self, reason: String) -> BackendError {
+        BackendError::StartFailed {
+            name: self.name(),
+            reason,
+        }
+    }
+
+    #[allow(deprecated)] // ndarray and tch are deprecated upstream; users asked for them
+    fn compiled_device(self) -> Result<Device, BackendError> {
+        match self {
+            Backend::Flex => Ok(Device::flex()),
+            #[cfg(feature = "ndarray")]
+            Backend::NdArray => Ok(Device::ndarray()),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => {
+                crate::vulkan::require_adapter(self.name()).map(|kind| Device::wgpu(kind))
+            }
+            #[cfg(feature = "vulkan")]
+            Backend::Vulkan => {
+                crate::vulkan::require_adapter(self.name()).map(|kind| Device::vulkan(kind))
+            }
+            #[cfg(feature = "tch")]
+            Backend::Tch => Ok(Device::libtorch()),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => Ok(Device::cuda(0)),
+            #[allow(unreachable_patterns)] // reached only for backends not compiled in
+            _ => unreachable!("device() checks is_compiled() first"),
+        }
+    }
+}
+
+fn names(backends: &[Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| b.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = BackendError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let lower = name.to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == lower || (lower == "libtorch" && *b == Backend::Tch))
+            .ok_or_else(|| BackendError::Unknown {
+                name: name.to_string(),
+                known: names(&Self::ALL),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for backend in Backend::ALL {
+            assert_eq!(backend.name().parse::<Backend>(), Ok(backend));
+        }
+        assert_eq!("LibTorch".parse::<Backend>(), Ok(Backend::Tch));
+    }
+
+    #[test]
+    fn unknown_name_lists_the_known_ones() {
+        let err = "tpu".parse::<Backend>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown backend `tpu`: choose one of flex, ndarray, wgpu, vulkan, tch, cuda"
+        );
+    }
+
+    #[test]
+    fn flex_is_always_compiled_and_computes() {
+        assert!(Backend::compiled().contains(&Backend::Flex));
+        Backend::Flex.probe().unwrap();
+    }
+
+    #[test]
+    fn a_backend_not_compiled_in_names_its_feature() {
+        // cuda cannot be built on the machines this suite runs on, so it is never compiled in there.
+        let Some(missing) = Backend::ALL.into_iter().find(|b| !b.is_compiled()) else {
+            return;
+        };
+        let err = missing.device().unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("--features {}", missing.feature())),
+            "{message}"
+        );
+        assert!(message.contains("compiled: flex"), "{message}");
+    }
+}

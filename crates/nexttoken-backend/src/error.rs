@@ -1,0 +1,26 @@
+/// Why a backend cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    #[error("unknown backend `{name}`: choose one of {known}")]
+    Unknown { name: String, known: String },
+
+    #[error(
+        "backend `{name}` is not compiled into this build (compiled: {compiled}); \
+         rebuild with `--features {feature}`"
+    )]
+    NotCompiled {
+        name: &'static str,
+        compiled: String,
+        feature: &'static str,
+    },
+
+    #[error(
+        "backend `{name}` found no Vulkan adapter: install a Vulkan driver (a GPU's, or Mesa's \
+         CPU driver lavapipe: `apt-get install mesa-vulkan-drivers` on Debian/Ubuntu), or use \
+         `--backend flex`"
+    )]
+    NoVulkanAdapter { name: &'static str },
+
+    #[error("backend `{name}` failed to start: {reason}")]
+    StartFailed { name: &'static str, reason: String },
+}
