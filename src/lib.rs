@@ -3,10 +3,12 @@
 //! This crate gathers the workspace's parts under one name:
 //! - [`model`]: the GPT-2 architecture and Hugging Face checkpoint loading;
 //! - [`tokenizer`]: GPT-2's BPE tokenizer with a streaming decoder;
-//! - [`generate`]: the decode-select-append loop and its timings.
+//! - [`generate`]: the decode-select-append loop and its timings;
+//! - [`backend`]: the burn backends compiled in, and a device for each.
 //!
 //! The `nexttoken` binary (crate `nexttoken-cli`) is the command-line front end.
 
+pub use nexttoken_backend as backend;
 pub use nexttoken_generate as generate;
 pub use nexttoken_model as model;
 pub use nexttoken_tokenizer as tokenizer;

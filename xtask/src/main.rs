@@ -1,10 +1,18 @@
 //! Project chores: `cargo xtask <task>`. Run without a task for the list.
+//!
+//! CI (`.ci/run`, the GitHub workflow) runs these same tasks, so a green local `cargo xtask test`
+//! means the same as a green CI.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+
+/// The backends every CPU-only Linux machine can run (cuda needs a network to build, vulkan a
+/// real GPU), and so the ones the test suite covers.
+const CPU_BACKENDS: &str = "ndarray,wgpu,tch";
 
 #[derive(Parser)]
 #[command(about = "nexttoken's project tasks", arg_required_else_help = true)]
@@ -15,6 +23,22 @@ struct Xtask {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Install what the optional backends need (lavapipe, torch 2.9.0), skipping what is there.
+    Setup,
+    /// cargo fmt --check and clippy -D warnings, with every CPU backend compiled in.
+    Lint,
+    /// The whole test suite with every CPU backend compiled in (flex, ndarray, wgpu on Vulkan,
+    /// tch), after `setup`. The conformance suite runs on each of them.
+    Test {
+        /// Skip `setup` (the backends' system parts are known to be there).
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Run each criterion benchmark once (`--test`), or measure with `--measure`.
+    Bench {
+        #[arg(long)]
+        measure: bool,
+    },
     /// Regenerate the Hugging Face reference data in tests/goldens (needs scripts/requirements.txt).
     Goldens {
         /// Python with torch and transformers installed (see scripts/requirements.txt).
@@ -32,6 +56,40 @@ enum Task {
 fn main() -> Result<()> {
     let root = project_root();
     match Xtask::parse().task {
+        Task::Setup => setup(&root),
+        Task::Lint => {
+            run(cargo(&root).args(["fmt", "--all", "--", "--check"]))?;
+            run(cargo(&root)
+                .args([
+                    "clippy",
+                    "--release",
+                    "--workspace",
+                    "--all-targets",
+                    "--features",
+                    CPU_BACKENDS,
+                ])
+                .args(["--", "-D", "warnings"]))
+        }
+        Task::Test { no_setup } => {
+            if !no_setup {
+                setup(&root)?;
+            }
+            run(cargo(&root).args([
+                "test",
+                "--release",
+                "--workspace",
+                "--features",
+                CPU_BACKENDS,
+            ]))
+        }
+        Task::Bench { measure } => {
+            let mut command = cargo(&root);
+            command.args(["bench", "--bench", "generation", "--features", CPU_BACKENDS]);
+            if !measure {
+                command.args(["--", "--test"]);
+            }
+            run(&mut command)
+        }
         Task::Goldens {
             python,
             corpus,
@@ -51,6 +109,41 @@ fn main() -> Result<()> {
             })
         }
     }
+}
+
+fn setup(root: &Path) -> Result<()> {
+    run(Command::new("bash")
+        .current_dir(root)
+        .args(["scripts/install-backends.sh", "wgpu", "tch"]))
+}
+
+/// cargo, with the environment the tch and wgpu backends need to build and run.
+fn cargo(root: &Path) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root);
+    // torch-sys takes libtorch from the torch package of the `python3` on PATH.
+    let venv = std::env::var_os("NEXTTOKEN_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/nexttoken/venv"))
+        });
+    if let Some(venv) = venv {
+        let mut path = OsString::from(venv.join("bin"));
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
+        command.env("PATH", path);
+    }
+    command.env("LIBTORCH_USE_PYTORCH", "1");
+    // Mesa and wgpu warn on every start without a private runtime directory.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        let dir = std::env::temp_dir().join(format!("nexttoken-xdg-{}", std::process::id()));
+        if std::fs::create_dir_all(&dir).is_ok() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+            command.env("XDG_RUNTIME_DIR", dir);
+        }
+    }
+    command
 }
 
 fn run(command: &mut Command) -> Result<()> {

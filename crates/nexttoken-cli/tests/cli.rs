@@ -159,3 +159,35 @@ fn unknown_backend() {
         "unknown backend `tpu`",
     );
 }
+
+#[test]
+fn backend_not_compiled_in_names_the_feature() {
+    // cuda cannot be built offline, so no test build has it.
+    let output = nexttoken(&[
+        "generate",
+        "--backend",
+        "cuda",
+        "--model",
+        &tiny_trained(),
+        "Hi",
+    ]);
+    assert_fails_with(&output, "rebuild with `--features cuda`");
+}
+
+#[test]
+fn info_lists_every_backend_and_flex_runs() {
+    let output = nexttoken(&["info"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    for name in ["flex", "ndarray", "wgpu", "vulkan", "tch", "cuda"] {
+        assert!(
+            stdout.lines().any(|line| line.starts_with(name)),
+            "{name} missing:\n{stdout}"
+        );
+    }
+    let flex = stdout
+        .lines()
+        .find(|line| line.starts_with("flex"))
+        .unwrap();
+    assert!(flex.contains("yes") && flex.contains("ok"), "{flex}");
+}

@@ -1,0 +1,338 @@
+//! Cross-backend conformance against Hugging Face transformers.
+//!
+//! For every backend compiled into this build (`cargo test --features ndarray,wgpu,tch`), and for
+//! every checkpoint in `tests/goldens/` (two tiny fixtures and the bundled model), the suite
+//! checks greedy ids and logits against the reference recorded by `scripts/make_fixtures.py`
+//! (`cargo xtask goldens`: the book's loop run on PyTorch's `GPT2LMHeadModel`), and each backend
+//! against flex on the same inputs. A backend that is compiled in but cannot start fails the
+//! suite: nothing is skipped silently.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use nexttoken::backend::Backend;
+use nexttoken::generate::{GenerationConfig, generate};
+use nexttoken::model::{Gpt2, load};
+use nexttoken::tokenizer::Gpt2Tokenizer;
+use serde::Deserialize;
+
+const FORMAT_VERSION: u32 = 1;
+
+/// Largest accepted |ours - reference| for a logit, relative to max(1, |reference|). CPU float32
+/// kernels that sum in another order differ by ~1e-6 relative; GPU backends (and lavapipe) may
+/// reorder reductions further. Any real bug (a wrong GELU, a mask off by one, a missing bias)
+/// moves logits by 1e-2 or more.
+fn tolerance(backend: Backend) -> f32 {
+    match backend {
+        Backend::Flex | Backend::NdArray | Backend::Tch => 1e-4,
+        Backend::Wgpu | Backend::Vulkan | Backend::Cuda => 1e-3,
+    }
+}
+
+/// A step whose reference top-2 margin is below this is a near-tie: another pick there is float
+/// noise, not a bug, and the rest of that row can no longer be compared.
+const NEAR_TIE: f32 = 1e-4;
+
+#[derive(Deserialize)]
+struct Golden {
+    format_version: u32,
+    model: String,
+    model_dir: String,
+    context_length: usize,
+    new_tokens: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    prompts: Vec<String>,
+    input_ids: Vec<Vec<u32>>,
+    greedy_ids: Vec<Vec<u32>>,
+    steps: Vec<Step>,
+    crops: bool,
+}
+
+#[derive(Deserialize)]
+struct Step {
+    /// Per row: the five largest logits as (id, logit).
+    topk: Vec<Vec<(u32, f32)>>,
+    top2_gap: Vec<f32>,
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn goldens() -> Vec<(PathBuf, Golden)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/goldens"))
+        .expect("tests/goldens exists")
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no goldens in tests/goldens: run `cargo xtask goldens`"
+    );
+    files
+        .into_iter()
+        .map(|path| {
+            let golden: Golden = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask goldens`", path.display()));
+            assert_eq!(
+                golden.format_version,
+                FORMAT_VERSION,
+                "{} has format {}, this test reads {FORMAT_VERSION}: run `cargo xtask goldens`",
+                path.display(),
+                golden.format_version
+            );
+            (path, golden)
+        })
+        .collect()
+}
+
+/// Every compiled backend with its device; a backend that cannot start fails here.
+fn backends() -> Vec<(Backend, Device)> {
+    Backend::compiled()
+        .into_iter()
+        .map(|backend| {
+            let device = backend
+                .probe()
+                .unwrap_or_else(|e| panic!("{backend} is compiled in but cannot run here: {e}"));
+            (backend, device)
+        })
+        .collect()
+}
+
+fn load_golden_model(golden: &Golden, device: &Device) -> Gpt2 {
+    let model = load(root().join(&golden.model_dir), device)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", golden.model));
+    assert_eq!(model.context_length(), golden.context_length);
+    model
+}
+
+fn int_tensor(rows: &[&[u32]], device: &Device) -> Tensor<2, Int> {
+    let flat: Vec<i64> = rows
+        .iter()
+        .flat_map(|row| row.iter().map(|&id| i64::from(id)))
+        .collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), rows[0].len()]), device)
+}
+
+/// Last-position logits for a batch, cropped to the context as the generation loop crops.
+fn last_logits(model: &Gpt2, ids: &[Vec<u32>], device: &Device) -> Vec<Vec<f32>> {
+    let start = ids[0].len().saturating_sub(model.context_length());
+    let rows: Vec<&[u32]> = ids.iter().map(|row| &row[start..]).collect();
+    let flat: Vec<f32> = model
+        .forward_last(int_tensor(&rows, device))
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    flat.chunks(model.vocab_size())
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
+/// (max abs, mean abs, max abs relative to max(1, |expected|)).
+fn differences(actual: &[f32], expected: &[f32]) -> (f32, f32, f32) {
+    assert_eq!(actual.len(), expected.len(), "logit row length");
+    let (mut max_abs, mut worst, mut sum) = (0f32, 0f32, 0f64);
+    for (&a, &e) in actual.iter().zip(expected) {
+        let diff = (a - e).abs();
+        max_abs = max_abs.max(diff);
+        worst = worst.max(diff / e.abs().max(1.0));
+        sum += f64::from(diff);
+    }
+    (max_abs, (sum / actual.len() as f64) as f32, worst)
+}
+
+/// The best and second-best ids of a logit row, and the margin between them.
+fn top2(row: &[f32]) -> ((usize, f32), (usize, f32)) {
+    let mut best = (0, f32::NEG_INFINITY);
+    let mut second = (0, f32::NEG_INFINITY);
+    for (id, &logit) in row.iter().enumerate() {
+        if logit > best.1 {
+            second = best;
+            best = (id, logit);
+        } else if logit > second.1 {
+            second = (id, logit);
+        }
+    }
+    (best, second)
+}
+
+#[test]
+fn tokenizer_matches_hugging_face() {
+    let tokenizer = Gpt2Tokenizer::new();
+    for (_, golden) in goldens() {
+        for case in &golden.cases {
+            for (prompt, ids) in case.prompts.iter().zip(&case.input_ids) {
+                assert_eq!(
+                    &tokenizer.encode(prompt),
+                    ids,
+                    "{}/{}",
+                    golden.model,
+                    case.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn greedy_ids_match_hugging_face_on_every_backend() {
+    for (backend, device) in backends() {
+        for (_, golden) in goldens() {
+            let model = load_golden_model(&golden, &device);
+            let config = GenerationConfig::new(golden.new_tokens).without_eos();
+            for case in &golden.cases {
+                let out = generate(&model, &case.input_ids, &config, |_| {}).unwrap();
+                for (row, (ours, theirs)) in out.tokens.iter().zip(&case.greedy_ids).enumerate() {
+                    let label = format!("{backend}: {}/{} row {row}", golden.model, case.name);
+                    compare_with_reference(&label, &model, &device, case, row, ours, theirs);
+                }
+            }
+        }
+    }
+}
+
+/// Fails at the first differing step unless the reference's choice there was a near-tie, and
+/// says which: both ids, both top-2 margins.
+fn compare_with_reference(
+    label: &str,
+    model: &Gpt2,
+    device: &Device,
+    case: &Case,
+    row: usize,
+    ours: &[u32],
+    theirs: &[u32],
+) {
+    assert_eq!(ours.len(), theirs.len(), "{label}: number of generated ids");
+    let Some(step) = ours.iter().zip(theirs).position(|(a, b)| a != b) else {
+        return;
+    };
+    let reference_gap = case.steps[step].top2_gap[row];
+    // Our logits at the same point of the reference's trajectory.
+    let prefix: Vec<u32> = case.input_ids[row]
+        .iter()
+        .chain(&theirs[..step])
+        .copied()
+        .collect();
+    let logits = &last_logits(model, &[prefix], device)[0];
+    let ((our_best, our_logit), (_, our_second)) = top2(logits);
+    assert!(
+        reference_gap < NEAR_TIE,
+        "{label}: first difference at step {step}: ours {} vs reference {}\n  \
+         reference: top-2 margin {reference_gap:.3e}, top-5 {:?}\n  \
+         ours at that point: best {our_best} ({our_logit:.5}), top-2 margin {:.3e}, logit of the reference's pick {:.5}\n  \
+         ours:      {ours:?}\n  reference: {theirs:?}",
+        ours[step],
+        theirs[step],
+        case.steps[step].topk[row],
+        our_logit - our_second,
+        logits[theirs[step] as usize],
+    );
+    eprintln!(
+        "{label}: near-tie at step {step} (margin {reference_gap:.1e}), rest of the row skipped"
+    );
+}
+
+#[test]
+fn logits_match_hugging_face_and_flex_on_every_backend() {
+    let flex = Device::flex();
+    let mut report = vec![format!(
+        "{:<8} {:<27} {:<13} {:>11} {:>11} {:>11}",
+        "backend", "model", "case", "max abs", "mean abs", "vs flex"
+    )];
+    for (backend, device) in backends() {
+        for (path, golden) in goldens() {
+            let model = load_golden_model(&golden, &device);
+            let flex_model = load_golden_model(&golden, &flex);
+            let bytes = std::fs::read(path.with_extension("logits.safetensors")).unwrap();
+            let reference = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            for case in &golden.cases {
+                assert_eq!(case.crops, case.input_ids[0].len() > golden.context_length);
+                let expected: Vec<f32> = reference
+                    .tensor(&case.name)
+                    .unwrap()
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let actual: Vec<f32> = last_logits(&model, &case.input_ids, &device).concat();
+                let on_flex: Vec<f32> = last_logits(&flex_model, &case.input_ids, &flex).concat();
+                let (max_abs, mean_abs, worst) = differences(&actual, &expected);
+                let (vs_flex, _, worst_vs_flex) = differences(&actual, &on_flex);
+                let limit = tolerance(backend);
+                let label = format!("{backend}: {}/{}", golden.model, case.name);
+                assert!(
+                    worst <= limit,
+                    "{label}: logits differ from the reference by up to {max_abs:.3e} \
+                     (relative {worst:.3e} > {limit:e}); first pairs (ours, reference): {:?}",
+                    actual.iter().zip(&expected).take(5).collect::<Vec<_>>()
+                );
+                assert!(
+                    worst_vs_flex <= limit,
+                    "{label}: logits differ from flex's by up to {vs_flex:.3e} (relative {worst_vs_flex:.3e} > {limit:e})"
+                );
+                report.push(format!(
+                    "{backend:<8} {:<27} {:<13} {max_abs:>11.2e} {mean_abs:>11.2e} {vs_flex:>11.2e}",
+                    golden.model, case.name
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "last-position logits, |backend - Hugging Face| and |backend - flex|:\n{}",
+        report.join("\n")
+    );
+}
+
+/// Generating far past the context length: every backend crops exactly as flex does, step for
+/// step, for a batch of two.
+#[test]
+fn every_backend_crops_at_the_context_boundary_as_flex_does() {
+    let golden = goldens()
+        .into_iter()
+        .map(|(_, g)| g)
+        .find(|g| g.model == "tiny-trained")
+        .unwrap();
+    let prompts = vec![vec![6109, 3626, 6100, 345], vec![15496, 11, 314, 716]];
+    // 4 + 100 tokens: the window slides for the last 40 steps of a 64-token context.
+    let config = GenerationConfig::new(100).without_eos();
+    let flex = Device::flex();
+    let expected = generate(
+        &load_golden_model(&golden, &flex),
+        &prompts,
+        &config,
+        |_| {},
+    )
+    .unwrap()
+    .tokens;
+    assert!(prompts[0].len() + expected[0].len() > golden.context_length + 30);
+    for (backend, device) in backends() {
+        let model = load_golden_model(&golden, &device);
+        let tokens = generate(&model, &prompts, &config, |_| {}).unwrap().tokens;
+        for (row, (ours, theirs)) in tokens.iter().zip(&expected).enumerate() {
+            if let Some(step) = ours.iter().zip(theirs).position(|(a, b)| a != b) {
+                let prefix: Vec<u32> = prompts[row]
+                    .iter()
+                    .chain(&theirs[..step])
+                    .copied()
+                    .collect();
+                let ((a, a_logit), (_, a_second)) =
+                    top2(&last_logits(&model, &[prefix.clone()], &device)[0]);
+                let flex_model = load_golden_model(&golden, &flex);
+                let ((b, b_logit), (_, b_second)) =
+                    top2(&last_logits(&flex_model, &[prefix], &flex)[0]);
+                panic!(
+                    "{backend} vs flex, row {row}: first difference at step {step}: {a} vs {b}; \
+                     top-2 margins {:.3e} ({backend}) and {:.3e} (flex)",
+                    a_logit - a_second,
+                    b_logit - b_second
+                );
+            }
+        }
+    }
+}
