@@ -128,10 +128,12 @@ fn cargo(root: &Path) -> Command {
             std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/nexttoken/venv"))
         });
     if let Some(venv) = venv {
-        let mut path = OsString::from(venv.join("bin"));
-        path.push(":");
-        path.push(std::env::var_os("PATH").unwrap_or_default());
-        command.env("PATH", path);
+        command.env("PATH", prepend(venv.join("bin"), "PATH"));
+        // The binaries with a build script get an rpath to libtorch (build.rs); every library's
+        // unit-test binary links it too, through burn, and finds it here.
+        if let Some(lib) = torch_lib_dir(&venv) {
+            command.env("LD_LIBRARY_PATH", prepend(lib, "LD_LIBRARY_PATH"));
+        }
     }
     command.env("LIBTORCH_USE_PYTORCH", "1");
     // Mesa and wgpu warn on every start without a private runtime directory.
@@ -144,6 +146,27 @@ fn cargo(root: &Path) -> Command {
         }
     }
     command
+}
+
+fn prepend(dir: PathBuf, variable: &str) -> OsString {
+    let mut value = OsString::from(dir);
+    if let Some(rest) = std::env::var_os(variable).filter(|rest| !rest.is_empty()) {
+        value.push(":");
+        value.push(rest);
+    }
+    value
+}
+
+fn torch_lib_dir(venv: &Path) -> Option<PathBuf> {
+    let output = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+        ])
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(output.stdout).ok()?;
+    output.status.success().then(|| PathBuf::from(dir.trim()))
 }
 
 fn run(command: &mut Command) -> Result<()> {

@@ -110,6 +110,30 @@ impl Backend {
         }
     }
 
+    /// Checks that one tensor of `bytes` fits in a single buffer of this backend. Only wgpu and
+    /// vulkan cap buffers (by the adapter's storage-buffer limit: 128 MiB on lavapipe, less than
+    /// GPT-2's 147 MiB token embedding); the CPU backends and CUDA are limited by memory alone.
+    ///
+    /// # Errors
+    /// [`BackendError::TensorTooLarge`] with the tensor's and the adapter's sizes.
+    pub fn check_fits(self, tensor: &str, bytes: u64) -> Result<(), BackendError> {
+        let limit = match self {
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu | Backend::Vulkan => crate::vulkan::largest_buffer(),
+            _ => None,
+        };
+        match limit {
+            Some((limit, adapter)) if bytes > limit => Err(BackendError::TensorTooLarge {
+                name: self.name(),
+                tensor: tensor.to_string(),
+                bytes,
+                limit,
+                adapter,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn start_failed(self, reason: String) -> BackendError {
         BackendError::StartFailed {
             name: self.name(),
@@ -195,6 +219,23 @@ mod tests {
     fn flex_is_always_compiled_and_computes() {
         assert!(Backend::compiled().contains(&Backend::Flex));
         Backend::Flex.probe().unwrap();
+    }
+
+    #[test]
+    fn cpu_backends_take_any_tensor_size() {
+        Backend::Flex.check_fits("wte.weight", 1 << 40).unwrap();
+    }
+
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn wgpu_refuses_a_tensor_larger_than_the_adapter_allows() {
+        let err = Backend::Wgpu.check_fits("wte.weight", 1 << 40).unwrap_err();
+        assert!(matches!(err, BackendError::TensorTooLarge { .. }), "{err}");
+        assert!(
+            err.to_string().contains("`wte.weight` needs 1048576 MiB"),
+            "{err}"
+        );
+        Backend::Wgpu.check_fits("wte.weight", 1 << 20).unwrap();
     }
 
     #[test]

@@ -21,6 +21,25 @@ pub enum BackendError {
     )]
     NoVulkanAdapter { name: &'static str },
 
+    #[error(
+        "backend `{name}` cannot hold the model: `{tensor}` needs {} MiB but the adapter \
+         ({adapter}) allows at most {} MiB per buffer{}",
+        bytes >> 20,
+        limit >> 20,
+        if adapter.contains("llvmpipe") {
+            "; lavapipe is Mesa's CPU driver: on this machine use `--backend flex` (or tch), or run wgpu on a GPU"
+        } else {
+            ": use a device with more memory, or `--backend flex`"
+        }
+    )]
+    TensorTooLarge {
+        name: &'static str,
+        tensor: String,
+        bytes: u64,
+        limit: u64,
+        adapter: String,
+    },
+
     #[error("backend `{name}` failed to start: {reason}")]
     StartFailed { name: &'static str, reason: String },
 }

@@ -1,28 +1,51 @@
-//! Finding a Vulkan adapter before burn's wgpu runtime looks for one.
+//! Looking at the Vulkan adapters before burn's wgpu runtime does.
 //!
 //! Without a Vulkan driver wgpu falls back to OpenGL, where burn's matmul shaders fail to
-//! validate and panic. Asking wgpu for Vulkan adapters first turns that into a clear error.
+//! validate and panic; a tensor larger than the adapter's largest storage buffer fails deep in
+//! the runtime. Asking wgpu first turns both into clear errors.
 
 use burn::tensor::DeviceKind;
-use wgpu::{Backends, DeviceType, Instance, InstanceDescriptor};
+use wgpu::{Adapter, Backends, DeviceType, Instance, InstanceDescriptor};
 
 use crate::BackendError;
 
-/// The device kind to ask burn for: the default (a real GPU when there is one), or the CPU
-/// adapter when Mesa's lavapipe is the only Vulkan device.
-pub(crate) fn require_adapter(name: &'static str) -> Result<DeviceKind, BackendError> {
+/// The Vulkan adapters burn would choose from: the GPUs, or the CPU (lavapipe) if there are
+/// none.
+fn candidates() -> Vec<Adapter> {
     let instance = Instance::new(InstanceDescriptor {
         backends: Backends::VULKAN,
         ..InstanceDescriptor::new_without_display_handle()
     });
     let adapters = futures_lite::future::block_on(instance.enumerate_adapters(Backends::VULKAN));
-    let types: Vec<DeviceType> = adapters.iter().map(|a| a.get_info().device_type).collect();
-    if types.is_empty() {
-        return Err(BackendError::NoVulkanAdapter { name });
-    }
-    if types.iter().all(|t| *t == DeviceType::Cpu) {
-        Ok(DeviceKind::Cpu)
+    let is_cpu = |a: &Adapter| a.get_info().device_type == DeviceType::Cpu;
+    if adapters.iter().all(is_cpu) {
+        adapters
     } else {
-        Ok(DeviceKind::DefaultDevice)
+        adapters.into_iter().filter(|a| !is_cpu(a)).collect()
     }
+}
+
+/// The device kind to ask burn for: the default (a real GPU when there is one), or the CPU
+/// adapter when Mesa's lavapipe is the only Vulkan device.
+pub(crate) fn require_adapter(name: &'static str) -> Result<DeviceKind, BackendError> {
+    let adapters = candidates();
+    match adapters.first() {
+        None => Err(BackendError::NoVulkanAdapter { name }),
+        Some(a) if a.get_info().device_type == DeviceType::Cpu => Ok(DeviceKind::Cpu),
+        Some(_) => Ok(DeviceKind::DefaultDevice),
+    }
+}
+
+/// The largest buffer one tensor may occupy, and the adapter's name, on the adapter with the
+/// most room.
+pub(crate) fn largest_buffer() -> Option<(u64, String)> {
+    candidates()
+        .iter()
+        .map(|a| {
+            let limits = a.limits();
+            let bytes =
+                u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+            (bytes, a.get_info().name)
+        })
+        .max_by_key(|(bytes, _)| *bytes)
 }

@@ -41,6 +41,10 @@ fn main() -> ExitCode {
 fn run_generate(args: GenerateArgs) -> Result<()> {
     let device = args.backend.probe()?;
     let model_path = args.model.clone().unwrap_or_else(bundled_model);
+    let config = nexttoken_model::read_config(&model_path)
+        .with_context(|| format!("loading the model from {}", model_path.display()))?;
+    let (tensor, bytes) = config.largest_tensor();
+    args.backend.check_fits(tensor, bytes)?;
     let generator = TextGenerator::load(&model_path, &device)
         .with_context(|| format!("loading the model from {}", model_path.display()))?;
     let mut config = GenerationConfig::new(args.max_new_tokens as usize);

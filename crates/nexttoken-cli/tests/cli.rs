@@ -191,3 +191,34 @@ fn info_lists_every_backend_and_flex_runs() {
         .unwrap();
     assert!(flex.contains("yes") && flex.contains("ok"), "{flex}");
 }
+
+/// Whether this build of the binary has `backend` (test builds choose their features).
+fn compiled(backend: &str) -> bool {
+    let info = String::from_utf8(nexttoken(&["info"]).stdout).unwrap();
+    info.lines()
+        .any(|line| line.split_whitespace().take(2).eq([backend, "yes"]))
+}
+
+#[test]
+fn wgpu_without_a_vulkan_driver_says_what_to_install() {
+    if !compiled("wgpu") {
+        eprintln!("wgpu is not compiled into this build: nothing to check");
+        return;
+    }
+    // Point the Vulkan loader at no drivers, as on a machine without any.
+    let output = Command::new(env!("CARGO_BIN_EXE_nexttoken"))
+        .args([
+            "generate",
+            "--backend",
+            "wgpu",
+            "--model",
+            &tiny_trained(),
+            "Hi",
+        ])
+        .env("VK_ICD_FILENAMES", "/nonexistent.json")
+        .env("VK_DRIVER_FILES", "/nonexistent.json")
+        .output()
+        .unwrap();
+    assert_fails_with(&output, "no Vulkan adapter");
+    assert_fails_with(&output, "apt-get install mesa-vulkan-drivers");
+}

@@ -125,6 +125,18 @@ impl Gpt2Config {
         self.vocab_size * c + self.n_positions * c + self.n_layer * block + 2 * c
     }
 
+    /// The largest weight and its size in float32 bytes: the `[v, c]` token embedding, or the
+    /// `[c, 4c]` MLP projections for a tiny vocabulary. Backends that cap a single buffer (wgpu:
+    /// 128 MiB on Mesa's lavapipe) must hold at least this.
+    pub fn largest_tensor(&self) -> (&'static str, u64) {
+        let bytes = |rows: usize| (rows * self.n_embd * 4) as u64;
+        if self.vocab_size >= 4 * self.n_embd {
+            ("wte.weight", bytes(self.vocab_size))
+        } else {
+            ("h.0.mlp.c_fc.weight", bytes(4 * self.n_embd))
+        }
+    }
+
     /// Creates a model with random weights on `device`.
     ///
     /// # Panics

@@ -32,17 +32,7 @@ pub fn load_with_config(
     path: impl AsRef<Path>,
     device: &Device,
 ) -> Result<(Gpt2, Gpt2Config), ModelError> {
-    let weights = find_weights(path.as_ref())?;
-    let mut store = hf_store(&weights);
-    let header = read_header(&mut store, &weights)?;
-    let config = match config_beside(&weights) {
-        Some(config_path) => {
-            let config = Gpt2Config::from_json_file(&config_path)?;
-            header.check_agrees(&config, &weights)?;
-            config
-        }
-        None => header.infer_config(&weights)?,
-    };
+    let (weights, mut store, config) = open(path.as_ref())?;
     let mut model = config.init(device);
     let result = model
         .load_from(&mut store)
@@ -63,6 +53,31 @@ pub fn load_with_config(
         });
     }
     Ok((model, config))
+}
+
+/// The config of the checkpoint at `path`, checked against its tensors' shapes, without
+/// reading any weights: what a caller needs to decide where the model can run.
+///
+/// # Errors
+/// As [`load`], but for the tensors' contents.
+pub fn read_config(path: impl AsRef<Path>) -> Result<Gpt2Config, ModelError> {
+    open(path.as_ref()).map(|(_, _, config)| config)
+}
+
+/// Finds the weights, reads their header and the config that goes with them.
+fn open(path: &Path) -> Result<(PathBuf, SafetensorsStore, Gpt2Config), ModelError> {
+    let weights = find_weights(path)?;
+    let mut store = hf_store(&weights);
+    let header = read_header(&mut store, &weights)?;
+    let config = match config_beside(&weights) {
+        Some(config_path) => {
+            let config = Gpt2Config::from_json_file(&config_path)?;
+            header.check_agrees(&config, &weights)?;
+            config
+        }
+        None => header.infer_config(&weights)?,
+    };
+    Ok((weights, store, config))
 }
 
 /// The `.safetensors` file that `path` names, directly or as the directory holding it.
