@@ -322,7 +322,7 @@ fn every_backend_crops_at_the_context_boundary_as_flex_does() {
                     .copied()
                     .collect();
                 let ((a, a_logit), (_, a_second)) =
-                    top2(&last_logits(&model, &[prefix.clone()], &device)[0]);
+                    top2(&last_logits(&model, std::slice::from_ref(&prefix), &device)[0]);
                 let flex_model = load_golden_model(&golden, &flex);
                 let ((b, b_logit), (_, b_second)) =
                     top2(&last_logits(&flex_model, &[prefix], &flex)[0]);

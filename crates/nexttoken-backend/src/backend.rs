@@ -148,13 +148,9 @@ impl Backend {
             #[cfg(feature = "ndarray")]
             Backend::NdArray => Ok(Device::ndarray()),
             #[cfg(feature = "wgpu")]
-            Backend::Wgpu => {
-                crate::vulkan::require_adapter(self.name()).map(|kind| Device::wgpu(kind))
-            }
+            Backend::Wgpu => crate::vulkan::require_adapter(self.name()).map(Device::wgpu),
             #[cfg(feature = "vulkan")]
-            Backend::Vulkan => {
-                crate::vulkan::require_adapter(self.name()).map(|kind| Device::vulkan(kind))
-            }
+            Backend::Vulkan => crate::vulkan::require_adapter(self.name()).map(Device::vulkan),
             #[cfg(feature = "tch")]
             Backend::Tch => Ok(Device::libtorch()),
             #[cfg(feature = "cuda")]

@@ -43,8 +43,9 @@ pub(crate) fn largest_buffer() -> Option<(u64, String)> {
         .iter()
         .map(|a| {
             let limits = a.limits();
-            let bytes =
-                u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
+            let bytes = limits
+                .max_storage_buffer_binding_size
+                .min(limits.max_buffer_size);
             (bytes, a.get_info().name)
         })
         .max_by_key(|(bytes, _)| *bytes)
