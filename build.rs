@@ -4,7 +4,6 @@
 // (The CLI's build script includes this file.)
 
 use std::path::PathBuf;
-use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
@@ -33,13 +32,7 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
     } else {
         "python3"
     };
-    let output = Command::new(python)
-        .args([
-            "-c",
-            "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
-        ])
-        .output()
-        .ok()?;
-    let dir = String::from_utf8(output.stdout).ok()?;
-    output.status.success().then(|| PathBuf::from(dir.trim()))
+    torch_lib_dir(python.as_ref())
 }
+
+include!("build/torch_lib_dir.rs");

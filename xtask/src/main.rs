@@ -131,7 +131,7 @@ fn cargo(root: &Path) -> Command {
         command.env("PATH", prepend(venv.join("bin"), "PATH"));
         // The binaries with a build script get an rpath to libtorch (build.rs); every library's
         // unit-test binary links it too, through burn, and finds it here.
-        if let Some(lib) = torch_lib_dir(&venv) {
+        if let Some(lib) = torch_lib_dir(&venv.join("bin/python")) {
             command.env("LD_LIBRARY_PATH", prepend(lib, "LD_LIBRARY_PATH"));
         }
     }
@@ -157,17 +157,7 @@ fn prepend(dir: PathBuf, variable: &str) -> OsString {
     value
 }
 
-fn torch_lib_dir(venv: &Path) -> Option<PathBuf> {
-    let output = Command::new(venv.join("bin/python"))
-        .args([
-            "-c",
-            "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
-        ])
-        .output()
-        .ok()?;
-    let dir = String::from_utf8(output.stdout).ok()?;
-    output.status.success().then(|| PathBuf::from(dir.trim()))
-}
+include!("../../build/torch_lib_dir.rs");
 
 fn run(command: &mut Command) -> Result<()> {
     eprintln!("$ {command:?}");
