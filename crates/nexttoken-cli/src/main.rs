@@ -39,6 +39,9 @@ fn main() -> ExitCode {
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
+    if let Some(index) = args.prompts.iter().position(String::is_empty) {
+        bail!("prompt {index} is empty: give it at least one character of text");
+    }
     let device = args.backend.probe()?;
     let model_path = args.model.clone().unwrap_or_else(bundled_model);
     let config = nexttoken_model::read_config(&model_path)
@@ -50,9 +53,6 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let mut config = GenerationConfig::new(args.max_new_tokens as usize);
     if args.ignore_eos {
         config = config.without_eos();
-    }
-    if let Some(index) = args.prompts.iter().position(String::is_empty) {
-        bail!("prompt {index} is empty: give it at least one character of text");
     }
 
     // Prompts of one token length form one [b, t] batch; different lengths run apart.
