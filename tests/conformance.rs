@@ -9,10 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use nexttoken::backend::Backend;
 use nexttoken::generate::{GenerationConfig, generate};
-use nexttoken::model::{Gpt2, load};
+use nexttoken::model::{Gpt2, load, token_tensor};
 use nexttoken::tokenizer::Gpt2Tokenizer;
 use serde::Deserialize;
 
@@ -112,20 +112,12 @@ fn load_golden_model(golden: &Golden, device: &Device) -> Gpt2 {
     model
 }
 
-fn int_tensor(rows: &[&[u32]], device: &Device) -> Tensor<2, Int> {
-    let flat: Vec<i64> = rows
-        .iter()
-        .flat_map(|row| row.iter().map(|&id| i64::from(id)))
-        .collect();
-    Tensor::from_data(TensorData::new(flat, [rows.len(), rows[0].len()]), device)
-}
-
 /// Last-position logits for a batch, cropped to the context as the generation loop crops.
 fn last_logits(model: &Gpt2, ids: &[Vec<u32>], device: &Device) -> Vec<Vec<f32>> {
     let start = ids[0].len().saturating_sub(model.context_length());
     let rows: Vec<&[u32]> = ids.iter().map(|row| &row[start..]).collect();
     let flat: Vec<f32> = model
-        .forward_last(int_tensor(&rows, device))
+        .forward_last(token_tensor(&rows, device))
         .into_data()
         .try_to_vec()
         .unwrap();

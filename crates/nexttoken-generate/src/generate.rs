@@ -1,7 +1,6 @@
 use std::time::Instant;
 
-use burn::tensor::{Int, Tensor, TensorData};
-use nexttoken_model::Gpt2;
+use nexttoken_model::{Gpt2, token_tensor};
 
 use crate::{GenerateError, GenerationConfig, GenerationStats, select_greedy};
 
@@ -48,13 +47,8 @@ pub fn generate(
     for step in 0..config.max_new_tokens {
         let start = Instant::now();
         let window = sequences[0].len().saturating_sub(context);
-        let flat: Vec<i64> = sequences
-            .iter()
-            .flat_map(|row| row[window..].iter().map(|&id| i64::from(id)))
-            .collect();
-        let t = flat.len() / b;
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, t]), &device);
-        let next = select_greedy(model.forward_last(ids));
+        let rows: Vec<&[u32]> = sequences.iter().map(|row| &row[window..]).collect();
+        let next = select_greedy(model.forward_last(token_tensor(&rows, &device)));
 
         let emitted: Vec<Option<u32>> = next
             .iter()
@@ -142,11 +136,7 @@ mod tests {
         let mut ids = prompt.to_vec();
         for _ in 0..steps {
             let window = &ids[ids.len().saturating_sub(model.context_length())..];
-            let data = TensorData::new(
-                window.iter().map(|&id| i64::from(id)).collect(),
-                [1, window.len()],
-            );
-            let logits = model.forward(Tensor::<2, Int>::from_data(data, &device));
+            let logits = model.forward(token_tensor(&[window], &device));
             let row: Vec<f32> = logits
                 .slice_dim(1, window.len() - 1..window.len())
                 .into_data()

@@ -38,4 +38,4 @@ mod model;
 pub use config::Gpt2Config;
 pub use error::ModelError;
 pub use load::{find_weights, load, load_with_config, read_config};
-pub use model::Gpt2;
+pub use model::{Gpt2, token_tensor};

@@ -1,6 +1,6 @@
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::block::Block;
 
@@ -81,6 +81,27 @@ impl Gpt2 {
     fn head(&self, x: Tensor<2>) -> Tensor<2> {
         x.matmul(self.wte.weight.val().transpose())
     }
+}
+
+/// A batch of token ids as the model's input tensor. Ids are `u32` everywhere else; each backend
+/// stores them in its own integer type (I32 on flex and wgpu, I64 on ndarray and tch).
+///
+/// # Shapes
+/// - rows: `b` rows of `t` ids -> `[b, t]`
+///
+/// # Panics
+/// If `rows` is empty or its rows differ in length.
+pub fn token_tensor(rows: &[&[u32]], device: &Device) -> Tensor<2, Int> {
+    let t = rows.first().map_or(0, |row| row.len());
+    assert!(
+        !rows.is_empty() && rows.iter().all(|row| row.len() == t),
+        "token_tensor needs at least one row and rows of one length"
+    );
+    let flat: Vec<i64> = rows
+        .iter()
+        .flat_map(|row| row.iter().map(|&id| i64::from(id)))
+        .collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), t]), device)
 }
 
 #[cfg(test)]
