@@ -1,59 +1,20 @@
 //! Every way a checkpoint can be wrong gets an error that names the problem, never a panic.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor};
 use nexttoken::model::{ModelError, load};
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
+
+mod common;
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-random")
+    common::fixture("tiny-random")
 }
 
-/// A copy of the tiny-random checkpoint whose tensors pass through `edit` first. The fixture was
-/// written by `save_pretrained`, which prefixes keys with `transformer.`; the copy starts from the
-/// unprefixed names of the GPT-2 files on the Hugging Face hub.
-fn edited_checkpoint(
-    edit: impl Fn(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>),
-) -> tempfile::TempDir {
-    let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let name = name
-                .strip_prefix("transformer.")
-                .unwrap_or(&name)
-                .to_string();
-            (
-                name,
-                view.dtype(),
-                view.shape().to_vec(),
-                view.data().to_vec(),
-            )
-        })
-        .collect();
-    edit(&mut tensors);
-    let views: HashMap<String, TensorView> = tensors
-        .iter()
-        .map(|(name, dtype, shape, data)| {
-            (
-                name.clone(),
-                TensorView::new(*dtype, shape.clone(), data).unwrap(),
-            )
-        })
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    safetensors::serialize_to_file(&views, None, &dir.path().join("model.safetensors")).unwrap();
-    std::fs::copy(
-        fixture().join("config.json"),
-        dir.path().join("config.json"),
-    )
-    .unwrap();
-    dir
+/// A copy of the tiny-random checkpoint whose tensors pass through `edit` first.
+fn edited_checkpoint(edit: impl Fn(&mut Vec<common::NamedTensor>)) -> tempfile::TempDir {
+    common::edited_checkpoint(&fixture(), edit)
 }
 
 fn load_err(path: &Path) -> ModelError {

@@ -40,6 +40,9 @@ pub enum BackendError {
         adapter: String,
     },
 
+    #[error("cannot set the number of CPU threads: {reason}")]
+    Threads { reason: String },
+
     #[error("backend `{name}` failed to start: {reason}")]
     StartFailed { name: &'static str, reason: String },
 }

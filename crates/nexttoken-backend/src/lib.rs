@@ -16,8 +16,10 @@
 
 mod backend;
 mod error;
+mod threads;
 #[cfg(feature = "wgpu")]
 mod vulkan;
 
 pub use backend::Backend;
 pub use error::BackendError;
+pub use threads::set_cpu_threads;

@@ -15,6 +15,8 @@ pub struct Cli {
 pub enum Command {
     /// Continue one or more prompts greedily, streaming the text to stdout.
     Generate(GenerateArgs),
+    /// Measure prompt processing (ppN) and text generation (tgN) speed, as llama-bench does.
+    Bench(BenchArgs),
     /// List the backends: which are compiled in, and whether each can start on this machine.
     Info,
 }
@@ -46,6 +48,54 @@ pub struct GenerateArgs {
     /// Print one line of JSON per prompt (prompt, ids, text, timings) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// How the model runs, for `generate` and `bench` alike.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Recompute the whole window at every step instead of keeping a KV cache (slower; the
+    /// reference the cache is tested against).
+    #[arg(long)]
+    pub no_kv_cache: bool,
+
+    /// CPU threads for the CPU backends' kernels (default: rayon's, every logical CPU, for flex
+    /// and ndarray; libtorch's, the physical cores, for tch).
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A Hugging Face GPT-2 checkpoint (as for `generate`); defaults to the bundled model.
+    #[arg(short, long, value_name = "PATH", env = "NEXTTOKEN_MODEL")]
+    pub model: Option<PathBuf>,
+
+    /// Backends to measure, comma-separated.
+    #[arg(short, long, default_value = "flex", value_delimiter = ',', value_name = "NAMES")]
+    pub backend: Vec<Backend>,
+
+    /// Prompt lengths for the prompt-processing tests (ppN), comma-separated; 0 skips them.
+    /// Default: 512, or the model's context length if shorter.
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', value_name = "N")]
+    pub n_prompt: Option<Vec<usize>>,
+
+    /// Tokens to generate in the text-generation tests (tgN), comma-separated; 0 skips them.
+    #[arg(short = 'n', long = "n-gen", default_value = "128", value_delimiter = ',', value_name = "N")]
+    pub n_gen: Vec<usize>,
+
+    /// Timed repetitions of each test, after one untimed warm-up run.
+    #[arg(short, long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repetitions: u32,
+
+    /// Print one line of JSON per test instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[cfg(test)]

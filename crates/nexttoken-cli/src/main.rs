@@ -1,6 +1,8 @@
 //! `nexttoken`: GPT-2 text generation from the command line.
 
 mod args;
+mod bench;
+mod memory;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,11 +11,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use nexttoken_backend::{Backend, BackendError};
+use nexttoken_backend::{Backend, BackendError, set_cpu_threads};
 use nexttoken_generate::{Completion, GenerationConfig, GenerationStats, TextGenerator};
 use serde::Serialize;
 
-use crate::args::{Cli, Command, GenerateArgs};
+use crate::args::{Cli, Command, GenerateArgs, RunArgs};
 
 /// The small Shakespeare model shipped in the repository (see models/README.md).
 fn bundled_model() -> PathBuf {
@@ -26,6 +28,10 @@ fn bundled_model() -> PathBuf {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Generate(args) => run_generate(args),
+        Command::Bench(args) => apply(&args.run).and_then(|()| {
+            let model_path = args.model.clone().unwrap_or_else(bundled_model);
+            bench::run(args, &model_path)
+        }),
         Command::Info => run_info(),
     };
     match result {
@@ -42,18 +48,14 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     if let Some(index) = args.prompts.iter().position(String::is_empty) {
         bail!("prompt {index} is empty: give it at least one character of text");
     }
-    let device = args.backend.probe()?;
+    apply(&args.run)?;
     let model_path = args.model.clone().unwrap_or_else(bundled_model);
-    let config = nexttoken_model::read_config(&model_path)
-        .with_context(|| format!("loading the model from {}", model_path.display()))?;
-    let (tensor, bytes) = config.largest_tensor();
-    args.backend.check_fits(tensor, bytes)?;
-    let generator = TextGenerator::load(&model_path, &device)
-        .with_context(|| format!("loading the model from {}", model_path.display()))?;
+    let generator = load_generator(args.backend, &model_path)?;
     let mut config = GenerationConfig::new(args.max_new_tokens as usize);
     if args.ignore_eos {
         config = config.without_eos();
     }
+    config.kv_cache = !args.run.no_kv_cache;
 
     // Prompts of one token length form one [b, t] batch; different lengths run apart.
     let mut batches: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -99,6 +101,25 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Applies the settings that must be in place before the first tensor operation.
+fn apply(run: &RunArgs) -> Result<()> {
+    if let Some(threads) = run.threads {
+        set_cpu_threads(threads as usize)?;
+    }
+    Ok(())
+}
+
+/// Starts the backend and loads the checkpoint on it, refusing (before reading the weights) a
+/// model the device cannot hold.
+fn load_generator(backend: Backend, model_path: &Path) -> Result<TextGenerator> {
+    let device = backend.probe()?;
+    let context = || format!("loading the model from {}", model_path.display());
+    let config = nexttoken_model::read_config(model_path).with_context(context)?;
+    let (tensor, bytes) = config.largest_tensor();
+    backend.check_fits(tensor, bytes)?;
+    TextGenerator::load(model_path, &device).with_context(context)
 }
 
 /// Lists every backend: compiled in or not, and whether it starts on this machine.

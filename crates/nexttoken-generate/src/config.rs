@@ -6,6 +6,10 @@ pub struct GenerationConfig {
     /// Stop a row once it produces this id (GPT-2: `<|endoftext|>`, 50256). The id is kept as
     /// the row's last token; `None` always runs `max_new_tokens` steps.
     pub eos_token_id: Option<u32>,
+    /// Keep each layer's keys and values between steps so a step runs only the new token
+    /// through the model. Off, every step recomputes the whole window: the book's loop, kept
+    /// as the reference the cache is tested against. Both give the same ids.
+    pub kv_cache: bool,
 }
 
 impl GenerationConfig {
@@ -14,12 +18,19 @@ impl GenerationConfig {
         Self {
             max_new_tokens,
             eos_token_id: Some(nexttoken_tokenizer::END_OF_TEXT),
+            kv_cache: true,
         }
     }
 
     /// Never stops early, as the book's `generate_text_simple` does.
     pub fn without_eos(mut self) -> Self {
         self.eos_token_id = None;
+        self
+    }
+
+    /// Recomputes the whole window every step instead of keeping a KV cache.
+    pub fn without_kv_cache(mut self) -> Self {
+        self.kv_cache = false;
         self
     }
 }

@@ -1,6 +1,7 @@
 use std::time::Instant;
 
-use nexttoken_model::{Gpt2, token_tensor};
+use burn::tensor::Tensor;
+use nexttoken_model::{Gpt2, KvCache, token_tensor};
 
 use crate::{GenerateError, GenerationConfig, GenerationStats, select_greedy};
 
@@ -13,14 +14,29 @@ pub struct Generation {
     pub stats: GenerationStats,
 }
 
+/// One step of [`generate`], as its `on_step` callback sees it.
+#[derive(Debug)]
+pub struct Step<'a> {
+    /// The id each row just got; `None` for rows that had already stopped.
+    pub ids: &'a [Option<u32>],
+    /// The logits the ids were selected from, the last position's: `[b, v]`.
+    pub logits: &'a Tensor<2>,
+}
+
 /// Greedily extends each prompt of a batch by up to `config.max_new_tokens` ids.
 ///
-/// `on_step` is called after every step with the id each row just got (`None` for rows that
-/// had already stopped), so callers can stream text as it is made.
+/// `on_step` is called after every step (see [`Step`]), so callers can stream text as it is
+/// made.
 ///
 /// The prompts must all have the same length (they form one `[b, t]` tensor). Before each step
 /// the ids are cropped to the last `context_length` tokens, as in the book's loop, so prompts
 /// and generations longer than the context still work, seeing only the most recent window.
+///
+/// With `config.kv_cache` (the default) the prompt's window is processed once and each later
+/// step feeds only the new id. GPT-2's positions are absolute, so once the window starts to
+/// slide past the context length the cached keys sit at the wrong positions: from then on each
+/// step feeds the whole cropped window again, exactly what the plain loop computes. The cache
+/// never holds more than `context_length` positions.
 ///
 /// # Errors
 /// [`GenerateError`] for `max_new_tokens == 0`, no prompts, an empty prompt, prompts of
@@ -29,7 +45,7 @@ pub fn generate(
     model: &Gpt2,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
-    mut on_step: impl FnMut(&[Option<u32>]),
+    mut on_step: impl FnMut(&Step),
 ) -> Result<Generation, GenerateError> {
     check_batch(model, prompts, config)?;
     let device = model.wte.weight.device();
@@ -43,12 +59,30 @@ pub fn generate(
         prompt_tokens: b * prompt_len.min(context),
         ..GenerationStats::default()
     };
+    let mut cache = config.kv_cache.then(KvCache::new);
+    // Index in each sequence of the cache's position 0.
+    let mut cache_start = 0;
 
     for step in 0..config.max_new_tokens {
         let start = Instant::now();
-        let window = sequences[0].len().saturating_sub(context);
-        let rows: Vec<&[u32]> = sequences.iter().map(|row| &row[window..]).collect();
-        let next = select_greedy(model.forward_last(token_tensor(&rows, &device)));
+        let len = sequences[0].len();
+        let window = len.saturating_sub(context);
+        let logits = match cache.as_mut() {
+            Some(cache) => {
+                if len - cache_start > context {
+                    cache.clear();
+                    cache_start = window;
+                }
+                let fed = cache_start + cache.len();
+                let rows: Vec<&[u32]> = sequences.iter().map(|row| &row[fed..]).collect();
+                model.forward_cached(token_tensor(&rows, &device), cache)
+            }
+            None => {
+                let rows: Vec<&[u32]> = sequences.iter().map(|row| &row[window..]).collect();
+                model.forward_last(token_tensor(&rows, &device))
+            }
+        };
+        let next = select_greedy(logits.clone());
 
         let emitted: Vec<Option<u32>> = next
             .iter()
@@ -71,7 +105,10 @@ pub fn generate(
             stats.decode_steps.push(elapsed);
             stats.decode_tokens += emitted.iter().flatten().count();
         }
-        on_step(&emitted);
+        on_step(&Step {
+            ids: &emitted,
+            logits: &logits,
+        });
         if finished.iter().all(|&done| done) {
             break;
         }
@@ -152,13 +189,39 @@ mod tests {
     fn batch_rows_match_the_plain_loop_past_the_context_length() {
         let model = tiny_model();
         let prompts = vec![vec![1, 2, 3, 4], vec![9, 8, 7, 6]];
-        let config = GenerationConfig::new(10).without_eos();
-        let out = generate(&model, &prompts, &config, |_| {}).unwrap();
-        for (prompt, tokens) in prompts.iter().zip(&out.tokens) {
-            assert_eq!(tokens, &reference(&model, prompt, 10));
+        for config in [
+            GenerationConfig::new(10).without_eos(),
+            GenerationConfig::new(10).without_eos().without_kv_cache(),
+        ] {
+            let out = generate(&model, &prompts, &config, |_| {}).unwrap();
+            for (prompt, tokens) in prompts.iter().zip(&out.tokens) {
+                assert_eq!(tokens, &reference(&model, prompt, 10), "{config:?}");
+            }
+            assert_eq!(out.stats.decode_steps.len(), 9);
+            assert_eq!(out.stats.decode_tokens, 18);
         }
-        assert_eq!(out.stats.decode_steps.len(), 9);
-        assert_eq!(out.stats.decode_tokens, 18);
+    }
+
+    /// The cache's logits equal the plain loop's at every step: before the context fills, as
+    /// it fills, and while the window slides (a 6-position context, 20 steps).
+    #[test]
+    fn the_kv_cache_gives_the_plain_loops_logits() {
+        let model = tiny_model();
+        let prompts = vec![vec![1, 2], vec![9, 8]];
+        let logits = |config: GenerationConfig| {
+            let mut steps = Vec::new();
+            generate(&model, &prompts, &config.without_eos(), |step| {
+                steps.push(step.logits.clone().into_data())
+            })
+            .unwrap();
+            steps
+        };
+        let cached = logits(GenerationConfig::new(20));
+        let plain = logits(GenerationConfig::new(20).without_kv_cache());
+        assert_eq!(cached.len(), 20);
+        for (cached, plain) in cached.iter().zip(&plain) {
+            cached.assert_approx_eq::<f32>(plain, burn::tensor::Tolerance::default());
+        }
     }
 
     #[test]
@@ -168,12 +231,15 @@ mod tests {
         let expected = reference(&model, &prompt[0], 4);
         // Use the second generated id as the stop id: the row must end right after it.
         let config = GenerationConfig {
-            max_new_tokens: 4,
             eos_token_id: Some(expected[1]),
+            ..GenerationConfig::new(4)
         };
         let stop = expected.iter().position(|&id| id == expected[1]).unwrap();
         let mut steps = Vec::new();
-        let out = generate(&model, &prompt, &config, |step| steps.push(step.to_vec())).unwrap();
+        let out = generate(&model, &prompt, &config, |step| {
+            steps.push(step.ids.to_vec())
+        })
+        .unwrap();
         assert_eq!(out.tokens[0], expected[..=stop]);
         assert_eq!(steps.len(), stop + 1);
     }

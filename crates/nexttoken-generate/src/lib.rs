@@ -31,7 +31,7 @@ mod text;
 
 pub use config::GenerationConfig;
 pub use error::GenerateError;
-pub use generate::{Generation, generate};
+pub use generate::{Generation, Step, generate};
 pub use sampling::select_greedy;
 pub use stats::GenerationStats;
 pub use text::{Completion, TextGenerator};

@@ -60,7 +60,7 @@ impl TextGenerator {
         let mut streams: Vec<_> = prompts.iter().map(|_| self.tokenizer.stream()).collect();
         let mut stream_error = None;
         let generation = generate(&self.model, &prompt_ids, config, |step| {
-            for (row, id) in step.iter().enumerate() {
+            for (row, id) in step.ids.iter().enumerate() {
                 let Some(id) = id.filter(|&id| Some(id) != config.eos_token_id) else {
                     continue;
                 };

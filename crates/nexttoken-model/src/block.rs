@@ -3,6 +3,7 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Tensor};
 
 use crate::attention::CausalSelfAttention;
+use crate::cache::KeyValue;
 use crate::mlp::Mlp;
 
 pub(crate) struct BlockConfig {
@@ -33,10 +34,17 @@ pub struct Block {
 }
 
 impl Block {
+    /// Runs the new positions through the block; `past` and the returned keys and values are
+    /// the attention's (see [`CausalSelfAttention::forward`]).
+    ///
     /// # Shapes
     /// - x: `[b, t, c]` -> `[b, t, c]`
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    pub(crate) fn forward(&self, x: Tensor<3>, past: Option<&KeyValue>) -> (Tensor<3>, KeyValue) {
+        let (attended, key_value) = self.attn.forward(self.ln_1.forward(x.clone()), past);
+        let x = x + attended;
+        (
+            x.clone() + self.mlp.forward(self.ln_2.forward(x)),
+            key_value,
+        )
     }
 }

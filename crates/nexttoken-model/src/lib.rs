@@ -29,12 +29,14 @@ pub use burn;
 
 mod attention;
 mod block;
+mod cache;
 mod config;
 mod error;
 mod load;
 mod mlp;
 mod model;
 
+pub use cache::KvCache;
 pub use config::Gpt2Config;
 pub use error::ModelError;
 pub use load::{find_weights, load, load_with_config, read_config};

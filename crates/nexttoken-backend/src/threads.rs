@@ -1,0 +1,40 @@
+use crate::{Backend, BackendError};
+
+/// Sets how many CPU threads the CPU backends use for their kernels, for the rest of the
+/// process: flex and ndarray run on rayon's global pool, tch on libtorch's intra-op pool.
+/// Without a call each keeps its default (rayon: every logical CPU; libtorch: the physical
+/// cores). GPU backends are not affected.
+///
+/// Call it before the first tensor operation: rayon's pool can only be sized once.
+///
+/// # Errors
+/// [`BackendError::Threads`] if `threads` is 0 or rayon's pool has already started.
+pub fn set_cpu_threads(threads: usize) -> Result<(), BackendError> {
+    if threads == 0 {
+        return Err(BackendError::Threads {
+            reason: "the thread count must be at least 1".into(),
+        });
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| BackendError::Threads {
+            reason: format!("{e}; set the thread count before running anything"),
+        })?;
+    #[cfg(feature = "tch")]
+    tch::set_num_threads(threads as i32);
+    Ok(())
+}
+
+impl Backend {
+    /// The number of CPU threads this backend's kernels use now; `None` for GPU backends, whose
+    /// work runs on the device.
+    pub fn cpu_threads(self) -> Option<usize> {
+        match self {
+            Backend::Flex | Backend::NdArray => Some(rayon::current_num_threads()),
+            #[cfg(feature = "tch")]
+            Backend::Tch => usize::try_from(tch::get_num_threads()).ok(),
+            _ => None,
+        }
+    }
+}

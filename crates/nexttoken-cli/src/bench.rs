@@ -1,0 +1,241 @@
+//! `nexttoken bench`: llama-bench's two tests for a GPT-2 checkpoint on each backend.
+//!
+//! - `ppN`: process a prompt of N ids and select the next one (the prefill of a generation),
+//!   reported as N / time;
+//! - `tgN`: generate N ids one at a time after a one-id prompt, reported as N / time.
+//!
+//! Both run [`generate`] as `nexttoken generate` does. Each test runs once untimed (kernel
+//! compilation, autotuning, allocator warm-up), then `-r` times with fresh random ids, since
+//! some backends reuse results for identical inputs.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use nexttoken_generate::{GenerationConfig, TextGenerator, generate};
+use serde::Serialize;
+
+use crate::args::BenchArgs;
+use crate::{load_generator, memory};
+
+/// llama-bench's default prompt length.
+const DEFAULT_PROMPT: usize = 512;
+
+#[derive(Debug, Clone, Copy)]
+enum Test {
+    Prompt(usize),
+    Generation(usize),
+}
+
+impl Test {
+    fn name(self) -> String {
+        match self {
+            Test::Prompt(n) => format!("pp{n}"),
+            Test::Generation(n) => format!("tg{n}"),
+        }
+    }
+
+    /// One timed run: tokens per second.
+    fn run(self, generator: &TextGenerator, kv_cache: bool, seed: u64) -> Result<f64> {
+        let vocab = generator.model.vocab_size();
+        let (prompt_len, new_tokens) = match self {
+            Test::Prompt(n) => (n, 1),
+            Test::Generation(n) => (1, n),
+        };
+        let prompt = random_ids(seed, prompt_len, vocab);
+        let mut config = GenerationConfig::new(new_tokens).without_eos();
+        config.kv_cache = kv_cache;
+        let start = Instant::now();
+        generate(&generator.model, &[prompt], &config, |_| {})?;
+        let tokens = match self {
+            Test::Prompt(n) | Test::Generation(n) => n,
+        };
+        Ok(tokens as f64 / start.elapsed().as_secs_f64())
+    }
+}
+
+/// One line of `--json`: llama-bench's fields where they apply.
+#[derive(Debug, Serialize)]
+struct Record<'a> {
+    model: &'a str,
+    n_params: usize,
+    backend: &'static str,
+    /// CPU threads of the backend's kernels; null on GPU backends.
+    threads: Option<usize>,
+    kv_cache: bool,
+    test: String,
+    n_prompt: usize,
+    n_gen: usize,
+    repetitions: usize,
+    load_ms: f64,
+    /// Mean over the repetitions.
+    tokens_per_s: f64,
+    /// Sample standard deviation over the repetitions.
+    stddev: f64,
+    samples_tokens_per_s: Vec<f64>,
+    /// The process's peak resident memory during the test (model included); null where the OS
+    /// does not say.
+    peak_rss_bytes: Option<u64>,
+}
+
+pub fn run(args: BenchArgs, model_path: &Path) -> Result<()> {
+    let config = nexttoken_model::read_config(model_path)
+        .with_context(|| format!("loading the model from {}", model_path.display()))?;
+    let context = config.n_positions;
+    let n_prompt = args
+        .n_prompt
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_PROMPT.min(context)]);
+    if let Some(&n) = n_prompt.iter().find(|&&n| n > context) {
+        bail!(
+            "-p {n}: a prompt of {n} tokens exceeds the model's context length of {context}; \
+             use -p {context} or less"
+        );
+    }
+    let tests: Vec<Test> = n_prompt
+        .iter()
+        .filter(|&&n| n > 0)
+        .map(|&n| Test::Prompt(n))
+        .chain(
+            args.n_gen
+                .iter()
+                .filter(|&&n| n > 0)
+                .map(|&n| Test::Generation(n)),
+        )
+        .collect();
+    if tests.is_empty() {
+        bail!("nothing to measure: -p and -n are all 0");
+    }
+    let model_name = model_path
+        .file_stem()
+        .map_or_else(|| model_path.display().to_string(), |name| name.to_string_lossy().into());
+    let kv_cache = !args.run.no_kv_cache;
+    let repetitions = args.repetitions as usize;
+
+    let model_width = model_name.len().max(5);
+    if !args.json {
+        println!(
+            "| {:<model_width$} | {:>8} | {:<7} | {:>7} | {:<8} | {:>6} | {:>18} | {:>9} |",
+            "model", "params", "backend", "threads", "kv cache", "test", "t/s", "peak RSS"
+        );
+        // Markdown's alignment row: a colon on the right of right-aligned columns.
+        let right = |width: usize| format!("{}:", "-".repeat(width - 1));
+        let left = |width: usize| "-".repeat(width);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            left(model_width),
+            right(8),
+            left(7),
+            right(7),
+            left(8),
+            right(6),
+            right(18),
+            right(9)
+        );
+    }
+    for &backend in &args.backend {
+        let generator = load_generator(backend, model_path)?;
+        for (index, &test) in tests.iter().enumerate() {
+            let seed = |rep: u64| ((index as u64) << 32) | rep;
+            test.run(&generator, kv_cache, seed(u64::MAX >> 32))?; // warm-up
+            memory::reset_peak_rss();
+            let samples = (0..repetitions as u64)
+                .map(|rep| test.run(&generator, kv_cache, seed(rep)))
+                .collect::<Result<Vec<f64>>>()?;
+            let (mean, stddev) = mean_stddev(&samples);
+            let record = Record {
+                model: &model_name,
+                n_params: config.num_parameters(),
+                backend: backend.name(),
+                threads: backend.cpu_threads(),
+                kv_cache,
+                test: test.name(),
+                n_prompt: match test {
+                    Test::Prompt(n) => n,
+                    Test::Generation(_) => 1,
+                },
+                n_gen: match test {
+                    Test::Prompt(_) => 1,
+                    Test::Generation(n) => n,
+                },
+                repetitions,
+                load_ms: generator.load_time.as_secs_f64() * 1e3,
+                tokens_per_s: mean,
+                stddev,
+                samples_tokens_per_s: samples,
+                peak_rss_bytes: memory::peak_rss_bytes(),
+            };
+            if args.json {
+                println!("{}", serde_json::to_string(&record)?);
+            } else {
+                print_row(&record, model_width);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_row(record: &Record, model_width: usize) {
+    let threads = record
+        .threads
+        .map_or_else(|| "-".to_string(), |n| n.to_string());
+    let rss = record
+        .peak_rss_bytes
+        .map_or_else(|| "-".to_string(), |b| format!("{:.0} MiB", b as f64 / 1048576.0));
+    println!(
+        "| {:<model_width$} | {:>7.2}M | {:<7} | {:>7} | {:<8} | {:>6} | {:>18} | {:>9} |",
+        record.model,
+        record.n_params as f64 / 1e6,
+        record.backend,
+        threads,
+        if record.kv_cache { "yes" } else { "no" },
+        record.test,
+        format!("{:.2} ± {:.2}", record.tokens_per_s, record.stddev),
+        rss
+    );
+}
+
+fn mean_stddev(samples: &[f64]) -> (f64, f64) {
+    let n = samples.len() as f64;
+    let mean = samples.iter().sum::<f64>() / n;
+    if samples.len() < 2 {
+        return (mean, 0.0);
+    }
+    let variance = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, variance.sqrt())
+}
+
+/// `len` ids below `vocab`, different for every seed (splitmix64).
+fn random_ids(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_standard_deviation() {
+        let (mean, stddev) = mean_stddev(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+        assert_eq!(mean, 5.0);
+        assert!((stddev - 2.138).abs() < 1e-3, "{stddev}");
+        assert_eq!(mean_stddev(&[3.0]), (3.0, 0.0));
+    }
+
+    #[test]
+    fn random_ids_stay_in_the_vocabulary_and_change_with_the_seed() {
+        let a = random_ids(1, 512, 50257);
+        assert!(a.iter().all(|&id| id < 50257));
+        assert_ne!(a, random_ids(2, 512, 50257));
+        assert_eq!(a, random_ids(1, 512, 50257));
+    }
+}
