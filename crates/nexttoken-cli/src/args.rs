@@ -74,16 +74,33 @@ pub struct BenchArgs {
     pub model: Option<PathBuf>,
 
     /// Backends to measure, comma-separated.
-    #[arg(short, long, default_value = "flex", value_delimiter = ',', value_name = "NAMES")]
+    #[arg(
+        short,
+        long,
+        default_value = "flex",
+        value_delimiter = ',',
+        value_name = "NAMES"
+    )]
     pub backend: Vec<Backend>,
 
     /// Prompt lengths for the prompt-processing tests (ppN), comma-separated; 0 skips them.
     /// Default: 512, or the model's context length if shorter.
-    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', value_name = "N")]
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        value_name = "N"
+    )]
     pub n_prompt: Option<Vec<usize>>,
 
     /// Tokens to generate in the text-generation tests (tgN), comma-separated; 0 skips them.
-    #[arg(short = 'n', long = "n-gen", default_value = "128", value_delimiter = ',', value_name = "N")]
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        default_value = "128",
+        value_delimiter = ',',
+        value_name = "N"
+    )]
     pub n_gen: Vec<usize>,
 
     /// Timed repetitions of each test, after one untimed warm-up run.

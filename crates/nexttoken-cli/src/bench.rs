@@ -106,9 +106,10 @@ pub fn run(args: BenchArgs, model_path: &Path) -> Result<()> {
     if tests.is_empty() {
         bail!("nothing to measure: -p and -n are all 0");
     }
-    let model_name = model_path
-        .file_stem()
-        .map_or_else(|| model_path.display().to_string(), |name| name.to_string_lossy().into());
+    let model_name = model_path.file_stem().map_or_else(
+        || model_path.display().to_string(),
+        |name| name.to_string_lossy().into(),
+    );
     let kv_cache = !args.run.no_kv_cache;
     let repetitions = args.repetitions as usize;
 
@@ -179,9 +180,10 @@ fn print_row(record: &Record, model_width: usize) {
     let threads = record
         .threads
         .map_or_else(|| "-".to_string(), |n| n.to_string());
-    let rss = record
-        .peak_rss_bytes
-        .map_or_else(|| "-".to_string(), |b| format!("{:.0} MiB", b as f64 / 1048576.0));
+    let rss = record.peak_rss_bytes.map_or_else(
+        || "-".to_string(),
+        |b| format!("{:.0} MiB", b as f64 / 1048576.0),
+    );
     println!(
         "| {:<model_width$} | {:>7.2}M | {:<7} | {:>7} | {:<8} | {:>6} | {:>18} | {:>9} |",
         record.model,

@@ -57,9 +57,6 @@ mod tests {
         let x = Tensor::<1>::from_floats(values.as_slice(), &device);
         gelu_new(x.clone())
             .into_data()
-            .assert_approx_eq::<f32>(
-                &gelu_approximate(x).into_data(),
-                Tolerance::absolute(1e-6),
-            );
+            .assert_approx_eq::<f32>(&gelu_approximate(x).into_data(), Tolerance::absolute(1e-6));
     }
 }
