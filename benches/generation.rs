@@ -1,58 +1,109 @@
 //! Criterion benchmarks on GPT-2-124M-shaped random weights (speed does not depend on the
-//! values): prompt processing at several lengths and a short whole generation.
+//! values), for every backend compiled into the build that can hold the model:
 //!
-//! `cargo bench` measures; `cargo bench -- --test` runs each once, as CI does.
+//! - `prefill/<backend>/<t>`: a `t`-token prompt into an empty KV cache, last logits read back;
+//! - `decode_step/<backend>/<p>`: one new token after `p` cached positions (short and long);
+//! - `generate/<backend>/prompt4_new32`: a whole greedy generation, cache on.
+//!
+//! `cargo xtask bench --measure` measures; `cargo xtask bench` runs each once, as CI does.
 
 use std::hint::black_box;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use nexttoken::backend::Backend;
 use nexttoken::generate::{GenerationConfig, generate};
-use nexttoken::model::{Gpt2, Gpt2Config};
+use nexttoken::model::{Gpt2, Gpt2Config, KvCache, token_tensor};
 
 /// Fresh ids for every call: some backends reuse results for identical inputs.
-fn ids(seed: u32, t: usize, device: &Device) -> Tensor<2, Int> {
-    let flat: Vec<i64> = (0..t as u32)
-        .map(|i| i64::from((seed * 7919 + i * 104_729) % 50257))
-        .collect();
-    Tensor::from_data(TensorData::new(flat, [1, t]), device)
+fn ids(seed: u32, t: usize) -> Vec<u32> {
+    (0..t as u32)
+        .map(|i| (seed.wrapping_mul(7919) + i * 104_729) % 50257)
+        .collect()
 }
 
-fn benches(c: &mut Criterion) {
-    let device = Device::flex();
-    let model: Gpt2 = Gpt2Config::gpt2().init(&device);
-    let backend = "flex";
+/// The compiled backends that start here and can hold GPT-2 124M; the others say why not.
+fn backends(config: &Gpt2Config) -> Vec<(Backend, Device)> {
+    let (tensor, bytes) = config.largest_tensor();
+    Backend::compiled()
+        .into_iter()
+        .filter_map(|backend| {
+            match backend
+                .probe()
+                .and_then(|device| backend.check_fits(tensor, bytes).map(|()| device))
+            {
+                Ok(device) => Some((backend, device)),
+                Err(e) => {
+                    eprintln!("skipping {backend}: {e}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
 
-    // Until generation keeps a KV cache, one step at position t costs one forward pass over t
-    // tokens, so this group also gives the step cost at those positions.
-    let mut prefill = c.benchmark_group(format!("prefill/{backend}"));
-    prefill.sample_size(10);
-    for t in [8, 32, 128] {
-        prefill.throughput(Throughput::Elements(t as u64));
+fn prefill(c: &mut Criterion, backend: Backend, model: &Gpt2, device: &Device) {
+    let mut group = c.benchmark_group(format!("prefill/{backend}"));
+    group.sample_size(10);
+    for t in [128, 512] {
+        group.throughput(Throughput::Elements(t as u64));
         let mut seed = 0;
-        prefill.bench_with_input(BenchmarkId::from_parameter(t), &t, |b, &t| {
+        group.bench_with_input(BenchmarkId::from_parameter(t), &t, |b, &t| {
             b.iter(|| {
                 seed += 1;
-                black_box(model.forward_last(ids(seed, t, &device)).into_data())
+                let ids = token_tensor(&[&ids(seed, t)], device);
+                black_box(model.forward_cached(ids, &mut KvCache::new()).into_data())
             })
         });
     }
-    prefill.finish();
+    group.finish();
+}
 
-    let mut whole = c.benchmark_group(format!("generate/{backend}"));
-    whole.sample_size(10);
-    let new_tokens = 16;
-    whole.throughput(Throughput::Elements(new_tokens as u64));
+fn decode_step(c: &mut Criterion, backend: Backend, model: &Gpt2, device: &Device) {
+    let mut group = c.benchmark_group(format!("decode_step/{backend}"));
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(1));
+    for position in [16, 1000] {
+        let mut cache = KvCache::new();
+        model.forward_cached(token_tensor(&[&ids(0, position)], device), &mut cache);
+        let mut seed = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(position), &position, |b, _| {
+            b.iter(|| {
+                seed += 1;
+                // A clone shares the tensors; the step appends to the clone only.
+                let mut step_cache = cache.clone();
+                let id = token_tensor(&[&ids(seed, 1)], device);
+                black_box(model.forward_cached(id, &mut step_cache).into_data())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn whole_generation(c: &mut Criterion, backend: Backend, model: &Gpt2) {
+    let mut group = c.benchmark_group(format!("generate/{backend}"));
+    group.sample_size(10);
+    let new_tokens = 32;
+    group.throughput(Throughput::Elements(new_tokens as u64));
     let config = GenerationConfig::new(new_tokens).without_eos();
-    whole.bench_function("prompt4_new16", |b| {
-        let mut seed = 0u32;
+    let mut seed = 0;
+    group.bench_function("prompt4_new32", |b| {
         b.iter(|| {
             seed += 1;
-            let prompt: Vec<u32> = (0..4).map(|i| (seed * 31 + i * 977) % 50257).collect();
-            black_box(generate(&model, &[prompt], &config, |_| {}).map(|out| out.tokens))
+            black_box(generate(model, &[ids(seed, 4)], &config, |_| {}).map(|out| out.tokens))
         })
     });
-    whole.finish();
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let config = Gpt2Config::gpt2();
+    for (backend, device) in backends(&config) {
+        let model = config.init(&device);
+        prefill(c, backend, &model, &device);
+        decode_step(c, backend, &model, &device);
+        whole_generation(c, backend, &model);
+    }
 }
 
 criterion_group!(generation, benches);

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what nexttoken's optional backends need on Debian/Ubuntu, and skips what is there:
 #   wgpu: a Vulkan driver (Mesa's lavapipe runs Vulkan on the CPU: mesa-vulkan-drivers);
-#   tch:  libtorch 2.9.0, from PyPI's torch==2.9.0, in a virtual environment.
+#   tch:  libtorch 2.9.0, from PyPI's torch==2.9.0, in a virtual environment;
+#   hf:   the Hugging Face reference stack of scripts/requirements.txt (torch, transformers) in
+#         the same environment, for `cargo xtask speed` and `cargo xtask goldens`.
 # Prints the environment to export for building with `--features tch`.
 #
-#   scripts/install-backends.sh [wgpu] [tch]     (no argument: both)
+#   scripts/install-backends.sh [wgpu] [tch] [hf]     (no argument: wgpu and tch)
 set -euo pipefail
 
 venv="${NEXTTOKEN_VENV:-$HOME/.cache/nexttoken/venv}"
@@ -34,8 +36,23 @@ for backend in "${want[@]}"; do
       fi
       echo "tch: build with: export LIBTORCH_USE_PYTORCH=1 PATH=\"$venv/bin:\$PATH\""
       ;;
+    hf)
+      requirements="$(dirname "$0")/requirements.txt"
+      if "$venv/bin/python" - "$requirements" <<'PY' 2>/dev/null; then
+import sys
+from importlib.metadata import version
+pins = [line.split("==") for line in open(sys.argv[1]) if "==" in line]
+sys.exit(any(version(name) != pinned.strip() for name, pinned in pins))
+PY
+        echo "hf: $(basename "$requirements") already satisfied in $venv"
+      else
+        echo "hf: installing $requirements into $venv"
+        [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+      fi
+      ;;
     *)
-      echo "unknown backend '$backend': expected wgpu or tch" >&2
+      echo "unknown target '$backend': expected wgpu, tch or hf" >&2
       exit 2
       ;;
   esac

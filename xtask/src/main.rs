@@ -10,6 +10,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod speed;
+
 /// The backends every CPU-only Linux machine can run (cuda needs a network to build, vulkan a
 /// real GPU), and so the ones the test suite covers.
 const CPU_BACKENDS: &str = "ndarray,wgpu,tch";
@@ -39,6 +41,10 @@ enum Task {
         #[arg(long)]
         measure: bool,
     },
+    /// Speed against Hugging Face transformers on one checkpoint: `nexttoken bench` on each CPU
+    /// backend and benches/hf_bench.py, alternating, at each thread count; prints both and the
+    /// ratios.
+    Speed(speed::SpeedArgs),
     /// Regenerate the Hugging Face reference data in tests/goldens (needs scripts/requirements.txt).
     Goldens {
         /// Python with torch and transformers installed (see scripts/requirements.txt).
@@ -90,6 +96,7 @@ fn main() -> Result<()> {
             }
             run(&mut command)
         }
+        Task::Speed(args) => speed::run(&root, &args),
         Task::Goldens {
             python,
             corpus,
@@ -112,9 +119,15 @@ fn main() -> Result<()> {
 }
 
 fn setup(root: &Path) -> Result<()> {
+    install(root, &["wgpu", "tch"])
+}
+
+/// scripts/install-backends.sh for the given targets (wgpu, tch, hf).
+fn install(root: &Path, targets: &[&str]) -> Result<()> {
     run(Command::new("bash")
         .current_dir(root)
-        .args(["scripts/install-backends.sh", "wgpu", "tch"]))
+        .arg("scripts/install-backends.sh")
+        .args(targets))
 }
 
 /// cargo, with the environment the tch and wgpu backends need to build and run.
@@ -122,12 +135,7 @@ fn cargo(root: &Path) -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(root);
     // torch-sys takes libtorch from the torch package of the `python3` on PATH.
-    let venv = std::env::var_os("NEXTTOKEN_VENV")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/nexttoken/venv"))
-        });
-    if let Some(venv) = venv {
+    if let Some(venv) = venv() {
         command.env("PATH", prepend(venv.join("bin"), "PATH"));
         // The binaries with a build script get an rpath to libtorch (build.rs); every library's
         // unit-test binary links it too, through burn, and finds it here.
@@ -146,6 +154,18 @@ fn cargo(root: &Path) -> Command {
         }
     }
     command
+}
+
+/// The virtual environment scripts/install-backends.sh installs torch into.
+fn venv() -> Option<PathBuf> {
+    std::env::var_os("NEXTTOKEN_VENV")
+        .map(PathBuf::from)
+        .or_else(|| cache_dir().map(|cache| cache.join("venv")))
+}
+
+/// `~/.cache/nexttoken`: the venv, random checkpoints, and CI's target folder.
+fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/nexttoken"))
 }
 
 fn prepend(dir: PathBuf, variable: &str) -> OsString {

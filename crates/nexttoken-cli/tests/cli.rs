@@ -222,3 +222,110 @@ fn wgpu_without_a_vulkan_driver_says_what_to_install() {
     assert_fails_with(&output, "no Vulkan adapter");
     assert_fails_with(&output, "apt-get install mesa-vulkan-drivers");
 }
+
+/// `--no-kv-cache` runs the plain loop; both give Hugging Face's ids, here past the fixture's
+/// 64-token context as well (a 4-token prompt and 70 new tokens).
+#[test]
+fn no_kv_cache_gives_the_same_ids() {
+    let model = tiny_trained();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", &model, "-n", "70", "--ignore-eos"];
+        args.extend(extra);
+        args.extend(["--json", "Every effort moves you"]);
+        let output = nexttoken(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        line["ids"].clone()
+    };
+    let cached = run(&[]);
+    assert_eq!(cached.as_array().unwrap().len(), 70);
+    assert_eq!(cached, run(&["--no-kv-cache"]));
+    assert_eq!(
+        cached.as_array().unwrap()[..24]
+            .iter()
+            .map(|id| id.as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        golden_ids("Every effort moves you")
+    );
+}
+
+#[test]
+fn bench_prints_one_json_line_per_test() {
+    let model = tiny_trained();
+    let output = nexttoken(&[
+        "bench", "--model", &model, "-p", "16,64", "-n", "8", "-r", "2", "-t", "1", "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let tests: Vec<&str> = lines.iter().map(|l| l["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["pp16", "pp64", "tg8"]);
+    for line in &lines {
+        assert_eq!(line["backend"], "flex");
+        assert_eq!(line["threads"], 1);
+        assert_eq!(line["kv_cache"], true);
+        assert!(line["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(line["stddev"].as_f64().unwrap() >= 0.0);
+        assert_eq!(line["samples_tokens_per_s"].as_array().unwrap().len(), 2);
+        if cfg!(target_os = "linux") {
+            // At least the model's 6.5 MB of weights are resident.
+            assert!(line["peak_rss_bytes"].as_u64().unwrap() > 6_000_000);
+        }
+    }
+}
+
+#[test]
+fn bench_prints_a_markdown_table_by_default() {
+    let model = tiny_trained();
+    let output = nexttoken(&["bench", "--model", &model, "-p", "8", "-n", "4", "-r", "1"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert_eq!(rows.len(), 4, "{stdout}"); // header, alignment, pp8, tg4
+    assert!(
+        rows[0].starts_with("| model") && rows[0].contains("t/s"),
+        "{stdout}"
+    );
+    assert!(
+        rows[2].contains("pp8") && rows[3].contains("tg4"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bench_prompt_longer_than_the_context() {
+    let model = tiny_trained();
+    assert_fails_with(
+        &nexttoken(&["bench", "--model", &model, "-p", "65"]),
+        "exceeds the model's context length of 64; use -p 64 or less",
+    );
+}
+
+#[test]
+fn bench_with_nothing_to_measure() {
+    let model = tiny_trained();
+    assert_fails_with(
+        &nexttoken(&["bench", "--model", &model, "-p", "0", "-n", "0"]),
+        "nothing to measure",
+    );
+}
+
+#[test]
+fn zero_threads() {
+    assert_fails_with(&nexttoken(&["bench", "-t", "0"]), "--threads");
+}

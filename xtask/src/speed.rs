@@ -1,0 +1,221 @@
+//! `cargo xtask speed`: nexttoken against Hugging Face transformers, same checkpoint, same
+//! machine, same thread count, runs alternating (A B A B) so that drift in the machine's speed
+//! hits both sides.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::{cache_dir, cargo, install, venv};
+
+#[derive(Args)]
+pub struct SpeedArgs {
+    /// A Hugging Face GPT-2 checkpoint. Default: a GPT-2-124M-shaped one with random weights
+    /// in ~/.cache/nexttoken/gpt2-124m-random, made on first use (speed does not depend on the
+    /// values).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// nexttoken backends to measure, comma-separated.
+    #[arg(long, default_value = "flex,ndarray,tch")]
+    backends: String,
+    /// Prompt lengths (ppN), comma-separated.
+    #[arg(short = 'p', default_value = "512")]
+    n_prompt: String,
+    /// Generated tokens (tgN), comma-separated.
+    #[arg(short = 'n', default_value = "128")]
+    n_gen: String,
+    /// Timed repetitions per test and round.
+    #[arg(short = 'r', default_value_t = 3)]
+    repetitions: u32,
+    /// Thread counts, comma-separated: each side gets the same.
+    #[arg(long, default_value = "1,2")]
+    threads: String,
+    /// Rounds of (nexttoken, transformers) per thread count.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+    /// Also write every measurement as JSON lines here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// A line of `nexttoken bench --json` or benches/hf_bench.py, plus where it was measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    backend: String,
+    test: String,
+    threads: Option<usize>,
+    tokens_per_s: f64,
+    stddev: f64,
+    samples_tokens_per_s: Vec<f64>,
+    peak_rss_bytes: Option<u64>,
+    #[serde(default)]
+    round: u32,
+    #[serde(default)]
+    requested_threads: usize,
+}
+
+pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
+    install(root, &["tch", "hf"])?;
+    let python = venv()
+        .map(|venv| venv.join("bin/python"))
+        .context("no HOME: cannot find the torch environment")?;
+    let model = match &args.model {
+        Some(model) => model.clone(),
+        None => default_checkpoint(root, &python)?,
+    };
+    let backends: Vec<&str> = args.backends.split(',').collect();
+    let features: Vec<&str> = backends
+        .iter()
+        .copied()
+        .filter(|&backend| backend != "flex")
+        .collect();
+    let mut build = cargo(root);
+    build.args(["build", "--release", "-p", "nexttoken-cli"]);
+    if !features.is_empty() {
+        build.args(["--features", &features.join(",")]);
+    }
+    crate::run(&mut build)?;
+
+    let common = |command: &mut Command, threads: &str| {
+        command
+            .arg("--model")
+            .arg(&model)
+            .args(["-p", &args.n_prompt, "-n", &args.n_gen])
+            .args(["-r", &args.repetitions.to_string(), "-t", threads]);
+    };
+    let mut records = Vec::new();
+    for threads in args.threads.split(',') {
+        let requested: usize = threads
+            .parse()
+            .with_context(|| format!("--threads: `{threads}` is not a number"))?;
+        for round in 0..args.rounds {
+            let mut ours = cargo(root);
+            ours.args(["run", "-q", "--release", "-p", "nexttoken-cli"]);
+            if !features.is_empty() {
+                ours.args(["--features", &features.join(",")]);
+            }
+            ours.args(["--", "bench", "--json", "-b", &args.backends]);
+            common(&mut ours, threads);
+            let mut theirs = Command::new(&python);
+            theirs.current_dir(root).arg("benches/hf_bench.py");
+            common(&mut theirs, threads);
+            for command in [&mut ours, &mut theirs] {
+                for mut record in json_lines(command)? {
+                    record.round = round;
+                    record.requested_threads = requested;
+                    records.push(record);
+                }
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        let lines: Vec<String> = records
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<_, _>>()?;
+        std::fs::write(path, lines.join("\n") + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("\nmodel: {}", model.display());
+    print!("{}", table(&records));
+    Ok(())
+}
+
+/// ~/.cache/nexttoken/gpt2-124m-random, made with scripts/make_random_checkpoint.py if missing.
+fn default_checkpoint(root: &Path, python: &Path) -> Result<PathBuf> {
+    let dir = cache_dir()
+        .context("no HOME: pass --model")?
+        .join("gpt2-124m-random");
+    if !dir.join("model.safetensors").exists() {
+        crate::run(
+            Command::new(python)
+                .current_dir(root)
+                .args(["scripts/make_random_checkpoint.py", "--size", "gpt2"])
+                .arg(&dir),
+        )?;
+    }
+    Ok(dir)
+}
+
+/// Runs `command`, passing its stderr through, and parses each stdout line as a record.
+fn json_lines(command: &mut Command) -> Result<Vec<Record>> {
+    eprintln!("$ {command:?}");
+    let output = command
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed with {}", output.status);
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line).with_context(|| format!("not a benchmark record: {line}"))
+        })
+        .collect()
+}
+
+/// One row per (threads, test, backend): the mean of the rounds' means, each round's mean ± std,
+/// the ratio to transformers' mean, and the range of the per-round ratios.
+fn table(records: &[Record]) -> String {
+    // Sorted by threads, then pp before tg, then size, then backend.
+    let mut groups: BTreeMap<(usize, bool, usize, &str, &str), Vec<&Record>> = BTreeMap::new();
+    for record in records {
+        let size = record.test[2..].parse().unwrap_or(0);
+        let key = (
+            record.requested_threads,
+            record.test.starts_with("tg"),
+            size,
+            record.test.as_str(),
+            record.backend.as_str(),
+        );
+        groups.entry(key).or_default().push(record);
+    }
+    let mean =
+        |group: &[&Record]| group.iter().map(|r| r.tokens_per_s).sum::<f64>() / group.len() as f64;
+    let mut out = String::from(
+        "| threads | test | backend | t/s | vs transformers | per-round ratios | rounds (mean ± std) | peak RSS |\n\
+         | ------: | ---- | ------- | --: | --------------: | ---------------: | ------------------- | -------: |\n",
+    );
+    for (&(threads, is_tg, size, test, backend), group) in &groups {
+        let reference = groups.get(&(threads, is_tg, size, test, "transformers"));
+        let (ratio, range) = match reference {
+            Some(reference) if backend != "transformers" => {
+                let per_round: Vec<f64> = group
+                    .iter()
+                    .filter_map(|ours| {
+                        let theirs = reference.iter().find(|r| r.round == ours.round)?;
+                        Some(ours.tokens_per_s / theirs.tokens_per_s)
+                    })
+                    .collect();
+                let low = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+                let high = per_round.iter().copied().fold(0.0, f64::max);
+                (
+                    format!("{:.2}x", mean(group) / mean(reference)),
+                    format!("{low:.2}-{high:.2}x"),
+                )
+            }
+            _ => ("-".into(), "-".into()),
+        };
+        let rounds: Vec<String> = group
+            .iter()
+            .map(|r| format!("{:.1} ± {:.1}", r.tokens_per_s, r.stddev))
+            .collect();
+        let rss = group
+            .iter()
+            .filter_map(|r| r.peak_rss_bytes)
+            .max()
+            .map_or("-".into(), |bytes| format!("{} MiB", bytes >> 20));
+        out += &format!(
+            "| {threads} | {test} | {backend} | {:.2} | {ratio} | {range} | {} | {rss} |\n",
+            mean(group),
+            rounds.join(", ")
+        );
+    }
+    out
+}
