@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::{cache_dir, cargo, install, venv};
+use crate::{CPU_BACKENDS, cache_dir, cargo, install, venv};
 
 #[derive(Args)]
 pub struct SpeedArgs {
@@ -19,7 +19,8 @@ pub struct SpeedArgs {
     /// values).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// nexttoken backends to measure, comma-separated.
+    /// nexttoken backends to measure, comma-separated (flex, ndarray, tch; wgpu runs on a GPU
+    /// or lavapipe, which is no CPU peer).
     #[arg(long, default_value = "flex,ndarray,tch")]
     backends: String,
     /// Prompt lengths (ppN), comma-separated.
@@ -67,18 +68,16 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         Some(model) => model.clone(),
         None => default_checkpoint(root, &python)?,
     };
-    let backends: Vec<&str> = args.backends.split(',').collect();
-    let features: Vec<&str> = backends
-        .iter()
-        .copied()
-        .filter(|&backend| backend != "flex")
-        .collect();
-    let mut build = cargo(root);
-    build.args(["build", "--release", "-p", "nexttoken-cli"]);
-    if !features.is_empty() {
-        build.args(["--features", &features.join(",")]);
-    }
-    crate::run(&mut build)?;
+    // The binary the test suite builds, with every CPU backend: after `cargo xtask test` this
+    // build has nothing to do.
+    crate::run(cargo(root).args([
+        "build",
+        "--release",
+        "--workspace",
+        "--features",
+        CPU_BACKENDS,
+    ]))?;
+    let nexttoken = target_dir(root)?.join("release/nexttoken");
 
     let common = |command: &mut Command, threads: &str| {
         command
@@ -93,12 +92,8 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
             .parse()
             .with_context(|| format!("--threads: `{threads}` is not a number"))?;
         for round in 0..args.rounds {
-            let mut ours = cargo(root);
-            ours.args(["run", "-q", "--release", "-p", "nexttoken-cli"]);
-            if !features.is_empty() {
-                ours.args(["--features", &features.join(",")]);
-            }
-            ours.args(["--", "bench", "--json", "-b", &args.backends]);
+            let mut ours = Command::new(&nexttoken);
+            ours.args(["bench", "--json", "-b", &args.backends]);
             common(&mut ours, threads);
             let mut theirs = Command::new(&python);
             theirs.current_dir(root).arg("benches/hf_bench.py");
@@ -123,6 +118,25 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
     println!("\nmodel: {}", model.display());
     print!("{}", table(&records));
     Ok(())
+}
+
+/// Where cargo puts build outputs (CARGO_TARGET_DIR or the workspace's `target/`).
+fn target_dir(root: &Path) -> Result<PathBuf> {
+    #[derive(Deserialize)]
+    struct Metadata {
+        target_directory: PathBuf,
+    }
+    let output = cargo(root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("running cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(serde_json::from_slice::<Metadata>(&output.stdout)?.target_directory)
 }
 
 /// ~/.cache/nexttoken/gpt2-124m-random, made with scripts/make_random_checkpoint.py if missing.

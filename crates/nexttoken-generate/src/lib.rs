@@ -5,6 +5,10 @@
 //! (greedy decoding), then appends it. This is the loop of `generate_text_simple` in *Build a
 //! Large Language Model (From Scratch)*, and Hugging Face's `generate(do_sample=False)`.
 //!
+//! By default the loop keeps a KV cache ([`nexttoken_model::KvCache`]): the prompt is processed
+//! once and each later step runs only the new token through the model. The output is the plain
+//! loop's ([`GenerationConfig::without_kv_cache`]), which the tests check on every backend.
+//!
 //! ```
 //! use burn::tensor::Device;
 //! use nexttoken_generate::{GenerationConfig, generate};
