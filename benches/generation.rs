@@ -9,6 +9,10 @@
 
 use std::hint::black_box;
 
+/// The allocator the `nexttoken` binary uses (see its main.rs), so the figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use burn::tensor::Device;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nexttoken::backend::Backend;
