@@ -362,48 +362,52 @@ fn kv_cache_matches_the_plain_loop_on_every_backend() {
     let short = short_context_checkpoint();
     let short_case = vec![vec![6109, 3626], vec![15496, 11]];
     for (backend, device) in backends() {
-        let mut runs: Vec<(String, Gpt2, Vec<Vec<u32>>, usize)> = Vec::new();
         for (_, golden) in goldens() {
+            let model = load_golden_model(&golden, &device);
             for case in &golden.cases {
-                runs.push((
-                    format!("{}/{}", golden.model, case.name),
-                    load_golden_model(&golden, &device),
-                    case.input_ids.clone(),
+                let label = format!("{backend}: {}/{}", golden.model, case.name);
+                assert_cache_matches_plain(
+                    &label,
+                    backend,
+                    &model,
+                    &case.input_ids,
                     golden.new_tokens,
-                ));
+                );
             }
         }
         let model = load(short.path(), &device).unwrap();
         assert_eq!(model.context_length(), 16);
-        runs.push((
-            "tiny-trained-ctx16/batch2".into(),
-            model,
-            short_case.clone(),
-            60,
-        ));
-
-        for (name, model, prompts, new_tokens) in &runs {
-            let label = format!("{backend}: {name}");
-            let run = |config: GenerationConfig| {
-                let mut logits = Vec::new();
-                let out = generate(model, prompts, &config.without_eos(), |step| {
-                    logits.push(step.logits.clone().into_data().try_to_vec::<f32>().unwrap())
-                })
-                .unwrap();
-                (out.tokens, logits)
-            };
-            let (cached_ids, cached_logits) = run(GenerationConfig::new(*new_tokens));
-            let (plain_ids, plain_logits) =
-                run(GenerationConfig::new(*new_tokens).without_kv_cache());
-            assert_eq!(cached_logits.len(), *new_tokens, "{label}");
-            for (step, (cached, plain)) in cached_logits.iter().zip(&plain_logits).enumerate() {
-                let (max_abs, _, worst) = differences(cached, plain);
-                assert!(
-                    worst <= tolerance(backend),
-                    "{label}: step {step}: cached logits differ from the plain loop's by up to {max_abs:.3e}"
-                );
-            }
-            assert_eq!(cached_ids, plain_ids, "{label}: cached vs plain ids");
-        }
+        let label = format!("{backend}: tiny-trained-ctx16/batch2");
+        assert_cache_matches_plain(&label, backend, &model, &short_case, 60);
     }
+}
+
+/// Cached and plain loops give identical ids, and logits within `backend`'s tolerance at
+/// every step.
+fn assert_cache_matches_plain(
+    label: &str,
+    backend: Backend,
+    model: &Gpt2,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+) {
+    let run = |config: GenerationConfig| {
+        let mut logits = Vec::new();
+        let out = generate(model, prompts, &config.without_eos(), |step| {
+            logits.push(step.logits.clone().into_data().try_to_vec::<f32>().unwrap())
+        })
+        .unwrap();
+        (out.tokens, logits)
+    };
+    let (cached_ids, cached_logits) = run(GenerationConfig::new(new_tokens));
+    let (plain_ids, plain_logits) = run(GenerationConfig::new(new_tokens).without_kv_cache());
+    assert_eq!(cached_logits.len(), new_tokens, "{label}");
+    for (step, (cached, plain)) in cached_logits.iter().zip(&plain_logits).enumerate() {
+        let (max_abs, _, worst) = differences(cached, plain);
+        assert!(
+            worst <= tolerance(backend),
+            "{label}: step {step}: cached logits differ from the plain loop's by up to {max_abs:.3e}"
+        );
+    }
+    assert_eq!(cached_ids, plain_ids, "{label}: cached vs plain ids");
 }

@@ -60,27 +60,26 @@ pub fn generate(
         ..GenerationStats::default()
     };
     let mut cache = config.kv_cache.then(KvCache::new);
-    // Index in each sequence of the cache's position 0.
-    let mut cache_start = 0;
 
     for step in 0..config.max_new_tokens {
         let start = Instant::now();
         let len = sequences[0].len();
         let window = len.saturating_sub(context);
-        let logits = match cache.as_mut() {
+        // The index of the first id to feed. A cache holds every id but the one appended last;
+        // when that one would not fit (the window slides), it starts over from the window.
+        let first = match cache.as_mut() {
+            Some(cache) if !cache.is_empty() && cache.len() < context => len - 1,
             Some(cache) => {
-                if len - cache_start > context {
-                    cache.clear();
-                    cache_start = window;
-                }
-                let fed = cache_start + cache.len();
-                let rows: Vec<&[u32]> = sequences.iter().map(|row| &row[fed..]).collect();
-                model.forward_cached(token_tensor(&rows, &device), cache)
+                cache.clear();
+                window
             }
-            None => {
-                let rows: Vec<&[u32]> = sequences.iter().map(|row| &row[window..]).collect();
-                model.forward_last(token_tensor(&rows, &device))
-            }
+            None => window,
+        };
+        let rows: Vec<&[u32]> = sequences.iter().map(|row| &row[first..]).collect();
+        let ids = token_tensor(&rows, &device);
+        let logits = match cache.as_mut() {
+            Some(cache) => model.forward_cached(ids, cache),
+            None => model.forward_last(ids),
         };
         let next = select_greedy(logits.clone());
 
