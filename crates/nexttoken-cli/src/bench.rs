@@ -11,8 +11,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use nexttoken_generate::{GenerationConfig, TextGenerator, generate};
+use nexttoken_model::Gpt2Config;
 use serde::Serialize;
 
 use crate::args::BenchArgs;
@@ -35,22 +36,24 @@ impl Test {
         }
     }
 
-    /// One timed run: tokens per second.
-    fn run(self, generator: &TextGenerator, kv_cache: bool, seed: u64) -> Result<f64> {
-        let vocab = generator.model.vocab_size();
-        let (prompt_len, new_tokens) = match self {
+    /// (prompt ids, generated ids) of one run.
+    fn shape(self) -> (usize, usize) {
+        match self {
             Test::Prompt(n) => (n, 1),
             Test::Generation(n) => (1, n),
-        };
-        let prompt = random_ids(seed, prompt_len, vocab);
+        }
+    }
+
+    /// One timed run: the test's N tokens per second.
+    fn run(self, generator: &TextGenerator, kv_cache: bool, seed: u64) -> Result<f64> {
+        let (prompt_len, new_tokens) = self.shape();
+        let prompt = random_ids(seed, prompt_len, generator.model.vocab_size());
         let mut config = GenerationConfig::new(new_tokens).without_eos();
         config.kv_cache = kv_cache;
         let start = Instant::now();
         generate(&generator.model, &[prompt], &config, |_| {})?;
-        let tokens = match self {
-            Test::Prompt(n) | Test::Generation(n) => n,
-        };
-        Ok(tokens as f64 / start.elapsed().as_secs_f64())
+        let (Test::Prompt(n) | Test::Generation(n)) = self;
+        Ok(n as f64 / start.elapsed().as_secs_f64())
     }
 }
 
@@ -78,9 +81,7 @@ struct Record<'a> {
     peak_rss_bytes: Option<u64>,
 }
 
-pub fn run(args: BenchArgs, model_path: &Path) -> Result<()> {
-    let config = nexttoken_model::read_config(model_path)
-        .with_context(|| format!("loading the model from {}", model_path.display()))?;
+pub fn run(args: BenchArgs, model_path: &Path, config: &Gpt2Config) -> Result<()> {
     let context = config.n_positions;
     let n_prompt = args
         .n_prompt
@@ -135,7 +136,7 @@ pub fn run(args: BenchArgs, model_path: &Path) -> Result<()> {
         );
     }
     for &backend in &args.backend {
-        let generator = load_generator(backend, model_path)?;
+        let generator = load_generator(backend, model_path, config)?;
         for (index, &test) in tests.iter().enumerate() {
             let seed = |rep: u64| ((index as u64) << 32) | rep;
             test.run(&generator, kv_cache, seed(u64::MAX >> 32))?; // warm-up
@@ -151,14 +152,8 @@ pub fn run(args: BenchArgs, model_path: &Path) -> Result<()> {
                 threads: backend.cpu_threads(),
                 kv_cache,
                 test: test.name(),
-                n_prompt: match test {
-                    Test::Prompt(n) => n,
-                    Test::Generation(_) => 1,
-                },
-                n_gen: match test {
-                    Test::Prompt(_) => 1,
-                    Test::Generation(n) => n,
-                },
+                n_prompt: test.shape().0,
+                n_gen: test.shape().1,
                 repetitions,
                 load_ms: generator.load_time.as_secs_f64() * 1e3,
                 tokens_per_s: mean,

@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use nexttoken_backend::{Backend, BackendError, set_cpu_threads};
 use nexttoken_generate::{Completion, GenerationConfig, GenerationStats, TextGenerator};
+use nexttoken_model::Gpt2Config;
 use serde::Serialize;
 
 use crate::args::{Cli, Command, GenerateArgs, RunArgs};
@@ -36,7 +37,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => run_generate(args),
         Command::Bench(args) => apply(&args.run).and_then(|()| {
             let model_path = args.model.clone().unwrap_or_else(bundled_model);
-            bench::run(args, &model_path)
+            let config = read_config(&model_path)?;
+            bench::run(args, &model_path, &config)
         }),
         Command::Info => run_info(),
     };
@@ -56,7 +58,8 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     }
     apply(&args.run)?;
     let model_path = args.model.clone().unwrap_or_else(bundled_model);
-    let generator = load_generator(args.backend, &model_path)?;
+    let model_config = read_config(&model_path)?;
+    let generator = load_generator(args.backend, &model_path, &model_config)?;
     let mut config = GenerationConfig::new(args.max_new_tokens as usize);
     if args.ignore_eos {
         config = config.without_eos();
@@ -117,15 +120,26 @@ fn apply(run: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The checkpoint's config, checked against its tensors' shapes, before any weight is read.
+fn read_config(model_path: &Path) -> Result<Gpt2Config> {
+    nexttoken_model::read_config(model_path).with_context(|| loading(model_path))
+}
+
 /// Starts the backend and loads the checkpoint on it, refusing (before reading the weights) a
 /// model the device cannot hold.
-fn load_generator(backend: Backend, model_path: &Path) -> Result<TextGenerator> {
+fn load_generator(
+    backend: Backend,
+    model_path: &Path,
+    config: &Gpt2Config,
+) -> Result<TextGenerator> {
     let device = backend.probe()?;
-    let context = || format!("loading the model from {}", model_path.display());
-    let config = nexttoken_model::read_config(model_path).with_context(context)?;
     let (tensor, bytes) = config.largest_tensor();
     backend.check_fits(tensor, bytes)?;
-    TextGenerator::load(model_path, &device).with_context(context)
+    TextGenerator::load(model_path, &device).with_context(|| loading(model_path))
+}
+
+fn loading(model_path: &Path) -> String {
+    format!("loading the model from {}", model_path.display())
 }
 
 /// Lists every backend: compiled in or not, and whether it starts on this machine.

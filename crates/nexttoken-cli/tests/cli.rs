@@ -22,6 +22,25 @@ fn nexttoken(args: &[&str]) -> Output {
         .expect("the nexttoken binary runs")
 }
 
+/// Runs a command that must succeed; its stdout.
+fn stdout_of(args: &[&str]) -> String {
+    let output = nexttoken(args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs a `--json` command that must succeed; its lines, parsed.
+fn json_lines(args: &[&str]) -> Vec<serde_json::Value> {
+    stdout_of(args)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 /// The command failed with a message containing `expected`, and did not panic.
 fn assert_fails_with(output: &Output, expected: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -67,17 +86,7 @@ fn json_lines_carry_ids_text_and_timings() {
         "--json",
     ];
     args.extend(prompts);
-    let output = nexttoken(&args);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let lines = json_lines(&args);
     assert_eq!(lines.len(), prompts.len());
     for (line, prompt) in lines.iter().zip(prompts) {
         assert_eq!(line["prompt"], prompt);
@@ -232,14 +241,7 @@ fn no_kv_cache_gives_the_same_ids() {
         let mut args = vec!["generate", "--model", &model, "-n", "70", "--ignore-eos"];
         args.extend(extra);
         args.extend(["--json", "Every effort moves you"]);
-        let output = nexttoken(&args);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        line["ids"].clone()
+        json_lines(&args)[0]["ids"].clone()
     };
     let cached = run(&[]);
     assert_eq!(cached.as_array().unwrap().len(), 70);
@@ -256,19 +258,9 @@ fn no_kv_cache_gives_the_same_ids() {
 #[test]
 fn bench_prints_one_json_line_per_test() {
     let model = tiny_trained();
-    let output = nexttoken(&[
+    let lines = json_lines(&[
         "bench", "--model", &model, "-p", "16,64", "-n", "8", "-r", "2", "-t", "1", "--json",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
     let tests: Vec<&str> = lines.iter().map(|l| l["test"].as_str().unwrap()).collect();
     assert_eq!(tests, ["pp16", "pp64", "tg8"]);
     for line in &lines {
@@ -288,13 +280,7 @@ fn bench_prints_one_json_line_per_test() {
 #[test]
 fn bench_prints_a_markdown_table_by_default() {
     let model = tiny_trained();
-    let output = nexttoken(&["bench", "--model", &model, "-p", "8", "-n", "4", "-r", "1"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stdout = stdout_of(&["bench", "--model", &model, "-p", "8", "-n", "4", "-r", "1"]);
     let rows: Vec<&str> = stdout.lines().collect();
     assert_eq!(rows.len(), 4, "{stdout}"); // header, alignment, pp8, tg4
     assert!(
