@@ -8,13 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 mod speed;
-
-/// The backends every CPU-only Linux machine can run (cuda needs a network to build, vulkan a
-/// real GPU), and so the ones the test suite covers.
-const CPU_BACKENDS: &str = "ndarray,wgpu,tch";
 
 #[derive(Parser)]
 #[command(about = "nexttoken's project tasks", arg_required_else_help = true)]
@@ -78,7 +74,7 @@ fn main() -> Result<()> {
                     "--workspace",
                     "--all-targets",
                     "--features",
-                    CPU_BACKENDS,
+                    &cpu_features(),
                 ])
                 .args(["--", "-D", "warnings"]))?;
             actionlint(&root)
@@ -97,7 +93,13 @@ fn main() -> Result<()> {
         }
         Task::Bench { measure } => {
             let mut command = cargo(&root);
-            command.args(["bench", "--bench", "generation", "--features", CPU_BACKENDS]);
+            command.args([
+                "bench",
+                "--bench",
+                "generation",
+                "--features",
+                &cpu_features(),
+            ]);
             if !measure {
                 command.args(["--", "--test"]);
             }
@@ -126,13 +128,15 @@ fn main() -> Result<()> {
 }
 
 /// A set of CPU backends, as `--backends flex,ndarray,wgpu,tch` (flex is always compiled in).
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 struct Backends {
-    /// Backends, comma-separated: flex, ndarray, wgpu, tch.
-    #[arg(long, value_delimiter = ',', default_value = "flex,ndarray,wgpu,tch")]
+    /// Backends, comma-separated: flex, ndarray, wgpu, tch (default: all of them).
+    #[arg(long, value_delimiter = ',')]
     backends: Vec<CpuBackend>,
 }
 
+/// The backends every CPU-only Linux machine can run (cuda needs a network to build, vulkan a
+/// real GPU), and so the ones the test suite covers.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum CpuBackend {
     Flex,
@@ -144,7 +148,13 @@ enum CpuBackend {
 impl Backends {
     /// The cargo features that compile these backends in.
     fn features(&self) -> Vec<&'static str> {
-        self.backends
+        let all = CpuBackend::value_variants();
+        let chosen = if self.backends.is_empty() {
+            all
+        } else {
+            &self.backends
+        };
+        chosen
             .iter()
             .filter_map(|backend| match backend {
                 CpuBackend::Flex => None,
@@ -154,6 +164,11 @@ impl Backends {
             })
             .collect()
     }
+}
+
+/// The features of every CPU backend, for the builds that cover them all (lint, bench, speed).
+fn cpu_features() -> String {
+    Backends::default().features().join(",")
 }
 
 /// Installs the system parts of the backends that have one (lavapipe, torch).

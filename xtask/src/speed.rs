@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::{CPU_BACKENDS, cache_dir, cargo, install, venv};
+use crate::{cache_dir, cargo, cpu_features, install, venv};
 
 #[derive(Args)]
 pub struct SpeedArgs {
@@ -75,7 +75,7 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         "--release",
         "--workspace",
         "--features",
-        CPU_BACKENDS,
+        &cpu_features(),
     ]))?;
     let nexttoken = target_dir(root)?.join("release/nexttoken");
 
