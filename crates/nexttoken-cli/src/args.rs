@@ -49,6 +49,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Write the logits every id was selected from to this safetensors file: per prompt N, a
+    /// float32 tensor `logits.N` of shape [generated ids, vocab] (`cargo xtask compare` reads it).
+    #[arg(long, value_name = "FILE")]
+    pub save_logits: Option<PathBuf>,
+
     #[command(flatten)]
     pub run: RunArgs,
 }

@@ -8,6 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod args;
 mod bench;
+mod logits;
 mod memory;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use nexttoken_model::Gpt2Config;
 use serde::Serialize;
 
 use crate::args::{Cli, Command, GenerateArgs, RunArgs};
+use crate::logits::LogitsRecorder;
 
 /// The small Shakespeare model shipped in the repository (see models/README.md).
 fn bundled_model() -> PathBuf {
@@ -76,6 +78,10 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     }
     let stream = !args.json && args.prompts.len() == 1;
     let mut results: Vec<Option<(Completion, GenerationStats)>> = vec![None; args.prompts.len()];
+    let mut recorder = args
+        .save_logits
+        .is_some()
+        .then(|| LogitsRecorder::new(args.prompts.len(), model_config.vocab_size));
     let mut stdout = std::io::stdout().lock();
     for indices in batches.values() {
         let prompts: Vec<&str> = indices.iter().map(|&i| args.prompts[i].as_str()).collect();
@@ -83,17 +89,32 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             write!(stdout, "{}", prompts[0])?;
             stdout.flush()?;
         }
-        let (completions, generation) = generator.generate_text(&prompts, &config, |_, text| {
-            if stream {
-                // A closed stdout (e.g. `| head`) ends the stream; the summary still prints.
-                let _ = write!(stdout, "{text}").and_then(|()| stdout.flush());
-            }
-        })?;
+        // The first failure to read logits back; it ends the command after this batch.
+        let mut recording = Ok(());
+        let (completions, generation) = generator.generate_text(
+            &prompts,
+            &config,
+            |_, text| {
+                if stream {
+                    // A closed stdout (e.g. `| head`) ends the stream; the summary still prints.
+                    let _ = write!(stdout, "{text}").and_then(|()| stdout.flush());
+                }
+            },
+            |step| {
+                if let (Some(recorder), Ok(())) = (recorder.as_mut(), &recording) {
+                    recording = recorder.record(indices, step);
+                }
+            },
+        )?;
+        recording?;
         for (&index, completion) in indices.iter().zip(completions) {
             results[index] = Some((completion, generation.stats.clone()));
         }
     }
 
+    if let (Some(recorder), Some(path)) = (&recorder, &args.save_logits) {
+        recorder.save(path, args.backend.name())?;
+    }
     for (completion, stats) in results.into_iter().flatten() {
         if args.json {
             writeln!(

@@ -138,6 +138,67 @@ fn streamed_text_is_the_prompt_and_its_continuation() {
 }
 
 #[test]
+fn saved_logits_are_the_ones_each_id_was_selected_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("logits.safetensors");
+    let model = tiny_trained();
+    // Two lengths: two batches, one of them with two rows.
+    let prompts = ["To be", "First Citizen:", "Hello there world"];
+    let mut args = vec![
+        "generate",
+        "-m",
+        &model,
+        "-n",
+        "6",
+        "--json",
+        "--save-logits",
+    ];
+    let path_arg = path.display().to_string();
+    args.push(&path_arg);
+    args.extend(prompts);
+    let lines = json_lines(&args);
+
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.len(), prompts.len());
+    for (index, line) in lines.iter().enumerate() {
+        let ids: Vec<u64> = serde_json::from_value(line["ids"].clone()).unwrap();
+        let logits = file.tensor(&format!("logits.{index}")).unwrap();
+        let vocab = logits.shape()[1];
+        assert_eq!(logits.shape(), [ids.len(), vocab]);
+        let values: Vec<f32> = logits
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let argmax: Vec<u64> = values
+            .chunks_exact(vocab)
+            .map(|row| {
+                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
+                best.unwrap().0 as u64
+            })
+            .collect();
+        assert_eq!(argmax, ids, "prompt {index}");
+    }
+}
+
+#[test]
+fn saving_logits_to_an_unwritable_path() {
+    let output = nexttoken(&[
+        "generate",
+        "-n",
+        "2",
+        "--save-logits",
+        "/nonexistent-dir/logits.safetensors",
+        "Hi",
+    ]);
+    assert_fails_with(
+        &output,
+        "writing the logits to /nonexistent-dir/logits.safetensors",
+    );
+}
+
+#[test]
 fn zero_new_tokens() {
     assert_fails_with(
         &nexttoken(&["generate", "--max-new-tokens", "0", "Hi"]),

@@ -5,7 +5,7 @@ use burn::tensor::Device;
 use nexttoken_model::{Gpt2, Gpt2Config, ModelError};
 use nexttoken_tokenizer::Gpt2Tokenizer;
 
-use crate::{GenerateError, Generation, GenerationConfig, generate};
+use crate::{GenerateError, Generation, GenerationConfig, Step, generate};
 
 /// One prompt's result, in text and ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +46,8 @@ impl TextGenerator {
 
     /// Generates a continuation for each prompt, run as one batch.
     ///
-    /// `on_text(row, text)` receives each row's new text as soon as it forms whole characters.
+    /// `on_text(row, text)` receives each row's new text as soon as it forms whole characters;
+    /// `on_step` sees every step's ids and logits, as [`generate`]'s callback does.
     ///
     /// # Errors
     /// As [`generate`]: the prompts must encode to the same, non-zero number of tokens.
@@ -55,11 +56,13 @@ impl TextGenerator {
         prompts: &[&str],
         config: &GenerationConfig,
         mut on_text: impl FnMut(usize, &str),
+        mut on_step: impl FnMut(&Step),
     ) -> Result<(Vec<Completion>, Generation), GenerateError> {
         let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| self.tokenizer.encode(p)).collect();
         let mut streams: Vec<_> = prompts.iter().map(|_| self.tokenizer.stream()).collect();
         let mut stream_error = None;
         let generation = generate(&self.model, &prompt_ids, config, |step| {
+            on_step(step);
             for (row, id) in step.ids.iter().enumerate() {
                 let Some(id) = id.filter(|&id| Some(id) != config.eos_token_id) else {
                     continue;
