@@ -10,6 +10,9 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
+mod chart;
+mod compare;
 mod speed;
 
 #[derive(Parser)]
@@ -38,15 +41,24 @@ enum Task {
         #[arg(long)]
         no_setup: bool,
     },
-    /// Run each criterion benchmark once (`--test`), or measure with `--measure`.
-    Bench {
-        #[arg(long)]
-        measure: bool,
+    /// Run each criterion benchmark once (`--test`), or measure them, optionally as a named
+    /// baseline compared with an earlier one by critcmp.
+    Bench(bench::BenchArgs),
+    /// `cargo check` the CLI with a backend that cannot run on a CPU-only machine (cuda, vulkan),
+    /// so that it keeps compiling.
+    Check {
+        #[arg(long, value_parser = ["cuda", "vulkan"])]
+        feature: String,
     },
     /// Speed against Hugging Face transformers on one checkpoint: `nexttoken bench` on each CPU
     /// backend and benches/hf_bench.py, alternating, at each thread count; prints both and the
     /// ratios.
     Speed(speed::SpeedArgs),
+    /// The backends side by side on one checkpoint: the same prompts on each (ids and logits
+    /// against a reference backend) and `nexttoken bench` (load time, pp/tg tokens/s, peak
+    /// memory). Prints a table and writes it with JSON and an SVG chart; fails when outputs
+    /// disagree.
+    Compare(compare::CompareArgs),
     /// Regenerate the Hugging Face reference data in tests/goldens (needs scripts/requirements.txt).
     Goldens {
         /// Python with torch and transformers installed (see scripts/requirements.txt).
@@ -91,21 +103,17 @@ fn main() -> Result<()> {
             }
             run(&mut command)
         }
-        Task::Bench { measure } => {
-            let mut command = cargo(&root);
-            command.args([
-                "bench",
-                "--bench",
-                "generation",
-                "--features",
-                &cpu_features(),
-            ]);
-            if !measure {
-                command.args(["--", "--test"]);
-            }
-            run(&mut command)
-        }
+        Task::Bench(args) => bench::run_benches(&root, &args),
+        Task::Check { feature } => run(cargo(&root).args([
+            "check",
+            "--release",
+            "-p",
+            "nexttoken-cli",
+            "--features",
+            &feature,
+        ])),
         Task::Speed(args) => speed::run(&root, &args),
+        Task::Compare(args) => compare::run(&root, &args),
         Task::Goldens {
             python,
             corpus,
@@ -146,23 +154,38 @@ enum CpuBackend {
 }
 
 impl Backends {
-    /// The cargo features that compile these backends in.
-    fn features(&self) -> Vec<&'static str> {
-        let all = CpuBackend::value_variants();
-        let chosen = if self.backends.is_empty() {
-            all
+    /// The backends asked for, in the order given (all of them when none was).
+    fn chosen(&self) -> &[CpuBackend] {
+        if self.backends.is_empty() {
+            CpuBackend::value_variants()
         } else {
             &self.backends
-        };
-        chosen
+        }
+    }
+
+    /// The cargo features that compile these backends in.
+    fn features(&self) -> Vec<&'static str> {
+        self.chosen()
             .iter()
-            .filter_map(|backend| match backend {
-                CpuBackend::Flex => None,
-                CpuBackend::Ndarray => Some("ndarray"),
-                CpuBackend::Wgpu => Some("wgpu"),
-                CpuBackend::Tch => Some("tch"),
-            })
+            .filter_map(|backend| backend.feature())
             .collect()
+    }
+}
+
+impl CpuBackend {
+    /// The name `nexttoken --backend` takes.
+    fn name(self) -> &'static str {
+        match self {
+            CpuBackend::Flex => "flex",
+            CpuBackend::Ndarray => "ndarray",
+            CpuBackend::Wgpu => "wgpu",
+            CpuBackend::Tch => "tch",
+        }
+    }
+
+    /// The cargo feature that compiles it in (flex is always there).
+    fn feature(self) -> Option<&'static str> {
+        (self != CpuBackend::Flex).then(|| self.name())
     }
 }
 
@@ -267,6 +290,50 @@ fn prepend(dir: PathBuf, variable: &str) -> OsString {
 }
 
 include!("../../build/torch_lib_dir.rs");
+
+/// Builds the `nexttoken` binary in release mode with `features` (comma-separated); its path.
+///
+/// The workspace is built, as the test suite builds it, so that after `cargo xtask test` this
+/// has nothing to do when the features are the same.
+fn build_nexttoken(root: &Path, features: &str) -> Result<PathBuf> {
+    let mut command = cargo(root);
+    command.args(["build", "--release", "--workspace"]);
+    if !features.is_empty() {
+        command.args(["--features", features]);
+    }
+    run(&mut command)?;
+    Ok(target_dir(root)?.join("release/nexttoken"))
+}
+
+/// Where cargo puts build outputs (CARGO_TARGET_DIR or the workspace's `target/`).
+fn target_dir(root: &Path) -> Result<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        target_directory: PathBuf,
+    }
+    let output = cargo(root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("running cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(serde_json::from_slice::<Metadata>(&output.stdout)?.target_directory)
+}
+
+/// Appends `text` to the file at `path` (a CI job summary), creating it if needed.
+fn append_to(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .with_context(|| format!("appending to {}", path.display()))
+}
 
 fn run(command: &mut Command) -> Result<()> {
     eprintln!("$ {command:?}");

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::{cache_dir, cargo, cpu_features, install, venv};
+use crate::{build_nexttoken, cache_dir, cpu_features, install, venv};
 
 #[derive(Args)]
 pub struct SpeedArgs {
@@ -45,14 +45,15 @@ pub struct SpeedArgs {
 
 /// A line of `nexttoken bench --json` or benches/hf_bench.py, plus where it was measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    backend: String,
-    test: String,
+pub struct Record {
+    pub backend: String,
+    pub test: String,
     threads: Option<usize>,
-    tokens_per_s: f64,
-    stddev: f64,
+    pub load_ms: f64,
+    pub tokens_per_s: f64,
+    pub stddev: f64,
     samples_tokens_per_s: Vec<f64>,
-    peak_rss_bytes: Option<u64>,
+    pub peak_rss_bytes: Option<u64>,
     #[serde(default)]
     round: u32,
     #[serde(default)]
@@ -68,16 +69,7 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         Some(model) => model.clone(),
         None => default_checkpoint(root, &python)?,
     };
-    // The binary the test suite builds, with every CPU backend: after `cargo xtask test` this
-    // build has nothing to do.
-    crate::run(cargo(root).args([
-        "build",
-        "--release",
-        "--workspace",
-        "--features",
-        &cpu_features(),
-    ]))?;
-    let nexttoken = target_dir(root)?.join("release/nexttoken");
+    let nexttoken = build_nexttoken(root, &cpu_features())?;
 
     let common = |command: &mut Command, threads: &str| {
         command
@@ -120,25 +112,6 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where cargo puts build outputs (CARGO_TARGET_DIR or the workspace's `target/`).
-fn target_dir(root: &Path) -> Result<PathBuf> {
-    #[derive(Deserialize)]
-    struct Metadata {
-        target_directory: PathBuf,
-    }
-    let output = cargo(root)
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .context("running cargo metadata")?;
-    if !output.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(serde_json::from_slice::<Metadata>(&output.stdout)?.target_directory)
-}
-
 /// ~/.cache/nexttoken/gpt2-124m-random, made with scripts/make_random_checkpoint.py if missing.
 fn default_checkpoint(root: &Path, python: &Path) -> Result<PathBuf> {
     let dir = cache_dir()
@@ -165,7 +138,12 @@ fn json_lines(command: &mut Command) -> Result<Vec<Record>> {
     if !output.status.success() {
         bail!("{command:?} failed with {}", output.status);
     }
-    String::from_utf8_lossy(&output.stdout)
+    parse_records(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// The records of `nexttoken bench --json`'s output, one per line.
+pub fn parse_records(stdout: &str) -> Result<Vec<Record>> {
+    stdout
         .lines()
         .filter(|line| !line.trim().is_empty())
         .map(|line| {
