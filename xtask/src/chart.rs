@@ -10,9 +10,21 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 /// One bar: a mean and its standard deviation, drawn as an error bar.
 pub struct Bar {
     pub label: String,
+    /// Index into the palette, so that a backend keeps its colour from chart to chart.
+    pub color: usize,
     pub mean: f64,
     pub stddev: f64,
 }
+
+/// seaborn's "deep" palette: distinct, and readable in print.
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(76, 114, 176),
+    RGBColor(221, 132, 82),
+    RGBColor(85, 168, 104),
+    RGBColor(196, 78, 82),
+    RGBColor(129, 114, 179),
+    RGBColor(147, 120, 96),
+];
 
 /// One chart of the row: a test (e.g. pp256) across backends.
 pub struct Panel {
@@ -79,7 +91,7 @@ where
             (SegmentValue::Exact(i), 0.0),
             (SegmentValue::Exact(i + 1), bar.mean),
         ];
-        let mut rectangle = Rectangle::new(corners, Palette99::pick(i).filled());
+        let mut rectangle = Rectangle::new(corners, PALETTE[bar.color % PALETTE.len()].filled());
         rectangle.set_margin(0, 0, 14, 14);
         rectangle
     }))?;

@@ -77,6 +77,17 @@ struct Report {
     backends: Vec<BackendReport>,
 }
 
+impl Report {
+    /// The backends that could not run.
+    fn skipped(&self) -> Vec<&'static str> {
+        self.backends
+            .iter()
+            .filter(|b| b.skipped.is_some())
+            .map(|b| b.backend)
+            .collect()
+    }
+}
+
 #[derive(Serialize)]
 struct BackendReport {
     backend: &'static str,
@@ -238,12 +249,7 @@ pub fn run(root: &Path, args: &CompareArgs) -> Result<()> {
             disagreeing.join(", ")
         );
     }
-    let skipped: Vec<&str> = report
-        .backends
-        .iter()
-        .filter(|b| b.skipped.is_some())
-        .map(|b| b.backend)
-        .collect();
+    let skipped = report.skipped();
     if args.require_all && !skipped.is_empty() {
         bail!("--require-all: could not run {}", skipped.join(", "));
     }
@@ -472,8 +478,13 @@ fn write_outputs(
             .filter_map(|b| {
                 let measure = pick(b.speed.as_ref()?).as_ref()?;
                 title.clone_from(&measure.test);
+                let color = CpuBackend::value_variants()
+                    .iter()
+                    .position(|backend| backend.name() == b.backend)
+                    .unwrap_or_default();
                 Some(Bar {
                     label: b.backend.to_string(),
+                    color,
                     mean: measure.tokens_per_s,
                     stddev: measure.stddev,
                 })
@@ -483,10 +494,14 @@ fn write_outputs(
     };
     let panels = [panel(|s| &s.prompt), panel(|s| &s.generation)];
     let model = report.model.file_name().unwrap_or(report.model.as_os_str());
-    let caption = format!(
+    let skipped = report.skipped();
+    let mut caption = format!(
         "{}: tokens/s per backend (mean ± std of {repetitions} runs)",
         model.to_string_lossy()
     );
+    if !skipped.is_empty() {
+        let _ = write!(caption, "; skipped: {}", skipped.join(", "));
+    }
     chart::write_svg(&out.join("compare.svg"), &caption, &panels)?;
     eprintln!(
         "wrote compare.json, compare.md and compare.svg to {}",
