@@ -71,10 +71,14 @@ pub fn run_benches(root: &Path, args: &BenchArgs) -> Result<()> {
         .lines()
         .any(|line| line.trim() == old)
     {
-        eprintln!(
+        let note = format!(
             "no criterion baseline `{old}` under {}: nothing to compare `{new}` with yet",
             target.display()
         );
+        eprintln!("{note}");
+        if let Some(path) = &args.summary {
+            append_to(path, &format!("### criterion\n\n{note}\n\n"))?;
+        }
         return Ok(());
     }
     let mut critcmp = Command::new(critcmp);
