@@ -272,9 +272,10 @@ fn build_blocker(backend: CpuBackend) -> Option<String> {
     }
 }
 
-/// Runs `backend`'s generation and benchmark. The inner error is why the backend could not run
-/// (the CLI's own message); the outer one, a failure of this tool.
-#[allow(clippy::type_complexity)]
+/// A backend's generations and speed, or why it could not run (the CLI's own message).
+type Measured = Result<(Vec<Generated>, Speed), String>;
+
+/// Runs `backend`'s generation and benchmark; an error is a failure of this tool.
 fn measure(
     nexttoken: &Path,
     backend: CpuBackend,
@@ -282,7 +283,7 @@ fn measure(
     prompts: &[String],
     out: &Path,
     args: &CompareArgs,
-) -> Result<Result<(Vec<Generated>, Speed), String>> {
+) -> Result<Measured> {
     let nexttoken_on = |task: &str| {
         let mut command = Command::new(nexttoken);
         command
