@@ -246,6 +246,24 @@ fn install(root: &Path, targets: &[&str]) -> Result<()> {
 fn cargo(root: &Path) -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(root);
+    // `cargo run` sets these for xtask itself. Some build scripts track them (ring: the manifest
+    // directory), so passing them on would make every build from another clone, or a plain
+    // `cargo build`, recompile those crates and everything above them (burn: minutes).
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
     // torch-sys takes libtorch from the torch package of the `python3` on PATH.
     if let Some(venv) = venv() {
         command.env("PATH", prepend(venv.join("bin"), "PATH"));
