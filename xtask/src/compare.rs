@@ -78,13 +78,18 @@ struct Report {
 }
 
 impl Report {
-    /// The backends that could not run.
-    fn skipped(&self) -> Vec<&'static str> {
+    /// The names of the backends for which `holds` is true.
+    fn backends_where(&self, holds: impl Fn(&BackendReport) -> bool) -> Vec<&'static str> {
         self.backends
             .iter()
-            .filter(|b| b.skipped.is_some())
+            .filter(|b| holds(b))
             .map(|b| b.backend)
             .collect()
+    }
+
+    /// The backends that could not run.
+    fn skipped(&self) -> Vec<&'static str> {
+        self.backends_where(|b| b.skipped.is_some())
     }
 }
 
@@ -235,12 +240,7 @@ pub fn run(root: &Path, args: &CompareArgs) -> Result<()> {
     };
     write_outputs(&report, &out, args.repetitions, args.summary.as_deref())?;
 
-    let disagreeing: Vec<&str> = report
-        .backends
-        .iter()
-        .filter(|b| b.outputs.as_ref().is_some_and(|o| !o.agrees))
-        .map(|b| b.backend)
-        .collect();
+    let disagreeing = report.backends_where(|b| b.outputs.as_ref().is_some_and(|o| !o.agrees));
     if !disagreeing.is_empty() {
         bail!(
             "outputs differ from {}'s beyond the tolerance ({:e}) on: {}",

@@ -11,7 +11,6 @@ use safetensors::tensor::TensorView;
 /// Each prompt's logits rows, in step order, as little-endian float32 bytes.
 pub struct LogitsRecorder {
     rows: Vec<Vec<u8>>,
-    steps: Vec<usize>,
     vocab_size: usize,
 }
 
@@ -19,7 +18,6 @@ impl LogitsRecorder {
     pub fn new(prompts: usize, vocab_size: usize) -> Self {
         Self {
             rows: vec![Vec::new(); prompts],
-            steps: vec![0; prompts],
             vocab_size,
         }
     }
@@ -36,7 +34,6 @@ impl LogitsRecorder {
             if id.is_some() {
                 let values = &logits[row * self.vocab_size..(row + 1) * self.vocab_size];
                 self.rows[prompt].extend(values.iter().flat_map(|v| v.to_le_bytes()));
-                self.steps[prompt] += 1;
             }
         }
         Ok(())
@@ -44,13 +41,14 @@ impl LogitsRecorder {
 
     /// Writes `logits.N` for every prompt N, and the backend's name in the file's metadata.
     pub fn save(&self, path: &Path, backend: &str) -> Result<()> {
+        let row_bytes = self.vocab_size * size_of::<f32>();
         let views = self
             .rows
             .iter()
-            .zip(&self.steps)
             .enumerate()
-            .map(|(prompt, (bytes, &steps))| {
-                let view = TensorView::new(Dtype::F32, vec![steps, self.vocab_size], bytes)?;
+            .map(|(prompt, bytes)| {
+                let shape = vec![bytes.len() / row_bytes, self.vocab_size];
+                let view = TensorView::new(Dtype::F32, shape, bytes)?;
                 Ok((format!("logits.{prompt}"), view))
             })
             .collect::<Result<HashMap<_, _>, safetensors::SafeTensorError>>()?;
