@@ -8,6 +8,7 @@
 //! `cargo xtask bench --measure` measures; `cargo xtask bench` runs each once, as CI does.
 
 use std::hint::black_box;
+use std::ops::ControlFlow;
 
 /// The allocator the `nexttoken` binary uses (see its main.rs), so the figures match it.
 #[global_allocator]
@@ -94,7 +95,12 @@ fn whole_generation(c: &mut Criterion, backend: Backend, model: &Gpt2) {
     group.bench_function("prompt4_new32", |b| {
         b.iter(|| {
             seed += 1;
-            black_box(generate(model, &[ids(seed, 4)], &config, |_| {}).map(|out| out.tokens))
+            black_box(
+                generate(model, &[ids(seed, 4)], &config, |_| {
+                    ControlFlow::Continue(())
+                })
+                .map(|out| out.tokens),
+            )
         })
     });
     group.finish();

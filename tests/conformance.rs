@@ -7,6 +7,7 @@
 //! against flex on the same inputs. A backend that is compiled in but cannot start fails the
 //! suite: nothing is skipped silently.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 mod common;
@@ -14,7 +15,7 @@ mod common;
 use burn::tensor::Device;
 use nexttoken::backend::Backend;
 use nexttoken::generate::{GenerationConfig, generate};
-use nexttoken::model::{Gpt2, load, token_tensor};
+use nexttoken::model::{Checkpoint, Gpt2, ModelError, token_tensor};
 use nexttoken::tokenizer::Gpt2Tokenizer;
 use serde::Deserialize;
 
@@ -107,6 +108,10 @@ fn backends() -> Vec<(Backend, Device)> {
         .collect()
 }
 
+fn load(path: impl AsRef<std::path::Path>, device: &Device) -> Result<Gpt2, ModelError> {
+    Checkpoint::open(path)?.load(device)
+}
+
 fn load_golden_model(golden: &Golden, device: &Device) -> Gpt2 {
     let model = load(root().join(&golden.model_dir), device)
         .unwrap_or_else(|e| panic!("loading {}: {e}", golden.model));
@@ -181,7 +186,10 @@ fn greedy_ids_match_hugging_face_on_every_backend() {
             let model = load_golden_model(&golden, &device);
             let config = GenerationConfig::new(golden.new_tokens).without_eos();
             for case in &golden.cases {
-                let out = generate(&model, &case.input_ids, &config, |_| {}).unwrap();
+                let out = generate(&model, &case.input_ids, &config, |_| {
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
                 for (row, (ours, theirs)) in out.tokens.iter().zip(&case.greedy_ids).enumerate() {
                     let label = format!("{backend}: {}/{} row {row}", golden.model, case.name);
                     compare_with_reference(&label, &model, &device, case, row, ours, theirs);
@@ -300,14 +308,16 @@ fn every_backend_crops_at_the_context_boundary_as_flex_does() {
         &load_golden_model(&golden, &flex),
         &prompts,
         &config,
-        |_| {},
+        |_| ControlFlow::Continue(()),
     )
     .unwrap()
     .tokens;
     assert!(prompts[0].len() + expected[0].len() > golden.context_length + 30);
     for (backend, device) in backends() {
         let model = load_golden_model(&golden, &device);
-        let tokens = generate(&model, &prompts, &config, |_| {}).unwrap().tokens;
+        let tokens = generate(&model, &prompts, &config, |_| ControlFlow::Continue(()))
+            .unwrap()
+            .tokens;
         for (row, (ours, theirs)) in tokens.iter().zip(&expected).enumerate() {
             if let Some(step) = ours.iter().zip(theirs).position(|(a, b)| a != b) {
                 let prefix: Vec<u32> = prompts[row]
@@ -394,7 +404,8 @@ fn assert_cache_matches_plain(
     let run = |config: GenerationConfig| {
         let mut logits = Vec::new();
         let out = generate(model, prompts, &config.without_eos(), |step| {
-            logits.push(step.logits.clone().into_data().try_to_vec::<f32>().unwrap())
+            logits.push(step.logits.clone().into_data().try_to_vec::<f32>().unwrap());
+            ControlFlow::Continue(())
         })
         .unwrap();
         (out.tokens, logits)

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor};
-use nexttoken::model::{ModelError, load};
+use nexttoken::model::{Checkpoint, Gpt2, ModelError};
 use safetensors::Dtype;
 
 mod common;
@@ -15,6 +15,10 @@ fn fixture() -> PathBuf {
 /// A copy of the tiny-random checkpoint whose tensors pass through `edit` first.
 fn edited_checkpoint(edit: impl Fn(&mut Vec<common::NamedTensor>)) -> tempfile::TempDir {
     common::edited_checkpoint(&fixture(), edit)
+}
+
+fn load(path: impl AsRef<Path>, device: &Device) -> Result<Gpt2, ModelError> {
+    Checkpoint::open(path)?.load(device)
 }
 
 fn load_err(path: &Path) -> ModelError {

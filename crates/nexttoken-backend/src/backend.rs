@@ -134,6 +134,15 @@ impl Backend {
         }
     }
 
+    /// The GPU (or lavapipe) adapter a wgpu or vulkan device runs on; `None` for the others.
+    pub fn adapter(self) -> Option<String> {
+        match self {
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu | Backend::Vulkan => crate::vulkan::adapter_name(),
+            _ => None,
+        }
+    }
+
     fn start_failed(self, reason: String) -> BackendError {
         BackendError::StartFailed {
             name: self.name(),

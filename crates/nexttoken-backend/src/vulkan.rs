@@ -50,3 +50,8 @@ pub(crate) fn largest_buffer() -> Option<(u64, String)> {
         })
         .max_by_key(|(bytes, _)| *bytes)
 }
+
+/// The name of the adapter burn will run on (see [`candidates`]).
+pub(crate) fn adapter_name() -> Option<String> {
+    candidates().first().map(|a| a.get_info().name)
+}

@@ -5,7 +5,7 @@ use nexttoken_backend::Backend;
 
 /// Text generation with GPT-2 models on burn.
 #[derive(Debug, Parser)]
-#[command(name = "nexttoken", version, about)]
+#[command(name = "nexttoken", version, about, max_term_width = 100)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -14,6 +14,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Continue one or more prompts greedily, streaming the text to stdout.
+    #[command(
+        after_help = "Examples:\n  nexttoken generate \"Every effort moves you\"\n  \
+        nexttoken generate --model gpt2 -n 40 \"Hello, I am\"\n  \
+        echo \"Hello\" | nexttoken generate --no-echo --json"
+    )]
     Generate(GenerateArgs),
     /// Measure prompt processing (ppN) and text generation (tgN) speed, as llama-bench does.
     Bench(BenchArgs),
@@ -23,14 +28,21 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// The prompts. Prompts that encode to the same number of tokens run as one batch.
-    #[arg(required = true, value_name = "PROMPT")]
+    /// The prompts; `-` reads one from stdin (so does giving none, when stdin is a pipe).
+    /// Prompts that encode to the same number of tokens run as one batch.
+    #[arg(value_name = "PROMPT")]
     pub prompts: Vec<String>,
 
-    /// A Hugging Face GPT-2 checkpoint: a directory with config.json and model.safetensors, or
-    /// the .safetensors file. Defaults to the small model bundled with nexttoken.
-    #[arg(short, long, value_name = "PATH", env = "NEXTTOKEN_MODEL")]
-    pub model: Option<PathBuf>,
+    /// Read a prompt from FILE (all of it, as one prompt), after the PROMPT arguments.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub prompt_files: Vec<PathBuf>,
+
+    /// Print only the generated text, not the prompt before it.
+    #[arg(long, alias = "no-display-prompt")]
+    pub no_echo: bool,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// Most tokens to generate per prompt.
     #[arg(short = 'n', long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
@@ -72,11 +84,26 @@ pub struct RunArgs {
     pub threads: Option<u32>,
 }
 
+/// Which checkpoint to run, for `generate` and `bench` alike.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A GPT-2 checkpoint: a local folder with config.json and model.safetensors (or a sharded
+    /// model.safetensors.index.json), the .safetensors file itself, or a Hugging Face Hub repo
+    /// id (`gpt2`, `openai-community/gpt2-medium`), downloaded once into the Hugging Face cache
+    /// (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE apply). A local path
+    /// wins over a repo id of the same name. Default: the small model built into nexttoken.
+    #[arg(short, long, value_name = "PATH|REPO", env = "NEXTTOKEN_MODEL")]
+    pub model: Option<String>,
+
+    /// The Hub revision of a repo id: a branch, tag or commit.
+    #[arg(long, default_value = "main", value_name = "REV")]
+    pub revision: String,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// A Hugging Face GPT-2 checkpoint (as for `generate`); defaults to the bundled model.
-    #[arg(short, long, value_name = "PATH", env = "NEXTTOKEN_MODEL")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// Backends to measure, comma-separated.
     #[arg(
@@ -99,14 +126,10 @@ pub struct BenchArgs {
     pub n_prompt: Option<Vec<usize>>,
 
     /// Tokens to generate in the text-generation tests (tgN), comma-separated; 0 skips them.
-    #[arg(
-        short = 'n',
-        long = "n-gen",
-        default_value = "128",
-        value_delimiter = ',',
-        value_name = "N"
-    )]
-    pub n_gen: Vec<usize>,
+    /// A test may not run past the model's context length. Default: 128, or the model's
+    /// context length if shorter.
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', value_name = "N")]
+    pub n_gen: Option<Vec<usize>>,
 
     /// Timed repetitions of each test, after one untimed warm-up run.
     #[arg(short, long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -129,6 +152,23 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_is_wrapped_to_the_terminal() {
+        let mut command = Cli::command().term_width(80);
+        // Building propagates the width to the subcommands.
+        command.build();
+        let help = command
+            .find_subcommand_mut("generate")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let longest = help.lines().map(|line| line.chars().count()).max().unwrap();
+        assert!(
+            longest <= 80,
+            "a help line of {longest} characters:\n{help}"
+        );
     }
 
     #[test]

@@ -8,19 +8,20 @@
 //! compilation, autotuning, allocator warm-up), then `-r` times with fresh random ids, since
 //! some backends reuse results for identical inputs.
 
-use std::path::Path;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use nexttoken_generate::{GenerationConfig, TextGenerator, generate};
-use nexttoken_model::Gpt2Config;
 use serde::Serialize;
 
 use crate::args::BenchArgs;
-use crate::{load_generator, memory};
+use crate::{apply, load_generator, memory, model};
 
 /// llama-bench's default prompt length.
 const DEFAULT_PROMPT: usize = 512;
+/// llama-bench's default generation length.
+const DEFAULT_GEN: usize = 128;
 
 #[derive(Debug, Clone, Copy)]
 enum Test {
@@ -51,7 +52,9 @@ impl Test {
         let mut config = GenerationConfig::new(new_tokens).without_eos();
         config.kv_cache = kv_cache;
         let start = Instant::now();
-        generate(&generator.model, &[prompt], &config, |_| {})?;
+        generate(&generator.model, &[prompt], &config, |_| {
+            ControlFlow::Continue(())
+        })?;
         let (Test::Prompt(n) | Test::Generation(n)) = self;
         Ok(n as f64 / start.elapsed().as_secs_f64())
     }
@@ -81,12 +84,20 @@ struct Record<'a> {
     peak_rss_bytes: Option<u64>,
 }
 
-pub fn run(args: BenchArgs, model_path: &Path, config: &Gpt2Config) -> Result<()> {
+/// Checks every argument and backend, then measures.
+pub fn run(args: BenchArgs) -> Result<()> {
+    apply(&args.run)?;
+    let mut opened = model::open(&args.model, args.json)?;
+    let config = opened.checkpoint.config().clone();
     let context = config.n_positions;
     let n_prompt = args
         .n_prompt
         .clone()
         .unwrap_or_else(|| vec![DEFAULT_PROMPT.min(context)]);
+    let n_gen = args
+        .n_gen
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_GEN.min(context)]);
     if let Some(&n) = n_prompt.iter().find(|&&n| n > context) {
         bail!(
             "-p {n}: a prompt of {n} tokens exceeds the model's context length of {context}; \
@@ -98,19 +109,29 @@ pub fn run(args: BenchArgs, model_path: &Path, config: &Gpt2Config) -> Result<()
         .filter(|&&n| n > 0)
         .map(|&n| Test::Prompt(n))
         .chain(
-            args.n_gen
+            n_gen
                 .iter()
                 .filter(|&&n| n > 0)
                 .map(|&n| Test::Generation(n)),
         )
         .collect();
+    // tgN feeds a one-token prompt, then N - 1 more: past the context every step would
+    // recompute a sliding window, a different test.
+    if let Some(&n) = n_gen.iter().find(|&&n| n > context) {
+        bail!(
+            "-n {n}: generating {n} tokens runs past the model's context length of {context}; \
+             use -n {context} or less"
+        );
+    }
     if tests.is_empty() {
         bail!("nothing to measure: -p and -n are all 0");
     }
-    let model_name = model_path.file_stem().map_or_else(
-        || model_path.display().to_string(),
-        |name| name.to_string_lossy().into(),
-    );
+    for &backend in &args.backend {
+        backend.probe()?;
+        let (tensor, bytes) = config.largest_tensor();
+        backend.check_fits(tensor, bytes)?;
+    }
+    let model_name = opened.name.clone();
     let kv_cache = !args.run.no_kv_cache;
     let repetitions = args.repetitions as usize;
 
@@ -136,7 +157,7 @@ pub fn run(args: BenchArgs, model_path: &Path, config: &Gpt2Config) -> Result<()
         );
     }
     for &backend in &args.backend {
-        let generator = load_generator(backend, model_path, config)?;
+        let (generator, load_time) = load_generator(backend, &mut opened.checkpoint)?;
         for (index, &test) in tests.iter().enumerate() {
             let seed = |rep: u64| ((index as u64) << 32) | rep;
             test.run(&generator, kv_cache, seed(u64::MAX >> 32))?; // warm-up
@@ -155,7 +176,7 @@ pub fn run(args: BenchArgs, model_path: &Path, config: &Gpt2Config) -> Result<()
                 n_prompt: test.shape().0,
                 n_gen: test.shape().1,
                 repetitions,
-                load_ms: generator.load_time.as_secs_f64() * 1e3,
+                load_ms: load_time.as_secs_f64() * 1e3,
                 tokens_per_s: mean,
                 stddev,
                 samples_tokens_per_s: samples,

@@ -1,25 +1,50 @@
 //! `generate --save-logits`: the logits behind every generated id, for comparing backends.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use nexttoken_generate::Step;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
+use tempfile::NamedTempFile;
 
 /// Each prompt's logits rows, in step order, as little-endian float32 bytes.
 pub struct LogitsRecorder {
     rows: Vec<Vec<u8>>,
     vocab_size: usize,
+    path: PathBuf,
+    /// Created beside `path` before anything is generated, so that an unwritable place fails
+    /// first; renamed onto `path` once complete, so that a failure never leaves half a file
+    /// there, nor destroys the file that was.
+    file: NamedTempFile,
 }
 
 impl LogitsRecorder {
-    pub fn new(prompts: usize, vocab_size: usize) -> Self {
-        Self {
+    /// A recorder that will write to `path`, which must be a writable file path.
+    pub fn create(path: &Path, prompts: usize, vocab_size: usize) -> Result<Self> {
+        if path.is_dir() {
+            bail!(
+                "--save-logits {}: that is a directory; give a file path",
+                path.display()
+            );
+        }
+        let folder = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let file = tempfile::Builder::new()
+            .prefix(".nexttoken-logits")
+            .suffix(".tmp")
+            .tempfile_in(folder)
+            .map_err(|e| anyhow!("--save-logits {}: cannot write there: {e}", path.display()))?;
+        Ok(Self {
             rows: vec![Vec::new(); prompts],
             vocab_size,
-        }
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     /// Keeps the logits of the rows of `step` that got an id; `prompts[row]` is the prompt each
@@ -40,7 +65,7 @@ impl LogitsRecorder {
     }
 
     /// Writes `logits.N` for every prompt N, and the backend's name in the file's metadata.
-    pub fn save(&self, path: &Path, backend: &str) -> Result<()> {
+    pub fn save(self, backend: &str) -> Result<()> {
         let row_bytes = self.vocab_size * size_of::<f32>();
         let views = self
             .rows
@@ -53,7 +78,13 @@ impl LogitsRecorder {
             })
             .collect::<Result<HashMap<_, _>, safetensors::SafeTensorError>>()?;
         let metadata = HashMap::from([("backend".to_string(), backend.to_string())]);
-        safetensors::serialize_to_file(&views, Some(metadata), path)
-            .with_context(|| format!("writing the logits to {}", path.display()))
+        let bytes = safetensors::serialize(&views, Some(metadata))?;
+        let mut file = self.file;
+        file.write_all(&bytes)
+            .and_then(|()| file.as_file().sync_all())
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|()| file.persist(&self.path).map_err(|e| anyhow!("{}", e.error)))
+            .with_context(|| format!("writing the logits to {}", self.path.display()))?;
+        Ok(())
     }
 }

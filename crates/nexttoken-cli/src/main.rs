@@ -8,44 +8,42 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod args;
 mod bench;
+mod generate;
 mod logits;
 mod memory;
+mod model;
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Parser;
 use nexttoken_backend::{Backend, BackendError, set_cpu_threads};
-use nexttoken_generate::{Completion, GenerationConfig, GenerationStats, TextGenerator};
-use nexttoken_model::Gpt2Config;
-use serde::Serialize;
+use nexttoken_generate::TextGenerator;
+use nexttoken_model::Checkpoint;
 
-use crate::args::{Cli, Command, GenerateArgs, RunArgs};
-use crate::logits::LogitsRecorder;
+use crate::args::{Cli, Command, RunArgs};
+use crate::generate::Outcome;
 
-/// The small Shakespeare model shipped in the repository (see models/README.md).
-fn bundled_model() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    repo.canonicalize()
-        .unwrap_or(repo)
-        .join("models/nexttoken-tiny-shakespeare")
-}
+/// The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+const INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let result = match Cli::parse().command {
-        Command::Generate(args) => run_generate(args),
-        Command::Bench(args) => apply(&args.run).and_then(|()| {
-            let model_path = args.model.clone().unwrap_or_else(bundled_model);
-            let config = read_config(&model_path)?;
-            bench::run(args, &model_path, &config)
-        }),
-        Command::Info => run_info(),
+        Command::Generate(args) => {
+            let interrupted = Arc::new(AtomicBool::new(false));
+            catch_ctrl_c(&interrupted);
+            generate::run(args, &interrupted)
+        }
+        Command::Bench(args) => bench::run(args).map(|()| Outcome::Finished),
+        Command::Info => run_info().map(|()| Outcome::Finished),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Finished) => ExitCode::SUCCESS,
+        Ok(Outcome::Interrupted) => ExitCode::from(INTERRUPTED),
         Err(error) => {
             // One line with the whole chain of causes, without anyhow's backtrace.
             eprintln!("error: {error:#}");
@@ -54,83 +52,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_generate(args: GenerateArgs) -> Result<()> {
-    if let Some(index) = args.prompts.iter().position(String::is_empty) {
-        bail!("prompt {index} is empty: give it at least one character of text");
+/// Rust starts programs with SIGPIPE ignored, so writing to a closed pipe is an error, which
+/// `println!` turns into a panic. With the default action back, `nexttoken ... | head` ends at
+/// its next write, silently, as Unix tools do. (Sockets are unaffected: the standard library
+/// sends with MSG_NOSIGNAL.)
+fn restore_default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler; nothing else runs yet.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    apply(&args.run)?;
-    let model_path = args.model.clone().unwrap_or_else(bundled_model);
-    let model_config = read_config(&model_path)?;
-    let generator = load_generator(args.backend, &model_path, &model_config)?;
-    let mut config = GenerationConfig::new(args.max_new_tokens as usize);
-    if args.ignore_eos {
-        config = config.without_eos();
-    }
-    config.kv_cache = !args.run.no_kv_cache;
+}
 
-    // Prompts of one token length form one [b, t] batch; different lengths run apart.
-    let mut batches: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (index, prompt) in args.prompts.iter().enumerate() {
-        batches
-            .entry(generator.tokenizer.encode(prompt).len())
-            .or_default()
-            .push(index);
-    }
-    let stream = !args.json && args.prompts.len() == 1;
-    let mut results: Vec<Option<(Completion, GenerationStats)>> = vec![None; args.prompts.len()];
-    let mut recorder = args
-        .save_logits
-        .is_some()
-        .then(|| LogitsRecorder::new(args.prompts.len(), model_config.vocab_size));
-    let mut stdout = std::io::stdout().lock();
-    for indices in batches.values() {
-        let prompts: Vec<&str> = indices.iter().map(|&i| args.prompts[i].as_str()).collect();
-        if stream {
-            write!(stdout, "{}", prompts[0])?;
-            stdout.flush()?;
-        }
-        // The first failure to read logits back; it ends the command after this batch.
-        let mut recording = Ok(());
-        let (completions, generation) = generator.generate_text(
-            &prompts,
-            &config,
-            |_, text| {
-                if stream {
-                    // A closed stdout (e.g. `| head`) ends the stream; the summary still prints.
-                    let _ = write!(stdout, "{text}").and_then(|()| stdout.flush());
-                }
-            },
-            |step| {
-                if let (Some(recorder), Ok(())) = (recorder.as_mut(), &recording) {
-                    recording = recorder.record(indices, step);
-                }
-            },
-        )?;
-        recording?;
-        for (&index, completion) in indices.iter().zip(completions) {
-            results[index] = Some((completion, generation.stats.clone()));
-        }
-    }
-
-    if let (Some(recorder), Some(path)) = (&recorder, &args.save_logits) {
-        recorder.save(path, args.backend.name())?;
-    }
-    for (completion, stats) in results.into_iter().flatten() {
-        if args.json {
-            writeln!(
-                stdout,
-                "{}",
-                serde_json::to_string(&JsonLine::new(&completion, &stats, &generator))?
-            )?;
-        } else if stream {
-            writeln!(stdout)?;
-            print_timings(&generator, &stats);
-        } else {
-            writeln!(stdout, "{}{}\n", completion.prompt, completion.text)?;
-            print_timings(&generator, &stats);
-        }
-    }
-    Ok(())
+/// The first Ctrl-C sets `interrupted`, which ends the generation after the current step (the
+/// text so far and the timings are printed); a second one ends the process at once. Until
+/// generation starts Ctrl-C keeps its default, so a download or a load stops at once.
+fn catch_ctrl_c(interrupted: &Arc<AtomicBool>) {
+    use signal_hook::consts::SIGINT;
+    use signal_hook::flag;
+    // Registered first, so it sees the flag as the previous Ctrl-C left it.
+    let _ =
+        flag::register_conditional_shutdown(SIGINT, i32::from(INTERRUPTED), interrupted.clone());
+    let _ = flag::register(SIGINT, interrupted.clone());
 }
 
 /// Applies the settings that must be in place before the first tensor operation.
@@ -141,106 +83,56 @@ fn apply(run: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// The checkpoint's config, checked against its tensors' shapes, before any weight is read.
-fn read_config(model_path: &Path) -> Result<Gpt2Config> {
-    nexttoken_model::read_config(model_path).with_context(|| loading(model_path))
-}
-
 /// Starts the backend and loads the checkpoint on it, refusing (before reading the weights) a
-/// model the device cannot hold.
+/// model the device cannot hold; the generator and the load time.
 fn load_generator(
     backend: Backend,
-    model_path: &Path,
-    config: &Gpt2Config,
-) -> Result<TextGenerator> {
+    checkpoint: &mut Checkpoint,
+) -> Result<(TextGenerator, Duration)> {
     let device = backend.probe()?;
-    let (tensor, bytes) = config.largest_tensor();
+    let (tensor, bytes) = checkpoint.config().largest_tensor();
     backend.check_fits(tensor, bytes)?;
-    TextGenerator::load(model_path, &device).with_context(|| loading(model_path))
+    let start = Instant::now();
+    let model = checkpoint.load(&device).with_context(|| {
+        let files: Vec<String> = checkpoint
+            .files()
+            .map(|f| f.display().to_string())
+            .collect();
+        format!("loading the weights from {}", files.join(", "))
+    })?;
+    let load_time = start.elapsed();
+    Ok((
+        TextGenerator::new(model, checkpoint.config().clone()),
+        load_time,
+    ))
 }
 
-fn loading(model_path: &Path) -> String {
-    format!("loading the model from {}", model_path.display())
+/// "1 token", "2 tokens".
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("{count} {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
 
 /// Lists every backend: compiled in or not, and whether it starts on this machine.
 fn run_info() -> Result<()> {
     println!("nexttoken {}", env!("CARGO_PKG_VERSION"));
-    println!("{:<8} {:<10} status", "backend", "compiled");
+    println!("{:<8} {:<9} status", "backend", "compiled");
     for backend in Backend::ALL {
         let status = match backend.probe() {
-            Ok(device) => format!("ok ({device:?})"),
+            Ok(_) => match backend.adapter() {
+                Some(adapter) => format!("ready, on {adapter}"),
+                None => "ready".to_string(),
+            },
             Err(BackendError::NotCompiled { feature, .. }) => {
-                format!("rebuild with `--features {feature}`")
+                format!("not in this build: rebuild with `--features {feature}`")
             }
             Err(e) => format!("cannot start: {e}"),
         };
         let compiled = if backend.is_compiled() { "yes" } else { "no" };
-        println!("{:<8} {compiled:<10} {status}", backend.name());
+        println!("{:<8} {compiled:<9} {status}", backend.name());
     }
     Ok(())
-}
-
-fn print_timings(generator: &TextGenerator, stats: &GenerationStats) {
-    eprintln!(
-        "load:      {:>8.1} ms",
-        generator.load_time.as_secs_f64() * 1e3
-    );
-    eprintln!(
-        "prompt:    {:>8.1} ms, {:>5} tokens, {:>8.1} tokens/s",
-        stats.prefill.as_secs_f64() * 1e3,
-        stats.prompt_tokens,
-        stats.prompt_tokens_per_s()
-    );
-    eprintln!(
-        "generated: {:>8.1} ms, {:>5} tokens, {:>8.1} tokens/s",
-        stats.decode().as_secs_f64() * 1e3,
-        stats.decode_tokens,
-        stats.generated_tokens_per_s()
-    );
-}
-
-/// One `--json` line.
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    prompt: &'a str,
-    prompt_ids: &'a [u32],
-    ids: &'a [u32],
-    text: &'a str,
-    timings: Timings,
-}
-
-#[derive(Serialize)]
-struct Timings {
-    load_ms: f64,
-    prefill_ms: f64,
-    prompt_tokens: usize,
-    prompt_tokens_per_s: f64,
-    decode_ms: f64,
-    decode_tokens: usize,
-    generated_tokens_per_s: f64,
-    /// Each decode step, in order: the per-token latency.
-    decode_step_ms: Vec<f64>,
-}
-
-impl<'a> JsonLine<'a> {
-    fn new(completion: &'a Completion, stats: &GenerationStats, generator: &TextGenerator) -> Self {
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        Self {
-            prompt: &completion.prompt,
-            prompt_ids: &completion.prompt_ids,
-            ids: &completion.ids,
-            text: &completion.text,
-            timings: Timings {
-                load_ms: ms(generator.load_time),
-                prefill_ms: ms(stats.prefill),
-                prompt_tokens: stats.prompt_tokens,
-                prompt_tokens_per_s: stats.prompt_tokens_per_s(),
-                decode_ms: ms(stats.decode()),
-                decode_tokens: stats.decode_tokens,
-                generated_tokens_per_s: stats.generated_tokens_per_s(),
-                decode_step_ms: stats.decode_steps.iter().copied().map(ms).collect(),
-            },
-        }
-    }
 }

@@ -41,10 +41,20 @@ fn json_lines(args: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The command failed with a message containing `expected`, and did not panic.
+/// The command failed with exit status 1 and a message containing `expected`, and did not
+/// panic.
 fn assert_fails_with(output: &Output, expected: &str) {
+    assert_exits_with(output, 1, expected);
+}
+
+/// The command-line parser refused the arguments: exit status 2, as clap and Unix tools use.
+fn assert_usage_error(output: &Output, expected: &str) {
+    assert_exits_with(output, 2, expected);
+}
+
+fn assert_exits_with(output: &Output, code: i32, expected: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "succeeded; stderr: {stderr}");
+    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
     assert!(
         stderr.contains(expected),
         "`{expected}` not in stderr: {stderr}"
@@ -98,15 +108,28 @@ fn json_lines_carry_ids_text_and_timings() {
             .collect();
         assert_eq!(ids, golden_ids(prompt)[..8]);
         assert!(line["text"].is_string());
-        assert!(line["timings"]["generated_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(
+            line["timings"]["batch"]["generated_tokens_per_s"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
         assert_eq!(
-            line["timings"]["decode_step_ms"].as_array().unwrap().len(),
+            line["timings"]["batch"]["decode_step_ms"]
+                .as_array()
+                .unwrap()
+                .len(),
             7
         );
     }
-    // The two 4-token prompts ran as one batch of 2.
-    assert_eq!(lines[0]["timings"]["prompt_tokens"], 8);
+    // Each prompt's own counts; the two 4-token prompts ran as one batch of 2.
+    assert_eq!(lines[0]["timings"]["prompt_tokens"], 4);
+    assert_eq!(lines[0]["timings"]["generated_tokens"], 8);
+    assert_eq!(lines[0]["timings"]["batch"]["prompts"], 2);
+    assert_eq!(lines[0]["timings"]["batch"]["prompt_tokens"], 8);
     assert_eq!(lines[2]["timings"]["prompt_tokens"], 1);
+    assert_eq!(lines[2]["timings"]["batch"]["prompts"], 1);
+    assert!(lines.iter().all(|line| line["finish_reason"] == "length"));
 }
 
 #[test]
@@ -183,7 +206,7 @@ fn saved_logits_are_the_ones_each_id_was_selected_from() {
 }
 
 #[test]
-fn saving_logits_to_an_unwritable_path() {
+fn saving_logits_to_an_unwritable_path_fails_before_generating() {
     let output = nexttoken(&[
         "generate",
         "-n",
@@ -194,13 +217,49 @@ fn saving_logits_to_an_unwritable_path() {
     ]);
     assert_fails_with(
         &output,
-        "writing the logits to /nonexistent-dir/logits.safetensors",
+        "--save-logits /nonexistent-dir/logits.safetensors: cannot write there",
     );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "generated before failing");
+}
+
+#[test]
+fn saving_logits_to_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().display().to_string();
+    let output = nexttoken(&["generate", "-n", "2", "--save-logits", &path, "Hi"]);
+    assert_fails_with(&output, "that is a directory");
+    assert!(output.stdout.is_empty(), "generated before failing");
+}
+
+/// A failed run leaves an existing logits file as it was, and no temporary file beside it.
+#[test]
+fn a_failed_run_keeps_the_previous_logits_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("logits.safetensors");
+    std::fs::write(&path, b"previous").unwrap();
+    let output = nexttoken(&[
+        "generate",
+        "--backend",
+        "cuda",
+        "--save-logits",
+        &path.display().to_string(),
+        "Hi",
+    ]);
+    assert_fails_with(&output, "--features cuda");
+    assert_eq!(std::fs::read(&path).unwrap(), b"previous");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(names.len(), 1, "{names:?}");
 }
 
 #[test]
 fn zero_new_tokens() {
-    assert_fails_with(
+    assert_usage_error(
         &nexttoken(&["generate", "--max-new-tokens", "0", "Hi"]),
         "--max-new-tokens",
     );
@@ -210,7 +269,7 @@ fn zero_new_tokens() {
 fn empty_prompt() {
     assert_fails_with(
         &nexttoken(&["generate", "--model", &tiny_trained(), ""]),
-        "prompt 0 is empty",
+        "prompt 1 is empty",
     );
 }
 
@@ -224,7 +283,7 @@ fn missing_model() {
 
 #[test]
 fn unknown_backend() {
-    assert_fails_with(
+    assert_usage_error(
         &nexttoken(&["generate", "--backend", "tpu", "Hi"]),
         "unknown backend `tpu`",
     );
@@ -259,7 +318,12 @@ fn info_lists_every_backend_and_flex_runs() {
         .lines()
         .find(|line| line.starts_with("flex"))
         .unwrap();
-    assert!(flex.contains("yes") && flex.contains("ok"), "{flex}");
+    assert!(flex.contains("yes") && flex.contains("ready"), "{flex}");
+    // Human text, not a device's Rust debug output.
+    assert!(
+        !stdout.contains("Device") && !stdout.contains("::"),
+        "{stdout}"
+    );
 }
 
 /// Whether this build of the binary has `backend` (test builds choose their features).
@@ -374,5 +438,443 @@ fn bench_with_nothing_to_measure() {
 
 #[test]
 fn zero_threads() {
-    assert_fails_with(&nexttoken(&["bench", "-t", "0"]), "--threads");
+    assert_usage_error(&nexttoken(&["bench", "-t", "0"]), "--threads");
+}
+
+/// Spawns `nexttoken` with piped stdout and stderr.
+fn spawn(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_nexttoken"))
+        .args(args)
+        .env_remove("NEXTTOKEN_MODEL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the nexttoken binary starts")
+}
+
+/// Waits for `child` to exit, failing the test if it takes longer than `limit` (a hang, not a
+/// speed check: the bound is many times what the work needs).
+fn wait_within(child: &mut std::process::Child, limit: std::time::Duration) -> Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut stderr = Vec::new();
+    std::io::Read::read_to_end(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr,
+    }
+}
+
+/// Enough tokens that the generation would run for minutes on its own.
+const ENDLESS: &str = "1000000";
+
+/// `nexttoken generate ... | head -c 100`: the reader goes away and the generation ends at
+/// once, quietly, as Unix tools end (by SIGPIPE).
+#[test]
+fn closing_stdout_stops_the_generation_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = spawn(&["generate", "-n", ENDLESS, "--ignore-eos", "Every effort"]);
+    let mut first = [0; 100];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let output = wait_within(&mut child, std::time::Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+    assert!(stderr.is_empty(), "printed to stderr: {stderr}");
+}
+
+/// `nexttoken info | grep -q flex`: every subcommand, not only `generate`.
+#[test]
+fn info_into_a_closed_pipe_is_quiet() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_nexttoken"))
+        .arg("info")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+    assert!(stderr.is_empty(), "printed to stderr: {stderr}");
+}
+
+/// Ctrl-C ends the generation after the current step, then prints the timings so far, like
+/// llama-cli's summary; the exit status says it was interrupted (130).
+#[test]
+fn ctrl_c_stops_and_prints_the_timings() {
+    use std::io::Read;
+    let mut child = spawn(&["generate", "-n", ENDLESS, "--ignore-eos", "Every effort"]);
+    let mut first = [0; 64];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    // Keep reading stdout, or the child could block on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        stdout.read_to_end(&mut rest).map(|_| rest)
+    });
+    let output = wait_within(&mut child, std::time::Duration::from_secs(20));
+    reader.join().unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    for expected in ["load:", "prompt:", "generated:", "tokens/s", "interrupted"] {
+        assert!(stderr.contains(expected), "`{expected}` not in: {stderr}");
+    }
+}
+
+/// Runs `nexttoken` with `input` on stdin; its output.
+fn with_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nexttoken"))
+        .args(args)
+        .env_remove("NEXTTOKEN_MODEL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn prompts_from_stdin_and_files() {
+    let model = tiny_trained();
+    let prompt = "Every effort moves you";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompt.txt");
+    std::fs::write(&file, format!("{prompt}\n")).unwrap();
+    let file = file.display().to_string();
+    let base = ["generate", "-m", &model, "-n", "8", "--json"];
+    // A pipe with no PROMPT, `-`, and -f FILE: one trailing newline is dropped, as llama-cli does.
+    let piped = with_stdin(&base, &format!("{prompt}\n"));
+    let dash = with_stdin(&[&base[..], &["-", "Hello, I am"]].concat(), prompt);
+    let from_file = nexttoken(&[&base[..], &["-f", &file]].concat());
+    for output in [&piped, &dash, &from_file] {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line: serde_json::Value = serde_json::from_str(
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(line["prompt"], prompt);
+        let ids: Vec<u64> = serde_json::from_value(line["ids"].clone()).unwrap();
+        assert_eq!(ids, golden_ids(prompt)[..8]);
+    }
+    assert_eq!(String::from_utf8_lossy(&dash.stdout).lines().count(), 2);
+}
+
+#[test]
+fn no_prompt_at_all() {
+    let output = with_stdin(&["generate", "-m", &tiny_trained()], "");
+    assert_fails_with(&output, "prompt 1 is empty");
+    assert_fails_with(
+        &nexttoken(&["generate", "-f", "/no/such/prompt.txt"]),
+        "reading the prompt file /no/such/prompt.txt",
+    );
+}
+
+#[test]
+fn no_echo_prints_only_the_generated_text() {
+    let model = tiny_trained();
+    let args = [
+        "generate",
+        "-m",
+        &model,
+        "-n",
+        "12",
+        "Every effort moves you",
+    ];
+    let echoed = stdout_of(&args);
+    let bare = stdout_of(&[&args[..], &["--no-echo"]].concat());
+    assert_eq!(echoed, format!("Every effort moves you{bare}"));
+}
+
+/// Several prompts: each one's text is printed, and stderr labels each prompt's own token
+/// counts apart from each batch's timings.
+#[test]
+fn several_prompts_are_shown_with_their_own_counts() {
+    let model = tiny_trained();
+    let prompts = ["Every effort moves you", "Hello, I am", "The"];
+    let json = json_lines(
+        &[
+            &["generate", "-m", &model, "-n", "5", "--json"][..],
+            &prompts[..],
+        ]
+        .concat(),
+    );
+    let output = nexttoken(&[&["generate", "-m", &model, "-n", "5"][..], &prompts[..]].concat());
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    for (prompt, line) in prompts.iter().zip(&json) {
+        let text = format!("{prompt}{}", line["text"].as_str().unwrap());
+        assert!(stdout.contains(&text), "`{text}` not in: {stdout}");
+    }
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    for expected in [
+        "prompt 1:  4 tokens in, 5 tokens out (batch 1)",
+        "prompt 3:  1 token in, 5 tokens out (batch 2)",
+        "batch 1 (2 prompts):",
+        "batch 2 (1 prompt):",
+    ] {
+        assert!(stderr.contains(expected), "`{expected}` not in: {stderr}");
+    }
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_cropped_with_a_warning() {
+    let long = "the king ".repeat(40);
+    let output = nexttoken(&["generate", "-m", &tiny_trained(), "-n", "2", &long]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|line| line.starts_with("warning: prompt 1 is 81 tokens"))
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bench_refuses_a_generation_past_the_context() {
+    let model = tiny_trained();
+    assert_fails_with(
+        &nexttoken(&["bench", "--model", &model, "-p", "0", "-n", "65"]),
+        "runs past the model's context length of 64; use -n 64 or less",
+    );
+}
+
+/// Every backend is checked before anything is measured: no half-printed table.
+#[test]
+fn bench_checks_every_backend_first() {
+    let output = nexttoken(&["bench", "-m", &tiny_trained(), "-b", "flex,cuda", "-p", "8"]);
+    assert_fails_with(&output, "--features cuda");
+    assert!(output.stdout.is_empty(), "measured before failing");
+}
+
+/// The built-in model is in the binary: a copy of it run from another directory (as after
+/// `cargo install`, or with the checkout moved) still generates.
+#[test]
+fn the_built_in_model_works_from_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("nexttoken");
+    std::fs::copy(env!("CARGO_BIN_EXE_nexttoken"), &binary).unwrap();
+    let output = Command::new(&binary)
+        .args(["generate", "-n", "4", "--json", "Every effort moves you"])
+        .current_dir(dir.path())
+        .env_remove("NEXTTOKEN_MODEL")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(line["ids"].as_array().unwrap().len(), 4);
+}
+
+/// A fake Hub serving the tiny-trained fixture as `repo`, and a fresh `HF_HOME`.
+fn fake_hub(repo_id: &str) -> (nexttoken_hub::fake::FakeHub, tempfile::TempDir) {
+    let hub = nexttoken_hub::fake::FakeHub::start();
+    hub.add_folder(repo_id, &repo().join("tests/fixtures/tiny-trained"));
+    (hub, tempfile::tempdir().unwrap())
+}
+
+/// `nexttoken` with the Hub at `hub` and the cache in `home`.
+fn with_hub(hub: &nexttoken_hub::fake::FakeHub, home: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nexttoken"));
+    command
+        .env_remove("NEXTTOKEN_MODEL")
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_ENDPOINT", hub.endpoint())
+        .env("HF_HOME", home);
+    command
+}
+
+#[test]
+fn a_hub_model_by_name_downloads_once_then_runs_offline() {
+    let (hub, home) = fake_hub("openai-community/gpt2");
+    let args = [
+        "generate",
+        "--model",
+        "openai-community/gpt2",
+        "-n",
+        "8",
+        "--json",
+        "Every effort moves you",
+    ];
+    let ids = |output: Output| -> Vec<u64> {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        serde_json::from_value(line["ids"].clone()).unwrap()
+    };
+    let expected = golden_ids("Every effort moves you")[..8].to_vec();
+    assert_eq!(
+        ids(with_hub(&hub, home.path()).args(args).output().unwrap()),
+        expected
+    );
+    assert!(
+        home.path()
+            .join("hub/models--openai-community--gpt2/refs/main")
+            .is_file()
+    );
+    let asked = hub.requests();
+    assert_eq!(
+        ids(with_hub(&hub, home.path()).args(args).output().unwrap()),
+        expected
+    );
+    let offline = with_hub(&hub, home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(ids(offline), expected);
+    assert_eq!(hub.requests(), asked, "a cached model touched the network");
+}
+
+#[test]
+fn hub_errors_are_clear() {
+    let (hub, home) = fake_hub("openai-community/gpt2");
+    let run = |extra: &[(&str, &str)], model: &str| {
+        let mut command = with_hub(&hub, home.path());
+        command.envs(extra.iter().copied());
+        command
+            .args(["generate", "-m", model, "-n", "2", "Hi"])
+            .output()
+            .unwrap()
+    };
+    assert_fails_with(
+        &run(&[], "nobody/nothing"),
+        "no model repo `nobody/nothing`",
+    );
+    assert_fails_with(
+        &run(&[("HF_HUB_OFFLINE", "1")], "openai-community/gpt2"),
+        "HF_HUB_OFFLINE is set and `openai-community/gpt2` is not in the cache",
+    );
+    hub.gate("openai-community/gpt2", "hf_right");
+    assert_fails_with(&run(&[], "openai-community/gpt2"), "set HF_TOKEN");
+    assert_fails_with(
+        &run(&[("HF_TOKEN", "hf_wrong")], "openai-community/gpt2"),
+        "is gated or private",
+    );
+    let granted = run(&[("HF_TOKEN", "hf_right")], "openai-community/gpt2");
+    assert!(
+        granted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&granted.stderr)
+    );
+}
+
+/// A folder named like a repo id is used, and the Hub is never asked.
+#[test]
+fn a_local_path_wins_over_a_repo_id() {
+    let (hub, home) = fake_hub("gpt2");
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("gpt2");
+    std::fs::create_dir(&local).unwrap();
+    for name in ["config.json", "model.safetensors"] {
+        std::fs::copy(
+            repo().join("tests/fixtures/tiny-trained").join(name),
+            local.join(name),
+        )
+        .unwrap();
+    }
+    let output = with_hub(&hub, home.path())
+        .current_dir(work.path())
+        .args(["generate", "-m", "gpt2", "-n", "2", "Hi"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(hub.requests(), 0);
+}
+
+/// A write that fails midway (a file-size limit stands in for a full disk, which cannot be
+/// made without mounting a filesystem) is an error naming the cache, and leaves no file there
+/// that a later run would trust.
+#[test]
+fn a_full_disk_while_downloading() {
+    let (hub, home) = fake_hub("openai-community/gpt2");
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 64; exec '{}' generate -m openai-community/gpt2 -n 2 Hi",
+        env!("CARGO_BIN_EXE_nexttoken")
+    );
+    let output = Command::new("bash")
+        .args(["-c", &script])
+        .env_remove("NEXTTOKEN_MODEL")
+        .env("HF_ENDPOINT", hub.endpoint())
+        .env("HF_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_fails_with(&output, "cannot write to the Hugging Face cache");
+    let snapshots = home
+        .path()
+        .join("hub/models--openai-community--gpt2/snapshots");
+    let trusted: Vec<_> = walk(&snapshots)
+        .into_iter()
+        .filter(|path| path.ends_with("model.safetensors"))
+        .collect();
+    assert!(trusted.is_empty(), "{trusted:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
 }

@@ -1,3 +1,4 @@
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use burn::tensor::Tensor;
@@ -26,7 +27,8 @@ pub struct Step<'a> {
 /// Greedily extends each prompt of a batch by up to `config.max_new_tokens` ids.
 ///
 /// `on_step` is called after every step (see [`Step`]), so callers can stream text as it is
-/// made.
+/// made; returning [`ControlFlow::Break`] ends the generation there (the reader went away, the
+/// user pressed Ctrl-C), and what was generated so far is returned.
 ///
 /// The prompts must all have the same length (they form one `[b, t]` tensor). Before each step
 /// the ids are cropped to the last `context_length` tokens, as in the book's loop, so prompts
@@ -45,7 +47,7 @@ pub fn generate(
     model: &Gpt2,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
-    mut on_step: impl FnMut(&Step),
+    mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
 ) -> Result<Generation, GenerateError> {
     check_batch(model, prompts, config)?;
     let device = model.wte.weight.device();
@@ -104,11 +106,11 @@ pub fn generate(
             stats.decode_steps.push(elapsed);
             stats.decode_tokens += emitted.iter().flatten().count();
         }
-        on_step(&Step {
+        let flow = on_step(&Step {
             ids: &emitted,
             logits: &logits,
         });
-        if finished.iter().all(|&done| done) {
+        if flow.is_break() || finished.iter().all(|&done| done) {
             break;
         }
     }
@@ -161,7 +163,7 @@ mod tests {
             n_embd: 8,
             n_positions: 6,
             vocab_size: 16,
-            layer_norm_epsilon: 1e-5,
+            ..Gpt2Config::gpt2()
         };
         config.init(&Device::flex())
     }
@@ -192,7 +194,7 @@ mod tests {
             GenerationConfig::new(10).without_eos(),
             GenerationConfig::new(10).without_eos().without_kv_cache(),
         ] {
-            let out = generate(&model, &prompts, &config, |_| {}).unwrap();
+            let out = generate(&model, &prompts, &config, |_| ControlFlow::Continue(())).unwrap();
             for (prompt, tokens) in prompts.iter().zip(&out.tokens) {
                 assert_eq!(tokens, &reference(&model, prompt, 10), "{config:?}");
             }
@@ -210,7 +212,8 @@ mod tests {
         let logits = |config: GenerationConfig| {
             let mut steps = Vec::new();
             generate(&model, &prompts, &config.without_eos(), |step| {
-                steps.push(step.logits.clone().into_data())
+                steps.push(step.logits.clone().into_data());
+                ControlFlow::Continue(())
             })
             .unwrap();
             steps
@@ -236,11 +239,35 @@ mod tests {
         let stop = expected.iter().position(|&id| id == expected[1]).unwrap();
         let mut steps = Vec::new();
         let out = generate(&model, &prompt, &config, |step| {
-            steps.push(step.ids.to_vec())
+            steps.push(step.ids.to_vec());
+            ControlFlow::Continue(())
         })
         .unwrap();
         assert_eq!(out.tokens[0], expected[..=stop]);
         assert_eq!(steps.len(), stop + 1);
+    }
+
+    #[test]
+    fn breaking_from_the_callback_ends_the_generation_with_what_was_made() {
+        let model = tiny_model();
+        let prompt = vec![vec![1, 2, 3]];
+        let mut steps = 0;
+        let out = generate(
+            &model,
+            &prompt,
+            &GenerationConfig::new(10).without_eos(),
+            |_| {
+                steps += 1;
+                if steps == 3 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(steps, 3);
+        assert_eq!(out.tokens[0], reference(&model, &prompt[0], 3));
     }
 
     #[test]
@@ -263,7 +290,8 @@ mod tests {
             (vec![vec![1, 16]], config.clone(), "token id 16"),
         ];
         for (prompts, config, message) in cases {
-            let err = generate(&model, &prompts, &config, |_| {}).unwrap_err();
+            let err =
+                generate(&model, &prompts, &config, |_| ControlFlow::Continue(())).unwrap_err();
             assert!(err.to_string().contains(message), "{err}");
         }
     }

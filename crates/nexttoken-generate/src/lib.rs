@@ -10,6 +10,8 @@
 //! loop's ([`GenerationConfig::without_kv_cache`]), which the tests check on every backend.
 //!
 //! ```
+//! use std::ops::ControlFlow;
+//!
 //! use burn::tensor::Device;
 //! use nexttoken_generate::{GenerationConfig, generate};
 //! use nexttoken_model::Gpt2Config;
@@ -19,7 +21,7 @@
 //! let model = config.init(&device);
 //! // A batch of two prompts of equal length.
 //! let prompts = vec![vec![6109, 3626, 6100, 345], vec![15496, 11, 314, 716]];
-//! let out = generate(&model, &prompts, &GenerationConfig::new(5), |_step| {})?;
+//! let out = generate(&model, &prompts, &GenerationConfig::new(5), |_step| ControlFlow::Continue(()))?;
 //! assert!(out.tokens.iter().all(|row| row.len() <= 5));
 //! # Ok::<(), nexttoken_generate::GenerateError>(())
 //! ```

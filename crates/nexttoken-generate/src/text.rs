@@ -1,8 +1,6 @@
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::ops::ControlFlow;
 
-use burn::tensor::Device;
-use nexttoken_model::{Gpt2, Gpt2Config, ModelError};
+use nexttoken_model::{Gpt2, Gpt2Config};
 use nexttoken_tokenizer::Gpt2Tokenizer;
 
 use crate::{GenerateError, Generation, GenerationConfig, Step, generate};
@@ -24,30 +22,33 @@ pub struct TextGenerator {
     pub model: Gpt2,
     pub config: Gpt2Config,
     pub tokenizer: Gpt2Tokenizer,
-    /// How long [`TextGenerator::load`] took.
-    pub load_time: Duration,
 }
 
 impl TextGenerator {
-    /// Loads a Hugging Face GPT-2 checkpoint (see [`nexttoken_model::load`]).
-    ///
-    /// # Errors
-    /// The [`ModelError`] of the load.
-    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
-        let start = Instant::now();
-        let (model, config) = nexttoken_model::load_with_config(path, device)?;
-        Ok(Self {
+    /// A generator for `model`, built from `config` (see [`nexttoken_model::Checkpoint`]).
+    pub fn new(model: Gpt2, config: Gpt2Config) -> Self {
+        Self {
             model,
             config,
             tokenizer: Gpt2Tokenizer::new(),
-            load_time: start.elapsed(),
-        })
+        }
+    }
+
+    /// Settings for up to `max_new_tokens` per prompt, stopping at the model's end-of-text id
+    /// (`eos_token_id` of its `config.json`).
+    pub fn generation_config(&self, max_new_tokens: usize) -> GenerationConfig {
+        GenerationConfig {
+            eos_token_id: Some(self.config.eos_token_id),
+            ..GenerationConfig::new(max_new_tokens)
+        }
     }
 
     /// Generates a continuation for each prompt, run as one batch.
     ///
     /// `on_text(row, text)` receives each row's new text as soon as it forms whole characters;
-    /// `on_step` sees every step's ids and logits, as [`generate`]'s callback does.
+    /// `on_step` sees every step's ids and logits, as [`generate`]'s callback does. Either
+    /// returning [`ControlFlow::Break`] ends the generation after that step; the completions then
+    /// hold what was generated so far.
     ///
     /// # Errors
     /// As [`generate`]: the prompts must encode to the same, non-zero number of tokens.
@@ -55,24 +56,30 @@ impl TextGenerator {
         &self,
         prompts: &[&str],
         config: &GenerationConfig,
-        mut on_text: impl FnMut(usize, &str),
-        mut on_step: impl FnMut(&Step),
+        mut on_text: impl FnMut(usize, &str) -> ControlFlow<()>,
+        mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
     ) -> Result<(Vec<Completion>, Generation), GenerateError> {
         let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| self.tokenizer.encode(p)).collect();
         let mut streams: Vec<_> = prompts.iter().map(|_| self.tokenizer.stream()).collect();
         let mut stream_error = None;
         let generation = generate(&self.model, &prompt_ids, config, |step| {
-            on_step(step);
+            let mut flow = on_step(step);
             for (row, id) in step.ids.iter().enumerate() {
                 let Some(id) = id.filter(|&id| Some(id) != config.eos_token_id) else {
                     continue;
                 };
                 match streams[row].next_token(id) {
-                    Ok(text) if !text.is_empty() => on_text(row, &text),
+                    Ok(text) if !text.is_empty() && on_text(row, &text).is_break() => {
+                        flow = ControlFlow::Break(());
+                    }
                     Ok(_) => {}
-                    Err(e) => stream_error = Some(e),
+                    Err(e) => {
+                        stream_error = Some(e);
+                        flow = ControlFlow::Break(());
+                    }
                 }
             }
+            flow
         })?;
         if let Some(e) = stream_error {
             return Err(e.into());
@@ -81,7 +88,8 @@ impl TextGenerator {
         for (row, (prompt, prompt_ids)) in prompts.iter().zip(prompt_ids).enumerate() {
             let rest = streams[row].finish();
             if !rest.is_empty() {
-                on_text(row, &rest);
+                // The generation is over: nothing is left to stop.
+                let _ = on_text(row, &rest);
             }
             let ids = generation.tokens[row].clone();
             let text_ids = match config.eos_token_id {

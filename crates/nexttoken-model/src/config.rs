@@ -7,9 +7,14 @@ use serde::{Deserialize, Serialize};
 use crate::block::BlockConfig;
 use crate::{Gpt2, ModelError};
 
-/// GPT-2's hyper-parameters, with the names Hugging Face's `config.json` uses, so the file
-/// deserializes directly (its other keys are ignored).
+/// GPT-2's hyper-parameters, with the names Hugging Face's `config.json` uses.
+///
+/// Deserializing reads a Hub `config.json` as the Hub serves it: `n_positions` and its older
+/// name `n_ctx` (either or both, equal), the end-of-text ids, and checks that the file
+/// describes the architecture this crate implements; keys that do not change the forward pass
+/// (dropouts, `task_specific_params`, `summary_*`, ...) are ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "HubConfig")]
 pub struct Gpt2Config {
     /// Number of transformer blocks.
     pub n_layer: usize,
@@ -18,17 +23,96 @@ pub struct Gpt2Config {
     /// Width of the residual stream (aka hidden size, `C`).
     pub n_embd: usize,
     /// Context length: the number of learned position embeddings (older configs call it `n_ctx`).
-    #[serde(alias = "n_ctx")]
     pub n_positions: usize,
     /// Number of token ids (50257 for GPT-2's tokenizer).
     pub vocab_size: usize,
     /// Epsilon of every layer norm.
-    #[serde(default = "default_layer_norm_epsilon")]
     pub layer_norm_epsilon: f64,
+    /// The id that ends a text (`<|endoftext|>`, 50256 for GPT-2): generation stops there.
+    pub eos_token_id: u32,
+    /// The id that begins a text (GPT-2 uses `<|endoftext|>` for both).
+    pub bos_token_id: u32,
 }
 
-fn default_layer_norm_epsilon() -> f64 {
-    1e-5
+/// GPT-2's `<|endoftext|>`, which Hugging Face's `GPT2Config` also defaults to for both ids.
+const END_OF_TEXT: u32 = 50256;
+
+/// `config.json` as the Hub serves it: every key that matters, optional where a file may
+/// leave it out. [`Gpt2Config`] is made from it by [`TryFrom`], which checks it.
+#[derive(Deserialize)]
+struct HubConfig {
+    model_type: Option<String>,
+    n_layer: usize,
+    n_head: usize,
+    n_embd: usize,
+    n_positions: Option<usize>,
+    n_ctx: Option<usize>,
+    vocab_size: usize,
+    layer_norm_epsilon: Option<f64>,
+    eos_token_id: Option<u32>,
+    bos_token_id: Option<u32>,
+    activation_function: Option<String>,
+    n_inner: Option<usize>,
+    #[serde(default)]
+    scale_attn_by_inverse_layer_idx: bool,
+    #[serde(default)]
+    reorder_and_upcast_attn: bool,
+}
+
+impl TryFrom<HubConfig> for Gpt2Config {
+    type Error = String;
+
+    fn try_from(hub: HubConfig) -> Result<Self, String> {
+        if let Some(model_type) = hub.model_type.as_deref().filter(|&t| t != "gpt2") {
+            return Err(format!(
+                "model_type is \"{model_type}\", not \"gpt2\": nexttoken runs GPT-2 checkpoints only"
+            ));
+        }
+        let n_positions = match (hub.n_positions, hub.n_ctx) {
+            (Some(positions), Some(ctx)) if positions != ctx => {
+                return Err(format!(
+                    "n_positions ({positions}) and n_ctx ({ctx}) disagree: both name the context length"
+                ));
+            }
+            (Some(n), _) | (None, Some(n)) => n,
+            (None, None) => return Err("neither n_positions nor n_ctx is set".into()),
+        };
+        // Hugging Face's GPT-2 maps "gelu_new" and "gelu_pytorch_tanh" to the same tanh
+        // approximation, the only activation this model computes.
+        if let Some(activation) = hub
+            .activation_function
+            .as_deref()
+            .filter(|&a| a != "gelu_new" && a != "gelu_pytorch_tanh")
+        {
+            return Err(format!(
+                "activation_function \"{activation}\" is not supported: nexttoken computes GPT-2's gelu_new"
+            ));
+        }
+        if let Some(n_inner) = hub.n_inner.filter(|&n| n != 4 * hub.n_embd) {
+            return Err(format!(
+                "n_inner ({n_inner}) is not 4 x n_embd ({}): only GPT-2's MLP width is supported",
+                4 * hub.n_embd
+            ));
+        }
+        if hub.scale_attn_by_inverse_layer_idx || hub.reorder_and_upcast_attn {
+            return Err(
+                "scale_attn_by_inverse_layer_idx and reorder_and_upcast_attn are not supported"
+                    .into(),
+            );
+        }
+        let config = Self {
+            n_layer: hub.n_layer,
+            n_head: hub.n_head,
+            n_embd: hub.n_embd,
+            n_positions,
+            vocab_size: hub.vocab_size,
+            layer_norm_epsilon: hub.layer_norm_epsilon.unwrap_or(1e-5),
+            eos_token_id: hub.eos_token_id.unwrap_or(END_OF_TEXT),
+            bos_token_id: hub.bos_token_id.unwrap_or(END_OF_TEXT),
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 impl Gpt2Config {
@@ -40,6 +124,8 @@ impl Gpt2Config {
             n_positions: 1024,
             vocab_size: 50257,
             layer_norm_epsilon: 1e-5,
+            eos_token_id: END_OF_TEXT,
+            bos_token_id: END_OF_TEXT,
         }
     }
 
@@ -83,17 +169,18 @@ impl Gpt2Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| ModelError::InvalidConfig {
+        Self::from_json(&text).map_err(|reason| ModelError::InvalidConfig {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        config
-            .validate()
-            .map_err(|reason| ModelError::InvalidConfig {
-                path: path.to_path_buf(),
-                reason,
-            })?;
-        Ok(config)
+            reason,
+        })
+    }
+
+    /// Reads the text of a Hugging Face `config.json`; the error says what is wrong with it.
+    ///
+    /// # Errors
+    /// The reason the text is not a usable GPT-2 config.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
     }
 
     /// Checks that the values describe a model that can be built.
@@ -173,13 +260,132 @@ mod tests {
         assert_eq!(millions, [124, 354, 774, 1557]);
     }
 
+    /// The four official `config.json` files, verbatim as the Hub serves them (both `n_ctx`
+    /// and `n_positions`, and many keys to ignore), with the preset each must give.
+    fn hub_configs() -> [(&'static str, &'static str, Gpt2Config); 4] {
+        [
+            (
+                "gpt2",
+                include_str!("../../../tests/fixtures/hub-configs/gpt2.config.json"),
+                Gpt2Config::gpt2(),
+            ),
+            (
+                "gpt2-medium",
+                include_str!("../../../tests/fixtures/hub-configs/gpt2-medium.config.json"),
+                Gpt2Config::gpt2_medium(),
+            ),
+            (
+                "gpt2-large",
+                include_str!("../../../tests/fixtures/hub-configs/gpt2-large.config.json"),
+                Gpt2Config::gpt2_large(),
+            ),
+            (
+                "gpt2-xl",
+                include_str!("../../../tests/fixtures/hub-configs/gpt2-xl.config.json"),
+                Gpt2Config::gpt2_xl(),
+            ),
+        ]
+    }
+
+    /// A Hub config with `edit` applied to its JSON.
+    fn edited(edit: impl Fn(&mut serde_json::Map<String, serde_json::Value>)) -> String {
+        let mut json: serde_json::Value = serde_json::from_str(hub_configs()[0].1).unwrap();
+        edit(json.as_object_mut().unwrap());
+        json.to_string()
+    }
+
     #[test]
-    fn reads_hugging_face_config_json() {
-        let json = r#"{"activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"],
-            "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12, "vocab_size": 50257,
-            "layer_norm_epsilon": 1e-05, "model_type": "gpt2"}"#;
-        let config: Gpt2Config = serde_json::from_str(json).unwrap();
-        assert_eq!(config, Gpt2Config::gpt2());
+    fn every_official_config_reads_as_its_preset() {
+        for (name, text, preset) in hub_configs() {
+            let json: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                json["n_ctx"], json["n_positions"],
+                "{name} carries both keys"
+            );
+            assert_eq!(Gpt2Config::from_json(text), Ok(preset), "{name}");
+        }
+    }
+
+    #[test]
+    fn either_name_of_the_context_length_is_enough() {
+        let without_ctx = edited(|json| drop(json.remove("n_ctx")));
+        let without_positions = edited(|json| drop(json.remove("n_positions")));
+        for text in [without_ctx, without_positions] {
+            assert_eq!(
+                Gpt2Config::from_json(&text),
+                Ok(Gpt2Config::gpt2()),
+                "{text}"
+            );
+        }
+        let neither = edited(|json| {
+            json.remove("n_ctx");
+            json.remove("n_positions");
+        });
+        assert!(
+            Gpt2Config::from_json(&neither)
+                .unwrap_err()
+                .contains("neither")
+        );
+        let disagreeing = edited(|json| drop(json.insert("n_ctx".into(), 512.into())));
+        let err = Gpt2Config::from_json(&disagreeing).unwrap_err();
+        assert!(
+            err.contains("n_positions (1024) and n_ctx (512) disagree"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn end_of_text_ids_come_from_the_config() {
+        let text = edited(|json| {
+            json.insert("eos_token_id".into(), 0.into());
+            json.insert("bos_token_id".into(), 1.into());
+        });
+        let config = Gpt2Config::from_json(&text).unwrap();
+        assert_eq!((config.eos_token_id, config.bos_token_id), (0, 1));
+        // Hugging Face's GPT2Config defaults both to <|endoftext|>.
+        let defaulted = edited(|json| {
+            json.remove("eos_token_id");
+            json.remove("bos_token_id");
+        });
+        let config = Gpt2Config::from_json(&defaulted).unwrap();
+        assert_eq!((config.eos_token_id, config.bos_token_id), (50256, 50256));
+    }
+
+    #[test]
+    fn configs_of_other_architectures_are_refused() {
+        let cases: [(&str, serde_json::Value, &str); 5] = [
+            (
+                "model_type",
+                "llama".into(),
+                "model_type is \"llama\", not \"gpt2\"",
+            ),
+            (
+                "activation_function",
+                "relu".into(),
+                "activation_function \"relu\"",
+            ),
+            ("n_inner", 1000.into(), "n_inner (1000)"),
+            (
+                "scale_attn_by_inverse_layer_idx",
+                true.into(),
+                "not supported",
+            ),
+            ("n_head", 7.into(), "divisible"),
+        ];
+        for (key, value, expected) in cases {
+            let text = edited(|json| drop(json.insert(key.into(), value.clone())));
+            let err = Gpt2Config::from_json(&text).unwrap_err();
+            assert!(err.contains(expected), "{key}: {err}");
+        }
+        // Older configs may leave model_type out; a missing size is an error naming it.
+        let no_type = edited(|json| drop(json.remove("model_type")));
+        assert_eq!(Gpt2Config::from_json(&no_type), Ok(Gpt2Config::gpt2()));
+        let no_layers = edited(|json| drop(json.remove("n_layer")));
+        assert!(
+            Gpt2Config::from_json(&no_layers)
+                .unwrap_err()
+                .contains("n_layer")
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub enum ModelError {
 
     #[error(
         "no model.safetensors in {dir}: download the checkpoint's model.safetensors (Hugging \
-         Face: `huggingface-cli download gpt2 model.safetensors config.json --local-dir {dir}`)"
+         Face: `hf download gpt2 model.safetensors config.json --local-dir {dir}`)"
     )]
     NoWeights { dir: PathBuf },
 
@@ -75,4 +75,23 @@ pub enum ModelError {
 
     #[error("{path} holds tensor `{name}`, which GPT-2 does not have: is this a GPT-2 checkpoint?")]
     UnexpectedTensor { path: PathBuf, name: String },
+
+    #[error(
+        "{path} holds PyTorch pickle weights, which nexttoken does not read: convert them to \
+         safetensors first (in Python: `GPT2LMHeadModel.from_pretrained(dir).save_pretrained(dir, \
+         safe_serialization=True)`, or the Hub's \"convert to safetensors\" Space)"
+    )]
+    PytorchWeights { path: PathBuf },
+
+    #[error("{path} is not a usable model.safetensors.index.json: {reason}")]
+    InvalidIndex { path: PathBuf, reason: String },
+
+    #[error("{index} lists the shard {shard}, which is missing: download every shard it names")]
+    MissingShard { index: PathBuf, shard: PathBuf },
+
+    #[error(
+        "{path} holds an lm_head.weight that differs from wte.weight: GPT-2 ties its output \
+         head to the token embedding, and nexttoken does not run untied heads"
+    )]
+    UntiedHead { path: PathBuf },
 }

@@ -17,11 +17,13 @@
 //! assert_eq!(logits.dims(), [2, 3, 32]);
 //! ```
 //!
-//! Loading a Hugging Face checkpoint (a directory with `config.json` and `model.safetensors`):
+//! Loading a Hugging Face checkpoint (a directory with `config.json` and `model.safetensors`, or
+//! a sharded `model.safetensors.index.json`): [`Checkpoint::open`] reads the config and the
+//! headers, [`Checkpoint::load`] the weights.
 //!
 //! ```no_run
 //! # use burn::tensor::Device;
-//! let model = nexttoken_model::load("path/to/gpt2", &Device::flex())?;
+//! let model = nexttoken_model::Checkpoint::open("path/to/gpt2")?.load(&Device::flex())?;
 //! # Ok::<(), nexttoken_model::ModelError>(())
 //! ```
 
@@ -30,14 +32,14 @@ pub use burn;
 mod attention;
 mod block;
 mod cache;
+mod checkpoint;
 mod config;
 mod error;
-mod load;
 mod mlp;
 mod model;
 
 pub use cache::KvCache;
+pub use checkpoint::Checkpoint;
 pub use config::Gpt2Config;
 pub use error::ModelError;
-pub use load::{find_weights, load, load_with_config, read_config};
 pub use model::{Gpt2, token_tensor};

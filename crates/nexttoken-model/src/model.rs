@@ -152,7 +152,7 @@ mod tests {
             n_embd: 8,
             n_positions: 16,
             vocab_size: 16,
-            layer_norm_epsilon: 1e-5,
+            ..Gpt2Config::gpt2()
         }
     }
 

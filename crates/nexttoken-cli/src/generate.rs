@@ -1,0 +1,346 @@
+//! `nexttoken generate`: continue prompts, streaming the text as it is made.
+//!
+//! Prompts that encode to the same number of tokens run as one `[batch, tokens]` batch, one
+//! batch after another. The first prompt of each batch streams as it is generated; the other
+//! prompts of that batch follow, whole, when it ends. Timings go to stderr: each prompt's own
+//! token counts, then each batch's times, split as llama.cpp splits them.
+
+use std::io::{IsTerminal, Read, Write};
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nexttoken_generate::{Completion, GenerationStats};
+use serde::Serialize;
+
+use crate::args::GenerateArgs;
+use crate::logits::LogitsRecorder;
+use crate::{apply, load_generator, model, plural};
+
+/// How a generation ended, for the exit code.
+pub enum Outcome {
+    Finished,
+    /// Ctrl-C stopped it; what was generated so far was printed.
+    Interrupted,
+}
+
+/// One prompt's result, and the batch it ran in.
+struct Done {
+    completion: Completion,
+    finish_reason: &'static str,
+    batch: usize,
+}
+
+/// One batch's prompts (as indices into the prompt list) and timings.
+struct Batch {
+    prompts: Vec<usize>,
+    stats: GenerationStats,
+}
+
+pub fn run(args: GenerateArgs, interrupted: &AtomicBool) -> Result<Outcome> {
+    let prompts = read_prompts(&args)?;
+    apply(&args.run)?;
+    let mut opened = model::open(&args.model, args.json)?;
+    let vocab_size = opened.checkpoint.config().vocab_size;
+    let mut recorder = args
+        .save_logits
+        .as_deref()
+        .map(|path| LogitsRecorder::create(path, prompts.len(), vocab_size))
+        .transpose()?;
+    let (generator, load_time) = load_generator(args.backend, &mut opened.checkpoint)?;
+    let mut config = generator.generation_config(args.max_new_tokens as usize);
+    if args.ignore_eos {
+        config = config.without_eos();
+    }
+    config.kv_cache = !args.run.no_kv_cache;
+
+    let context = generator.config.n_positions;
+    // (token count, prompt indices), in the order the prompts were given.
+    let mut batches: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (index, prompt) in prompts.iter().enumerate() {
+        let tokens = generator.tokenizer.encode(prompt).len();
+        if tokens > context {
+            eprintln!(
+                "warning: prompt {} is {}; the model sees only the last {context} (its context \
+                 length)",
+                index + 1,
+                plural(tokens, "token")
+            );
+        }
+        match batches.iter_mut().find(|(length, _)| *length == tokens) {
+            Some((_, indices)) => indices.push(index),
+            None => batches.push((tokens, vec![index])),
+        }
+    }
+
+    let mut done: Vec<Option<Done>> = (0..prompts.len()).map(|_| None).collect();
+    let mut finished_batches = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    for (_, indices) in batches {
+        if interrupted.load(Ordering::SeqCst) {
+            break;
+        }
+        let texts: Vec<&str> = indices.iter().map(|&i| prompts[i].as_str()).collect();
+        if !args.json {
+            write!(stdout, "{}", echoed(texts[0], args.no_echo))?;
+            stdout.flush()?;
+        }
+        // A failure to write the text or to read logits back ends the generation, then the
+        // command.
+        let mut write_failure = Ok(());
+        let mut record_failure = Ok(());
+        let (completions, generation) = generator.generate_text(
+            &texts,
+            &config,
+            |row, text| {
+                if row == 0
+                    && !args.json
+                    && let Err(e) = write!(stdout, "{text}").and_then(|()| stdout.flush())
+                {
+                    write_failure = Err(e);
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            },
+            |step| {
+                if let Some(recorder) = recorder.as_mut()
+                    && let Err(e) = recorder.record(&indices, step)
+                {
+                    record_failure = Err(e);
+                    return ControlFlow::Break(());
+                }
+                if interrupted.load(Ordering::SeqCst) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
+        write_failure?;
+        record_failure?;
+        if !args.json {
+            writeln!(stdout)?;
+            for completion in &completions[1..] {
+                writeln!(
+                    stdout,
+                    "\n{}{}",
+                    echoed(&completion.prompt, args.no_echo),
+                    completion.text
+                )?;
+            }
+        }
+        for (&index, completion) in indices.iter().zip(completions) {
+            let stopped = config.eos_token_id.is_some()
+                && completion.ids.last() == config.eos_token_id.as_ref();
+            done[index] = Some(Done {
+                completion,
+                finish_reason: if stopped { "stop" } else { "length" },
+                batch: finished_batches.len(),
+            });
+        }
+        finished_batches.push(Batch {
+            prompts: indices,
+            stats: generation.stats,
+        });
+    }
+
+    let interrupted = interrupted.load(Ordering::SeqCst);
+    if args.json {
+        for item in done.iter().flatten() {
+            let batch = &finished_batches[item.batch];
+            let line = JsonLine::new(item, batch, load_time);
+            writeln!(stdout, "{}", serde_json::to_string(&line)?)?;
+        }
+    } else {
+        print_timings(&done, &finished_batches, load_time);
+    }
+    if interrupted {
+        eprintln!("interrupted: the text above is what was generated before Ctrl-C");
+        if args.save_logits.is_some() {
+            eprintln!("--save-logits: nothing written, the generation did not finish");
+        }
+        return Ok(Outcome::Interrupted);
+    }
+    if let Some(recorder) = recorder {
+        recorder.save(args.backend.name())?;
+    }
+    Ok(Outcome::Finished)
+}
+
+/// The prompts from the arguments, `-` (stdin) and `-f FILE`s, in that order; stdin alone
+/// when there are none and it is not a terminal. One trailing newline is dropped from stdin
+/// and files, as llama-cli drops it, since an editor or `echo` adds it.
+fn read_prompts(args: &GenerateArgs) -> Result<Vec<String>> {
+    let stdin = || -> Result<String> {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the prompt from stdin")?;
+        Ok(without_final_newline(text))
+    };
+    if args.prompts.iter().filter(|p| *p == "-").count() > 1 {
+        bail!("`-` (stdin) is given more than once: stdin holds one prompt");
+    }
+    let mut prompts = Vec::new();
+    for prompt in &args.prompts {
+        prompts.push(if prompt == "-" {
+            stdin()?
+        } else {
+            prompt.clone()
+        });
+    }
+    for file in &args.prompt_files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the prompt file {}", file.display()))?;
+        prompts.push(without_final_newline(text));
+    }
+    if prompts.is_empty() {
+        if std::io::stdin().is_terminal() {
+            bail!(
+                "no prompt: give one as an argument, from a file with -f FILE, or on stdin \
+                 (`echo \"Hello\" | nexttoken generate`)"
+            );
+        }
+        prompts.push(stdin()?);
+    }
+    if let Some(index) = prompts.iter().position(String::is_empty) {
+        bail!(
+            "prompt {} is empty: give it at least one character of text",
+            index + 1
+        );
+    }
+    Ok(prompts)
+}
+
+/// The prompt as printed before its continuation: nothing under `--no-echo`.
+fn echoed(prompt: &str, no_echo: bool) -> &str {
+    if no_echo { "" } else { prompt }
+}
+
+fn without_final_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}
+
+fn print_timings(done: &[Option<Done>], batches: &[Batch], load_time: Duration) {
+    eprintln!("load:      {:>8.1} ms", ms(load_time));
+    let [batch] = batches else {
+        for (index, item) in done.iter().enumerate() {
+            let Some(item) = item else { continue };
+            eprintln!(
+                "prompt {}:  {} in, {} out{} (batch {})",
+                index + 1,
+                plural(item.completion.prompt_ids.len(), "token"),
+                plural(item.completion.ids.len(), "token"),
+                if item.finish_reason == "stop" {
+                    ", stopped at end of text"
+                } else {
+                    ""
+                },
+                item.batch + 1
+            );
+        }
+        for (number, batch) in batches.iter().enumerate() {
+            eprintln!(
+                "batch {} ({}):",
+                number + 1,
+                plural(batch.prompts.len(), "prompt")
+            );
+            print_batch(&batch.stats, "  ");
+        }
+        return;
+    };
+    if batch.prompts.len() > 1 {
+        eprintln!("one batch of {}:", plural(batch.prompts.len(), "prompt"));
+    }
+    print_batch(&batch.stats, "");
+}
+
+fn print_batch(stats: &GenerationStats, indent: &str) {
+    eprintln!(
+        "{indent}prompt:    {:>8.1} ms, {:>12}, {:>8.1} tokens/s",
+        ms(stats.prefill),
+        plural(stats.prompt_tokens, "token"),
+        stats.prompt_tokens_per_s()
+    );
+    eprintln!(
+        "{indent}generated: {:>8.1} ms, {:>12}, {:>8.1} tokens/s",
+        ms(stats.decode()),
+        plural(stats.decode_tokens, "token"),
+        stats.generated_tokens_per_s()
+    );
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// One `--json` line.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    prompt: &'a str,
+    prompt_ids: &'a [u32],
+    ids: &'a [u32],
+    text: &'a str,
+    /// "stop" (end of text) or "length" (max new tokens), as OpenAI's API says it.
+    finish_reason: &'static str,
+    timings: Timings,
+}
+
+#[derive(Serialize)]
+struct Timings {
+    load_ms: f64,
+    /// This prompt's tokens.
+    prompt_tokens: usize,
+    /// This prompt's generated tokens.
+    generated_tokens: usize,
+    /// The batch this prompt ran in: its size and times, all its rows together.
+    batch: BatchTimings,
+}
+
+#[derive(Serialize)]
+struct BatchTimings {
+    prompts: usize,
+    prompt_tokens: usize,
+    prefill_ms: f64,
+    prompt_tokens_per_s: f64,
+    decode_ms: f64,
+    decode_tokens: usize,
+    generated_tokens_per_s: f64,
+    /// Each decode step, in order: the per-token latency.
+    decode_step_ms: Vec<f64>,
+}
+
+impl<'a> JsonLine<'a> {
+    fn new(item: &'a Done, batch: &Batch, load_time: Duration) -> Self {
+        let stats = &batch.stats;
+        Self {
+            prompt: &item.completion.prompt,
+            prompt_ids: &item.completion.prompt_ids,
+            ids: &item.completion.ids,
+            text: &item.completion.text,
+            finish_reason: item.finish_reason,
+            timings: Timings {
+                load_ms: ms(load_time),
+                prompt_tokens: item.completion.prompt_ids.len(),
+                generated_tokens: item.completion.ids.len(),
+                batch: BatchTimings {
+                    prompts: batch.prompts.len(),
+                    prompt_tokens: stats.prompt_tokens,
+                    prefill_ms: ms(stats.prefill),
+                    prompt_tokens_per_s: stats.prompt_tokens_per_s(),
+                    decode_ms: ms(stats.decode()),
+                    decode_tokens: stats.decode_tokens,
+                    generated_tokens_per_s: stats.generated_tokens_per_s(),
+                    decode_step_ms: stats.decode_steps.iter().copied().map(ms).collect(),
+                },
+            },
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! Hugging Face GPT-2 checkpoints: `config.json` beside `model.safetensors`, or beside a sharded
+//! `model.safetensors.index.json`, or safetensors bytes held in memory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::store::{ApplyError, ModuleSnapshot, ModuleStore, SafetensorsStore};
+use burn::tensor::{DType, Device};
+
+use crate::{Gpt2, Gpt2Config, ModelError};
+
+const WEIGHTS_FILE: &str = "model.safetensors";
+const INDEX_FILE: &str = "model.safetensors.index.json";
+const CONFIG_FILE: &str = "config.json";
+/// What older repos ship instead of safetensors: a pickle, which this crate does not read.
+const PYTORCH_FILES: [&str; 2] = ["pytorch_model.bin", "pytorch_model.bin.index.json"];
+
+/// A GPT-2 checkpoint, opened: where its weights are, its config, their dtype. Opening reads
+/// the config and the safetensors headers (never the weights), so a caller can decide where the
+/// model fits before [`Checkpoint::load`] reads them, on any number of devices.
+///
+/// ```no_run
+/// # use burn::tensor::Device;
+/// use nexttoken_model::Checkpoint;
+///
+/// let mut checkpoint = Checkpoint::open("path/to/gpt2")?;
+/// println!("{} layers, {:?}", checkpoint.config().n_layer, checkpoint.dtype());
+/// let model = checkpoint.load(&Device::flex())?;
+/// # Ok::<(), nexttoken_model::ModelError>(())
+/// ```
+#[derive(Debug)]
+pub struct Checkpoint {
+    shards: Vec<Shard>,
+    config: Gpt2Config,
+    dtype: DType,
+}
+
+/// One safetensors file (or buffer) of a checkpoint, with the tensors' shapes from its header.
+struct Shard {
+    /// Where the bytes come from, for messages.
+    path: PathBuf,
+    store: SafetensorsStore,
+    tensors: BTreeMap<String, (DType, Vec<usize>)>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("path", &self.path).finish()
+    }
+}
+
+impl Checkpoint {
+    /// Opens the checkpoint at `path`: a directory holding `model.safetensors` (or a sharded
+    /// `model.safetensors.index.json`) and normally `config.json`, or one of those files itself.
+    /// Without a `config.json` the sizes are read off the weights and the head count comes from
+    /// the GPT-2 preset of the same width. Files are memory-mapped when loaded.
+    ///
+    /// # Errors
+    /// A [`ModelError`] naming the file at fault: missing path, only PyTorch pickles, corrupt
+    /// file, a config that is not GPT-2's or disagrees with the weights, non-float32 weights.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let files = weight_files(path.as_ref())?;
+        let config = match files[0].with_file_name(CONFIG_FILE) {
+            config if config.is_file() => Some(Gpt2Config::from_json_file(&config)?),
+            _ => None,
+        };
+        let shards = files
+            .into_iter()
+            .map(|file| Shard::new(SafetensorsStore::from_file(&file), file))
+            .collect::<Result<_, _>>()?;
+        Self::from_shards(shards, config)
+    }
+
+    /// A checkpoint held in memory: safetensors `bytes` and the text of its `config.json`;
+    /// `name` stands for the file in messages.
+    ///
+    /// # Errors
+    /// As [`Checkpoint::open`].
+    pub fn from_bytes(name: &str, bytes: Vec<u8>, config_json: &str) -> Result<Self, ModelError> {
+        let path = PathBuf::from(name);
+        let config =
+            Gpt2Config::from_json(config_json).map_err(|reason| ModelError::InvalidConfig {
+                path: path.with_file_name(CONFIG_FILE),
+                reason,
+            })?;
+        let shard = Shard::new(SafetensorsStore::from_bytes(Some(bytes)), path)?;
+        Self::from_shards(vec![shard], Some(config))
+    }
+
+    fn from_shards(shards: Vec<Shard>, config: Option<Gpt2Config>) -> Result<Self, ModelError> {
+        let header = Header::of(&shards);
+        let config = match config {
+            Some(config) => {
+                header.check_agrees(&config)?;
+                config
+            }
+            None => header.infer_config()?,
+        };
+        let dtype = header.dtype("wte.weight")?;
+        Ok(Self {
+            shards,
+            config,
+            dtype,
+        })
+    }
+
+    /// The model's hyper-parameters (from `config.json`, checked against the weights).
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    /// The weights' element type, as the file stores it.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The safetensors files (one, or the shards in order).
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.shards.iter().map(|shard| shard.path.as_path())
+    }
+
+    /// Reads the weights into a model on `device`.
+    ///
+    /// # Errors
+    /// A [`ModelError`] naming the tensor at fault: missing, misshapen, unexpected, or an
+    /// `lm_head.weight` that is not a copy of `wte.weight` (GPT-2 ties them; an untied head would
+    /// be silently ignored otherwise).
+    pub fn load(&mut self, device: &Device) -> Result<Gpt2, ModelError> {
+        self.check_head_is_tied()?;
+        let mut model = self.config.init(device);
+        let mut applied = BTreeSet::new();
+        let mut missing = Vec::new();
+        for shard in &mut self.shards {
+            let result = model
+                .load_from(&mut shard.store)
+                .map_err(|e| corrupt(&shard.path, e))?;
+            if let Some(error) = result.errors.first() {
+                return Err(apply_error(&shard.path, error));
+            }
+            if let Some(name) = result.unused.iter().find(|name| !is_extra(name)) {
+                return Err(ModelError::UnexpectedTensor {
+                    path: shard.path.clone(),
+                    name: hf_name(name),
+                });
+            }
+            applied.extend(result.applied);
+            missing.extend(result.missing.into_iter().map(|(name, _)| name));
+        }
+        // Each shard reports what the others hold as missing.
+        if let Some(name) = missing.iter().find(|name| !applied.contains(*name)) {
+            return Err(ModelError::MissingTensor {
+                path: self.shards[0].path.clone(),
+                name: hf_name(name),
+            });
+        }
+        Ok(model)
+    }
+
+    /// GPT-2's output head is `wte`; a file may carry it again as `lm_head.weight`, which must
+    /// then hold the same values.
+    fn check_head_is_tied(&mut self) -> Result<(), ModelError> {
+        let Some(head) = self.tensor_bytes("lm_head.weight")? else {
+            return Ok(());
+        };
+        let wte = self.tensor_bytes("wte.weight")?;
+        if wte.as_deref() == Some(head.as_slice()) {
+            Ok(())
+        } else {
+            Err(ModelError::UntiedHead {
+                path: self.shards[0].path.clone(),
+            })
+        }
+    }
+
+    fn tensor_bytes(&mut self, name: &str) -> Result<Option<Vec<u8>>, ModelError> {
+        for shard in &mut self.shards {
+            let tensor = shard
+                .store
+                .get_tensor(name)
+                .map_err(|e| corrupt(&shard.path, e))?;
+            if let Some(tensor) = tensor {
+                let bytes = tensor.to_bytes().map_err(|e| corrupt(&shard.path, e))?;
+                return Ok(Some(bytes.to_vec()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Shard {
+    /// Renames Hugging Face's keys to this crate's field names and reads the header, refusing
+    /// weights that are not float32.
+    fn new(store: SafetensorsStore, path: PathBuf) -> Result<Self, ModelError> {
+        let mut store = store
+            // Map transformer.X -> X (GPT2LMHeadModel saves the body under `transformer.`)
+            .with_key_remapping(r"^transformer\.", "")
+            // Map ln_1.weight -> ln_1.gamma (burn's LayerNorm names its scale gamma)
+            .with_key_remapping(r"(ln_[12f])\.weight$", "$1.gamma")
+            // Map ln_1.bias -> ln_1.beta
+            .with_key_remapping(r"(ln_[12f])\.bias$", "$1.beta")
+            // Report problems ourselves, with Hugging Face's names.
+            .allow_partial(true)
+            .validate(false);
+        let mut tensors = BTreeMap::new();
+        for (name, tensor) in store.get_all_tensors().map_err(|e| corrupt(&path, e))? {
+            if tensor.dtype != DType::F32 && !is_buffer(name) {
+                return Err(ModelError::UnsupportedDtype {
+                    path,
+                    name: hf_name(name),
+                    dtype: format!("{:?}", tensor.dtype),
+                });
+            }
+            tensors.insert(name.clone(), (tensor.dtype, tensor.shape.to_vec()));
+        }
+        Ok(Self {
+            path,
+            store,
+            tensors,
+        })
+    }
+}
+
+/// The safetensors files that `path` names, directly or as the directory holding them.
+fn weight_files(path: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    if !path.exists() {
+        return Err(ModelError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let file = if path.is_dir() {
+        match [WEIGHTS_FILE, INDEX_FILE]
+            .iter()
+            .map(|name| path.join(name))
+            .find(|file| file.is_file())
+        {
+            Some(file) => file,
+            None => {
+                return Err(
+                    match PYTORCH_FILES.iter().find(|name| path.join(name).is_file()) {
+                        Some(name) => ModelError::PytorchWeights {
+                            path: path.join(name),
+                        },
+                        None => ModelError::NoWeights {
+                            dir: path.to_path_buf(),
+                        },
+                    },
+                );
+            }
+        }
+    } else {
+        path.to_path_buf()
+    };
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    if name.ends_with(".index.json") && !name.starts_with("pytorch_model") {
+        return shard_files(&file);
+    }
+    if [".bin", ".pt", ".pth", ".ckpt"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+        || name.starts_with("pytorch_model")
+    {
+        return Err(ModelError::PytorchWeights { path: file });
+    }
+    Ok(vec![file])
+}
+
+/// The shards a `model.safetensors.index.json` lists, in order of first appearance.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let invalid = |reason: String| ModelError::InvalidIndex {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let parsed: Index = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let names: BTreeSet<&String> = parsed.weight_map.values().collect();
+    if names.is_empty() {
+        return Err(invalid("its weight_map lists no files".into()));
+    }
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        if name.contains('/') || name.contains('\\') {
+            return Err(invalid(format!("shard \"{name}\" is not a file name")));
+        }
+        let file = index.with_file_name(name);
+        if !file.is_file() {
+            return Err(ModelError::MissingShard {
+                index: index.to_path_buf(),
+                shard: file,
+            });
+        }
+        files.push(file);
+    }
+    Ok(files)
+}
+
+/// Hugging Face's name for a tensor this crate calls `name`.
+fn hf_name(name: &str) -> String {
+    name.replace(".gamma", ".weight").replace(".beta", ".bias")
+}
+
+/// The causal-mask buffers older transformers versions saved with every block.
+fn is_buffer(name: &str) -> bool {
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
+}
+
+/// Tensors a GPT-2 file may carry that the model does not load: the mask buffers, and the
+/// output head (checked to equal `wte` before loading).
+fn is_extra(name: &str) -> bool {
+    is_buffer(name) || name == "lm_head.weight"
+}
+
+fn corrupt(path: &Path, error: impl std::fmt::Display) -> ModelError {
+    ModelError::CorruptWeights {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    }
+}
+
+fn apply_error(path: &Path, error: &ApplyError) -> ModelError {
+    match error {
+        ApplyError::ShapeMismatch {
+            path: name,
+            expected,
+            found,
+        } => ModelError::WrongShape {
+            path: path.to_path_buf(),
+            name: hf_name(name),
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        },
+        ApplyError::DTypeMismatch {
+            path: name, found, ..
+        } => ModelError::UnsupportedDtype {
+            path: path.to_path_buf(),
+            name: hf_name(name),
+            dtype: format!("{found:?}"),
+        },
+        other => corrupt(path, other),
+    }
+}
+
+/// Every shard's tensors, with the file each is in.
+struct Header<'a> {
+    tensors: BTreeMap<&'a str, (&'a Path, DType, &'a [usize])>,
+    /// For messages about the checkpoint as a whole.
+    first: &'a Path,
+}
+
+impl<'a> Header<'a> {
+    fn of(shards: &'a [Shard]) -> Self {
+        let tensors = shards
+            .iter()
+            .flat_map(|shard| {
+                shard.tensors.iter().map(|(name, (dtype, shape))| {
+                    (
+                        name.as_str(),
+                        (shard.path.as_path(), *dtype, shape.as_slice()),
+                    )
+                })
+            })
+            .collect();
+        Self {
+            tensors,
+            first: &shards[0].path,
+        }
+    }
+
+    fn dims2(&self, name: &str) -> Result<[usize; 2], ModelError> {
+        match self.tensors.get(name).copied() {
+            Some((_, _, &[rows, cols])) => Ok([rows, cols]),
+            Some((path, _, found)) => Err(ModelError::WrongShape {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                expected: vec![0, 0],
+                found: found.to_vec(),
+            }),
+            None => Err(ModelError::MissingTensor {
+                path: self.first.to_path_buf(),
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    fn dtype(&self, name: &str) -> Result<DType, ModelError> {
+        match self.tensors.get(name) {
+            Some((_, dtype, _)) => Ok(*dtype),
+            None => Err(ModelError::MissingTensor {
+                path: self.first.to_path_buf(),
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// `[vocab_size, n_embd, n_positions, n_layer]` as the tensors say.
+    fn sizes(&self) -> Result<[usize; 4], ModelError> {
+        let [vocab_size, n_embd] = self.dims2("wte.weight")?;
+        let [n_positions, _] = self.dims2("wpe.weight")?;
+        let layers: BTreeSet<usize> = self
+            .tensors
+            .keys()
+            .filter_map(|name| name.strip_prefix("h.")?.split('.').next()?.parse().ok())
+            .collect();
+        Ok([vocab_size, n_embd, n_positions, layers.len()])
+    }
+
+    fn check_agrees(&self, config: &Gpt2Config) -> Result<(), ModelError> {
+        let [vocab_size, n_embd, n_positions, n_layer] = self.sizes()?;
+        let pairs = [
+            ("vocab_size", config.vocab_size, vocab_size),
+            ("n_embd", config.n_embd, n_embd),
+            ("n_positions", config.n_positions, n_positions),
+            ("n_layer", config.n_layer, n_layer),
+        ];
+        match pairs.into_iter().find(|(_, c, w)| c != w) {
+            Some((field, config, weights)) => Err(ModelError::ConfigMismatch {
+                path: self.first.to_path_buf(),
+                field,
+                config,
+                weights,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn infer_config(&self) -> Result<Gpt2Config, ModelError> {
+        let [vocab_size, n_embd, n_positions, n_layer] = self.sizes()?;
+        let preset = Gpt2Config::presets()
+            .into_iter()
+            .map(|(_, preset)| preset)
+            .find(|preset| preset.n_embd == n_embd)
+            .ok_or_else(|| ModelError::NoConfig {
+                weights: self.first.to_path_buf(),
+                n_embd,
+            })?;
+        Ok(Gpt2Config {
+            n_layer,
+            n_positions,
+            vocab_size,
+            ..preset
+        })
+    }
+}
