@@ -227,3 +227,130 @@ fn hugging_face_key_variants_load_the_same_model() {
         .into_data()
         .assert_eq(&variant.forward(ids).into_data(), true);
 }
+
+/// The tiny-trained fixture's first-step logits as Hugging Face computed them, for one case.
+fn reference_logits(case: &str) -> Vec<f32> {
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/goldens/tiny-trained.logits.safetensors"),
+    )
+    .unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensor(case)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The model's last-position logits for `ids`.
+fn last_logits(model: &Gpt2, ids: &[u32], device: &Device) -> Vec<f32> {
+    let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
+    let ids = Tensor::<1, Int>::from_data(ids.as_slice(), device).unsqueeze::<2>();
+    model.forward_last(ids).into_data().try_to_vec().unwrap()
+}
+
+fn assert_close_to(actual: &[f32], expected: &[f32], label: &str) {
+    assert_eq!(actual.len(), expected.len(), "{label}: logit count");
+    let worst = actual
+        .iter()
+        .zip(expected)
+        .map(|(a, e)| (a - e).abs() / e.abs().max(1.0))
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= 1e-4,
+        "{label}: logits differ by up to {worst:e} (relative)"
+    );
+}
+
+/// The Hub's own spelling of a checkpoint (no `transformer.` prefix, `attn.bias` buffers) gives
+/// Hugging Face's logits, not only the same as another spelling.
+#[test]
+fn the_hub_spelling_gives_hugging_faces_logits() {
+    let fixture = common::fixture("tiny-trained");
+    let dir = common::edited_checkpoint(&fixture, |tensors| {
+        let positions = 64;
+        for layer in 0..2 {
+            tensors.push((
+                format!("h.{layer}.attn.bias"),
+                Dtype::F32,
+                vec![1, 1, positions, positions],
+                vec![0; positions * positions * 4],
+            ));
+        }
+    });
+    let names = common::tensor_names(&dir.path().join("model.safetensors"));
+    assert!(
+        names.iter().all(|name| !name.starts_with("transformer.")),
+        "{names:?}"
+    );
+    let device = Device::flex();
+    let model = load(dir.path(), &device).unwrap();
+    // "Every effort moves you", the golden's `few_tokens` case.
+    let logits = last_logits(&model, &[6109, 3626, 6100, 345], &device);
+    assert_close_to(&logits, &reference_logits("few_tokens"), "Hub spelling");
+}
+
+/// A checkpoint split into shards by a `model.safetensors.index.json` loads into the same
+/// model, from the folder or the index file.
+#[test]
+fn sharded_checkpoints_load() {
+    let fixture = common::fixture("tiny-trained");
+    let dir = common::sharded_checkpoint(&fixture, 3);
+    let device = Device::flex();
+    for path in [
+        dir.path().to_path_buf(),
+        dir.path().join("model.safetensors.index.json"),
+    ] {
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        assert_eq!(checkpoint.files().count(), 3);
+        let model = load(&path, &device).unwrap();
+        let logits = last_logits(&model, &[6109, 3626, 6100, 345], &device);
+        assert_close_to(&logits, &reference_logits("few_tokens"), "sharded");
+    }
+}
+
+#[test]
+fn a_missing_shard_is_named() {
+    let dir = common::sharded_checkpoint(&common::fixture("tiny-trained"), 2);
+    let shard = dir.path().join("model-00002-of-00002.safetensors");
+    std::fs::remove_file(&shard).unwrap();
+    let err = load_err(dir.path());
+    assert!(matches!(err, ModelError::MissingShard { .. }), "{err:?}");
+    assert_message(
+        &err,
+        &["model-00002-of-00002.safetensors", "download every shard"],
+    );
+}
+
+#[test]
+fn pytorch_weights_name_the_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("pytorch_model.bin");
+    std::fs::write(&bin, b"PK\x03\x04 a zip of pickles").unwrap();
+    for path in [dir.path(), bin.as_path()] {
+        let err = load_err(path);
+        assert!(matches!(err, ModelError::PytorchWeights { .. }), "{err:?}");
+        assert_message(&err, &["pytorch_model.bin", "convert them to safetensors"]);
+    }
+}
+
+/// `lm_head.weight` equal to `wte.weight` is the tied head saved out (it loads; see
+/// `hugging_face_key_variants_load_the_same_model`); a different one would be silently ignored,
+/// so it is refused.
+#[test]
+fn an_untied_output_head_is_refused() {
+    let dir = edited_checkpoint(|tensors| {
+        let mut head = tensors
+            .iter()
+            .find(|(name, ..)| name == "wte.weight")
+            .unwrap()
+            .clone();
+        head.0 = "lm_head.weight".into();
+        head.3[0] ^= 0x01;
+        tensors.push(head);
+    });
+    let err = load_err(dir.path());
+    assert!(matches!(err, ModelError::UntiedHead { .. }), "{err:?}");
+    assert_message(&err, &["lm_head.weight", "differs from wte.weight"]);
+}

@@ -57,3 +57,45 @@ pub fn edited_checkpoint(
     std::fs::copy(fixture.join("config.json"), dir.path().join("config.json")).unwrap();
     dir
 }
+
+/// The tensor names in a safetensors file.
+pub fn tensor_names(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    SafeTensors::deserialize(&bytes)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+/// A copy of a fixture checkpoint split into `shards` files named as transformers names them,
+/// with their `model.safetensors.index.json`.
+pub fn sharded_checkpoint(fixture: &Path, shards: usize) -> tempfile::TempDir {
+    let bytes = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    names.sort();
+    let dir = tempfile::tempdir().unwrap();
+    let mut weight_map = serde_json::Map::new();
+    let per_shard = names.len().div_ceil(shards);
+    for (index, chunk) in names.chunks(per_shard).enumerate() {
+        let shard = format!("model-{:05}-of-{shards:05}.safetensors", index + 1);
+        let views: HashMap<String, TensorView> = chunk
+            .iter()
+            .map(|name| (name.clone(), file.tensor(name).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(&views, None, &dir.path().join(&shard)).unwrap();
+        for name in chunk {
+            weight_map.insert(name.clone(), shard.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    std::fs::copy(fixture.join("config.json"), dir.path().join("config.json")).unwrap();
+    dir
+}

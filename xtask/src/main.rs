@@ -34,6 +34,7 @@ enum Task {
     Lint,
     /// The whole test suite with the given backends compiled in (default: every CPU backend,
     /// flex, ndarray, wgpu on Vulkan and tch), after `setup`. The conformance suite runs on each.
+    /// nexttoken's crates (and clap's) are built with debug assertions on, so they check.
     Test {
         #[command(flatten)]
         backends: Backends,
@@ -97,6 +98,7 @@ fn main() -> Result<()> {
             }
             let mut command = cargo(&root);
             command.args(["test", "--release", "--workspace"]);
+            command.args(checked_build());
             let features = backends.features();
             if !features.is_empty() {
                 command.args(["--features", &features.join(",")]);
@@ -187,6 +189,35 @@ impl CpuBackend {
     fn feature(self) -> Option<&'static str> {
         (self != CpuBackend::Flex).then(|| self.name())
     }
+}
+
+/// The crates whose `debug_assert!`s and overflow checks the test suite turns on: every
+/// workspace member, and clap's builder, whose `Command::debug_assert` (the CLI's `verify_cli`
+/// test) checks nothing without them.
+const CHECKED_CRATES: [&str; 9] = [
+    "nexttoken",
+    "nexttoken-backend",
+    "nexttoken-cli",
+    "nexttoken-generate",
+    "nexttoken-hub",
+    "nexttoken-model",
+    "nexttoken-tokenizer",
+    "xtask",
+    "clap_builder",
+];
+
+/// `--config` arguments that build [`CHECKED_CRATES`] with debug assertions and overflow
+/// checks, optimized as in release. Only those crates change, so burn and the other
+/// dependencies are the release build's, compiled once for tests, benchmarks and the binary
+/// (a profile of its own would compile them all again: half an hour on CI's two cores).
+fn checked_build() -> Vec<String> {
+    CHECKED_CRATES
+        .iter()
+        .flat_map(|name| {
+            ["debug-assertions", "overflow-checks"]
+                .map(|setting| format!("--config=profile.release.package.{name}.{setting}=true"))
+        })
+        .collect()
 }
 
 /// The features of every CPU backend, for the builds that cover them all (lint, bench, speed).
