@@ -166,6 +166,7 @@ fn tokenizer_matches_hugging_face() {
     let tokenizer = Gpt2Tokenizer::new();
     for (_, golden) in goldens() {
         for case in &golden.cases {
+            assert_eq!(case.prompts.len(), case.input_ids.len(), "{}", case.name);
             for (prompt, ids) in case.prompts.iter().zip(&case.input_ids) {
                 assert_eq!(
                     &tokenizer.encode(prompt),
@@ -186,13 +187,38 @@ fn greedy_ids_match_hugging_face_on_every_backend() {
             let model = load_golden_model(&golden, &device);
             let config = GenerationConfig::new(golden.new_tokens).without_eos();
             for case in &golden.cases {
-                let out = generate(&model, &case.input_ids, &config, |_| {
+                let mut step_logits = Vec::new();
+                let out = generate(&model, &case.input_ids, &config, |step| {
+                    step_logits.push(step.logits.clone().into_data().try_to_vec::<f32>().unwrap());
                     ControlFlow::Continue(())
                 })
                 .unwrap();
+                let label = format!("{backend}: {}/{}", golden.model, case.name);
+                assert_eq!(out.tokens.len(), case.greedy_ids.len(), "{label}: rows");
+                assert_eq!(step_logits.len(), case.steps.len(), "{label}: steps");
                 for (row, (ours, theirs)) in out.tokens.iter().zip(&case.greedy_ids).enumerate() {
-                    let label = format!("{backend}: {}/{} row {row}", golden.model, case.name);
+                    let label = format!("{label} row {row}");
                     compare_with_reference(&label, &model, &device, case, row, ours, theirs);
+                    // Every step on the reference's path (up to a near-tie where the paths part):
+                    // the logits of the reference's top five ids.
+                    let same = ours.iter().zip(theirs).take_while(|(a, b)| a == b).count();
+                    for (step, logits) in step_logits.iter().enumerate().take(same + 1) {
+                        let vocab = logits.len() / case.input_ids.len();
+                        let row_logits = &logits[row * vocab..(row + 1) * vocab];
+                        let topk = &case.steps[step].topk[row];
+                        assert_eq!(topk.len(), 5, "{label}: top-5 of step {step}");
+                        let (expected, actual): (Vec<f32>, Vec<f32>) = topk
+                            .iter()
+                            .map(|&(id, logit)| (logit, row_logits[id as usize]))
+                            .unzip();
+                        let (max_abs, _, worst) = differences(&actual, &expected);
+                        assert!(
+                            worst <= tolerance(backend),
+                            "{label}: step {step}: the reference's top-5 logits differ by up to \
+                             {max_abs:.3e}: (ours, reference) {:?}",
+                            actual.iter().zip(&expected).collect::<Vec<_>>()
+                        );
+                    }
                 }
             }
         }
@@ -318,7 +344,9 @@ fn every_backend_crops_at_the_context_boundary_as_flex_does() {
         let tokens = generate(&model, &prompts, &config, |_| ControlFlow::Continue(()))
             .unwrap()
             .tokens;
+        assert_eq!(tokens.len(), expected.len(), "{backend}: rows");
         for (row, (ours, theirs)) in tokens.iter().zip(&expected).enumerate() {
+            assert_eq!(ours.len(), theirs.len(), "{backend}: row {row} length");
             if let Some(step) = ours.iter().zip(theirs).position(|(a, b)| a != b) {
                 let prefix: Vec<u32> = prompts[row]
                     .iter()
@@ -413,6 +441,7 @@ fn assert_cache_matches_plain(
     let (cached_ids, cached_logits) = run(GenerationConfig::new(new_tokens));
     let (plain_ids, plain_logits) = run(GenerationConfig::new(new_tokens).without_kv_cache());
     assert_eq!(cached_logits.len(), new_tokens, "{label}");
+    assert_eq!(plain_logits.len(), new_tokens, "{label}");
     for (step, (cached, plain)) in cached_logits.iter().zip(&plain_logits).enumerate() {
         let (max_abs, _, worst) = differences(cached, plain);
         assert!(

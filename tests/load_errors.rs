@@ -279,7 +279,7 @@ fn the_hub_spelling_gives_hugging_faces_logits() {
             ));
         }
     });
-    let names = common::tensor_names(&dir.path().join("model.safetensors"));
+    let names = tensor_names(&dir.path().join("model.safetensors"));
     assert!(
         names.iter().all(|name| !name.starts_with("transformer.")),
         "{names:?}"
@@ -296,7 +296,7 @@ fn the_hub_spelling_gives_hugging_faces_logits() {
 #[test]
 fn sharded_checkpoints_load() {
     let fixture = common::fixture("tiny-trained");
-    let dir = common::sharded_checkpoint(&fixture, 3);
+    let dir = sharded_checkpoint(&fixture, 3);
     let device = Device::flex();
     for path in [
         dir.path().to_path_buf(),
@@ -312,7 +312,7 @@ fn sharded_checkpoints_load() {
 
 #[test]
 fn a_missing_shard_is_named() {
-    let dir = common::sharded_checkpoint(&common::fixture("tiny-trained"), 2);
+    let dir = sharded_checkpoint(&common::fixture("tiny-trained"), 2);
     let shard = dir.path().join("model-00002-of-00002.safetensors");
     std::fs::remove_file(&shard).unwrap();
     let err = load_err(dir.path());
@@ -353,4 +353,46 @@ fn an_untied_output_head_is_refused() {
     let err = load_err(dir.path());
     assert!(matches!(err, ModelError::UntiedHead { .. }), "{err:?}");
     assert_message(&err, &["lm_head.weight", "differs from wte.weight"]);
+}
+
+/// The tensor names in a safetensors file.
+pub fn tensor_names(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+/// A copy of a fixture checkpoint split into `shards` files named as transformers names them,
+/// with their `model.safetensors.index.json`.
+pub fn sharded_checkpoint(fixture: &Path, shards: usize) -> tempfile::TempDir {
+    let bytes = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    names.sort();
+    let dir = tempfile::tempdir().unwrap();
+    let mut weight_map = serde_json::Map::new();
+    let per_shard = names.len().div_ceil(shards);
+    for (index, chunk) in names.chunks(per_shard).enumerate() {
+        let shard = format!("model-{:05}-of-{shards:05}.safetensors", index + 1);
+        let views: std::collections::HashMap<String, safetensors::tensor::TensorView> = chunk
+            .iter()
+            .map(|name| (name.clone(), file.tensor(name).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(&views, None, &dir.path().join(&shard)).unwrap();
+        for name in chunk {
+            weight_map.insert(name.clone(), shard.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    std::fs::copy(fixture.join("config.json"), dir.path().join("config.json")).unwrap();
+    dir
 }

@@ -165,8 +165,9 @@ fn saved_logits_are_the_ones_each_id_was_selected_from() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("logits.safetensors");
     let model = tiny_trained();
-    // Two lengths: two batches, one of them with two rows.
-    let prompts = ["To be", "First Citizen:", "Hello there world"];
+    // Two lengths: two batches, one of them with two rows; with the golden case of each prompt.
+    let prompts = ["Every effort moves you", "The", "Hello, I am"];
+    let cases = ["few_tokens", "one_token", "hello"];
     let mut args = vec![
         "generate",
         "-m",
@@ -202,7 +203,30 @@ fn saved_logits_are_the_ones_each_id_was_selected_from() {
             })
             .collect();
         assert_eq!(argmax, ids, "prompt {index}");
+        // The first row is the prompt's last-position logits, which Hugging Face recorded: the
+        // values themselves, not probabilities or a rescaling with the same argmax.
+        let expected = golden_logits(cases[index]);
+        assert_eq!(expected.len(), vocab);
+        let worst = values[..vocab]
+            .iter()
+            .zip(&expected)
+            .map(|(a, e)| (a - e).abs() / e.abs().max(1.0))
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-4, "prompt {index}: differs by {worst:e}");
     }
+}
+
+/// Hugging Face's first-step logits for a case of the tiny-trained golden.
+fn golden_logits(case: &str) -> Vec<f32> {
+    let bytes =
+        std::fs::read(repo().join("tests/goldens/tiny-trained.logits.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensor(case)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
 }
 
 #[test]
