@@ -184,7 +184,13 @@ impl Hub {
         if self.options.offline {
             return Ok(Fetched::Missing);
         }
-        match self.api.repo(repo.clone()).download(file) {
+        let downloaded = self.api.repo(repo.clone()).download(file);
+        if self.options.progress {
+            // hf-hub's bar stays on its line when done: end the line, so that the next bar,
+            // or the generated text, starts on a new one.
+            eprintln!();
+        }
+        match downloaded {
             Ok(path) => {
                 verify(&path, repo, file)?;
                 Ok(Fetched::Found(path))
