@@ -497,23 +497,27 @@ fn wait_within(child: &mut std::process::Child, limit: std::time::Duration) -> O
     }
 }
 
-/// Enough tokens that the generation would run for minutes on its own.
-const ENDLESS: &str = "1000000";
-
-/// `nexttoken generate ... | head -c 100`: the reader goes away and the generation ends at
-/// once, quietly, as Unix tools end (by SIGPIPE).
-#[test]
-fn closing_stdout_stops_the_generation_quietly() {
+/// Starts a generation that would run for minutes on its own, and reads its first `bytes`
+/// bytes of text: it is under way.
+fn spawn_endless_generation(bytes: usize) -> std::process::Child {
     use std::io::Read;
-    use std::os::unix::process::ExitStatusExt;
-    let mut child = spawn(&["generate", "-n", ENDLESS, "--ignore-eos", "Every effort"]);
-    let mut first = [0; 100];
+    let mut child = spawn(&["generate", "-n", "1000000", "--ignore-eos", "Every effort"]);
+    let mut first = vec![0; bytes];
     child
         .stdout
         .as_mut()
         .unwrap()
         .read_exact(&mut first)
         .unwrap();
+    child
+}
+
+/// `nexttoken generate ... | head -c 100`: the reader goes away and the generation ends at
+/// once, quietly, as Unix tools end (by SIGPIPE).
+#[test]
+fn closing_stdout_stops_the_generation_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = spawn_endless_generation(100);
     drop(child.stdout.take());
     let output = wait_within(&mut child, std::time::Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -542,14 +546,7 @@ fn info_into_a_closed_pipe_is_quiet() {
 #[test]
 fn ctrl_c_stops_and_prints_the_timings() {
     use std::io::Read;
-    let mut child = spawn(&["generate", "-n", ENDLESS, "--ignore-eos", "Every effort"]);
-    let mut first = [0; 64];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
+    let mut child = spawn_endless_generation(64);
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);

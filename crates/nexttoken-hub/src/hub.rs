@@ -5,14 +5,11 @@ use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 use sha2::{Digest, Sha256};
 
+use nexttoken_model::layout::{self, CONFIG, INDEX, PYTORCH_WEIGHTS, WEIGHTS};
+
 use crate::HubError;
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
-const CONFIG_FILE: &str = "config.json";
-const WEIGHTS_FILE: &str = "model.safetensors";
-const INDEX_FILE: &str = "model.safetensors.index.json";
-/// Weights in PyTorch's pickle format: a repo with only these needs converting first.
-const PYTORCH_FILE: &str = "pytorch_model.bin";
 /// Tries of a download that broke off, each resuming where the last stopped.
 const RETRIES: usize = 3;
 
@@ -139,9 +136,9 @@ impl Hub {
     /// off, a cache that cannot be written, a file that does not match its checksum.
     pub fn download(&self, repo_id: &str, revision: &str) -> Result<PathBuf, HubError> {
         let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
-        let weights = match self.fetch(&repo, WEIGHTS_FILE)? {
+        let weights = match self.fetch(&repo, WEIGHTS)? {
             Fetched::Found(path) => path,
-            Fetched::Missing => match self.fetch(&repo, INDEX_FILE)? {
+            Fetched::Missing => match self.fetch(&repo, INDEX)? {
                 Fetched::Found(index) => {
                     for shard in shard_names(&index)? {
                         if let Fetched::Missing = self.fetch(&repo, &shard)? {
@@ -157,7 +154,7 @@ impl Hub {
             },
         };
         // Without a config.json the sizes are read off the weights: not an error here.
-        self.fetch(&repo, CONFIG_FILE)?;
+        self.fetch(&repo, CONFIG)?;
         Ok(weights
             .parent()
             .expect("a cached file lies in its snapshot folder")
@@ -166,7 +163,7 @@ impl Hub {
 
     fn no_safetensors(&self, repo: &Repo) -> HubError {
         let repo_id = repo_id(repo);
-        match self.fetch(repo, PYTORCH_FILE) {
+        match self.fetch(repo, PYTORCH_WEIGHTS[0]) {
             Ok(Fetched::Found(_)) => HubError::PytorchOnly { repo: repo_id },
             _ if self.options.offline => HubError::NotCached {
                 repo: repo_id,
@@ -315,27 +312,14 @@ fn is_storage_error(error: &std::io::Error) -> bool {
     )
 }
 
-/// The shard file names a `model.safetensors.index.json` lists.
+/// The shard file names a downloaded `model.safetensors.index.json` lists.
 fn shard_names(index: &Path) -> Result<Vec<String>, HubError> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        weight_map: std::collections::BTreeMap<String, String>,
-    }
     let invalid = |reason: String| HubError::InvalidIndex {
         path: index.to_path_buf(),
         reason,
     };
     let text = std::fs::read_to_string(index).map_err(|e| invalid(e.to_string()))?;
-    let parsed: Index = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-    let names: std::collections::BTreeSet<String> = parsed.weight_map.into_values().collect();
-    if let Some(name) = names.iter().find(|name| !is_file_name(name)) {
-        return Err(invalid(format!("shard \"{name}\" is not a file name")));
-    }
-    Ok(names.into_iter().collect())
-}
-
-fn is_file_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != ".."
+    layout::shard_names(&text).map_err(invalid)
 }
 
 /// Checks a file just downloaded against its SHA-256, which the Hub gives large (LFS) files as

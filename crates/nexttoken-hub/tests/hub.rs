@@ -42,6 +42,15 @@ fn download(options: HubOptions, repo: &str) -> Result<PathBuf, HubError> {
     Hub::new(options)?.download(repo, "main")
 }
 
+fn assert_holds_the_weights(folder: &Path) {
+    let weights = &files()[1].1;
+    let found = std::fs::read(folder.join("model.safetensors")).unwrap();
+    assert!(
+        &found == weights,
+        "model.safetensors differs from the Hub's"
+    );
+}
+
 /// Every file under `dir`, relative, sorted.
 fn tree(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -217,11 +226,7 @@ fn a_dropped_connection_is_resumed() {
     hub.break_downloads(2, 100_000);
     let cache = tempfile::tempdir().unwrap();
     let folder = download(options(&hub, cache.path()), REPO).unwrap();
-    let weights = &files()[1].1;
-    assert_eq!(
-        &std::fs::read(folder.join("model.safetensors")).unwrap(),
-        weights
-    );
+    assert_holds_the_weights(&folder);
 }
 
 /// A download that keeps breaking off is a clean error; what arrived stays as a `.part` file
@@ -249,11 +254,7 @@ fn a_download_that_keeps_failing_resumes_in_the_next_run() {
 
     hub.break_downloads(0, 0);
     let folder = download(options(&hub, cache.path()), REPO).unwrap();
-    let weights = &files()[1].1;
-    assert_eq!(
-        &std::fs::read(folder.join("model.safetensors")).unwrap(),
-        weights
-    );
+    assert_holds_the_weights(&folder);
 }
 
 /// Bytes that do not match the Hub's SHA-256 are removed, never trusted.

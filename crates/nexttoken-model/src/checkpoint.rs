@@ -7,13 +7,8 @@ use std::path::{Path, PathBuf};
 use burn::store::{ApplyError, ModuleSnapshot, ModuleStore, SafetensorsStore};
 use burn::tensor::{DType, Device};
 
+use crate::layout::{self, CONFIG, INDEX, PYTORCH_WEIGHTS, WEIGHTS};
 use crate::{Gpt2, Gpt2Config, ModelError};
-
-const WEIGHTS_FILE: &str = "model.safetensors";
-const INDEX_FILE: &str = "model.safetensors.index.json";
-const CONFIG_FILE: &str = "config.json";
-/// What older repos ship instead of safetensors: a pickle, which this crate does not read.
-const PYTORCH_FILES: [&str; 2] = ["pytorch_model.bin", "pytorch_model.bin.index.json"];
 
 /// A GPT-2 checkpoint, opened: where its weights are, its config, their dtype. Opening reads
 /// the config and the safetensors headers (never the weights), so a caller can decide where the
@@ -60,7 +55,7 @@ impl Checkpoint {
     /// file, a config that is not GPT-2's or disagrees with the weights, non-float32 weights.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let files = weight_files(path.as_ref())?;
-        let config = match files[0].with_file_name(CONFIG_FILE) {
+        let config = match files[0].with_file_name(CONFIG) {
             config if config.is_file() => Some(Gpt2Config::from_json_file(&config)?),
             _ => None,
         };
@@ -80,7 +75,7 @@ impl Checkpoint {
         let path = PathBuf::from(name);
         let config =
             Gpt2Config::from_json(config_json).map_err(|reason| ModelError::InvalidConfig {
-                path: path.with_file_name(CONFIG_FILE),
+                path: path.with_file_name(CONFIG),
                 reason,
             })?;
         let shard = Shard::new(SafetensorsStore::from_bytes(Some(bytes)), path)?;
@@ -228,7 +223,7 @@ fn weight_files(path: &Path) -> Result<Vec<PathBuf>, ModelError> {
         });
     }
     let file = if path.is_dir() {
-        match [WEIGHTS_FILE, INDEX_FILE]
+        match [WEIGHTS, INDEX]
             .iter()
             .map(|name| path.join(name))
             .find(|file| file.is_file())
@@ -236,7 +231,10 @@ fn weight_files(path: &Path) -> Result<Vec<PathBuf>, ModelError> {
             Some(file) => file,
             None => {
                 return Err(
-                    match PYTORCH_FILES.iter().find(|name| path.join(name).is_file()) {
+                    match PYTORCH_WEIGHTS
+                        .iter()
+                        .find(|name| path.join(name).is_file())
+                    {
                         Some(name) => ModelError::PytorchWeights {
                             path: path.join(name),
                         },
@@ -264,40 +262,30 @@ fn weight_files(path: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Ok(vec![file])
 }
 
-/// The shards a `model.safetensors.index.json` lists, in order of first appearance.
+/// The shards a `model.safetensors.index.json` lists, beside it.
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>, ModelError> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        weight_map: BTreeMap<String, String>,
-    }
-    let invalid = |reason: String| ModelError::InvalidIndex {
-        path: index.to_path_buf(),
-        reason,
-    };
     let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io {
         path: index.to_path_buf(),
         source,
     })?;
-    let parsed: Index = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-    let names: BTreeSet<&String> = parsed.weight_map.values().collect();
-    if names.is_empty() {
-        return Err(invalid("its weight_map lists no files".into()));
-    }
-    let mut files = Vec::with_capacity(names.len());
-    for name in names {
-        if name.contains('/') || name.contains('\\') {
-            return Err(invalid(format!("shard \"{name}\" is not a file name")));
-        }
-        let file = index.with_file_name(name);
-        if !file.is_file() {
-            return Err(ModelError::MissingShard {
-                index: index.to_path_buf(),
-                shard: file,
-            });
-        }
-        files.push(file);
-    }
-    Ok(files)
+    let names = layout::shard_names(&text).map_err(|reason| ModelError::InvalidIndex {
+        path: index.to_path_buf(),
+        reason,
+    })?;
+    names
+        .into_iter()
+        .map(|name| {
+            let file = index.with_file_name(name);
+            if file.is_file() {
+                Ok(file)
+            } else {
+                Err(ModelError::MissingShard {
+                    index: index.to_path_buf(),
+                    shard: file,
+                })
+            }
+        })
+        .collect()
 }
 
 /// Hugging Face's name for a tensor this crate calls `name`.

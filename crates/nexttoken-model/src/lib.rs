@@ -35,6 +35,7 @@ mod cache;
 mod checkpoint;
 mod config;
 mod error;
+pub mod layout;
 mod mlp;
 mod model;
 
