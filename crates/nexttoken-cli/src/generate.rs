@@ -83,7 +83,13 @@ pub fn run(args: GenerateArgs, interrupted: &AtomicBool) -> Result<Outcome> {
         }
         let texts: Vec<&str> = indices.iter().map(|&i| prompts[i].as_str()).collect();
         if !args.json {
-            write!(stdout, "{}", echoed(texts[0], args.no_echo))?;
+            // A blank line between prompts.
+            let separator = if finished_batches.is_empty() {
+                ""
+            } else {
+                "\n"
+            };
+            write!(stdout, "{separator}{}", echoed(texts[0], args.no_echo))?;
             stdout.flush()?;
         }
         // A failure to write the text or to read logits back ends the generation, then the
@@ -228,38 +234,37 @@ fn without_final_newline(mut text: String) -> String {
     text
 }
 
+/// One prompt: its batch's times, as llama.cpp prints them. Several: each prompt's own token
+/// counts, labelled, then each batch's times apart.
 fn print_timings(done: &[Option<Done>], batches: &[Batch], load_time: Duration) {
     eprintln!("load:      {:>8.1} ms", ms(load_time));
-    let [batch] = batches else {
-        for (index, item) in done.iter().enumerate() {
-            let Some(item) = item else { continue };
-            eprintln!(
-                "prompt {}:  {} in, {} out{} (batch {})",
-                index + 1,
-                plural(item.completion.prompt_ids.len(), "token"),
-                plural(item.completion.ids.len(), "token"),
-                if item.finish_reason == "stop" {
-                    ", stopped at end of text"
-                } else {
-                    ""
-                },
-                item.batch + 1
-            );
-        }
-        for (number, batch) in batches.iter().enumerate() {
-            eprintln!(
-                "batch {} ({}):",
-                number + 1,
-                plural(batch.prompts.len(), "prompt")
-            );
-            print_batch(&batch.stats, "  ");
-        }
+    if let [Some(_)] = done {
+        print_batch(&batches[0].stats, "");
         return;
-    };
-    if batch.prompts.len() > 1 {
-        eprintln!("one batch of {}:", plural(batch.prompts.len(), "prompt"));
     }
-    print_batch(&batch.stats, "");
+    for (index, item) in done.iter().enumerate() {
+        let Some(item) = item else { continue };
+        eprintln!(
+            "prompt {}:  {} in, {} out{} (batch {})",
+            index + 1,
+            plural(item.completion.prompt_ids.len(), "token"),
+            plural(item.completion.ids.len(), "token"),
+            if item.finish_reason == "stop" {
+                ", stopped at end of text"
+            } else {
+                ""
+            },
+            item.batch + 1
+        );
+    }
+    for (number, batch) in batches.iter().enumerate() {
+        eprintln!(
+            "batch {} ({}):",
+            number + 1,
+            plural(batch.prompts.len(), "prompt")
+        );
+        print_batch(&batch.stats, "  ");
+    }
 }
 
 fn print_batch(stats: &GenerationStats, indent: &str) {

@@ -264,9 +264,9 @@ fn weight_files(path: &Path) -> Result<Vec<PathBuf>, ModelError> {
 
 /// The shards a `model.safetensors.index.json` lists, beside it.
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>, ModelError> {
-    let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io {
+    let text = std::fs::read_to_string(index).map_err(|error| ModelError::Io {
         path: index.to_path_buf(),
-        source,
+        error,
     })?;
     let names = layout::shard_names(&text).map_err(|reason| ModelError::InvalidIndex {
         path: index.to_path_buf(),

@@ -165,9 +165,9 @@ impl Gpt2Config {
     /// [`ModelError::Io`] if the file cannot be read, [`ModelError::InvalidConfig`] if it is not
     /// a GPT-2 config or its values cannot describe a model.
     pub fn from_json_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_json(&text).map_err(|reason| ModelError::InvalidConfig {
             path: path.to_path_buf(),

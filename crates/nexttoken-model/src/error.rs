@@ -15,11 +15,11 @@ pub enum ModelError {
     )]
     NoWeights { dir: PathBuf },
 
-    #[error("cannot read {path}: {source}")]
+    // Not `source`: the message says it already, and an error chain would say it twice.
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("{path} is not a usable GPT-2 config.json: {reason}")]
