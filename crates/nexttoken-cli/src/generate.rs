@@ -7,6 +7,7 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ use serde::Serialize;
 use crate::args::GenerateArgs;
 use crate::logits::LogitsRecorder;
 use crate::{apply, load_generator, model, plural};
+
+/// The exit status of a generation stopped by Ctrl-C (128 + SIGINT), as shells report it.
+pub const INTERRUPTED: u8 = 130;
 
 /// How a generation ended, for the exit code.
 pub enum Outcome {
@@ -38,7 +42,7 @@ struct Batch {
     stats: GenerationStats,
 }
 
-pub fn run(args: GenerateArgs, interrupted: &AtomicBool) -> Result<Outcome> {
+pub fn run(args: GenerateArgs) -> Result<Outcome> {
     let prompts = read_prompts(&args)?;
     apply(&args.run)?;
     let mut opened = model::open(&args.model, args.json)?;
@@ -74,6 +78,7 @@ pub fn run(args: GenerateArgs, interrupted: &AtomicBool) -> Result<Outcome> {
         }
     }
 
+    let interrupted = catch_ctrl_c();
     let mut done: Vec<Option<Done>> = (0..prompts.len()).map(|_| None).collect();
     let mut finished_batches = Vec::new();
     let mut stdout = std::io::stdout().lock();
@@ -172,6 +177,21 @@ pub fn run(args: GenerateArgs, interrupted: &AtomicBool) -> Result<Outcome> {
         recorder.save(args.backend.name())?;
     }
     Ok(Outcome::Finished)
+}
+
+/// From here on the first Ctrl-C sets the returned flag, which ends the generation after the
+/// current step (the text so far and the timings are printed); a second one ends the process
+/// at once. Until then Ctrl-C keeps its default, so a download or a load stops at once (a
+/// download resumes in the next run).
+fn catch_ctrl_c() -> Arc<AtomicBool> {
+    use signal_hook::consts::SIGINT;
+    use signal_hook::flag;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    // Registered first, so that it sees the flag as the previous Ctrl-C left it.
+    let _ =
+        flag::register_conditional_shutdown(SIGINT, i32::from(INTERRUPTED), interrupted.clone());
+    let _ = flag::register(SIGINT, interrupted.clone());
+    interrupted
 }
 
 /// The prompts from the arguments, `-` (stdin) and `-f FILE`s, in that order; stdin alone

@@ -14,8 +14,6 @@ mod memory;
 mod model;
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -27,23 +25,16 @@ use nexttoken_model::Checkpoint;
 use crate::args::{Cli, Command, RunArgs};
 use crate::generate::Outcome;
 
-/// The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
-const INTERRUPTED: u8 = 130;
-
 fn main() -> ExitCode {
     restore_default_sigpipe();
     let result = match Cli::parse().command {
-        Command::Generate(args) => {
-            let interrupted = Arc::new(AtomicBool::new(false));
-            catch_ctrl_c(&interrupted);
-            generate::run(args, &interrupted)
-        }
+        Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args).map(|()| Outcome::Finished),
         Command::Info => run_info().map(|()| Outcome::Finished),
     };
     match result {
         Ok(Outcome::Finished) => ExitCode::SUCCESS,
-        Ok(Outcome::Interrupted) => ExitCode::from(INTERRUPTED),
+        Ok(Outcome::Interrupted) => ExitCode::from(generate::INTERRUPTED),
         Err(error) => {
             // One line with the whole chain of causes, without anyhow's backtrace.
             eprintln!("error: {error:#}");
@@ -61,18 +52,6 @@ fn restore_default_sigpipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-}
-
-/// The first Ctrl-C sets `interrupted`, which ends the generation after the current step (the
-/// text so far and the timings are printed); a second one ends the process at once. Until
-/// generation starts Ctrl-C keeps its default, so a download or a load stops at once.
-fn catch_ctrl_c(interrupted: &Arc<AtomicBool>) {
-    use signal_hook::consts::SIGINT;
-    use signal_hook::flag;
-    // Registered first, so it sees the flag as the previous Ctrl-C left it.
-    let _ =
-        flag::register_conditional_shutdown(SIGINT, i32::from(INTERRUPTED), interrupted.clone());
-    let _ = flag::register(SIGINT, interrupted.clone());
 }
 
 /// Applies the settings that must be in place before the first tensor operation.

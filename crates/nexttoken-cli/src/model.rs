@@ -48,7 +48,11 @@ pub fn open(args: &ModelArgs, quiet: bool) -> Result<OpenedModel> {
         };
         Hub::new(options)?
             .download(model, &args.revision)
-            .with_context(|| format!("getting `{model}` from the Hugging Face Hub"))?
+            .with_context(|| {
+                format!(
+                    "no file or folder `{model}` here, so it was looked up on the Hugging Face Hub"
+                )
+            })?
     } else {
         path.to_path_buf()
     };
