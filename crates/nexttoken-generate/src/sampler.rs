@@ -1,0 +1,439 @@
+//! Choosing the next id by drawing from the logits, with the settings users know from Hugging
+//! Face transformers and llama.cpp, applied in transformers' order (its
+//! `GenerationMixin._get_logits_processor`): repetition penalty, then temperature, top-k,
+//! top-p and min-p, then a draw from the softmax of what is left.
+//!
+//! Each [`Sampler`] owns its random stream (ChaCha8, whose output is fixed by its algorithm, so a
+//! seed gives the same draws on every platform and every version), so a row's tokens depend on
+//! its own seed and logits only, never on what else is in the batch.
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+/// Sampling settings. The defaults change nothing: temperature 1, every filter off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Divides the logits: below 1 sharpens the distribution, above 1 flattens it. Must be
+    /// greater than 0 (temperature 0 is greedy: use no sampler).
+    pub temperature: f32,
+    /// Keep only the `k` most likely ids (ties with the k-th kept, as transformers keeps them).
+    pub top_k: Option<usize>,
+    /// Keep the most likely ids whose probabilities add up to at least `p` (nucleus sampling).
+    pub top_p: Option<f32>,
+    /// Keep the ids at least `min_p` times as likely as the most likely one.
+    pub min_p: Option<f32>,
+    /// Divides the positive logits (multiplies the negative ones) of ids already in the
+    /// sequence, as transformers' `repetition_penalty` does; 1 is off.
+    pub repeat_penalty: f32,
+    /// How many of the last ids the penalty looks at (llama.cpp's `repeat_last_n`); `None`: the
+    /// whole sequence, prompt included, as transformers does.
+    pub repeat_last_n: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+            repeat_penalty: 1.0,
+            repeat_last_n: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Checks that the values mean something.
+    ///
+    /// # Errors
+    /// The setting at fault and what it takes.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(format!(
+                "temperature must be greater than 0 (0 is greedy), got {}",
+                self.temperature
+            ));
+        }
+        if self.top_k == Some(0) {
+            return Err("top-k must be at least 1".into());
+        }
+        if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return Err(format!("top-p must be in (0, 1], got {p}"));
+        }
+        if let Some(p) = self.min_p.filter(|p| !(0.0..=1.0).contains(p)) {
+            return Err(format!("min-p must be in [0, 1], got {p}"));
+        }
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
+            return Err(format!(
+                "the repeat penalty must be greater than 0 (1 is off), got {}",
+                self.repeat_penalty
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Draws ids for one row: its settings and its own random stream.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    /// A sampler whose draws are fixed by `seed`.
+    ///
+    /// # Panics
+    /// If `params` are invalid ([`SamplingParams::validate`] says why): check them first.
+    pub fn new(params: SamplingParams, seed: u64) -> Self {
+        if let Err(reason) = params.validate() {
+            panic!("invalid sampling settings: {reason}");
+        }
+        Self {
+            params,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// The next id, drawn from `logits` (one row, `[v]`) after the settings are applied;
+    /// `history` is the row's ids so far (prompt and generated), for the repeat penalty.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let probs = self.probabilities(logits, history);
+        // 53 random bits: a uniform draw in [0, 1).
+        let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let mut cumulative = 0.0;
+        let mut last = 0;
+        for (id, &p) in probs.iter().enumerate() {
+            if p > 0.0 {
+                cumulative += f64::from(p);
+                last = id;
+                if u < cumulative {
+                    return id as u32;
+                }
+            }
+        }
+        // Rounding left the sum just below 1 and u above it: the last possible id.
+        last as u32
+    }
+
+    /// The distribution [`Sampler::sample`] draws from: probabilities over the vocabulary,
+    /// zero for the ids the filters removed.
+    pub fn probabilities(&self, logits: &[f32], history: &[u32]) -> Vec<f32> {
+        let mut scores = logits.to_vec();
+        self.penalize_repeats(&mut scores, history);
+        let temperature = self.params.temperature;
+        if temperature != 1.0 {
+            scores.iter_mut().for_each(|s| *s /= temperature);
+        }
+        if let Some(k) = self.params.top_k {
+            top_k(&mut scores, k);
+        }
+        if let Some(p) = self.params.top_p {
+            top_p(&mut scores, p);
+        }
+        if let Some(p) = self.params.min_p {
+            min_p(&mut scores, p);
+        }
+        softmax(&scores)
+    }
+
+    fn penalize_repeats(&self, scores: &mut [f32], history: &[u32]) {
+        let penalty = self.params.repeat_penalty;
+        if penalty == 1.0 {
+            return;
+        }
+        let window = match self.params.repeat_last_n {
+            Some(n) => &history[history.len().saturating_sub(n)..],
+            None => history,
+        };
+        let mut seen = vec![false; scores.len()];
+        for &id in window {
+            let Some(score) = scores.get_mut(id as usize) else {
+                continue;
+            };
+            // Each id once, however often it appeared (transformers gathers, then scatters).
+            if std::mem::replace(&mut seen[id as usize], true) {
+                continue;
+            }
+            *score = if *score < 0.0 {
+                *score * penalty
+            } else {
+                *score / penalty
+            };
+        }
+    }
+}
+
+/// Removes every score below the k-th largest.
+fn top_k(scores: &mut [f32], k: usize) {
+    if k >= scores.len() {
+        return;
+    }
+    let mut sorted = scores.to_vec();
+    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+    let kth = sorted[k - 1];
+    scores
+        .iter_mut()
+        .filter(|s| **s < kth)
+        .for_each(|s| *s = f32::NEG_INFINITY);
+}
+
+/// Keeps the most likely ids whose probabilities reach `p`, as transformers' `TopPLogitsWarper`
+/// does: in ascending order, drop ids while the cumulative probability stays at or below
+/// `1 - p`, and always keep the most likely one.
+fn top_p(scores: &mut [f32], p: f32) {
+    let probs = softmax(scores);
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_unstable_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut cumulative = 0.0f32;
+    for &id in &order[..order.len() - 1] {
+        cumulative += probs[id];
+        if cumulative > 1.0 - p {
+            break;
+        }
+        scores[id] = f32::NEG_INFINITY;
+    }
+}
+
+/// Keeps the ids at least `p` times as likely as the most likely one (transformers'
+/// `MinPLogitsWarper`, which always keeps the most likely id).
+fn min_p(scores: &mut [f32], p: f32) {
+    let probs = softmax(scores);
+    let top = probs.iter().copied().fold(0.0f32, f32::max);
+    let threshold = p * top;
+    for (score, &prob) in scores.iter_mut().zip(&probs) {
+        if prob < threshold {
+            *score = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Probabilities from scores, in float32 as the scores are; removed ids (−∞) get 0.
+fn softmax(scores: &[f32]) -> Vec<f32> {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logits whose softmax is 0.1, 0.2, 0.3, 0.4.
+    fn logits() -> Vec<f32> {
+        [1.0f32, 2.0, 3.0, 4.0].iter().map(|w| w.ln()).collect()
+    }
+
+    fn sampler(params: SamplingParams) -> Sampler {
+        Sampler::new(params, 42)
+    }
+
+    /// Pearson's chi-square statistic of `counts` against `expected` probabilities over `n`
+    /// draws (ids with probability 0 must never be drawn).
+    fn chi_square(counts: &[usize], expected: &[f64], n: usize) -> f64 {
+        counts
+            .iter()
+            .zip(expected)
+            .map(|(&count, &p)| {
+                if p == 0.0 {
+                    assert_eq!(count, 0, "an id the filters removed was drawn");
+                    0.0
+                } else {
+                    let e = p * n as f64;
+                    (count as f64 - e).powi(2) / e
+                }
+            })
+            .sum()
+    }
+
+    /// Draws `n` ids from `logits` with `params` (fixed seed), and checks their frequencies
+    /// against `expected` with a chi-square test at the 0.1% level. With a fixed seed the test
+    /// is deterministic; a wrong distribution (a swapped filter, a wrong temperature) moves the
+    /// statistic far past the critical value.
+    fn assert_draws_follow(params: SamplingParams, expected: &[f64]) {
+        let n = 20_000;
+        let mut sampler = sampler(params.clone());
+        let mut counts = vec![0; expected.len()];
+        for _ in 0..n {
+            counts[sampler.sample(&logits(), &[]) as usize] += 1;
+        }
+        let df = expected.iter().filter(|&&p| p > 0.0).count() - 1;
+        // The chi-square distribution's 99.9% quantile for 1, 2 and 3 degrees of freedom (with
+        // one possible id, chi_square checks that nothing else was drawn).
+        let critical = [f64::INFINITY, 10.83, 13.82, 16.27][df];
+        let statistic = chi_square(&counts, expected, n);
+        assert!(
+            statistic < critical,
+            "{params:?}: counts {counts:?} against {expected:?}: chi-square {statistic:.2} >= {critical}"
+        );
+        let probs = sampler.probabilities(&logits(), &[]);
+        for (p, e) in probs.iter().zip(expected) {
+            assert!(
+                (f64::from(*p) - e).abs() < 1e-6,
+                "{probs:?} vs {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_sampling_follows_the_softmax() {
+        assert_draws_follow(SamplingParams::default(), &[0.1, 0.2, 0.3, 0.4]);
+    }
+
+    #[test]
+    fn temperature_scales_the_logits() {
+        // Temperature 2: probabilities proportional to sqrt(1), sqrt(2), sqrt(3), sqrt(4).
+        let roots: Vec<f64> = [1.0f64, 2.0, 3.0, 4.0].iter().map(|w| w.sqrt()).collect();
+        let sum: f64 = roots.iter().sum();
+        let expected: Vec<f64> = roots.iter().map(|r| r / sum).collect();
+        let params = SamplingParams {
+            temperature: 2.0,
+            ..SamplingParams::default()
+        };
+        assert_draws_follow(params, &expected);
+    }
+
+    #[test]
+    fn top_k_keeps_the_k_most_likely() {
+        let params = SamplingParams {
+            top_k: Some(2),
+            ..SamplingParams::default()
+        };
+        assert_draws_follow(params, &[0.0, 0.0, 3.0 / 7.0, 4.0 / 7.0]);
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_reaching_p() {
+        // 0.4 alone is below 0.5; with 0.3 the set reaches 0.7.
+        let params = SamplingParams {
+            top_p: Some(0.5),
+            ..SamplingParams::default()
+        };
+        assert_draws_follow(params, &[0.0, 0.0, 3.0 / 7.0, 4.0 / 7.0]);
+        // 0.9: 0.4 + 0.3 + 0.2 reaches it; the 0.1 id goes.
+        let params = SamplingParams {
+            top_p: Some(0.9),
+            ..SamplingParams::default()
+        };
+        assert_draws_follow(params, &[0.0, 2.0 / 9.0, 3.0 / 9.0, 4.0 / 9.0]);
+    }
+
+    #[test]
+    fn min_p_keeps_ids_near_the_most_likely() {
+        // 0.6 x 0.4 = 0.24: the 0.3 and 0.4 ids stay.
+        let params = SamplingParams {
+            min_p: Some(0.6),
+            ..SamplingParams::default()
+        };
+        assert_draws_follow(params, &[0.0, 0.0, 3.0 / 7.0, 4.0 / 7.0]);
+    }
+
+    /// transformers' order: temperature before top-p changes which ids top-p keeps.
+    #[test]
+    fn filters_apply_after_the_temperature() {
+        // Temperature 0.5 squares the weights: 1, 4, 9, 16 (of 30). Top-p 0.5: 16/30 = 0.53
+        // reaches it alone.
+        let params = SamplingParams {
+            temperature: 0.5,
+            top_p: Some(0.5),
+            ..SamplingParams::default()
+        };
+        assert_draws_follow(params, &[0.0, 0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let params = SamplingParams {
+            top_k: Some(1),
+            ..SamplingParams::default()
+        };
+        let mut sampler = sampler(params);
+        let logits = [0.5, 3.0, 2.9, -1.0];
+        assert!((0..1000).all(|_| sampler.sample(&logits, &[]) == 1));
+    }
+
+    #[test]
+    fn the_repeat_penalty_follows_transformers() {
+        let params = SamplingParams {
+            repeat_penalty: 2.0,
+            ..SamplingParams::default()
+        };
+        let sampler = sampler(params);
+        let logits = [2.0f32, -1.0, 1.0, 0.5];
+        // Ids 0 and 1 were seen (0 twice): 2.0 / 2 and -1.0 x 2, once each.
+        let probs = sampler.probabilities(&logits, &[0, 1, 0]);
+        let expected = softmax(&[1.0, -2.0, 1.0, 0.5]);
+        assert_eq!(probs, expected);
+        // A window of the last id only: only id 0 is penalized.
+        let windowed = Sampler::new(
+            SamplingParams {
+                repeat_penalty: 2.0,
+                repeat_last_n: Some(1),
+                ..SamplingParams::default()
+            },
+            42,
+        );
+        let probs = windowed.probabilities(&logits, &[0, 1, 0]);
+        assert_eq!(probs, softmax(&[1.0, -1.0, 1.0, 0.5]));
+    }
+
+    #[test]
+    fn a_seed_fixes_the_draws() {
+        let params = SamplingParams::default();
+        let draw = |seed| {
+            let mut sampler = Sampler::new(params.clone(), seed);
+            (0..50)
+                .map(|_| sampler.sample(&logits(), &[]))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn invalid_settings_say_what_they_take() {
+        let cases = [
+            (
+                SamplingParams {
+                    temperature: 0.0,
+                    ..SamplingParams::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_k: Some(0),
+                    ..SamplingParams::default()
+                },
+                "top-k",
+            ),
+            (
+                SamplingParams {
+                    top_p: Some(1.5),
+                    ..SamplingParams::default()
+                },
+                "top-p",
+            ),
+            (
+                SamplingParams {
+                    min_p: Some(-0.1),
+                    ..SamplingParams::default()
+                },
+                "min-p",
+            ),
+            (
+                SamplingParams {
+                    repeat_penalty: 0.0,
+                    ..SamplingParams::default()
+                },
+                "repeat penalty",
+            ),
+        ];
+        for (params, name) in cases {
+            let err = params.validate().unwrap_err();
+            assert!(err.contains(name), "{err}");
+        }
+    }
+}
