@@ -538,7 +538,10 @@ fn info_into_a_closed_pipe_is_quiet() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
-    assert!(stderr.is_empty(), "printed to stderr: {stderr}");
+    // (Not `is_empty`: a Vulkan driver may print its own notices while the backends are probed.)
+    for complaint in ["panicked", "Broken pipe", "error"] {
+        assert!(!stderr.contains(complaint), "printed to stderr: {stderr}");
+    }
 }
 
 /// Ctrl-C ends the generation after the current step, then prints the timings so far, like
