@@ -44,6 +44,9 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
     /// Most tokens to generate per prompt.
     #[arg(short = 'n', long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_new_tokens: u32,
@@ -68,6 +71,46 @@ pub struct GenerateArgs {
 
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// How each next token is chosen: greedy unless a temperature above 0 or a filter is given.
+/// The settings apply in Hugging Face transformers' order (repeat penalty, temperature, top-k,
+/// top-p, min-p), so they mean what they mean there.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Sampling")]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy. Default: 0, or 1 when --top-k, --top-p or --min-p is
+    /// given.
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+
+    /// Draw from the K most likely tokens only.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+
+    /// Draw from the most likely tokens whose probabilities add up to P (nucleus sampling).
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+
+    /// Draw from the tokens at least P times as likely as the most likely one.
+    #[arg(long, value_name = "P")]
+    pub min_p: Option<f32>,
+
+    /// Penalize tokens already in the text (transformers' repetition_penalty; 1 is off). Applies
+    /// to greedy decoding too.
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+
+    /// The repeat penalty looks at the last N tokens only (llama.cpp's repeat_last_n). Default:
+    /// the whole text, prompt included, as transformers does.
+    #[arg(long, value_name = "N")]
+    pub repeat_last_n: Option<usize>,
+
+    /// Seed of the random draws: the same seed gives the same text. Prompt i draws from seed + i,
+    /// so its text does not depend on the other prompts. Default: a new seed every run (printed
+    /// with the timings).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
 }
 
 /// How the model runs, for `generate` and `bench` alike.

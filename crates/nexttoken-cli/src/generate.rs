@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use nexttoken_generate::{Completion, GenerationStats};
+use nexttoken_generate::{Completion, GenerationStats, SamplingParams};
 use serde::Serialize;
 
-use crate::args::GenerateArgs;
+use crate::args::{GenerateArgs, SamplingArgs};
 use crate::logits::LogitsRecorder;
 use crate::{apply, load_generator, model, plural};
 
@@ -34,6 +34,8 @@ struct Done {
     completion: Completion,
     finish_reason: &'static str,
     batch: usize,
+    /// The seed of the prompt's random draws, when sampling.
+    seed: Option<u64>,
 }
 
 /// One batch's prompts (as indices into the prompt list) and timings.
@@ -44,6 +46,8 @@ struct Batch {
 
 pub fn run(args: GenerateArgs) -> Result<Outcome> {
     let prompts = read_prompts(&args)?;
+    let sampling = sampling_params(&args.sampling)?;
+    let seed = args.sampling.seed.unwrap_or_else(random_seed);
     apply(&args.run)?;
     let mut opened = model::open(&args.model, args.json)?;
     let vocab_size = opened.checkpoint.config().vocab_size;
@@ -58,6 +62,7 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
         config = config.without_eos();
     }
     config.kv_cache = !args.run.no_kv_cache;
+    config.sampling = sampling;
 
     let context = generator.config.n_positions;
     // (token count, prompt indices), in the order the prompts were given.
@@ -72,7 +77,11 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
                 plural(tokens, "token")
             );
         }
-        match batches.iter_mut().find(|(length, _)| *length == tokens) {
+        // A sampled prompt runs alone, so that its random stream is its own (seed + index).
+        match batches
+            .iter_mut()
+            .find(|(length, _)| *length == tokens && config.sampling.is_none())
+        {
             Some((_, indices)) => indices.push(index),
             None => batches.push((tokens, vec![index])),
         }
@@ -87,6 +96,7 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
             break;
         }
         let texts: Vec<&str> = indices.iter().map(|&i| prompts[i].as_str()).collect();
+        config.seed = seed.wrapping_add(indices[0] as u64);
         if !args.json {
             // A blank line between prompts.
             let separator = if finished_batches.is_empty() {
@@ -148,6 +158,7 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
                 completion,
                 finish_reason: if stopped { "stop" } else { "length" },
                 batch: finished_batches.len(),
+                seed: config.sampling.is_some().then_some(config.seed),
             });
         }
         finished_batches.push(Batch {
@@ -165,6 +176,9 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
         }
     } else {
         print_timings(&done, &finished_batches, load_time);
+        if config.sampling.is_some() {
+            eprintln!("seed:      {seed} (--seed {seed} repeats this text)");
+        }
     }
     if interrupted {
         eprintln!("interrupted: the text above is what was generated before Ctrl-C");
@@ -192,6 +206,33 @@ fn catch_ctrl_c() -> Arc<AtomicBool> {
         flag::register_conditional_shutdown(SIGINT, i32::from(INTERRUPTED), interrupted.clone());
     let _ = flag::register(SIGINT, interrupted.clone());
     interrupted
+}
+
+/// The sampling settings of the flags: `None` for plain greedy decoding.
+fn sampling_params(args: &SamplingArgs) -> Result<Option<SamplingParams>> {
+    let filtering = args.top_k.is_some() || args.top_p.is_some() || args.min_p.is_some();
+    let params = SamplingParams {
+        temperature: args
+            .temperature
+            .unwrap_or(if filtering { 1.0 } else { 0.0 }),
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        repeat_last_n: args.repeat_last_n,
+    };
+    if let Err(reason) = params.validate() {
+        bail!("invalid sampling settings: {reason}");
+    }
+    let greedy = params.temperature == 0.0 && params.repeat_penalty == 1.0;
+    Ok((!greedy).then_some(params))
+}
+
+/// A seed for a run without `--seed`.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    // The standard library seeds RandomState from the OS's random source.
+    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 /// The prompts from the arguments, `-` (stdin) and `-f FILE`s, in that order; stdin alone
@@ -315,6 +356,9 @@ struct JsonLine<'a> {
     text: &'a str,
     /// "stop" (end of text) or "length" (max new tokens), as OpenAI's API says it.
     finish_reason: &'static str,
+    /// The seed of this prompt's draws (`--seed` + its index); absent when greedy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
     timings: Timings,
 }
 
@@ -351,6 +395,7 @@ impl<'a> JsonLine<'a> {
             ids: &item.completion.ids,
             text: &item.completion.text,
             finish_reason: item.finish_reason,
+            seed: item.seed,
             timings: Timings {
                 load_ms: ms(load_time),
                 prompt_tokens: item.completion.prompt_ids.len(),

@@ -902,3 +902,106 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// The generated ids of each `--json` line.
+fn ids_of(args: &[&str]) -> Vec<Vec<u64>> {
+    json_lines(args)
+        .iter()
+        .map(|line| serde_json::from_value(line["ids"].clone()).unwrap())
+        .collect()
+}
+
+#[test]
+fn sampling_flags_that_amount_to_greedy_give_greedy_ids() {
+    let model = tiny_trained();
+    let base = [
+        "generate",
+        "-m",
+        &model,
+        "-n",
+        "16",
+        "--ignore-eos",
+        "--json",
+    ];
+    let greedy = ids_of(&[&base[..], &["Every effort moves you"]].concat());
+    assert_eq!(greedy[0], golden_ids("Every effort moves you")[..16]);
+    for flags in [
+        &["--temperature", "0"][..],
+        &["--top-k", "1", "--seed", "5"][..],
+        &["--temperature", "0", "--top-p", "0.5"][..],
+    ] {
+        let ids = ids_of(&[&base[..], flags, &["Every effort moves you"]].concat());
+        assert_eq!(ids, greedy, "{flags:?}");
+    }
+}
+
+#[test]
+fn a_seed_fixes_the_sampled_text_and_prompts_draw_apart() {
+    let model = tiny_trained();
+    let sample = |seed: &str, prompts: &[&str]| {
+        let base = [
+            "generate",
+            "-m",
+            &model,
+            "-n",
+            "24",
+            "--ignore-eos",
+            "--json",
+        ];
+        let flags = ["--temperature", "1.0", "--top-p", "0.95", "--seed", seed];
+        ids_of(&[&base[..], &flags[..], prompts].concat())
+    };
+    let first = sample("7", &["Every effort moves you"]);
+    assert_eq!(first, sample("7", &["Every effort moves you"]));
+    assert_ne!(first, sample("8", &["Every effort moves you"]));
+    assert_ne!(
+        first[0],
+        golden_ids("Every effort moves you")[..24],
+        "not sampled"
+    );
+    // Prompt i draws from seed + i, whatever the other prompts are.
+    let pair = sample("7", &["Hello, I am", "Every effort moves you"]);
+    assert_eq!(pair[1], sample("8", &["Every effort moves you"])[0]);
+    assert_eq!(pair[0], sample("7", &["Hello, I am"])[0]);
+}
+
+#[test]
+fn the_seed_of_a_sampled_run_is_printed() {
+    let output = nexttoken(&[
+        "generate",
+        "-m",
+        &tiny_trained(),
+        "-n",
+        "4",
+        "--temperature",
+        "0.8",
+        "Hi",
+    ]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("seed:"))
+        .expect("a seed line");
+    assert!(line.contains("--seed"), "{line}");
+}
+
+#[test]
+fn invalid_sampling_settings() {
+    for (flags, expected) in [
+        (["--top-p", "1.5"], "top-p must be in (0, 1]"),
+        (
+            ["--temperature=-1", "--seed=1"],
+            "temperature must be 0 (greedy) or more",
+        ),
+        (["--top-k", "0"], "top-k must be at least 1"),
+        (
+            ["--repeat-penalty", "0"],
+            "repeat penalty must be greater than 0",
+        ),
+    ] {
+        let output = nexttoken(&[&["generate"][..], &flags[..], &["Hi"]].concat());
+        assert_fails_with(&output, expected);
+        assert!(output.stdout.is_empty());
+    }
+}

@@ -1,5 +1,7 @@
-/// How long to generate and when to stop.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::SamplingParams;
+
+/// How long to generate, how to choose each id, and when to stop.
+#[derive(Debug, Clone, PartialEq)]
 pub struct GenerationConfig {
     /// Upper bound on the number of tokens appended to each prompt.
     pub max_new_tokens: usize,
@@ -10,6 +12,11 @@ pub struct GenerationConfig {
     /// through the model. Off, every step recomputes the whole window: the book's loop, kept
     /// as the reference the cache is tested against. Both give the same ids.
     pub kv_cache: bool,
+    /// How ids are chosen: `None` is greedy (the argmax, taken on the device); otherwise a
+    /// [`Sampler`](crate::Sampler) per row, row `r` seeded with `seed + r`.
+    pub sampling: Option<SamplingParams>,
+    /// The seed of row 0's random stream (see `sampling`).
+    pub seed: u64,
 }
 
 impl GenerationConfig {
@@ -19,6 +26,8 @@ impl GenerationConfig {
             max_new_tokens,
             eos_token_id: Some(nexttoken_tokenizer::END_OF_TEXT),
             kv_cache: true,
+            sampling: None,
+            seed: 0,
         }
     }
 

@@ -29,6 +29,12 @@ pub enum GenerateError {
         vocab_size: usize,
     },
 
+    #[error("invalid sampling settings: {reason}")]
+    InvalidSampling { reason: String },
+
+    #[error("reading the logits back from the device failed: {reason}")]
+    ReadBack { reason: String },
+
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
 }

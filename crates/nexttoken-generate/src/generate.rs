@@ -4,7 +4,7 @@ use std::time::Instant;
 use burn::tensor::Tensor;
 use nexttoken_model::{Gpt2, KvCache, token_tensor};
 
-use crate::{GenerateError, GenerationConfig, GenerationStats, select_greedy};
+use crate::{GenerateError, GenerationConfig, GenerationStats, Sampler, select_greedy};
 
 /// What [`generate`] produced.
 #[derive(Debug, Clone)]
@@ -62,6 +62,11 @@ pub fn generate(
         ..GenerationStats::default()
     };
     let mut cache = config.kv_cache.then(KvCache::new);
+    let mut samplers: Option<Vec<Sampler>> = config.sampling.as_ref().map(|params| {
+        (0..b as u64)
+            .map(|row| Sampler::new(params.clone(), config.seed.wrapping_add(row)))
+            .collect()
+    });
 
     for step in 0..config.max_new_tokens {
         let start = Instant::now();
@@ -83,7 +88,26 @@ pub fn generate(
             Some(cache) => model.forward_cached(ids, cache),
             None => model.forward_last(ids),
         };
-        let next = select_greedy(logits.clone());
+        let next = match samplers.as_mut() {
+            None => select_greedy(logits.clone()),
+            Some(samplers) => {
+                // Selection works on float32 logits on the host, a row at a time.
+                let host: Vec<f32> = logits
+                    .clone()
+                    .into_data()
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| GenerateError::ReadBack {
+                        reason: format!("{e:?}"),
+                    })?;
+                let vocab = host.len() / b;
+                samplers
+                    .iter_mut()
+                    .zip(host.chunks_exact(vocab))
+                    .zip(&sequences)
+                    .map(|((sampler, row), history)| sampler.sample(row, history))
+                    .collect()
+            }
+        };
 
         let emitted: Vec<Option<u32>> = next
             .iter()
@@ -124,6 +148,9 @@ fn check_batch(
 ) -> Result<(), GenerateError> {
     if config.max_new_tokens == 0 {
         return Err(GenerateError::ZeroMaxNewTokens);
+    }
+    if let Some(reason) = config.sampling.as_ref().and_then(|p| p.validate().err()) {
+        return Err(GenerateError::InvalidSampling { reason });
     }
     let first = prompts.first().ok_or(GenerateError::NoPrompts)?;
     let vocab_size = model.vocab_size();

@@ -13,8 +13,9 @@ use rand_core::{RngCore, SeedableRng};
 /// Sampling settings. The defaults change nothing: temperature 1, every filter off.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
-    /// Divides the logits: below 1 sharpens the distribution, above 1 flattens it. Must be
-    /// greater than 0 (temperature 0 is greedy: use no sampler).
+    /// Divides the logits: below 1 sharpens the distribution, above 1 flattens it. 0 is
+    /// greedy: the most likely id after the repeat penalty, as transformers' greedy search
+    /// applies its `repetition_penalty` too.
     pub temperature: f32,
     /// Keep only the `k` most likely ids (ties with the k-th kept, as transformers keeps them).
     pub top_k: Option<usize>,
@@ -49,9 +50,9 @@ impl SamplingParams {
     /// # Errors
     /// The setting at fault and what it takes.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(format!(
-                "temperature must be greater than 0 (0 is greedy), got {}",
+                "temperature must be 0 (greedy) or more, got {}",
                 self.temperature
             ));
         }
@@ -99,6 +100,11 @@ impl Sampler {
     /// The next id, drawn from `logits` (one row, `[v]`) after the settings are applied;
     /// `history` is the row's ids so far (prompt and generated), for the repeat penalty.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        if self.params.temperature == 0.0 {
+            let mut scores = logits.to_vec();
+            self.penalize_repeats(&mut scores, history);
+            return argmax(&scores);
+        }
         let probs = self.probabilities(logits, history);
         // 53 random bits: a uniform draw in [0, 1).
         let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
@@ -117,8 +123,14 @@ impl Sampler {
         last as u32
     }
 
-    /// The distribution [`Sampler::sample`] draws from: probabilities over the vocabulary,
-    /// zero for the ids the filters removed.
+    /// Whether [`Sampler::sample`] draws at random (temperature above 0) rather than picking
+    /// the most likely id.
+    pub fn is_random(&self) -> bool {
+        self.params.temperature > 0.0
+    }
+
+    /// The distribution [`Sampler::sample`] draws from at a temperature above 0: probabilities
+    /// over the vocabulary, zero for the ids the filters removed.
     pub fn probabilities(&self, logits: &[f32], history: &[u32]) -> Vec<f32> {
         let mut scores = logits.to_vec();
         self.penalize_repeats(&mut scores, history);
@@ -163,6 +175,17 @@ impl Sampler {
             };
         }
     }
+}
+
+/// The first index of the largest score, as `torch.argmax` picks.
+fn argmax(scores: &[f32]) -> u32 {
+    let mut best = 0;
+    for (id, &score) in scores.iter().enumerate() {
+        if score > scores[best] {
+            best = id;
+        }
+    }
+    best as u32
 }
 
 /// Removes every score below the k-th largest.
@@ -355,6 +378,21 @@ mod tests {
     }
 
     #[test]
+    fn temperature_zero_is_greedy_after_the_penalty() {
+        let greedy = |repeat_penalty| {
+            let params = SamplingParams {
+                temperature: 0.0,
+                repeat_penalty,
+                ..SamplingParams::default()
+            };
+            Sampler::new(params, 0).sample(&[0.5, 3.0, 2.9, -1.0], &[1])
+        };
+        assert_eq!(greedy(1.0), 1);
+        // 3.0 / 1.2 = 2.5 < 2.9.
+        assert_eq!(greedy(1.2), 2);
+    }
+
+    #[test]
     fn the_repeat_penalty_follows_transformers() {
         let params = SamplingParams {
             repeat_penalty: 2.0,
@@ -397,7 +435,7 @@ mod tests {
         let cases = [
             (
                 SamplingParams {
-                    temperature: 0.0,
+                    temperature: -1.0,
                     ..SamplingParams::default()
                 },
                 "temperature",
