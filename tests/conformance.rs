@@ -14,7 +14,7 @@ mod common;
 
 use burn::tensor::Device;
 use nexttoken::backend::Backend;
-use nexttoken::generate::{GenerationConfig, generate};
+use nexttoken::generate::{GenerationConfig, SamplingParams, generate};
 use nexttoken::model::{Checkpoint, Gpt2, ModelError, token_tensor};
 use nexttoken::tokenizer::Gpt2Tokenizer;
 use serde::Deserialize;
@@ -450,4 +450,54 @@ fn assert_cache_matches_plain(
         );
     }
     assert_eq!(cached_ids, plain_ids, "{label}: cached vs plain ids");
+}
+
+/// One seed gives the same sampled text on every backend: the draws depend on the seed and on
+/// logits that agree within the backend's tolerance (a flip would need a draw to land within
+/// ~1e-6 of a boundary between two ids).
+#[test]
+fn sampling_with_a_seed_gives_the_same_ids_on_every_backend() {
+    let golden = goldens()
+        .into_iter()
+        .map(|(_, g)| g)
+        .find(|g| g.model == "tiny-trained")
+        .unwrap();
+    let prompts = vec![vec![6109, 3626, 6100, 345], vec![15496, 11, 314, 716]];
+    let config = GenerationConfig {
+        sampling: Some(SamplingParams {
+            temperature: 0.9,
+            top_k: Some(40),
+            top_p: Some(0.95),
+            repeat_penalty: 1.1,
+            ..SamplingParams::default()
+        }),
+        seed: 1234,
+        ..GenerationConfig::new(32).without_eos()
+    };
+    let run = |device: &Device| {
+        let model = load_golden_model(&golden, device);
+        generate(&model, &prompts, &config, |_| ControlFlow::Continue(()))
+            .unwrap()
+            .tokens
+    };
+    let flex = run(&Device::flex());
+    let greedy = generate(
+        &load_golden_model(&golden, &Device::flex()),
+        &prompts,
+        &GenerationConfig::new(32).without_eos(),
+        |_| ControlFlow::Continue(()),
+    )
+    .unwrap()
+    .tokens;
+    assert_ne!(
+        flex, greedy,
+        "the settings should sample, not pick greedily"
+    );
+    for (backend, device) in backends() {
+        assert_eq!(
+            run(&device),
+            flex,
+            "{backend}: sampled ids differ from flex's"
+        );
+    }
 }
