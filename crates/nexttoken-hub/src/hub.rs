@@ -163,14 +163,27 @@ impl Hub {
 
     fn no_safetensors(&self, repo: &Repo) -> HubError {
         let repo_id = repo_id(repo);
-        match self.fetch(repo, PYTORCH_WEIGHTS[0]) {
-            Ok(Fetched::Found(_)) => HubError::PytorchOnly { repo: repo_id },
-            _ if self.options.offline => HubError::NotCached {
+        if self.options.offline {
+            HubError::NotCached {
                 repo: repo_id,
                 cache_dir: self.options.cache_dir.clone(),
-            },
-            _ => HubError::NoWeights { repo: repo_id },
+            }
+        } else if self.exists_on_the_hub(repo, PYTORCH_WEIGHTS[0]) {
+            HubError::PytorchOnly { repo: repo_id }
+        } else {
+            HubError::NoWeights { repo: repo_id }
         }
+    }
+
+    /// Whether the Hub has `file` in `repo`, asked for its first byte only (a pickle of
+    /// gigabytes is not worth downloading to name it in a message).
+    fn exists_on_the_hub(&self, repo: &Repo, file: &str) -> bool {
+        let url = self.api.repo(repo.clone()).url(file);
+        let mut request = ureq::get(&url).set("Range", "bytes=0-0");
+        if let Some(token) = &self.options.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        request.call().is_ok()
     }
 
     /// One file of `repo`: from the cache if it is there, else from the Hub.

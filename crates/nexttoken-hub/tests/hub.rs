@@ -313,6 +313,12 @@ fn a_repo_with_only_pytorch_weights_names_the_conversion() {
     let cache = tempfile::tempdir().unwrap();
     let err = download(options(&hub, cache.path()), REPO).unwrap_err();
     assert!(matches!(err, HubError::PytorchOnly { .. }), "{err:?}");
+    // Its existence was asked, the pickle not downloaded.
+    let cached = tree(cache.path());
+    assert!(
+        cached.iter().all(|f| !f.ends_with("pytorch_model.bin")),
+        "{cached:?}"
+    );
     assert!(
         err.to_string().contains("convert them to safetensors"),
         "{err}"
