@@ -317,16 +317,23 @@ fn logits_match_hugging_face_and_flex_on_every_backend() {
     );
 }
 
-/// Generating far past the context length: every backend crops exactly as flex does, step for
-/// step, for a batch of two.
-#[test]
-fn every_backend_crops_at_the_context_boundary_as_flex_does() {
+/// The trained fixture's golden and its batch of two 4-token prompts ("Every effort moves you",
+/// "Hello, I am").
+fn tiny_trained_batch_of_two() -> (Golden, Vec<Vec<u32>>) {
     let golden = goldens()
         .into_iter()
         .map(|(_, g)| g)
         .find(|g| g.model == "tiny-trained")
-        .unwrap();
+        .expect("tests/goldens/tiny-trained.json");
     let prompts = vec![vec![6109, 3626, 6100, 345], vec![15496, 11, 314, 716]];
+    (golden, prompts)
+}
+
+/// Generating far past the context length: every backend crops exactly as flex does, step for
+/// step, for a batch of two.
+#[test]
+fn every_backend_crops_at_the_context_boundary_as_flex_does() {
+    let (golden, prompts) = tiny_trained_batch_of_two();
     // 4 + 100 tokens: the window slides for the last 40 steps of a 64-token context.
     let config = GenerationConfig::new(100).without_eos();
     let flex = Device::flex();
@@ -457,12 +464,7 @@ fn assert_cache_matches_plain(
 /// ~1e-6 of a boundary between two ids).
 #[test]
 fn sampling_with_a_seed_gives_the_same_ids_on_every_backend() {
-    let golden = goldens()
-        .into_iter()
-        .map(|(_, g)| g)
-        .find(|g| g.model == "tiny-trained")
-        .unwrap();
-    let prompts = vec![vec![6109, 3626, 6100, 345], vec![15496, 11, 314, 716]];
+    let (golden, prompts) = tiny_trained_batch_of_two();
     let config = GenerationConfig {
         sampling: Some(SamplingParams {
             temperature: 0.9,
