@@ -3,7 +3,9 @@
 //! Each step crops the ids to the model's context length, runs the model, takes the logits of
 //! the last position, turns them into probabilities with a softmax and picks the most likely id
 //! (greedy decoding), then appends it. This is the loop of `generate_text_simple` in *Build a
-//! Large Language Model (From Scratch)*, and Hugging Face's `generate(do_sample=False)`.
+//! Large Language Model (From Scratch)*, and Hugging Face's `generate(do_sample=False)`. With
+//! [`GenerationConfig::sampling`] set, each row draws its id instead, through its own
+//! [`Sampler`] (transformers' repetition penalty, temperature, top-k, top-p and min-p).
 //!
 //! By default the loop keeps a KV cache ([`nexttoken_model::KvCache`]): the prompt is processed
 //! once and each later step runs only the new token through the model. The output is the plain
