@@ -41,7 +41,8 @@ pub fn open(args: &ModelArgs, quiet: bool) -> Result<OpenedModel> {
         });
     };
     let path = Path::new(model);
-    let folder = if !path.exists() && is_repo_id(model) {
+    let from_hub = !path.exists() && is_repo_id(model);
+    let folder = if from_hub {
         let options = HubOptions {
             progress: !quiet && std::io::stderr().is_terminal(),
             ..HubOptions::from_env()?
@@ -58,25 +59,23 @@ pub fn open(args: &ModelArgs, quiet: bool) -> Result<OpenedModel> {
     };
     let checkpoint = Checkpoint::open(&folder)
         .with_context(|| format!("loading the model from {}", folder.display()))?;
-    Ok(OpenedModel {
-        checkpoint,
-        name: display_name(model),
-    })
+    let name = if from_hub {
+        model.to_string()
+    } else {
+        path_name(path)
+    };
+    Ok(OpenedModel { checkpoint, name })
 }
 
-/// A short name for tables: a repo id as it is, a path's last component.
-fn display_name(model: &str) -> String {
-    if is_repo_id(model) && !Path::new(model).exists() {
-        return model.to_string();
-    }
-    let path = Path::new(model);
+/// A short name for tables: a path's last component (its folder's, for a model.safetensors).
+fn path_name(path: &Path) -> String {
     let path = if path.ends_with("model.safetensors") {
         path.parent().unwrap_or(path)
     } else {
         path
     };
     path.file_stem().map_or_else(
-        || model.to_string(),
+        || path.display().to_string(),
         |name| name.to_string_lossy().into_owned(),
     )
 }

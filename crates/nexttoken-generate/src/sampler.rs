@@ -159,20 +159,18 @@ impl Sampler {
             Some(n) => &history[history.len().saturating_sub(n)..],
             None => history,
         };
-        let mut seen = vec![false; scores.len()];
-        for &id in window {
-            let Some(score) = scores.get_mut(id as usize) else {
-                continue;
-            };
-            // Each id once, however often it appeared (transformers gathers, then scatters).
-            if std::mem::replace(&mut seen[id as usize], true) {
-                continue;
+        // Each id once, however often it appeared (transformers gathers, then scatters).
+        let mut ids = window.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            if let Some(score) = scores.get_mut(id as usize) {
+                *score = if *score < 0.0 {
+                    *score * penalty
+                } else {
+                    *score / penalty
+                };
             }
-            *score = if *score < 0.0 {
-                *score * penalty
-            } else {
-                *score / penalty
-            };
         }
     }
 }
@@ -193,9 +191,9 @@ fn top_k(scores: &mut [f32], k: usize) {
     if k >= scores.len() {
         return;
     }
-    let mut sorted = scores.to_vec();
-    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-    let kth = sorted[k - 1];
+    // Selecting the k-th largest is linear; sorting 50257 scores every step is not.
+    let mut scratch = scores.to_vec();
+    let (_, &mut kth, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     scores
         .iter_mut()
         .filter(|s| **s < kth)

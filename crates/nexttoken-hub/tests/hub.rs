@@ -8,6 +8,8 @@ use nexttoken_hub::fake::{COMMIT, FakeHub};
 use nexttoken_hub::{Hub, HubError, HubOptions};
 
 const REPO: &str = "openai-community/gpt2";
+/// An endpoint where nothing listens (the discard port).
+const CLOSED_PORT: &str = "http://127.0.0.1:9";
 
 /// A checkpoint folder's files, made up: the hub crate only moves bytes.
 fn files() -> Vec<(&'static str, Vec<u8>)> {
@@ -29,8 +31,12 @@ fn hub_with(files: &[(&str, Vec<u8>)], repo: &str) -> FakeHub {
 }
 
 fn options(hub: &FakeHub, cache: &Path) -> HubOptions {
+    options_at(hub.endpoint(), cache)
+}
+
+fn options_at(endpoint: &str, cache: &Path) -> HubOptions {
     HubOptions {
-        endpoint: hub.endpoint().to_string(),
+        endpoint: endpoint.to_string(),
         cache_dir: cache.to_path_buf(),
         token: None,
         offline: false,
@@ -116,14 +122,8 @@ fn uses_a_cache_that_python_wrote() {
         std::os::unix::fs::symlink(format!("../../blobs/blob{index}"), snapshot.join(name))
             .unwrap();
     }
-    let options = HubOptions {
-        // Nothing listens there: any request would fail.
-        endpoint: "http://127.0.0.1:9".into(),
-        cache_dir: cache.path().to_path_buf(),
-        token: None,
-        offline: false,
-        progress: false,
-    };
+    // Nothing listens there: any request would fail.
+    let options = options_at(CLOSED_PORT, cache.path());
     assert_eq!(download(options, "gpt2").unwrap(), snapshot);
 }
 
@@ -207,14 +207,7 @@ fn offline_with_nothing_cached() {
 #[test]
 fn no_network() {
     let cache = tempfile::tempdir().unwrap();
-    let options = HubOptions {
-        endpoint: "http://127.0.0.1:9".into(),
-        cache_dir: cache.path().to_path_buf(),
-        token: None,
-        offline: false,
-        progress: false,
-    };
-    let err = download(options, REPO).unwrap_err();
+    let err = download(options_at(CLOSED_PORT, cache.path()), REPO).unwrap_err();
     assert!(matches!(err, HubError::Network { .. }), "{err:?}");
     assert!(err.to_string().contains("HF_HUB_OFFLINE=1"), "{err}");
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::store::{ApplyError, ModuleSnapshot, ModuleStore, SafetensorsStore};
-use burn::tensor::{DType, Device};
+use burn::tensor::{Bytes, DType, Device};
 
 use crate::layout::{self, CONFIG, INDEX, PYTORCH_WEIGHTS, WEIGHTS};
 use crate::{Gpt2, Gpt2Config, ModelError};
@@ -158,7 +158,7 @@ impl Checkpoint {
             return Ok(());
         };
         let wte = self.tensor_bytes("wte.weight")?;
-        if wte.as_deref() == Some(head.as_slice()) {
+        if wte.as_deref() == Some(&*head) {
             Ok(())
         } else {
             Err(ModelError::UntiedHead {
@@ -167,15 +167,17 @@ impl Checkpoint {
         }
     }
 
-    fn tensor_bytes(&mut self, name: &str) -> Result<Option<Vec<u8>>, ModelError> {
+    fn tensor_bytes(&mut self, name: &str) -> Result<Option<Bytes>, ModelError> {
         for shard in &mut self.shards {
             let tensor = shard
                 .store
                 .get_tensor(name)
                 .map_err(|e| corrupt(&shard.path, e))?;
             if let Some(tensor) = tensor {
-                let bytes = tensor.to_bytes().map_err(|e| corrupt(&shard.path, e))?;
-                return Ok(Some(bytes.to_vec()));
+                return tensor
+                    .to_bytes()
+                    .map(Some)
+                    .map_err(|e| corrupt(&shard.path, e));
             }
         }
         Ok(None)
