@@ -4,7 +4,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
-use crate::cache::{KeyValue, causal_mask};
+use crate::cache::{CachedStep, KeyValue};
 
 /// Multi-head causal self-attention: the only layer that mixes information across positions.
 ///
@@ -27,13 +27,17 @@ impl CausalSelfAttention {
         }
     }
 
-    /// Attends from the `t` new positions to `past`'s positions and themselves, and returns the
-    /// keys and values of all of them for the next call.
+    /// Attends from the `t` new positions to themselves and, with a cache, to the earlier
+    /// columns of `cached`'s layer, into which their keys and values are written.
     ///
     /// # Shapes
     /// - x: `[b, t, c]` -> `[b, t, c]`
-    /// - past: `[b, n_head, p, c / n_head]` each -> `[b, n_head, p + t, c / n_head]` each
-    pub(crate) fn forward(&self, x: Tensor<3>, past: Option<&KeyValue>) -> (Tensor<3>, KeyValue) {
+    /// - the cached layer: `[b, n_head, capacity, c / n_head]` each
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<3>,
+        cached: Option<(Option<KeyValue>, &CachedStep)>,
+    ) -> (Tensor<3>, Option<KeyValue>) {
         let [b, t, c] = x.dims();
         let (nh, hs) = (self.n_head, c / self.n_head);
         let heads = |x: Tensor<3>| x.reshape([b, t, nh, hs]).swap_dims(1, 2); // [b, nh, t, hs]
@@ -41,32 +45,31 @@ impl CausalSelfAttention {
         let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
             unreachable!("c_attn's output has 3C columns, so chunk(3) gives three tensors")
         };
-        let key_value = KeyValue::extend(past, k, v);
-        let p = key_value.key.dims()[2] - t;
-
-        // Each position sees itself and earlier positions only, scaled by 1/sqrt(hs). Backends
-        // disagree on where `is_causal` puts the diagonal when there are more keys than
-        // queries (libtorch aligns it top-left), so it is only used when the two are the same;
-        // a single new query sees every key and needs no mask.
-        let mask = (p > 0 && t > 1).then(|| {
-            causal_mask(p, t, &q.device())
-                .unsqueeze::<4>()
-                .expand([b, nh, t, p + t])
-        });
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: p == 0,
-        };
-        let y = attention(
-            q,
-            key_value.key.clone(),
-            key_value.value.clone(),
-            mask,
-            None,
-            options,
-        ); // [b, nh, t, hs]
+        // Scores are scaled by 1/sqrt(hs). The cache's mask goes in as an additive bias rather
+        // than a bool mask: burn-tch hands bool masks to PyTorch, where `true` means "attend",
+        // the opposite of burn's convention.
+        let (y, layer) = match cached {
+            None => (attention(q, k, v, None, None, options(true)), None),
+            Some((layer, step)) => {
+                let layer = KeyValue::write(layer, k, v, step);
+                let (key, value) = layer.attended(step);
+                let bias = step
+                    .bias
+                    .clone()
+                    .map(|bias| bias.expand([b, nh, t, step.attended]));
+                let y = attention(q, key, value, None, bias, options(step.causal));
+                (y, Some(layer))
+            }
+        }; // y: [b, nh, t, hs]
         let y = y.swap_dims(1, 2).reshape([b, t, c]);
-        (self.c_proj.forward(y), key_value)
+        (self.c_proj.forward(y), layer)
+    }
+}
+
+fn options(is_causal: bool) -> AttentionModuleOptions {
+    AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal,
     }
 }

@@ -3,7 +3,7 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Tensor};
 
 use crate::attention::CausalSelfAttention;
-use crate::cache::KeyValue;
+use crate::cache::{CachedStep, KeyValue};
 use crate::mlp::Mlp;
 
 pub(crate) struct BlockConfig {
@@ -34,17 +34,18 @@ pub struct Block {
 }
 
 impl Block {
-    /// Runs the new positions through the block; `past` and the returned keys and values are
-    /// the attention's (see [`CausalSelfAttention::forward`]).
+    /// Runs the new positions through the block; `cached` and the returned layer are the
+    /// attention's (see [`CausalSelfAttention::forward`]).
     ///
     /// # Shapes
     /// - x: `[b, t, c]` -> `[b, t, c]`
-    pub(crate) fn forward(&self, x: Tensor<3>, past: Option<&KeyValue>) -> (Tensor<3>, KeyValue) {
-        let (attended, key_value) = self.attn.forward(self.ln_1.forward(x.clone()), past);
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<3>,
+        cached: Option<(Option<KeyValue>, &CachedStep)>,
+    ) -> (Tensor<3>, Option<KeyValue>) {
+        let (attended, layer) = self.attn.forward(self.ln_1.forward(x.clone()), cached);
         let x = x + attended;
-        (
-            x.clone() + self.mlp.forward(self.ln_2.forward(x)),
-            key_value,
-        )
+        (x.clone() + self.mlp.forward(self.ln_2.forward(x)), layer)
     }
 }

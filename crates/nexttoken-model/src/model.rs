@@ -47,19 +47,52 @@ impl Gpt2 {
         self.last_logits(self.hidden_states(ids, None))
     }
 
-    /// [`Gpt2::forward_last`] for ids that continue what `cache` holds: they get the positions
-    /// after the cached ones, attend to them, and are added to the cache. With an empty cache
-    /// this is the prompt's prefill; then one id per row is a decode step.
+    /// [`Gpt2::forward_last`] for ids that continue every row of `cache` by `t` columns: they
+    /// take the positions after each row's cached ones, attend to them (never to a row's
+    /// padding), and are written into the cache. With an empty cache this is a prefill of
+    /// equal-length rows (see [`Gpt2::prefill`] for rows of any lengths); then one id per row
+    /// is a decode step.
     ///
     /// # Shapes
     /// - ids: `[b, t]` -> logits: `[b, v]`
     ///
     /// # Panics
-    /// If `cache.len() + t` exceeds [`Gpt2::context_length`] (clear the cache and feed the
-    /// cropped window instead), the cache holds a different batch size, or an id is not below
-    /// [`Gpt2::vocab_size`].
+    /// If a row would hold more than [`Gpt2::context_length`] tokens (clear the cache and feed
+    /// the cropped window instead), the cache holds a different batch size, or an id is not
+    /// below [`Gpt2::vocab_size`].
     pub fn forward_cached(&self, ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<2> {
         self.last_logits(self.hidden_states(ids, Some(cache)))
+    }
+
+    /// Starts `cache` over with `rows`, which may differ in length: each is padded on the left
+    /// to the longest, as Hugging Face pads a batch for generation, and the padding is masked
+    /// out. Returns each row's logits for its next token.
+    ///
+    /// # Shapes
+    /// - rows: `b` rows of ids -> logits: `[b, v]`
+    ///
+    /// # Panics
+    /// If `rows` is empty, a row is empty or longer than [`Gpt2::context_length`], or an id is
+    /// not below [`Gpt2::vocab_size`].
+    pub fn prefill(&self, rows: &[&[u32]], cache: &mut KvCache) -> Tensor<2> {
+        let longest = rows.iter().map(|row| row.len()).max().unwrap_or(0);
+        assert!(
+            rows.iter().all(|row| !row.is_empty()),
+            "prefill needs at least one row and no empty rows"
+        );
+        let pads: Vec<usize> = rows.iter().map(|row| longest - row.len()).collect();
+        let padded: Vec<Vec<u32>> = rows
+            .iter()
+            .zip(&pads)
+            .map(|(row, &pad)| {
+                std::iter::repeat_n(PAD_ID, pad)
+                    .chain(row.iter().copied())
+                    .collect()
+            })
+            .collect();
+        let padded: Vec<&[u32]> = padded.iter().map(Vec::as_slice).collect();
+        cache.start_padded(pads);
+        self.forward_cached(token_tensor(&padded, &self.wte.weight.device()), cache)
     }
 
     /// The longest input the model accepts (`n_positions`).
@@ -73,28 +106,31 @@ impl Gpt2 {
 
     /// # Shapes
     /// - ids: `[b, t]` -> `[b, t, c]`, after `ln_f`
-    fn hidden_states(&self, ids: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    fn hidden_states(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let [b, t] = ids.dims();
-        let past = cache.as_deref().map_or(0, KvCache::len);
-        assert!(
-            past + t <= self.context_length(),
-            "input of {t} tokens after {past} cached ones exceeds the context length {}; crop it first",
-            self.context_length()
-        );
-        if let Some(cache) = cache.as_deref().filter(|cache| !cache.is_empty()) {
-            assert_eq!(cache.batch_size(), b, "the cache holds another batch");
-        }
-        let positions = Tensor::<1, Int>::arange(past as i64..(past + t) as i64, &ids.device())
-            .unsqueeze::<2>(); // [1, t]
+        let device = ids.device();
+        let context = self.context_length();
+        let Some(cache) = cache else {
+            assert!(
+                t <= context,
+                "input of {t} tokens exceeds the context length {context}; crop it first"
+            );
+            let positions = Tensor::<1, Int>::arange(0..t as i64, &device).unsqueeze::<2>();
+            let x = self.wte.forward(ids) + self.wpe.forward(positions);
+            let x = self.h.iter().fold(x, |x, block| block.forward(x, None).0);
+            return self.ln_f.forward(x);
+        };
+        let step = cache.step(b, t, context, &device);
+        let positions = cache.positions(step.start, t, &device); // [b, t]
         let mut x = self.wte.forward(ids) + self.wpe.forward(positions);
-        for (index, block) in self.h.iter().enumerate() {
-            let layer_past = cache.as_deref().and_then(|cache| cache.layer(index));
-            let (y, key_value) = block.forward(x, layer_past);
-            if let Some(cache) = cache.as_deref_mut() {
-                cache.set_layer(index, key_value);
-            }
+        let mut layers = cache.take_layers().into_iter();
+        let mut written = Vec::with_capacity(self.h.len());
+        for block in &self.h {
+            let (y, layer) = block.forward(x, Some((layers.next(), &step)));
+            written.extend(layer);
             x = y;
         }
+        cache.put_layers(written);
         self.ln_f.forward(x)
     }
 
@@ -117,6 +153,9 @@ impl Gpt2 {
         self.wte.weight.val().matmul(x.transpose()).transpose()
     }
 }
+
+/// The id [`Gpt2::prefill`] pads rows with; masked, so any id in the vocabulary would do.
+const PAD_ID: u32 = 0;
 
 /// A batch of token ids as the model's input tensor. Ids are `u32` everywhere else; each backend
 /// stores them in its own integer type (I32 on flex and wgpu, I64 on ndarray and tch).
@@ -203,6 +242,97 @@ mod tests {
                     .assert_approx_eq::<f32>(&full.into_data(), Tolerance::default());
                 assert_eq!(cache.len(), end);
             }
+        }
+    }
+
+    /// Each row's logits from its own full forward: the reference for batched, padded rows.
+    fn alone(model: &Gpt2, row: &[u32]) -> TensorData {
+        model
+            .forward_last(token_tensor(&[row], &model.wte.weight.device()))
+            .into_data()
+    }
+
+    fn row_of(logits: &Tensor<2>, row: usize) -> TensorData {
+        logits.clone().slice_dim(0, row..row + 1).into_data()
+    }
+
+    /// Rows of different lengths in one batch, left-padded, give each row's logits alone: at
+    /// the prefill, through decode steps, and past the first bucket of attended columns.
+    #[test]
+    fn padded_rows_match_each_row_alone() {
+        let device = Device::flex();
+        let model = Gpt2Config {
+            n_positions: 64,
+            ..tiny()
+        }
+        .init(&device);
+        let mut rows: Vec<Vec<u32>> = vec![vec![3, 1, 4, 1, 5, 9, 2], vec![6], vec![5, 3, 5]];
+        let mut cache = KvCache::new();
+        let prompts: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        let mut logits = model.prefill(&prompts, &mut cache);
+        for step in 0..40 {
+            for (index, row) in rows.iter().enumerate() {
+                row_of(&logits, index)
+                    .assert_approx_eq::<f32>(&alone(&model, row), Tolerance::default());
+                assert_eq!(cache.row_len(index), row.len());
+            }
+            let next: Vec<[u32; 1]> = (0..rows.len())
+                .map(|r| [(step * 7 + r as u32 * 5) % 16])
+                .collect();
+            for (row, id) in rows.iter_mut().zip(&next) {
+                row.push(id[0]);
+            }
+            let next: Vec<&[u32]> = next.iter().map(|id| &id[..]).collect();
+            logits = model.forward_cached(token_tensor(&next, &device), &mut cache);
+        }
+    }
+
+    /// Removing a row and joining another batch keep every remaining row's logits; the join
+    /// of a longer batch pads the shorter one further.
+    #[test]
+    fn rows_can_leave_and_join_between_steps() {
+        let device = Device::flex();
+        let model = tiny().init(&device);
+        let mut rows: Vec<Vec<u32>> = vec![vec![3, 1, 4], vec![1, 5], vec![9, 2, 6, 5]];
+        let mut cache = KvCache::new();
+        let prompts: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        model.prefill(&prompts, &mut cache);
+        // The longest row leaves: the padding every other row had goes with it.
+        cache.retain_rows(&[1, 0]);
+        rows = vec![rows[1].clone(), rows[0].clone()];
+        assert_eq!(cache.len(), 3);
+        let mut joining = KvCache::new();
+        let newcomer = vec![7, 7, 7, 7, 7, 8];
+        model.prefill(&[&newcomer], &mut joining);
+        cache.append(joining);
+        rows.push(newcomer);
+        assert_eq!(cache.len(), 6);
+        let next = [[1], [2], [3]];
+        let logits = model.forward_cached(
+            token_tensor(&next.iter().map(|id| &id[..]).collect::<Vec<_>>(), &device),
+            &mut cache,
+        );
+        for (index, (row, id)) in rows.iter_mut().zip(next).enumerate() {
+            row.push(id[0]);
+            row_of(&logits, index)
+                .assert_approx_eq::<f32>(&alone(&model, row), Tolerance::default());
+        }
+    }
+
+    /// A cache made small grows when a generation outlives it.
+    #[test]
+    fn a_small_cache_grows_up_to_the_context() {
+        let device = Device::flex();
+        let model = tiny().init(&device);
+        let mut cache = KvCache::with_capacity(3);
+        let ids: Vec<u32> = (0..16).collect();
+        model.prefill(&[&ids[..2]], &mut cache);
+        for end in 3..=16 {
+            let logits =
+                model.forward_cached(token_tensor(&[&ids[end - 1..end]], &device), &mut cache);
+            logits
+                .into_data()
+                .assert_approx_eq::<f32>(&alone(&model, &ids[..end]), Tolerance::default());
         }
     }
 
