@@ -29,7 +29,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// The prompts; `-` reads one from stdin (so does giving none, when stdin is a pipe).
-    /// Prompts that encode to the same number of tokens run as one batch.
+    /// All prompts run as one batch, whatever their lengths (see --batch-size).
     #[arg(value_name = "PROMPT")]
     pub prompts: Vec<String>,
 
@@ -54,6 +54,20 @@ pub struct GenerateArgs {
     /// Keep generating after <|endoftext|> instead of stopping there.
     #[arg(long)]
     pub ignore_eos: bool,
+
+    /// Stop a prompt's generation where its text reaches STRING, which is not printed (as
+    /// OpenAI's `stop`). Repeatable; matched across token boundaries.
+    #[arg(long, value_name = "STRING")]
+    pub stop: Vec<String>,
+
+    /// Run at most N prompts in one batch; the rest wait for the next batch.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: Option<u32>,
+
+    /// With --json: each generated token's log-probability and the N most likely alternatives
+    /// at its step, from the model's logits before sampling settings apply.
+    #[arg(long, value_name = "N", requires = "json")]
+    pub logprobs: Option<usize>,
 
     /// Compute backend: flex, ndarray, wgpu, vulkan, tch or cuda (`nexttoken info` lists the
     /// ones compiled in).

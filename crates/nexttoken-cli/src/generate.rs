@@ -1,9 +1,10 @@
 //! `nexttoken generate`: continue prompts, streaming the text as it is made.
 //!
-//! Prompts that encode to the same number of tokens run as one `[batch, tokens]` batch, one
-//! batch after another. The first prompt of each batch streams as it is generated; the other
-//! prompts of that batch follow, whole, when it ends. Timings go to stderr: each prompt's own
-//! token counts, then each batch's times, split as llama.cpp splits them.
+//! All prompts run as one batch (left-padded, each row as it would run alone), or batches of
+//! `--batch-size`, one after another. The first prompt of each batch streams as it is
+//! generated; the other prompts of that batch follow, whole, when it ends. Timings go to
+//! stderr: each prompt's own token counts, then each batch's times, split as llama.cpp splits
+//! them.
 
 use std::io::{IsTerminal, Read, Write};
 use std::ops::ControlFlow;
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use nexttoken_generate::{Completion, GenerationStats, SamplingParams};
+use nexttoken_generate::{Completion, FinishReason, GenerationStats, Logprobs, SamplingParams};
 use serde::Serialize;
 
 use crate::args::{GenerateArgs, SamplingArgs};
@@ -32,7 +33,6 @@ pub enum Outcome {
 /// One prompt's result, and the batch it ran in.
 struct Done {
     completion: Completion,
-    finish_reason: &'static str,
     batch: usize,
     /// The seed of the prompt's random draws, when sampling.
     seed: Option<u64>,
@@ -64,9 +64,9 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
     config.kv_cache = !args.run.no_kv_cache;
     config.sampling = sampling;
 
+    config.logprobs = args.logprobs;
+
     let context = generator.config.n_positions;
-    // (token count, prompt indices), in the order the prompts were given.
-    let mut batches: Vec<(usize, Vec<usize>)> = Vec::new();
     for (index, prompt) in prompts.iter().enumerate() {
         let tokens = generator.tokenizer.encode(prompt).len();
         if tokens > context {
@@ -77,21 +77,16 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
                 plural(tokens, "token")
             );
         }
-        // A sampled prompt runs alone, so that its random stream is its own (seed + index).
-        match batches
-            .iter_mut()
-            .find(|(length, _)| *length == tokens && config.sampling.is_none())
-        {
-            Some((_, indices)) => indices.push(index),
-            None => batches.push((tokens, vec![index])),
-        }
     }
+    let batch_size = args.batch_size.map_or(prompts.len(), |n| n as usize);
+    let indices: Vec<usize> = (0..prompts.len()).collect();
+    let batches: Vec<&[usize]> = indices.chunks(batch_size).collect();
 
     let interrupted = catch_ctrl_c();
     let mut done: Vec<Option<Done>> = (0..prompts.len()).map(|_| None).collect();
     let mut finished_batches = Vec::new();
     let mut stdout = std::io::stdout().lock();
-    for (_, indices) in batches {
+    for indices in batches {
         if interrupted.load(Ordering::SeqCst) {
             break;
         }
@@ -111,9 +106,10 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
         // command.
         let mut write_failure = Ok(());
         let mut record_failure = Ok(());
-        let (completions, generation) = generator.generate_text(
+        let (completions, stats) = generator.generate_text(
             &texts,
             &config,
+            &args.stop,
             |row, text| {
                 if row == 0
                     && !args.json
@@ -126,7 +122,7 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
             },
             |step| {
                 if let Some(recorder) = recorder.as_mut()
-                    && let Err(e) = recorder.record(&indices, step)
+                    && let Err(e) = recorder.record(indices, step)
                 {
                     record_failure = Err(e);
                     return ControlFlow::Break(());
@@ -152,18 +148,18 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
             }
         }
         for (&index, completion) in indices.iter().zip(completions) {
-            let stopped = config.eos_token_id.is_some()
-                && completion.ids.last() == config.eos_token_id.as_ref();
             done[index] = Some(Done {
                 completion,
-                finish_reason: if stopped { "stop" } else { "length" },
                 batch: finished_batches.len(),
-                seed: config.sampling.is_some().then_some(config.seed),
+                seed: config
+                    .sampling
+                    .is_some()
+                    .then_some(seed.wrapping_add(index as u64)),
             });
         }
         finished_batches.push(Batch {
-            prompts: indices,
-            stats: generation.stats,
+            prompts: indices.to_vec(),
+            stats,
         });
     }
 
@@ -171,7 +167,7 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
     if args.json {
         for item in done.iter().flatten() {
             let batch = &finished_batches[item.batch];
-            let line = JsonLine::new(item, batch, load_time);
+            let line = JsonLine::new(item, batch, load_time, args.logprobs.is_some());
             writeln!(stdout, "{}", serde_json::to_string(&line)?)?;
         }
     } else {
@@ -310,10 +306,10 @@ fn print_timings(done: &[Option<Done>], batches: &[Batch], load_time: Duration) 
             index + 1,
             plural(item.completion.prompt_ids.len(), "token"),
             plural(item.completion.ids.len(), "token"),
-            if item.finish_reason == "stop" {
-                ", stopped at end of text"
-            } else {
-                ""
+            match item.completion.finish_reason {
+                Some(FinishReason::Eos) => ", stopped at end of text",
+                Some(FinishReason::Stop) => ", stopped at a stop string",
+                _ => "",
             },
             item.batch + 1
         );
@@ -354,12 +350,45 @@ struct JsonLine<'a> {
     prompt_ids: &'a [u32],
     ids: &'a [u32],
     text: &'a str,
-    /// "stop" (end of text) or "length" (max new tokens), as OpenAI's API says it.
-    finish_reason: &'static str,
+    /// "eos" (end of text), "stop" (a stop string) or "length" (max new tokens); null when
+    /// Ctrl-C ended the generation first.
+    finish_reason: Option<&'static str>,
+    /// With --logprobs: one entry per generated id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<Vec<TokenLogprobs>>,
     /// The seed of this prompt's draws (`--seed` + its index); absent when greedy.
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
     timings: Timings,
+}
+
+/// A generated id's log-probability and the most likely alternatives at its step, as
+/// OpenAI's completions API reports `logprobs`.
+#[derive(Serialize)]
+struct TokenLogprobs {
+    id: u32,
+    logprob: f32,
+    top_logprobs: Vec<Alternative>,
+}
+
+#[derive(Serialize)]
+struct Alternative {
+    id: u32,
+    logprob: f32,
+}
+
+impl TokenLogprobs {
+    fn new(id: u32, logprobs: &Logprobs) -> Self {
+        Self {
+            id,
+            logprob: logprobs.logprob,
+            top_logprobs: logprobs
+                .top
+                .iter()
+                .map(|&(id, logprob)| Alternative { id, logprob })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -387,14 +416,22 @@ struct BatchTimings {
 }
 
 impl<'a> JsonLine<'a> {
-    fn new(item: &'a Done, batch: &Batch, load_time: Duration) -> Self {
+    fn new(item: &'a Done, batch: &Batch, load_time: Duration, logprobs: bool) -> Self {
         let stats = &batch.stats;
         Self {
             prompt: &item.completion.prompt,
             prompt_ids: &item.completion.prompt_ids,
             ids: &item.completion.ids,
             text: &item.completion.text,
-            finish_reason: item.finish_reason,
+            finish_reason: item.completion.finish_reason.map(FinishReason::as_str),
+            logprobs: logprobs.then(|| {
+                item.completion
+                    .ids
+                    .iter()
+                    .zip(&item.completion.logprobs)
+                    .map(|(&id, logprobs)| TokenLogprobs::new(id, logprobs))
+                    .collect()
+            }),
             seed: item.seed,
             timings: Timings {
                 load_ms: ms(load_time),

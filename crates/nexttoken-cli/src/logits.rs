@@ -55,11 +55,10 @@ impl LogitsRecorder {
             .to_data()
             .try_into_vec_as::<f32>()
             .map_err(|e| anyhow!("reading the logits back from the device: {e:?}"))?;
-        for ((row, id), &prompt) in step.ids.iter().enumerate().zip(prompts) {
-            if id.is_some() {
-                let values = &logits[row * self.vocab_size..(row + 1) * self.vocab_size];
-                self.rows[prompt].extend(values.iter().flat_map(|v| v.to_le_bytes()));
-            }
+        // The logits hold one row per id given, in batch order.
+        let given = step.ids.iter().zip(prompts).filter(|(id, _)| id.is_some());
+        for ((_, &prompt), values) in given.zip(logits.chunks_exact(self.vocab_size)) {
+            self.rows[prompt].extend(values.iter().flat_map(|v| v.to_le_bytes()));
         }
         Ok(())
     }

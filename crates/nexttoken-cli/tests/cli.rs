@@ -122,14 +122,15 @@ fn json_lines_carry_ids_text_and_timings() {
             7
         );
     }
-    // Each prompt's own counts; the two 4-token prompts ran as one batch of 2.
+    // Each prompt's own counts; the 4-, 4- and 1-token prompts ran as one batch.
     assert_eq!(lines[0]["timings"]["prompt_tokens"], 4);
     assert_eq!(lines[0]["timings"]["generated_tokens"], 8);
-    assert_eq!(lines[0]["timings"]["batch"]["prompts"], 2);
-    assert_eq!(lines[0]["timings"]["batch"]["prompt_tokens"], 8);
     assert_eq!(lines[2]["timings"]["prompt_tokens"], 1);
-    assert_eq!(lines[2]["timings"]["batch"]["prompts"], 1);
-    assert!(lines.iter().all(|line| line["finish_reason"] == "length"));
+    for line in &lines {
+        assert_eq!(line["timings"]["batch"]["prompts"], 3);
+        assert_eq!(line["timings"]["batch"]["prompt_tokens"], 9);
+        assert_eq!(line["finish_reason"], "length");
+    }
 }
 
 #[test]
@@ -670,12 +671,165 @@ fn several_prompts_are_shown_with_their_own_counts() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     for expected in [
         "prompt 1:  4 tokens in, 5 tokens out (batch 1)",
+        "prompt 3:  1 token in, 5 tokens out (batch 1)",
+        "batch 1 (3 prompts):",
+    ] {
+        assert!(stderr.contains(expected), "`{expected}` not in: {stderr}");
+    }
+    // --batch-size caps a batch; the text is the same.
+    let output = nexttoken(
+        &[
+            &["generate", "-m", &model, "-n", "5", "--batch-size", "2"][..],
+            &prompts[..],
+        ]
+        .concat(),
+    );
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), stdout);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    for expected in [
         "prompt 3:  1 token in, 5 tokens out (batch 2)",
         "batch 1 (2 prompts):",
         "batch 2 (1 prompt):",
     ] {
         assert!(stderr.contains(expected), "`{expected}` not in: {stderr}");
     }
+}
+
+/// `--stop` ends a prompt's text before the stop string (also one that spans tokens), with
+/// finish_reason "stop"; the streamed text is the JSON's text.
+#[test]
+fn stop_strings_cut_the_text_before_them() {
+    let model = tiny_trained();
+    let run = |extra: &[&str]| {
+        json_lines(
+            &[
+                &[
+                    "generate",
+                    "-m",
+                    &model,
+                    "-n",
+                    "24",
+                    "--ignore-eos",
+                    "--json",
+                ][..],
+                extra,
+                &["Every effort moves you"],
+            ]
+            .concat(),
+        )
+        .remove(0)
+    };
+    let free = run(&[]);
+    let text = free["text"].as_str().unwrap().to_string();
+    let ids = free["ids"].as_array().unwrap().clone();
+    // A stop string that starts inside one token's text and ends inside the next one's.
+    let tokenizer = nexttoken_tokenizer::Gpt2Tokenizer::new();
+    let pieces: Vec<String> = ids
+        .iter()
+        .map(|id| tokenizer.decode(&[id.as_u64().unwrap() as u32]).unwrap())
+        .collect();
+    let (boundary, _) = pieces
+        .iter()
+        .enumerate()
+        .skip(2)
+        .find(|(i, piece)| piece.len() >= 2 && pieces[i + 1].len() >= 2)
+        .expect("two tokens of two or more characters in a row");
+    let start: usize =
+        pieces[..boundary].iter().map(String::len).sum::<usize>() + pieces[boundary].len() - 1;
+    let stop = text[start..start + 2].to_string();
+    let at = text.find(&stop).unwrap();
+
+    let stopped = run(&["--stop", &stop]);
+    assert_eq!(stopped["text"], text[..at], "stop {stop:?}");
+    assert_eq!(stopped["finish_reason"], "stop");
+    let output = nexttoken(&[
+        "generate",
+        "-m",
+        &model,
+        "-n",
+        "24",
+        "--ignore-eos",
+        "--no-echo",
+        "--stop",
+        &stop,
+        "Every effort moves you",
+    ]);
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        format!("{}\n", &text[..at])
+    );
+}
+
+/// `--logprobs N`: every generated id's log-probability and N alternatives; greedy, so the
+/// chosen id is the most likely one. A run that stops at end-of-text says "eos".
+#[test]
+fn logprobs_and_finish_reasons_in_json() {
+    let model = tiny_trained();
+    let line = json_lines(&[
+        "generate",
+        "-m",
+        &model,
+        "-n",
+        "6",
+        "--json",
+        "--logprobs",
+        "3",
+        "Hello",
+    ])
+    .remove(0);
+    let logprobs = line["logprobs"].as_array().unwrap();
+    assert_eq!(logprobs.len(), line["ids"].as_array().unwrap().len());
+    for (entry, id) in logprobs.iter().zip(line["ids"].as_array().unwrap()) {
+        assert_eq!(&entry["id"], id);
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(&top[0]["id"], id);
+        assert_eq!(top[0]["logprob"], entry["logprob"]);
+        assert!(entry["logprob"].as_f64().unwrap() <= 0.0);
+    }
+    let output = nexttoken(&["generate", "-m", &model, "--logprobs", "3", "Hello"]);
+    assert!(!output.status.success(), "--logprobs needs --json");
+
+    // The same checkpoint with the third generated id as its end-of-text id (config.json's
+    // eos_token_id) stops there: "eos", the id kept, its text not.
+    let ids: Vec<u32> = line["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_u64().unwrap() as u32)
+        .collect();
+    let eos = ids[2];
+    let stop = ids.iter().position(|&id| id == eos).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = repo().join("tests/fixtures/tiny-trained");
+    std::fs::copy(
+        source.join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
+            .unwrap();
+    config["eos_token_id"] = eos.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let stopped = json_lines(&[
+        "generate",
+        "-m",
+        &dir.path().display().to_string(),
+        "-n",
+        "6",
+        "--json",
+        "Hello",
+    ])
+    .remove(0);
+    assert_eq!(stopped["finish_reason"], "eos");
+    assert_eq!(stopped["ids"], serde_json::json!(ids[..=stop]));
+    let text = nexttoken_tokenizer::Gpt2Tokenizer::new()
+        .decode(&ids[..stop])
+        .unwrap();
+    assert_eq!(stopped["text"], text);
 }
 
 #[test]

@@ -10,13 +10,20 @@ pub struct GenerationConfig {
     pub eos_token_id: Option<u32>,
     /// Keep each layer's keys and values between steps so a step runs only the new token
     /// through the model. Off, every step recomputes the whole window: the book's loop, kept
-    /// as the reference the cache is tested against. Both give the same ids.
+    /// as the reference the cache is tested against. Both give the same ids. (A [`Session`]
+    /// decides this for all its rows: [`Session::without_kv_cache`].)
+    ///
+    /// [`Session`]: crate::Session
+    /// [`Session::without_kv_cache`]: crate::Session::without_kv_cache
     pub kv_cache: bool,
     /// How ids are chosen: `None` is greedy (the argmax, taken on the device); otherwise a
     /// [`Sampler`](crate::Sampler) per row, row `r` seeded with `seed + r`.
     pub sampling: Option<SamplingParams>,
     /// The seed of row 0's random stream (see `sampling`).
     pub seed: u64,
+    /// Report each generated token's log-probability and this many most likely alternatives
+    /// (see [`Logprobs`](crate::Logprobs)); `None` reports nothing.
+    pub logprobs: Option<usize>,
 }
 
 impl GenerationConfig {
@@ -28,6 +35,7 @@ impl GenerationConfig {
             kv_cache: true,
             sampling: None,
             seed: 0,
+            logprobs: None,
         }
     }
 

@@ -12,16 +12,6 @@ pub enum GenerateError {
     #[error("prompt {index} is empty: give it at least one token of text")]
     EmptyPrompt { index: usize },
 
-    #[error(
-        "prompts in one batch must have the same number of tokens, but prompt 0 has {expected} \
-         and prompt {index} has {found}: batch prompts of equal length, or generate them apart"
-    )]
-    RaggedBatch {
-        index: usize,
-        expected: usize,
-        found: usize,
-    },
-
     #[error("prompt {index} holds token id {id}, but the model's vocabulary has {vocab_size} ids")]
     TokenOutOfRange {
         index: usize,

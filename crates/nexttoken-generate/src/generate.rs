@@ -1,17 +1,22 @@
 use std::ops::ControlFlow;
-use std::time::Instant;
 
 use burn::tensor::Tensor;
-use nexttoken_model::{Gpt2, KvCache, token_tensor};
+use nexttoken_model::Gpt2;
 
-use crate::{GenerateError, GenerationConfig, GenerationStats, Sampler, select_greedy};
+use crate::session::in_row_order;
+use crate::{FinishReason, GenerateError, GenerationConfig, GenerationStats, Logprobs, Session};
 
 /// What [`generate`] produced.
 #[derive(Debug, Clone)]
 pub struct Generation {
     /// The new ids of each row, without the prompt. A row that stopped at the end-of-text id
-    /// ends with it and is shorter than the others.
+    /// ends with it.
     pub tokens: Vec<Vec<u32>>,
+    /// Why each row stopped; `None` if the callback ended the generation first.
+    pub finish_reasons: Vec<Option<FinishReason>>,
+    /// Each row's tokens' log-probabilities, with [`GenerationConfig::logprobs`] set (empty
+    /// otherwise).
+    pub logprobs: Vec<Vec<Logprobs>>,
     pub stats: GenerationStats,
 }
 
@@ -20,166 +25,86 @@ pub struct Generation {
 pub struct Step<'a> {
     /// The id each row just got; `None` for rows that had already stopped.
     pub ids: &'a [Option<u32>],
-    /// The logits the ids were selected from, the last position's: `[b, v]`.
+    /// The logits the ids were selected from: one row for each `Some` in `ids`, in order,
+    /// `[rows, v]`.
     pub logits: &'a Tensor<2>,
 }
 
-/// Greedily extends each prompt of a batch by up to `config.max_new_tokens` ids.
+/// Extends each prompt of a batch by up to `config.max_new_tokens` ids: greedily, or drawn as
+/// `config.sampling` says (row `r` seeded with `config.seed + r`).
 ///
 /// `on_step` is called after every step (see [`Step`]), so callers can stream text as it is
 /// made; returning [`ControlFlow::Break`] ends the generation there (the reader went away, the
 /// user pressed Ctrl-C), and what was generated so far is returned.
 ///
-/// The prompts must all have the same length (they form one `[b, t]` tensor). Before each step
-/// the ids are cropped to the last `context_length` tokens, as in the book's loop, so prompts
-/// and generations longer than the context still work, seeing only the most recent window.
-///
-/// With `config.kv_cache` (the default) the prompt's window is processed once and each later
-/// step feeds only the new id. GPT-2's positions are absolute, so once the window starts to
-/// slide past the context length the cached keys sit at the wrong positions: from then on each
-/// step feeds the whole cropped window again, exactly what the plain loop computes. The cache
-/// never holds more than `context_length` positions.
+/// The prompts may have any lengths: they run as one batch of a [`Session`], left-padded, and
+/// each row gets the ids it would get alone. A row stops at its end-of-text id and leaves the
+/// batch. Prompts and generations longer than the context see only their last
+/// `context_length` ids, as in the book's loop.
 ///
 /// # Errors
-/// [`GenerateError`] for `max_new_tokens == 0`, no prompts, an empty prompt, prompts of
-/// different lengths, or an id outside the model's vocabulary.
+/// [`GenerateError`] for `max_new_tokens == 0`, no prompts, an empty prompt, an id outside the
+/// model's vocabulary or invalid sampling settings.
 pub fn generate(
     model: &Gpt2,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
     mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
 ) -> Result<Generation, GenerateError> {
-    check_batch(model, prompts, config)?;
-    let device = model.wte.weight.device();
-    let context = model.context_length();
-    let (b, prompt_len) = (prompts.len(), prompts[0].len());
-
-    let mut sequences: Vec<Vec<u32>> = prompts.to_vec();
-    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut finished = vec![false; b];
-    let mut stats = GenerationStats {
-        prompt_tokens: b * prompt_len.min(context),
-        ..GenerationStats::default()
-    };
-    let mut cache = config.kv_cache.then(KvCache::new);
-    let mut samplers: Option<Vec<Sampler>> = config.sampling.as_ref().map(|params| {
-        (0..b as u64)
-            .map(|row| Sampler::new(params.clone(), config.seed.wrapping_add(row)))
-            .collect()
-    });
-
-    for step in 0..config.max_new_tokens {
-        let start = Instant::now();
-        let len = sequences[0].len();
-        let window = len.saturating_sub(context);
-        // The index of the first id to feed. A cache holds every id but the one appended last;
-        // when that one would not fit (the window slides), it starts over from the window.
-        let first = match cache.as_mut() {
-            Some(cache) if !cache.is_empty() && cache.len() < context => len - 1,
-            Some(cache) => {
-                cache.clear();
-                window
-            }
-            None => window,
+    if prompts.is_empty() {
+        return Err(GenerateError::NoPrompts);
+    }
+    let mut session = Session::new(model);
+    if !config.kv_cache {
+        session = session.without_kv_cache();
+    }
+    for (row, prompt) in prompts.iter().enumerate() {
+        let row_config = GenerationConfig {
+            seed: config.seed.wrapping_add(row as u64),
+            ..config.clone()
         };
-        let rows: Vec<&[u32]> = sequences.iter().map(|row| &row[first..]).collect();
-        let ids = token_tensor(&rows, &device);
-        let logits = match cache.as_mut() {
-            Some(cache) => model.forward_cached(ids, cache),
-            None => model.forward_last(ids),
-        };
-        let next = match samplers.as_mut() {
-            None => select_greedy(logits.clone()),
-            Some(samplers) => {
-                // Selection works on float32 logits on the host, a row at a time.
-                let host: Vec<f32> = logits
-                    .clone()
-                    .into_data()
-                    .try_into_vec_as::<f32>()
-                    .map_err(|e| GenerateError::ReadBack {
-                        reason: format!("{e:?}"),
-                    })?;
-                let vocab = host.len() / b;
-                samplers
-                    .iter_mut()
-                    .zip(host.chunks_exact(vocab))
-                    .zip(&sequences)
-                    .map(|((sampler, row), history)| sampler.sample(row, history))
-                    .collect()
-            }
-        };
-
-        let emitted: Vec<Option<u32>> = next
-            .iter()
-            .zip(&mut finished)
-            .map(|(&id, done)| {
-                let emitted = (!*done).then_some(id);
-                *done |= Some(id) == config.eos_token_id;
-                emitted
-            })
-            .collect();
-        for (row, &id) in emitted.iter().enumerate() {
-            // Finished rows keep a token so the batch stays rectangular; it is never reported.
-            sequences[row].push(id.unwrap_or(next[row]));
-            tokens[row].extend(id);
+        session.add(prompt.clone(), &row_config)?;
+    }
+    let b = prompts.len();
+    let mut tokens = vec![Vec::new(); b];
+    let mut finish_reasons = vec![None; b];
+    let mut logprobs = vec![Vec::new(); b];
+    while !session.is_finished() {
+        let step = session.step()?;
+        let mut ids = vec![None; b];
+        let mut rows = Vec::with_capacity(step.tokens.len());
+        for token in step.tokens {
+            // Rows are numbered in the order they were added: the prompts' order.
+            let row = token.row.0 as usize;
+            ids[row] = Some(token.id);
+            tokens[row].push(token.id);
+            finish_reasons[row] = token.finish;
+            logprobs[row].extend(token.logprobs);
+            rows.push(row);
         }
-        let elapsed = start.elapsed();
-        if step == 0 {
-            stats.prefill = elapsed;
-        } else {
-            stats.decode_steps.push(elapsed);
-            stats.decode_tokens += emitted.iter().flatten().count();
-        }
-        let flow = on_step(&Step {
-            ids: &emitted,
+        // The session orders rows as its cache does; the callback sees them in prompt order.
+        let logits = in_row_order(&rows, step.logits);
+        if on_step(&Step {
+            ids: &ids,
             logits: &logits,
-        });
-        if flow.is_break() || finished.iter().all(|&done| done) {
+        })
+        .is_break()
+        {
             break;
         }
     }
-    Ok(Generation { tokens, stats })
-}
-
-fn check_batch(
-    model: &Gpt2,
-    prompts: &[Vec<u32>],
-    config: &GenerationConfig,
-) -> Result<(), GenerateError> {
-    if config.max_new_tokens == 0 {
-        return Err(GenerateError::ZeroMaxNewTokens);
-    }
-    if let Some(reason) = config.sampling.as_ref().and_then(|p| p.validate().err()) {
-        return Err(GenerateError::InvalidSampling { reason });
-    }
-    let first = prompts.first().ok_or(GenerateError::NoPrompts)?;
-    let vocab_size = model.vocab_size();
-    for (index, prompt) in prompts.iter().enumerate() {
-        if prompt.is_empty() {
-            return Err(GenerateError::EmptyPrompt { index });
-        }
-        if prompt.len() != first.len() {
-            return Err(GenerateError::RaggedBatch {
-                index,
-                expected: first.len(),
-                found: prompt.len(),
-            });
-        }
-        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
-            return Err(GenerateError::TokenOutOfRange {
-                index,
-                id,
-                vocab_size,
-            });
-        }
-    }
-    Ok(())
+    Ok(Generation {
+        tokens,
+        finish_reasons,
+        logprobs,
+        stats: session.stats().clone(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::Device;
-    use nexttoken_model::Gpt2Config;
+    use burn::tensor::{Device, TensorData, Tolerance};
+    use nexttoken_model::{Gpt2Config, token_tensor};
 
     use super::*;
 
@@ -297,6 +222,157 @@ mod tests {
         assert_eq!(out.tokens[0], reference(&model, &prompt[0], 3));
     }
 
+    /// Every row's logits at every step, in prompt order, and the ids.
+    fn run(
+        model: &Gpt2,
+        prompts: &[Vec<u32>],
+        config: &GenerationConfig,
+    ) -> (Generation, Vec<Vec<Vec<f32>>>) {
+        let mut logits = vec![Vec::new(); prompts.len()];
+        let out = generate(model, prompts, config, |step| {
+            let values: Vec<f32> = step.logits.clone().into_data().try_to_vec().unwrap();
+            let vocab = values.len() / step.ids.iter().flatten().count();
+            let rows = step.ids.iter().enumerate().filter(|(_, id)| id.is_some());
+            for ((row, _), chunk) in rows.zip(values.chunks(vocab)) {
+                logits[row].push(chunk.to_vec());
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        (out, logits)
+    }
+
+    /// Prompts of 1, 3 and 5 tokens in one batch, in a 6-position context: each row crosses
+    /// the context at its own step (after 1, 3 and 5 new ids) and from then on reads its
+    /// window again while the others go on from the cache. Every row's ids and logits equal
+    /// the row generated alone, with the cache and without.
+    #[test]
+    fn ragged_rows_match_each_row_alone_across_the_context() {
+        let model = tiny_model();
+        let prompts = vec![vec![5, 6, 7, 8, 9], vec![1], vec![9, 8, 7]];
+        for config in [
+            GenerationConfig::new(9).without_eos(),
+            GenerationConfig::new(9).without_eos().without_kv_cache(),
+        ] {
+            let (batch, batch_logits) = run(&model, &prompts, &config);
+            for (row, prompt) in prompts.iter().enumerate() {
+                let (alone, alone_logits) = run(&model, std::slice::from_ref(prompt), &config);
+                assert_eq!(batch.tokens[row], alone.tokens[0], "row {row}, {config:?}");
+                assert_eq!(batch.tokens[row], reference(&model, prompt, 9));
+                assert_eq!(batch_logits[row].len(), 9);
+                for (ours, theirs) in batch_logits[row].iter().zip(&alone_logits[0]) {
+                    TensorData::from(ours.as_slice()).assert_approx_eq::<f32>(
+                        &TensorData::from(theirs.as_slice()),
+                        Tolerance::default(),
+                    );
+                }
+                assert_eq!(batch.finish_reasons[row], Some(FinishReason::Length));
+            }
+        }
+    }
+
+    /// A row that reaches end-of-text leaves the batch: it gets no id after that step, its
+    /// tokens end with the id, and the other rows go on as they would alone.
+    #[test]
+    fn a_row_at_end_of_text_stops_while_the_others_go_on() {
+        let model = tiny_model();
+        let prompts = vec![vec![1, 2, 3], vec![4], vec![9, 8]];
+        let alone: Vec<Vec<u32>> = prompts.iter().map(|p| reference(&model, p, 8)).collect();
+        // An id row 0 produces at its second step and that the others do not produce first.
+        let eos = alone[0][1];
+        let expected: Vec<Vec<u32>> = alone
+            .iter()
+            .map(|ids| match ids.iter().position(|&id| id == eos) {
+                Some(stop) => ids[..=stop].to_vec(),
+                None => ids.clone(),
+            })
+            .collect();
+        assert!(
+            expected.iter().any(|ids| ids.len() == 8),
+            "some row runs to the end"
+        );
+        let config = GenerationConfig {
+            eos_token_id: Some(eos),
+            ..GenerationConfig::new(8)
+        };
+        let mut after_eos = [false; 3];
+        let out = generate(&model, &prompts, &config, |step| {
+            for (row, id) in step.ids.iter().enumerate() {
+                assert!(
+                    !(after_eos[row] && id.is_some()),
+                    "row {row} went on after end-of-text"
+                );
+                after_eos[row] |= *id == Some(eos);
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(out.tokens, expected);
+        for (row, ids) in expected.iter().enumerate() {
+            let reason = if ids.last() == Some(&eos) {
+                FinishReason::Eos
+            } else {
+                FinishReason::Length
+            };
+            assert_eq!(out.finish_reasons[row], Some(reason), "row {row}");
+        }
+    }
+
+    /// Rows join a running session and leave it when cancelled; the others' ids are those
+    /// they get alone.
+    #[test]
+    fn rows_join_and_cancel_between_steps() {
+        let model = tiny_model();
+        let config = GenerationConfig::new(7).without_eos();
+        let mut session = Session::new(&model);
+        let first = session.add(vec![1, 2], &config).unwrap();
+        let doomed = session.add(vec![3], &config).unwrap();
+        let mut got: std::collections::HashMap<crate::RowId, Vec<u32>> = Default::default();
+        let mut late = None;
+        for step in 0..7 {
+            if step == 2 {
+                late = Some(session.add(vec![7, 7, 7, 7], &config).unwrap());
+                assert!(session.cancel(doomed));
+                assert!(!session.cancel(doomed));
+            }
+            for token in session.step().unwrap().tokens {
+                got.entry(token.row).or_default().push(token.id);
+            }
+        }
+        while !session.is_finished() {
+            for token in session.step().unwrap().tokens {
+                got.entry(token.row).or_default().push(token.id);
+            }
+        }
+        assert_eq!(got[&first], reference(&model, &[1, 2], 7));
+        assert_eq!(got[&doomed], reference(&model, &[3], 2));
+        assert_eq!(got[&late.unwrap()], reference(&model, &[7, 7, 7, 7], 7));
+        assert!(session.step().unwrap().tokens.is_empty());
+    }
+
+    #[test]
+    fn logprobs_come_with_every_token_when_asked() {
+        let model = tiny_model();
+        let config = GenerationConfig {
+            logprobs: Some(2),
+            ..GenerationConfig::new(3).without_eos()
+        };
+        let out = generate(
+            &model,
+            &[vec![1, 2]],
+            &config,
+            |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+        assert_eq!(out.logprobs[0].len(), 3);
+        for (logprobs, id) in out.logprobs[0].iter().zip(&out.tokens[0]) {
+            // Greedy: the chosen id is the most likely one.
+            assert_eq!(logprobs.top[0], (*id, logprobs.logprob));
+            assert_eq!(logprobs.top.len(), 2);
+            assert!(logprobs.logprob <= 0.0);
+        }
+    }
+
     #[test]
     fn bad_batches_are_errors() {
         let model = tiny_model();
@@ -309,11 +385,6 @@ mod tests {
             ),
             (vec![], config.clone(), "no prompts"),
             (vec![vec![1], vec![]], config.clone(), "prompt 1 is empty"),
-            (
-                vec![vec![1, 2], vec![3]],
-                config.clone(),
-                "same number of tokens",
-            ),
             (vec![vec![1, 16]], config.clone(), "token id 16"),
         ];
         for (prompts, config, message) in cases {

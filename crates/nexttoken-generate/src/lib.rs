@@ -35,6 +35,7 @@ mod error;
 mod generate;
 mod sampler;
 mod sampling;
+mod session;
 mod stats;
 mod text;
 
@@ -43,5 +44,6 @@ pub use error::GenerateError;
 pub use generate::{Generation, Step, generate};
 pub use sampler::{Sampler, SamplingParams};
 pub use sampling::select_greedy;
+pub use session::{FinishReason, Logprobs, RowId, RowToken, Session, SessionStep};
 pub use stats::GenerationStats;
-pub use text::{Completion, TextGenerator};
+pub use text::{Completion, TextChunk, TextGenerator, TextSession, TextStep};

@@ -1,19 +1,30 @@
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 
+use burn::tensor::Tensor;
 use nexttoken_model::{Gpt2, Gpt2Config};
-use nexttoken_tokenizer::Gpt2Tokenizer;
+use nexttoken_tokenizer::{Gpt2Tokenizer, StreamDecoder};
 
-use crate::{GenerateError, Generation, GenerationConfig, Step, generate};
+use crate::session::in_row_order;
+use crate::{
+    FinishReason, GenerateError, GenerationConfig, GenerationStats, Logprobs, RowId, Session, Step,
+};
 
 /// One prompt's result, in text and ids.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub prompt: String,
     pub prompt_ids: Vec<u32>,
-    /// Generated ids only; ends with the end-of-text id if the row stopped there.
+    /// Generated ids only; ends with the end-of-text id if the row stopped there, or with the
+    /// token that completed a stop string.
     pub ids: Vec<u32>,
-    /// The generated ids as text, without the end-of-text marker.
+    /// The generated text, without the end-of-text marker and without a stop string or
+    /// anything after it.
     pub text: String,
+    /// `None` if the generation was ended (Ctrl-C, a callback) before the row finished.
+    pub finish_reason: Option<FinishReason>,
+    /// Each generated token's log-probabilities, with [`GenerationConfig::logprobs`] set.
+    pub logprobs: Vec<Logprobs>,
 }
 
 /// A model and GPT-2's tokenizer: text in, text out.
@@ -43,66 +54,358 @@ impl TextGenerator {
         }
     }
 
-    /// Generates a continuation for each prompt, run as one batch.
+    /// A [`TextSession`] on this generator, with a KV cache as `kv_cache` says.
+    pub fn session(&self, kv_cache: bool) -> TextSession<'_> {
+        let session = Session::new(&self.model);
+        TextSession {
+            session: if kv_cache {
+                session
+            } else {
+                session.without_kv_cache()
+            },
+            tokenizer: &self.tokenizer,
+            rows: HashMap::new(),
+        }
+    }
+
+    /// Generates a continuation for each prompt, run as one batch (prompts of any lengths;
+    /// prompt `i` draws with seed `config.seed + i`). Each row stops at its end-of-text id, its
+    /// `max_new_tokens` or the first of `stop` its text reaches.
     ///
-    /// `on_text(row, text)` receives each row's new text as soon as it forms whole characters;
-    /// `on_step` sees every step's ids and logits, as [`generate`]'s callback does. Either
-    /// returning [`ControlFlow::Break`] ends the generation after that step; the completions then
-    /// hold what was generated so far.
+    /// `on_text(row, text)` receives each row's new text as soon as it forms whole characters
+    /// that cannot be the start of a stop string; `on_step` sees every step's ids and logits,
+    /// as [`crate::generate`]'s callback does. Either returning [`ControlFlow::Break`] ends the
+    /// generation after that step; the completions then hold what was generated so far.
     ///
     /// # Errors
-    /// As [`generate`]: the prompts must encode to the same, non-zero number of tokens.
+    /// As [`crate::generate`].
     pub fn generate_text(
         &self,
         prompts: &[&str],
         config: &GenerationConfig,
+        stop: &[String],
         mut on_text: impl FnMut(usize, &str) -> ControlFlow<()>,
         mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
-    ) -> Result<(Vec<Completion>, Generation), GenerateError> {
-        let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| self.tokenizer.encode(p)).collect();
-        let mut streams: Vec<_> = prompts.iter().map(|_| self.tokenizer.stream()).collect();
-        let mut stream_error = None;
-        let generation = generate(&self.model, &prompt_ids, config, |step| {
-            let mut flow = on_step(step);
-            for (row, id) in step.ids.iter().enumerate() {
-                let Some(id) = id.filter(|&id| Some(id) != config.eos_token_id) else {
-                    continue;
-                };
-                match streams[row].next_token(id) {
-                    Ok(text) if !text.is_empty() && on_text(row, &text).is_break() => {
-                        flow = ControlFlow::Break(());
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        stream_error = Some(e);
-                        flow = ControlFlow::Break(());
-                    }
-                }
-            }
-            flow
-        })?;
-        if let Some(e) = stream_error {
-            return Err(e.into());
+    ) -> Result<(Vec<Completion>, GenerationStats), GenerateError> {
+        if prompts.is_empty() {
+            return Err(GenerateError::NoPrompts);
         }
+        let mut session = self.session(config.kv_cache);
         let mut completions = Vec::with_capacity(prompts.len());
-        for (row, (prompt, prompt_ids)) in prompts.iter().zip(prompt_ids).enumerate() {
-            let rest = streams[row].finish();
-            if !rest.is_empty() {
-                // The generation is over: nothing is left to stop.
-                let _ = on_text(row, &rest);
-            }
-            let ids = generation.tokens[row].clone();
-            let text_ids = match config.eos_token_id {
-                Some(eos) if ids.last() == Some(&eos) => &ids[..ids.len() - 1],
-                _ => &ids[..],
+        for (row, prompt) in prompts.iter().enumerate() {
+            let row_config = GenerationConfig {
+                seed: config.seed.wrapping_add(row as u64),
+                ..config.clone()
             };
+            let prompt_ids = self.tokenizer.encode(prompt);
+            session.add_ids(prompt_ids.clone(), &row_config, stop)?;
             completions.push(Completion {
                 prompt: prompt.to_string(),
                 prompt_ids,
-                text: self.tokenizer.decode(text_ids)?,
-                ids,
+                ids: Vec::new(),
+                text: String::new(),
+                finish_reason: None,
+                logprobs: Vec::new(),
             });
         }
-        Ok((completions, generation))
+        while !session.is_finished() {
+            let step = session.step()?;
+            let mut ids = vec![None; prompts.len()];
+            let mut rows = Vec::with_capacity(step.chunks.len());
+            let mut flow = ControlFlow::Continue(());
+            for chunk in step.chunks {
+                // Rows are numbered in the order they were added: the prompts' order.
+                let row = chunk.row.0 as usize;
+                let completion = &mut completions[row];
+                ids[row] = Some(chunk.id);
+                rows.push(row);
+                completion.ids.push(chunk.id);
+                completion.text.push_str(&chunk.text);
+                completion.logprobs.extend(chunk.logprobs);
+                completion.finish_reason = chunk.finish;
+                if !chunk.text.is_empty() && on_text(row, &chunk.text).is_break() {
+                    flow = ControlFlow::Break(());
+                }
+            }
+            let logits = in_row_order(&rows, step.logits);
+            if on_step(&Step {
+                ids: &ids,
+                logits: &logits,
+            })
+            .is_break()
+                || flow.is_break()
+            {
+                break;
+            }
+        }
+        Ok((completions, session.stats().clone()))
+    }
+}
+
+/// A [`Session`] in text: prompts in, each row's new text out as it forms, cut at the row's
+/// stop strings. The streaming API for callers that print or send text as it is made.
+///
+/// ```
+/// use burn::tensor::Device;
+/// use nexttoken_generate::{GenerationConfig, TextGenerator};
+/// use nexttoken_model::Gpt2Config;
+///
+/// let config = Gpt2Config { n_layer: 2, n_head: 2, n_embd: 8, n_positions: 16, ..Gpt2Config::gpt2() };
+/// let generator = TextGenerator::new(config.init(&Device::flex()), config);
+/// let mut session = generator.session(true);
+/// let row = session.add("Hello", &generator.generation_config(8), &["\n".to_string()])?;
+/// let mut text = String::new();
+/// while !session.is_finished() {
+///     for chunk in session.step()?.chunks {
+///         text.push_str(&chunk.text); // whole characters, never part of "\n"
+///     }
+/// }
+/// assert!(!text.contains('\n'));
+/// # let _ = row;
+/// # Ok::<(), nexttoken_generate::GenerateError>(())
+/// ```
+#[derive(Debug)]
+pub struct TextSession<'g> {
+    session: Session<'g>,
+    tokenizer: &'g Gpt2Tokenizer,
+    rows: HashMap<RowId, TextRow>,
+}
+
+#[derive(Debug)]
+struct TextRow {
+    stream: StreamDecoder,
+    stop: Vec<String>,
+    /// Decoded text not given out yet: it may be the start of a stop string.
+    held: String,
+    eos_token_id: Option<u32>,
+}
+
+/// What one row got from a [`TextSession::step`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextChunk {
+    pub row: RowId,
+    pub id: u32,
+    /// The text this token completed; possibly empty (half a character, the start of what
+    /// may be a stop string, the end-of-text id).
+    pub text: String,
+    pub logprobs: Option<Logprobs>,
+    /// Set on the row's last chunk; the row has then left the session.
+    pub finish: Option<FinishReason>,
+}
+
+/// One [`TextSession::step`]: a chunk for every row that was live.
+#[derive(Debug)]
+pub struct TextStep {
+    pub chunks: Vec<TextChunk>,
+    /// `[chunks.len(), v]`: row `i` holds the logits `chunks[i]`'s id was selected from.
+    pub logits: Tensor<2>,
+}
+
+impl<'g> TextSession<'g> {
+    /// Adds a row continuing `prompt`; it joins the batch at the next step and stops at the
+    /// first of `stop` its text reaches (empty strings are ignored).
+    ///
+    /// # Errors
+    /// As [`Session::add`].
+    pub fn add(
+        &mut self,
+        prompt: &str,
+        config: &GenerationConfig,
+        stop: &[String],
+    ) -> Result<RowId, GenerateError> {
+        self.add_ids(self.tokenizer.encode(prompt), config, stop)
+    }
+
+    /// [`TextSession::add`] for a prompt already encoded.
+    ///
+    /// # Errors
+    /// As [`Session::add`].
+    pub fn add_ids(
+        &mut self,
+        prompt: Vec<u32>,
+        config: &GenerationConfig,
+        stop: &[String],
+    ) -> Result<RowId, GenerateError> {
+        let row = self.session.add(prompt, config)?;
+        self.rows.insert(
+            row,
+            TextRow {
+                stream: self.tokenizer.stream(),
+                stop: stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
+                held: String::new(),
+                eos_token_id: config.eos_token_id,
+            },
+        );
+        Ok(row)
+    }
+
+    /// Stops `row` now. Returns whether it was still live.
+    pub fn cancel(&mut self, row: RowId) -> bool {
+        self.rows.remove(&row);
+        self.session.cancel(row)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.session.is_finished()
+    }
+
+    pub fn stats(&self) -> &GenerationStats {
+        self.session.stats()
+    }
+
+    /// Advances every live row by one token and returns each row's new text.
+    ///
+    /// # Errors
+    /// As [`Session::step`], and [`GenerateError::Tokenizer`] for an id the tokenizer does not
+    /// know (a model whose vocabulary is larger than GPT-2's).
+    pub fn step(&mut self) -> Result<TextStep, GenerateError> {
+        let step = self.session.step()?;
+        let mut chunks = Vec::with_capacity(step.tokens.len());
+        for token in step.tokens {
+            let Some(row) = self.rows.get_mut(&token.row) else {
+                unreachable!("every session row was added through the text session")
+            };
+            let mut finish = token.finish;
+            if Some(token.id) != row.eos_token_id {
+                row.held.push_str(&row.stream.next_token(token.id)?);
+            }
+            if finish.is_some() {
+                row.held.push_str(&row.stream.finish());
+            }
+            let text = match first_stop(&row.held, &row.stop) {
+                Some(at) => {
+                    row.held.truncate(at);
+                    finish = Some(FinishReason::Stop);
+                    std::mem::take(&mut row.held)
+                }
+                None if finish.is_some() => std::mem::take(&mut row.held),
+                None => {
+                    let keep = held_back(&row.held, &row.stop);
+                    let rest = row.held.split_off(row.held.len() - keep);
+                    std::mem::replace(&mut row.held, rest)
+                }
+            };
+            if finish.is_some() {
+                self.rows.remove(&token.row);
+                if token.finish.is_none() {
+                    self.session.cancel(token.row);
+                }
+            }
+            chunks.push(TextChunk {
+                row: token.row,
+                id: token.id,
+                text,
+                logprobs: token.logprobs,
+                finish,
+            });
+        }
+        Ok(TextStep {
+            chunks,
+            logits: step.logits,
+        })
+    }
+}
+
+/// Where the earliest stop string in `text` starts.
+fn first_stop(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter().filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// The length of the longest end of `text` that is the start of a stop string: text that must
+/// wait for the next token before it can be given out.
+fn held_back(text: &str, stop: &[String]) -> usize {
+    stop.iter()
+        .flat_map(|s| {
+            (1..s.len())
+                .rev()
+                .filter(|&n| s.is_char_boundary(n) && text.ends_with(&s[..n]))
+                .take(1)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stops(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A tiny random model: its 16 ids are GPT-2's one-character tokens `!` to `0`.
+    fn tiny_generator() -> TextGenerator {
+        let config = Gpt2Config {
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 8,
+            n_positions: 16,
+            vocab_size: 16,
+            ..Gpt2Config::gpt2()
+        };
+        TextGenerator::new(config.init(&burn::tensor::Device::flex()), config)
+    }
+
+    fn generate(
+        generator: &TextGenerator,
+        prompts: &[&str],
+        stop: &[String],
+    ) -> (Vec<Completion>, Vec<String>) {
+        let config = generator.generation_config(12).without_eos();
+        let mut streamed = vec![String::new(); prompts.len()];
+        let (completions, _) = generator
+            .generate_text(
+                prompts,
+                &config,
+                stop,
+                |row, text| {
+                    streamed[row].push_str(text);
+                    ControlFlow::Continue(())
+                },
+                |_| ControlFlow::Continue(()),
+            )
+            .unwrap();
+        (completions, streamed)
+    }
+
+    /// A two-character stop string spans two tokens: the text ends before it, the ids end
+    /// with the token that completed it, and the stream never showed its first character.
+    #[test]
+    fn a_stop_string_across_tokens_ends_the_row_before_it() {
+        let generator = tiny_generator();
+        let prompts = ["!", "0"];
+        let (free, _) = generate(&generator, &prompts, &[]);
+        let text = &free[0].text;
+        assert_eq!(text.len(), 12, "one character per token");
+        let stop = text[3..5].to_string();
+        let at = text.find(&stop).unwrap();
+        let (stopped, streamed) = generate(&generator, &prompts, std::slice::from_ref(&stop));
+        assert_eq!(stopped[0].text, text[..at]);
+        assert_eq!(streamed[0], text[..at]);
+        assert_eq!(stopped[0].ids, free[0].ids[..at + 2]);
+        assert_eq!(stopped[0].finish_reason, Some(FinishReason::Stop));
+        // The other row stops at its own text's first match, or runs to its length.
+        let other = &free[1].text;
+        match other.find(&stop) {
+            Some(at) => assert_eq!(stopped[1].text, other[..at]),
+            None => {
+                assert_eq!(stopped[1].text, *other);
+                assert_eq!(stopped[1].finish_reason, Some(FinishReason::Length));
+            }
+        }
+        assert_eq!(streamed[1], stopped[1].text);
+    }
+
+    #[test]
+    fn only_text_that_may_start_a_stop_string_is_held_back() {
+        let stop = stops(&["\n\n", "END"]);
+        assert_eq!(held_back("Hello\n", &stop), 1);
+        assert_eq!(held_back("Hello E", &stop), 1);
+        assert_eq!(held_back("Hello EN", &stop), 2);
+        assert_eq!(held_back("Hello", &stop), 0);
+        assert_eq!(first_stop("a\n\nb END", &stop), Some(1));
+        assert_eq!(first_stop("abc", &stop), None);
+        // Multi-byte stop strings are cut on character boundaries only.
+        assert_eq!(held_back("x é", &stops(&["éa"])), "é".len());
     }
 }

@@ -1,0 +1,441 @@
+use std::time::Instant;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use nexttoken_model::{Gpt2, KvCache, token_tensor};
+
+use crate::{GenerateError, GenerationConfig, GenerationStats, Sampler, select_greedy};
+
+/// A row of a [`Session`], as [`Session::add`] named it. Rows are numbered from 0 in the order
+/// they were added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowId(pub u64);
+
+/// Why a row stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It produced its end-of-text id (kept as its last token).
+    Eos,
+    /// It reached `max_new_tokens`.
+    Length,
+    /// Its text reached one of its stop strings (see [`crate::TextSession`]).
+    Stop,
+}
+
+impl FinishReason {
+    /// The name `--json` and the server report: `eos`, `length` or `stop`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eos => "eos",
+            Self::Length => "length",
+            Self::Stop => "stop",
+        }
+    }
+}
+
+/// A token's log-probability and the most likely alternatives at its step, from the log-softmax
+/// of the model's logits before any sampling setting touched them (as OpenAI reports them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprobs {
+    pub logprob: f32,
+    /// The `n` most likely ids and their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What one row got from a [`Session::step`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowToken {
+    pub row: RowId,
+    pub id: u32,
+    /// With [`GenerationConfig::logprobs`] set.
+    pub logprobs: Option<Logprobs>,
+    /// Set on the row's last token; the row has then left the session.
+    pub finish: Option<FinishReason>,
+}
+
+/// One [`Session::step`]: a token for every row that was live.
+#[derive(Debug)]
+pub struct SessionStep {
+    pub tokens: Vec<RowToken>,
+    /// The logits each token was selected from, row `i` for `tokens[i]`: `[tokens.len(), v]`.
+    pub logits: Tensor<2>,
+}
+
+/// A generation that a caller advances one step at a time: the loop of [`crate::generate`],
+/// opened up.
+///
+/// The session owns its rows (ids so far, settings, random streams), one KV cache for all of
+/// them and the timings. Rows may have prompts of any lengths (they are left-padded in the
+/// cache); rows can be [added](Session::add) between steps, join the batch at the next step, and
+/// be [cancelled](Session::cancel) at any step; a row leaves by itself at its end-of-text id or
+/// its `max_new_tokens`. Each row's ids are those it would get generated alone.
+///
+/// When a row's sequence outgrows the context, it sees only its last `context_length` ids, as
+/// the book's loop crops them: from then on its window is read again every step (GPT-2's
+/// positions are absolute), while the other rows go on from the cache.
+///
+/// ```
+/// use burn::tensor::Device;
+/// use nexttoken_generate::{GenerationConfig, Session};
+/// use nexttoken_model::Gpt2Config;
+///
+/// let device = Device::flex();
+/// let model = Gpt2Config { n_layer: 2, n_head: 2, n_embd: 8, n_positions: 16, ..Gpt2Config::gpt2() }.init(&device);
+/// let mut session = Session::new(&model);
+/// let short = session.add(vec![15496], &GenerationConfig::new(4))?;
+/// let long = session.add(vec![6109, 3626, 6100, 345], &GenerationConfig::new(2))?;
+/// while !session.is_finished() {
+///     for token in session.step()?.tokens {
+///         println!("{:?} got {}", token.row, token.id);
+///     }
+/// }
+/// # let _ = (short, long);
+/// # Ok::<(), nexttoken_generate::GenerateError>(())
+/// ```
+#[derive(Debug)]
+pub struct Session<'m> {
+    model: &'m Gpt2,
+    kv_cache: bool,
+    /// The first `cache.batch_size()` rows are the cache's, in its order.
+    rows: Vec<Row>,
+    cache: KvCache,
+    added: u64,
+    stats: GenerationStats,
+}
+
+#[derive(Debug)]
+struct Row {
+    id: RowId,
+    /// Prompt and generated ids; the last one is not in the cache yet.
+    ids: Vec<u32>,
+    generated: usize,
+    max_new_tokens: usize,
+    eos_token_id: Option<u32>,
+    sampler: Option<Sampler>,
+    logprobs: Option<usize>,
+}
+
+impl<'m> Session<'m> {
+    /// An empty session on `model`, with a KV cache.
+    pub fn new(model: &'m Gpt2) -> Self {
+        Self {
+            model,
+            kv_cache: true,
+            rows: Vec::new(),
+            cache: KvCache::new(),
+            added: 0,
+            stats: GenerationStats::default(),
+        }
+    }
+
+    /// Reads every row's whole window every step instead of keeping a KV cache: the book's
+    /// loop, kept as the reference the cache is tested against.
+    pub fn without_kv_cache(mut self) -> Self {
+        self.kv_cache = false;
+        self
+    }
+
+    /// Adds a row continuing `prompt`, generated as `config` says (its `seed` is this row's);
+    /// it joins the batch at the next step.
+    ///
+    /// # Errors
+    /// [`GenerateError`] for `max_new_tokens == 0`, invalid sampling settings, an empty prompt
+    /// or an id outside the model's vocabulary (the error's `index` is the row's number).
+    pub fn add(
+        &mut self,
+        prompt: Vec<u32>,
+        config: &GenerationConfig,
+    ) -> Result<RowId, GenerateError> {
+        let index = self.added as usize;
+        if config.max_new_tokens == 0 {
+            return Err(GenerateError::ZeroMaxNewTokens);
+        }
+        if let Some(reason) = config.sampling.as_ref().and_then(|p| p.validate().err()) {
+            return Err(GenerateError::InvalidSampling { reason });
+        }
+        if prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt { index });
+        }
+        let vocab_size = self.model.vocab_size();
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(GenerateError::TokenOutOfRange {
+                index,
+                id,
+                vocab_size,
+            });
+        }
+        let id = RowId(self.added);
+        self.added += 1;
+        self.rows.push(Row {
+            id,
+            ids: prompt,
+            generated: 0,
+            max_new_tokens: config.max_new_tokens,
+            eos_token_id: config.eos_token_id,
+            sampler: config
+                .sampling
+                .clone()
+                .map(|params| Sampler::new(params, config.seed)),
+            logprobs: config.logprobs,
+        });
+        Ok(id)
+    }
+
+    /// Stops `row` now; it gets no more tokens. Returns whether it was still live.
+    pub fn cancel(&mut self, row: RowId) -> bool {
+        let Some(index) = self.rows.iter().position(|r| r.id == row) else {
+            return false;
+        };
+        self.remove(&[index]);
+        true
+    }
+
+    /// Whether no row is left to step.
+    pub fn is_finished(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Rows still generating, those added since the last step included.
+    pub fn live_rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The ids `row` has generated so far, while it is live.
+    pub fn generated(&self, row: RowId) -> Option<&[u32]> {
+        let row = self.rows.iter().find(|r| r.id == row)?;
+        Some(&row.ids[row.ids.len() - row.generated..])
+    }
+
+    /// Where the time went so far.
+    pub fn stats(&self) -> &GenerationStats {
+        &self.stats
+    }
+
+    /// Advances every live row by one token. With no live rows it returns no tokens.
+    ///
+    /// # Errors
+    /// [`GenerateError::ReadBack`] if the logits cannot be read from the device.
+    pub fn step(&mut self) -> Result<SessionStep, GenerateError> {
+        let start = Instant::now();
+        let model = self.model;
+        let device = model.wte.weight.device();
+        let context = model.context_length();
+        if self.rows.is_empty() {
+            return Ok(SessionStep {
+                tokens: Vec::new(),
+                logits: Tensor::zeros([0, model.vocab_size()], &device),
+            });
+        }
+        let prefill = self.rows.iter().any(|row| row.generated == 0);
+
+        // Cached rows whose next id would pass the context leave the cache; so do all rows
+        // when there is no cache. What is left continues from the cache.
+        let cached = self.cache.batch_size();
+        let leaving: Vec<usize> = (0..cached)
+            .filter(|&index| !self.kv_cache || self.rows[index].ids.len() > context)
+            .collect();
+        if !leaving.is_empty() {
+            let staying: Vec<usize> = (0..cached).filter(|i| !leaving.contains(i)).collect();
+            self.cache.retain_rows(&staying);
+            let moved: Vec<Row> = leaving.iter().rev().map(|&i| self.rows.remove(i)).collect();
+            self.rows.extend(moved.into_iter().rev());
+        }
+        let cached = self.cache.batch_size();
+        // The rest read their window: those that can go on from a cache first.
+        self.rows[cached..].sort_by_key(|row| !(self.kv_cache && row.ids.len() < context));
+        let joining = self.rows[cached..]
+            .iter()
+            .take_while(|row| self.kv_cache && row.ids.len() < context)
+            .count();
+
+        let mut logits = Vec::with_capacity(2);
+        if cached > 0 {
+            let last: Vec<[u32; 1]> = self.rows[..cached]
+                .iter()
+                .map(|row| [row.ids[row.ids.len() - 1]])
+                .collect();
+            let last: Vec<&[u32]> = last.iter().map(|id| &id[..]).collect();
+            logits.push(model.forward_cached(token_tensor(&last, &device), &mut self.cache));
+        }
+        if cached < self.rows.len() {
+            let windows: Vec<&[u32]> = self.rows[cached..]
+                .iter()
+                .map(|row| &row.ids[row.ids.len().saturating_sub(context)..])
+                .collect();
+            self.stats.prompt_tokens += self.rows[cached..]
+                .iter()
+                .zip(&windows)
+                .filter(|(row, _)| row.generated == 0)
+                .map(|(_, window)| window.len())
+                .sum::<usize>();
+            let same_length = windows.iter().all(|w| w.len() == windows[0].len());
+            if !self.kv_cache && same_length {
+                logits.push(model.forward_last(token_tensor(&windows, &device)));
+            } else {
+                // Room for the joining rows' whole generations, so the cache is not regrown.
+                let longest = self.rows[cached..]
+                    .iter()
+                    .map(|row| row.ids.len() + row.max_new_tokens - row.generated)
+                    .max()
+                    .unwrap_or(0);
+                let mut fresh = KvCache::with_capacity(longest.next_power_of_two().min(context));
+                logits.push(model.prefill(&windows, &mut fresh));
+                if joining > 0 {
+                    fresh.retain_rows(&(0..joining).collect::<Vec<_>>());
+                    self.cache.append(fresh);
+                }
+            }
+        }
+        let logits = if logits.len() == 1 {
+            logits.remove(0)
+        } else {
+            Tensor::cat(logits, 0)
+        };
+
+        let tokens = self.select(&logits)?;
+        let elapsed = start.elapsed();
+        if prefill {
+            self.stats.prefill += elapsed;
+        } else {
+            self.stats.decode_steps.push(elapsed);
+            self.stats.decode_tokens += tokens.len();
+        }
+        let finished: Vec<usize> = tokens
+            .iter()
+            .enumerate()
+            .filter_map(|(index, token)| token.finish.map(|_| index))
+            .collect();
+        self.remove(&finished);
+        Ok(SessionStep { tokens, logits })
+    }
+
+    /// Picks every row's next id from `logits` (`[rows, v]`, in row order) and appends it.
+    fn select(&mut self, logits: &Tensor<2>) -> Result<Vec<RowToken>, GenerateError> {
+        // Greedy rows take the device's argmax, as they always have; the host reads the
+        // logits only when some row samples or reports log-probabilities.
+        let greedy = self
+            .rows
+            .iter()
+            .any(|row| row.sampler.is_none())
+            .then(|| select_greedy(logits.clone()));
+        let host: Option<Vec<f32>> = self
+            .rows
+            .iter()
+            .any(|row| row.sampler.is_some() || row.logprobs.is_some())
+            .then(|| {
+                logits
+                    .clone()
+                    .into_data()
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| GenerateError::ReadBack {
+                        reason: format!("{e:?}"),
+                    })
+            })
+            .transpose()?;
+        let vocab = self.model.vocab_size();
+        let mut tokens = Vec::with_capacity(self.rows.len());
+        for (index, row) in self.rows.iter_mut().enumerate() {
+            let scores = host
+                .as_ref()
+                .map(|host| &host[index * vocab..(index + 1) * vocab]);
+            let id = match (&mut row.sampler, scores, &greedy) {
+                (Some(sampler), Some(scores), _) => sampler.sample(scores, &row.ids),
+                (_, _, Some(greedy)) => greedy[index],
+                _ => unreachable!("a row without a sampler has the device's argmax"),
+            };
+            let logprobs = row
+                .logprobs
+                .zip(scores)
+                .map(|(n, scores)| logprobs(scores, id, n));
+            row.ids.push(id);
+            row.generated += 1;
+            let finish = if Some(id) == row.eos_token_id {
+                Some(FinishReason::Eos)
+            } else if row.generated == row.max_new_tokens {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            tokens.push(RowToken {
+                row: row.id,
+                id,
+                logprobs,
+                finish,
+            });
+        }
+        Ok(tokens)
+    }
+
+    /// Takes the rows at `indices` (ascending) out of the session and the cache.
+    fn remove(&mut self, indices: &[usize]) {
+        if indices.is_empty() {
+            return;
+        }
+        let cached = self.cache.batch_size();
+        if indices.iter().any(|&index| index < cached) {
+            let staying: Vec<usize> = (0..cached).filter(|i| !indices.contains(i)).collect();
+            self.cache.retain_rows(&staying);
+        }
+        let mut index = 0;
+        self.rows.retain(|_| {
+            let keep = !indices.contains(&index);
+            index += 1;
+            keep
+        });
+    }
+}
+
+/// The log-softmax of `scores` at `id`, and its `n` largest entries.
+fn logprobs(scores: &[f32], id: u32, n: usize) -> Logprobs {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = scores.iter().map(|&s| f64::from(s - max).exp()).sum();
+    let log_normalizer = max + sum.ln() as f32;
+    let mut order: Vec<u32> = (0..scores.len() as u32).collect();
+    let n = n.min(scores.len());
+    if n > 0 {
+        order.select_nth_unstable_by(n - 1, |&a, &b| {
+            scores[b as usize]
+                .total_cmp(&scores[a as usize])
+                .then(a.cmp(&b))
+        });
+    }
+    let mut top: Vec<(u32, f32)> = order[..n]
+        .iter()
+        .map(|&id| (id, scores[id as usize] - log_normalizer))
+        .collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Logprobs {
+        logprob: scores[id as usize] - log_normalizer,
+        top,
+    }
+}
+
+/// `logits` of rows that came in the order `rows` gives, put in ascending row order.
+pub(crate) fn in_row_order(rows: &[usize], logits: Tensor<2>) -> Tensor<2> {
+    if rows.is_sorted() {
+        return logits;
+    }
+    let mut order: Vec<i64> = (0..rows.len() as i64).collect();
+    order.sort_by_key(|&i| rows[i as usize]);
+    let index = Tensor::<1, Int>::from_data(TensorData::new(order, [rows.len()]), &logits.device());
+    logits.select(0, index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_the_log_softmax_and_its_largest_entries() {
+        let scores = [1.0f32, 3.0, 2.0, 3.0];
+        let normalizer = scores.iter().map(|s| s.exp()).sum::<f32>().ln();
+        let got = logprobs(&scores, 2, 3);
+        assert!((got.logprob - (2.0 - normalizer)).abs() < 1e-6);
+        let ids: Vec<u32> = got.top.iter().map(|&(id, _)| id).collect();
+        // Ties keep the lower id first, as torch.topk's sorted output does on CPU.
+        assert_eq!(ids, [1, 3, 2]);
+        for (id, logprob) in got.top {
+            assert!((logprob - (scores[id as usize] - normalizer)).abs() < 1e-6);
+        }
+        assert!(logprobs(&scores, 0, 0).top.is_empty());
+    }
+}
