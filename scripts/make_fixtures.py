@@ -8,6 +8,11 @@ last-position logits of the first step. Where no cropping happens, the loop is c
 
     python scripts/make_fixtures.py --corpus ../shared/corpus        # or: cargo xtask goldens
 
+Batches of prompts of different lengths (`ragged_*` cases) are checked against each row's own
+loop and, where no row passes the context, against Hugging Face's left-padded batched
+`generate(do_sample=False)`; one stops a row at end-of-text while the others go on, one has rows
+pass the context at different steps.
+
 Writes tests/fixtures/<model>/ (checkpoints) and tests/goldens/<model>.json + .logits.safetensors.
 """
 
@@ -108,6 +113,99 @@ def golden_case(model, tokenizer, name, prompts, logits_out):
     }
 
 
+def prefix_prompt(tokenizer, tokens: int) -> str:
+    """The first `tokens` tokens of LONG_PROMPT as text that encodes back to exactly them."""
+    ids = tokenizer.encode(LONG_PROMPT)[:tokens]
+    text = tokenizer.decode(ids)
+    assert tokenizer.encode(text) == ids, f"a {tokens}-token prefix does not round-trip"
+    return text
+
+
+@torch.no_grad()
+def hf_batched_greedy(model, encoded, eos):
+    """Hugging Face's own batched generate, left-padded as it pads for generation."""
+    longest = max(len(row) for row in encoded)
+    ids = torch.tensor([[EOT] * (longest - len(row)) + row for row in encoded], dtype=torch.long)
+    mask = torch.tensor([[0] * (longest - len(row)) + [1] * len(row) for row in encoded])
+    model.generation_config.eos_token_id = eos
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
+                         pad_token_id=EOT, eos_token_id=eos)
+    rows = []
+    for row in out[:, longest:].tolist():
+        # A finished row is padded after its end-of-text id.
+        rows.append(row[:row.index(eos) + 1] if eos is not None and eos in row else row)
+    return rows
+
+
+def ragged_case(model, tokenizer, name, prompts, logits_out, eos=None):
+    """Rows of different lengths in one batch. The reference for each row is the book's loop on
+    that row alone (stopping at `eos`); where no row passes the context it must equal Hugging
+    Face's left-padded batched generate. Steps after a row stopped hold nothing for it."""
+    encoded = [tokenizer.encode(p) for p in prompts]
+    context = model.config.n_positions
+    rows, records, firsts = [], [], []
+    for row in encoded:
+        full, row_records, first = reference_loop(model, torch.tensor([row]), NEW_TOKENS)
+        new = full[0, len(row):].tolist()
+        if eos is not None and eos in new:
+            new = new[:new.index(eos) + 1]
+        rows.append(new)
+        records.append(row_records[:len(new)])
+        firsts.append(first[0])
+    crossing = [len(row) + NEW_TOKENS > context for row in encoded]
+    if not any(crossing):
+        assert hf_batched_greedy(model, encoded, eos) == rows, f"{name}: batched generate disagrees"
+    logits_out[name] = torch.stack(firsts).contiguous()
+    steps = []
+    for step in range(NEW_TOKENS):
+        topk = [r[step]["topk"][0] if step < len(r) else [] for r in records]
+        gaps = [r[step]["top2_gap"][0] if step < len(r) else None for r in records]
+        steps.append({"topk": topk, "top2_gap": gaps})
+    gaps = [gap for step in steps for gap in step["top2_gap"] if gap is not None]
+    return {
+        "name": name,
+        "prompts": prompts,
+        "input_ids": encoded,
+        "greedy_ids": rows,
+        "eos_token_id": eos,
+        "steps": steps,
+        "top2_gap_min": min(gaps),
+        "crops": any(len(row) > context for row in encoded),
+        "crosses_context": crossing,
+    }
+
+
+def ragged_cases(model, tokenizer, logits):
+    context = model.config.n_positions
+    cases = [
+        ragged_case(model, tokenizer, "ragged_one_token_beside_long",
+                    ["The", prefix_prompt(tokenizer, min(20, context - NEW_TOKENS))], logits),
+        ragged_case(model, tokenizer, "ragged_three_lengths",
+                    ["Hello, I am", "The", PROMPTS["unicode"]], logits),
+    ]
+    # End-of-text in the middle: an id some row produces from its third step on and another
+    # row never produces, so that one row stops early while another runs to the end.
+    prompts = ["Every effort moves you", "The", "Hello, I am"]
+    alone = ragged_case(model, tokenizer, "probe", prompts, {})["greedy_ids"]
+
+    def lengths(eos):
+        return [row.index(eos) + 1 if eos in row else NEW_TOKENS for row in alone]
+
+    eos = next(id for row in alone for id in row[2:]
+               if min(lengths(id)) < NEW_TOKENS and max(lengths(id)) == NEW_TOKENS)
+    case = ragged_case(model, tokenizer, "ragged_early_end_of_text", prompts, logits, eos=eos)
+    lengths = [len(row) for row in case["greedy_ids"]]
+    assert min(lengths) < NEW_TOKENS and max(lengths) == NEW_TOKENS, lengths
+    cases.append(case)
+    # Rows that pass the context at different steps (after 4 and 12 new ids), and one that never does.
+    case = ragged_case(model, tokenizer, "ragged_crossing_context",
+                       [prefix_prompt(tokenizer, context - 4), "The",
+                        prefix_prompt(tokenizer, context - 12)], logits)
+    assert case["crosses_context"] == [True, False, True] and not case["crops"]
+    cases.append(case)
+    return cases
+
+
 def write_goldens(model_dir: Path, model_name: str, tokenizer):
     model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
     cases, logits = [], {}
@@ -115,6 +213,7 @@ def write_goldens(model_dir: Path, model_name: str, tokenizer):
         cases.append(golden_case(model, tokenizer, name, [prompt], logits))
     cases.append(golden_case(model, tokenizer, "past_context", [LONG_PROMPT], logits))
     cases.append(golden_case(model, tokenizer, "batch_of_two", BATCH, logits))
+    cases.extend(ragged_cases(model, tokenizer, logits))
     goldens = ROOT / "tests" / "goldens"
     goldens.mkdir(parents=True, exist_ok=True)
     doc = {

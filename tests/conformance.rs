@@ -51,16 +51,20 @@ struct Case {
     name: String,
     prompts: Vec<String>,
     input_ids: Vec<Vec<u32>>,
+    /// Per row; a row that stopped at `eos_token_id` ends with it.
     greedy_ids: Vec<Vec<u32>>,
+    /// Rows stop at this id (the `ragged_early_end_of_text` cases); none run to the end.
+    #[serde(default)]
+    eos_token_id: Option<u32>,
     steps: Vec<Step>,
     crops: bool,
 }
 
 #[derive(Deserialize)]
 struct Step {
-    /// Per row: the five largest logits as (id, logit).
+    /// Per row: the five largest logits as (id, logit); none for a row that has stopped.
     topk: Vec<Vec<(u32, f32)>>,
-    top2_gap: Vec<f32>,
+    top2_gap: Vec<Option<f32>>,
 }
 
 fn root() -> &'static Path {
@@ -119,17 +123,18 @@ fn load_golden_model(golden: &Golden, device: &Device) -> Gpt2 {
     model
 }
 
-/// Last-position logits for a batch, cropped to the context as the generation loop crops.
+/// Each row's last-position logits, the row cropped to the context as the generation loop
+/// crops it (rows run one at a time: they may differ in length).
 fn last_logits(model: &Gpt2, ids: &[Vec<u32>], device: &Device) -> Vec<Vec<f32>> {
-    let start = ids[0].len().saturating_sub(model.context_length());
-    let rows: Vec<&[u32]> = ids.iter().map(|row| &row[start..]).collect();
-    let flat: Vec<f32> = model
-        .forward_last(token_tensor(&rows, device))
-        .into_data()
-        .try_to_vec()
-        .unwrap();
-    flat.chunks(model.vocab_size())
-        .map(<[f32]>::to_vec)
+    ids.iter()
+        .map(|row| {
+            let window = &row[row.len().saturating_sub(model.context_length())..];
+            model
+                .forward_last(token_tensor(&[window], device))
+                .into_data()
+                .try_to_vec()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -185,26 +190,39 @@ fn greedy_ids_match_hugging_face_on_every_backend() {
     for (backend, device) in backends() {
         for (_, golden) in goldens() {
             let model = load_golden_model(&golden, &device);
-            let config = GenerationConfig::new(golden.new_tokens).without_eos();
             for case in &golden.cases {
-                let mut step_logits = Vec::new();
+                let config = GenerationConfig {
+                    eos_token_id: case.eos_token_id,
+                    ..GenerationConfig::new(golden.new_tokens)
+                };
+                // Each row's logits at each of its steps.
+                let mut row_logits = vec![Vec::new(); case.input_ids.len()];
+                let mut steps = 0;
                 let out = generate(&model, &case.input_ids, &config, |step| {
-                    step_logits.push(step.logits.clone().into_data().try_to_vec::<f32>().unwrap());
+                    let logits = step.logits.clone().into_data().try_to_vec::<f32>().unwrap();
+                    let rows = step.ids.iter().enumerate().filter(|(_, id)| id.is_some());
+                    for ((row, _), values) in rows.zip(logits.chunks_exact(model.vocab_size())) {
+                        row_logits[row].push(values.to_vec());
+                    }
+                    steps += 1;
                     ControlFlow::Continue(())
                 })
                 .unwrap();
                 let label = format!("{backend}: {}/{}", golden.model, case.name);
                 assert_eq!(out.tokens.len(), case.greedy_ids.len(), "{label}: rows");
-                assert_eq!(step_logits.len(), case.steps.len(), "{label}: steps");
+                assert_eq!(steps, case.steps.len(), "{label}: steps");
                 for (row, (ours, theirs)) in out.tokens.iter().zip(&case.greedy_ids).enumerate() {
                     let label = format!("{label} row {row}");
                     compare_with_reference(&label, &model, &device, case, row, ours, theirs);
                     // Every step on the reference's path (up to a near-tie where the paths part):
                     // the logits of the reference's top five ids.
                     let same = ours.iter().zip(theirs).take_while(|(a, b)| a == b).count();
-                    for (step, logits) in step_logits.iter().enumerate().take(same + 1) {
-                        let vocab = logits.len() / case.input_ids.len();
-                        let row_logits = &logits[row * vocab..(row + 1) * vocab];
+                    assert_eq!(
+                        row_logits[row].len(),
+                        ours.len(),
+                        "{label}: steps of the row"
+                    );
+                    for (step, row_logits) in row_logits[row].iter().enumerate().take(same + 1) {
                         let topk = &case.steps[step].topk[row];
                         assert_eq!(topk.len(), 5, "{label}: top-5 of step {step}");
                         let (expected, actual): (Vec<f32>, Vec<f32>) = topk
@@ -240,7 +258,8 @@ fn compare_with_reference(
     let Some(step) = ours.iter().zip(theirs).position(|(a, b)| a != b) else {
         return;
     };
-    let reference_gap = case.steps[step].top2_gap[row];
+    let reference_gap = case.steps[step].top2_gap[row]
+        .unwrap_or_else(|| panic!("{label}: the reference has no step {step}"));
     // Our logits at the same point of the reference's trajectory.
     let prefix: Vec<u32> = case.input_ids[row]
         .iter()
@@ -280,7 +299,8 @@ fn logits_match_hugging_face_and_flex_on_every_backend() {
             let bytes = std::fs::read(path.with_extension("logits.safetensors")).unwrap();
             let reference = safetensors::SafeTensors::deserialize(&bytes).unwrap();
             for case in &golden.cases {
-                assert_eq!(case.crops, case.input_ids[0].len() > golden.context_length);
+                let longest = case.input_ids.iter().map(Vec::len).max().unwrap_or(0);
+                assert_eq!(case.crops, longest > golden.context_length);
                 let expected: Vec<f32> = reference
                     .tensor(&case.name)
                     .unwrap()
