@@ -3,10 +3,12 @@
 - ppN: `generate` with a prompt of N random ids and max_new_tokens=1 (the prefill), N / time;
 - tgN: `generate` of N ids after a one-id prompt, greedy, use_cache=True, N / time.
 
+With --batch-size B, each test runs B rows in one batch and reports B × N / time.
+
 Each test runs once untimed, then -r times; one JSON line per test with nexttoken's fields
 (`nexttoken bench --json`), so `cargo xtask speed` can put the two side by side.
 
-    python benches/hf_bench.py --model DIR -p 512 -n 128 -r 5 -t 2
+    python benches/hf_bench.py --model DIR -p 512 -n 128 -r 5 -t 2 --batch-size 1,4,16
 """
 
 import argparse
@@ -45,6 +47,7 @@ def main():
     parser.add_argument("--model", required=True, help="Hugging Face GPT-2 checkpoint directory")
     parser.add_argument("-p", "--n-prompt", default="512", help="prompt lengths, comma-separated")
     parser.add_argument("-n", "--n-gen", default="128", help="tokens to generate, comma-separated")
+    parser.add_argument("--batch-size", default="1", help="rows per batch, comma-separated")
     parser.add_argument("-r", "--repetitions", type=int, default=5)
     parser.add_argument("-t", "--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
@@ -59,13 +62,14 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     name = os.path.basename(os.path.normpath(args.model))
 
-    tests = [("pp", int(n)) for n in args.n_prompt.split(",") if int(n) > 0]
-    tests += [("tg", int(n)) for n in args.n_gen.split(",") if int(n) > 0]
+    batches = [int(b) for b in args.batch_size.split(",")]
+    tests = [("pp", int(n), b) for n in args.n_prompt.split(",") if int(n) > 0 for b in batches]
+    tests += [("tg", int(n), b) for n in args.n_gen.split(",") if int(n) > 0 for b in batches]
     rng = np.random.default_rng(0)
 
-    def run(kind, n):
+    def run(kind, n, batch):
         prompt_len, new_tokens = (n, 1) if kind == "pp" else (1, n)
-        ids = torch.tensor(rng.integers(0, vocab, size=(1, prompt_len)), dtype=torch.long)
+        ids = torch.tensor(rng.integers(0, vocab, size=(batch, prompt_len)), dtype=torch.long)
         begin = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
@@ -79,12 +83,12 @@ def main():
             )
         elapsed = time.perf_counter() - begin
         assert out.shape[1] == prompt_len + new_tokens, out.shape
-        return n / elapsed
+        return batch * n / elapsed
 
-    for kind, n in tests:
-        run(kind, n)  # warm-up
+    for kind, n, batch in tests:
+        run(kind, n, batch)  # warm-up
         reset_peak_rss()
-        samples = [run(kind, n) for _ in range(args.repetitions)]
+        samples = [run(kind, n, batch) for _ in range(args.repetitions)]
         record = {
             "model": name,
             "n_params": n_params,
@@ -94,6 +98,7 @@ def main():
             "test": f"{kind}{n}",
             "n_prompt": n if kind == "pp" else 1,
             "n_gen": 1 if kind == "pp" else n,
+            "batch_size": batch,
             "repetitions": args.repetitions,
             "load_ms": load_ms,
             "tokens_per_s": statistics.fmean(samples),

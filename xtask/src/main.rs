@@ -33,7 +33,8 @@ enum Task {
     /// on .github/workflows (needs Node.js).
     Lint,
     /// The whole test suite with the given backends compiled in (default: every CPU backend,
-    /// flex, ndarray, wgpu on Vulkan and tch), after `setup`. The conformance suite runs on each.
+    /// flex, ndarray, wgpu on Vulkan and tch), after `setup`. The conformance suite runs on each;
+    /// then `examples/stream.rs` runs on the bundled model.
     /// nexttoken's crates (and clap's) are built with debug assertions on, so they check.
     Test {
         #[command(flatten)]
@@ -103,7 +104,16 @@ fn main() -> Result<()> {
             if !features.is_empty() {
                 command.args(["--features", &features.join(",")]);
             }
-            run(&mut command)
+            run(&mut command)?;
+            // The examples are built by the tests; this runs the library's streaming example
+            // on the bundled model, so that it keeps working (same build: nothing recompiles).
+            let mut example = cargo(&root);
+            example.args(["run", "--release", "--example", "stream"]);
+            example.args(checked_build());
+            if !features.is_empty() {
+                example.args(["--features", &features.join(",")]);
+            }
+            run(&mut example)
         }
         Task::Bench(args) => bench::run_benches(&root, &args),
         Task::Check { feature } => run(cargo(&root).args([

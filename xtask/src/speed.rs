@@ -29,6 +29,9 @@ pub struct SpeedArgs {
     /// Generated tokens (tgN), comma-separated.
     #[arg(short = 'n', default_value = "128")]
     n_gen: String,
+    /// Rows per batch (aggregate tokens/s of all rows), comma-separated.
+    #[arg(long, default_value = "1")]
+    batch_size: String,
     /// Timed repetitions per test and round.
     #[arg(short = 'r', default_value_t = 3)]
     repetitions: u32,
@@ -48,6 +51,9 @@ pub struct SpeedArgs {
 pub struct Record {
     pub backend: String,
     pub test: String,
+    /// Rows generated together (older records: 1).
+    #[serde(default = "one")]
+    pub batch_size: usize,
     threads: Option<usize>,
     pub load_ms: f64,
     pub tokens_per_s: f64,
@@ -58,6 +64,10 @@ pub struct Record {
     round: u32,
     #[serde(default)]
     requested_threads: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
@@ -76,6 +86,7 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
             .arg("--model")
             .arg(&model)
             .args(["-p", &args.n_prompt, "-n", &args.n_gen])
+            .args(["--batch-size", &args.batch_size])
             .args(["-r", &args.repetitions.to_string(), "-t", threads]);
     };
     let mut records = Vec::new();
@@ -155,14 +166,16 @@ pub fn parse_records(stdout: &str) -> Result<Vec<Record>> {
 /// One row per (threads, test, backend): the mean of the rounds' means, each round's mean ± std,
 /// the ratio to transformers' mean, and the range of the per-round ratios.
 fn table(records: &[Record]) -> String {
-    // Sorted by threads, then pp before tg, then size, then backend.
-    let mut groups: BTreeMap<(usize, bool, usize, &str, &str), Vec<&Record>> = BTreeMap::new();
+    // Sorted by threads, then pp before tg, then size, then batch size, then backend.
+    type Key<'a> = (usize, bool, usize, usize, &'a str, &'a str);
+    let mut groups: BTreeMap<Key, Vec<&Record>> = BTreeMap::new();
     for record in records {
         let size = record.test[2..].parse().unwrap_or(0);
         let key = (
             record.requested_threads,
             record.test.starts_with("tg"),
             size,
+            record.batch_size,
             record.test.as_str(),
             record.backend.as_str(),
         );
@@ -171,11 +184,11 @@ fn table(records: &[Record]) -> String {
     let mean =
         |group: &[&Record]| group.iter().map(|r| r.tokens_per_s).sum::<f64>() / group.len() as f64;
     let mut out = String::from(
-        "| threads | test | backend | t/s | vs transformers | per-round ratios | rounds (mean ± std) | peak RSS |\n\
-         | ------: | ---- | ------- | --: | --------------: | ---------------: | ------------------- | -------: |\n",
+        "| threads | test | batch | backend | t/s | vs transformers | per-round ratios | rounds (mean ± std) | peak RSS |\n\
+         | ------: | ---- | ----: | ------- | --: | --------------: | ---------------: | ------------------- | -------: |\n",
     );
-    for (&(threads, is_tg, size, test, backend), group) in &groups {
-        let reference = groups.get(&(threads, is_tg, size, test, "transformers"));
+    for (&(threads, is_tg, size, batch, test, backend), group) in &groups {
+        let reference = groups.get(&(threads, is_tg, size, batch, test, "transformers"));
         let (ratio, range) = match reference {
             Some(reference) if backend != "transformers" => {
                 let per_round: Vec<f64> = group
@@ -204,7 +217,7 @@ fn table(records: &[Record]) -> String {
             .max()
             .map_or("-".into(), |bytes| format!("{} MiB", bytes >> 20));
         out += &format!(
-            "| {threads} | {test} | {backend} | {:.2} | {ratio} | {range} | {} | {rss} |\n",
+            "| {threads} | {test} | {batch} | {backend} | {:.2} | {ratio} | {range} | {} | {rss} |\n",
             mean(group),
             rounds.join(", ")
         );

@@ -188,6 +188,17 @@ pub struct BenchArgs {
     #[arg(short = 'n', long = "n-gen", value_delimiter = ',', value_name = "N")]
     pub n_gen: Option<Vec<usize>>,
 
+    /// Rows generated together, comma-separated: each test runs with that many prompts in one
+    /// batch and reports all rows' tokens per second together (as llama-batched-bench does).
+    #[arg(
+        long,
+        default_value = "1",
+        value_delimiter = ',',
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub batch_size: Vec<u32>,
+
     /// Timed repetitions of each test, after one untimed warm-up run.
     #[arg(short, long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub repetitions: u32,

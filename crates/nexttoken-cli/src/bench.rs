@@ -4,6 +4,9 @@
 //!   reported as N / time;
 //! - `tgN`: generate N ids one at a time after a one-id prompt, reported as N / time.
 //!
+//! With `--batch-size B` each test runs B such rows in one batch and reports B × N / time: the
+//! aggregate speed a server sees.
+//!
 //! Both run [`generate`] as `nexttoken generate` does. Each test runs once untimed (kernel
 //! compilation, autotuning, allocator warm-up), then `-r` times with fresh random ids, since
 //! some backends reuse results for identical inputs.
@@ -45,18 +48,27 @@ impl Test {
         }
     }
 
-    /// One timed run: the test's N tokens per second.
-    fn run(self, generator: &TextGenerator, kv_cache: bool, seed: u64) -> Result<f64> {
+    /// One timed run of `batch` rows: the test's N tokens per second, all rows together.
+    fn run(
+        self,
+        generator: &TextGenerator,
+        kv_cache: bool,
+        batch: usize,
+        seed: u64,
+    ) -> Result<f64> {
         let (prompt_len, new_tokens) = self.shape();
-        let prompt = random_ids(seed, prompt_len, generator.model.vocab_size());
+        let vocab = generator.model.vocab_size();
+        let prompts: Vec<Vec<u32>> = (0..batch as u64)
+            .map(|row| random_ids(seed.wrapping_mul(1 << 16) | row, prompt_len, vocab))
+            .collect();
         let mut config = GenerationConfig::new(new_tokens).without_eos();
         config.kv_cache = kv_cache;
         let start = Instant::now();
-        generate(&generator.model, &[prompt], &config, |_| {
+        generate(&generator.model, &prompts, &config, |_| {
             ControlFlow::Continue(())
         })?;
         let (Test::Prompt(n) | Test::Generation(n)) = self;
-        Ok(n as f64 / start.elapsed().as_secs_f64())
+        Ok((batch * n) as f64 / start.elapsed().as_secs_f64())
     }
 }
 
@@ -72,6 +84,8 @@ struct Record<'a> {
     test: String,
     n_prompt: usize,
     n_gen: usize,
+    /// Rows generated together; tokens_per_s counts all of them.
+    batch_size: usize,
     repetitions: usize,
     load_ms: f64,
     /// Mean over the repetitions.
@@ -138,32 +152,38 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let model_width = model_name.len().max(5);
     if !args.json {
         println!(
-            "| {:<model_width$} | {:>8} | {:<7} | {:>7} | {:<8} | {:>6} | {:>18} | {:>9} |",
-            "model", "params", "backend", "threads", "kv cache", "test", "t/s", "peak RSS"
+            "| {:<model_width$} | {:>8} | {:<7} | {:>7} | {:<8} | {:>6} | {:>5} | {:>18} | {:>9} |",
+            "model", "params", "backend", "threads", "kv cache", "test", "batch", "t/s", "peak RSS"
         );
         // Markdown's alignment row: a colon on the right of right-aligned columns.
         let right = |width: usize| format!("{}:", "-".repeat(width - 1));
         let left = |width: usize| "-".repeat(width);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             left(model_width),
             right(8),
             left(7),
             right(7),
             left(8),
             right(6),
+            right(5),
             right(18),
             right(9)
         );
     }
     for &backend in &args.backend {
         let (generator, load_time) = load_generator(backend, &mut opened.checkpoint)?;
-        for (index, &test) in tests.iter().enumerate() {
-            let seed = |rep: u64| ((index as u64) << 32) | rep;
-            test.run(&generator, kv_cache, seed(u64::MAX >> 32))?; // warm-up
+        let runs = tests.iter().flat_map(|&test| {
+            args.batch_size
+                .iter()
+                .map(move |&batch| (test, batch as usize))
+        });
+        for (index, (test, batch)) in runs.enumerate() {
+            let seed = |rep: u64| ((index as u64) << 24) | rep;
+            test.run(&generator, kv_cache, batch, seed(0xFF_FFFF))?; // warm-up
             memory::reset_peak_rss();
             let samples = (0..repetitions as u64)
-                .map(|rep| test.run(&generator, kv_cache, seed(rep)))
+                .map(|rep| test.run(&generator, kv_cache, batch, seed(rep)))
                 .collect::<Result<Vec<f64>>>()?;
             let (mean, stddev) = mean_stddev(&samples);
             let record = Record {
@@ -175,6 +195,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 test: test.name(),
                 n_prompt: test.shape().0,
                 n_gen: test.shape().1,
+                batch_size: batch,
                 repetitions,
                 load_ms: load_time.as_secs_f64() * 1e3,
                 tokens_per_s: mean,
@@ -201,13 +222,14 @@ fn print_row(record: &Record, model_width: usize) {
         |b| format!("{:.0} MiB", b as f64 / 1048576.0),
     );
     println!(
-        "| {:<model_width$} | {:>7.2}M | {:<7} | {:>7} | {:<8} | {:>6} | {:>18} | {:>9} |",
+        "| {:<model_width$} | {:>7.2}M | {:<7} | {:>7} | {:<8} | {:>6} | {:>5} | {:>18} | {:>9} |",
         record.model,
         record.n_params as f64 / 1e6,
         record.backend,
         threads,
         if record.kv_cache { "yes" } else { "no" },
         record.test,
+        record.batch_size,
         format!("{:.2} ± {:.2}", record.tokens_per_s, record.stddev),
         rss
     );

@@ -409,10 +409,41 @@ fn no_kv_cache_gives_the_same_ids() {
 fn bench_prints_one_json_line_per_test() {
     let model = tiny_trained();
     let lines = json_lines(&[
-        "bench", "--model", &model, "-p", "16,64", "-n", "8", "-r", "2", "-t", "1", "--json",
+        "bench",
+        "--model",
+        &model,
+        "-p",
+        "16,64",
+        "-n",
+        "8",
+        "-r",
+        "2",
+        "-t",
+        "1",
+        "--json",
+        "--batch-size",
+        "1,3",
     ]);
-    let tests: Vec<&str> = lines.iter().map(|l| l["test"].as_str().unwrap()).collect();
-    assert_eq!(tests, ["pp16", "pp64", "tg8"]);
+    let tests: Vec<(&str, u64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["test"].as_str().unwrap(),
+                l["batch_size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tests,
+        [
+            ("pp16", 1),
+            ("pp16", 3),
+            ("pp64", 1),
+            ("pp64", 3),
+            ("tg8", 1),
+            ("tg8", 3)
+        ]
+    );
     for line in &lines {
         assert_eq!(line["backend"], "flex");
         assert_eq!(line["threads"], 1);

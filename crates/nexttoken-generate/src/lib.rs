@@ -46,4 +46,4 @@ pub use sampler::{Sampler, SamplingParams};
 pub use sampling::select_greedy;
 pub use session::{FinishReason, Logprobs, RowId, RowToken, Session, SessionStep};
 pub use stats::GenerationStats;
-pub use text::{Completion, TextChunk, TextGenerator, TextSession, TextStep};
+pub use text::{Chunks, Completion, TextChunk, TextGenerator, TextSession, TextStep};

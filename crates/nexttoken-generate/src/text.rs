@@ -306,6 +306,80 @@ impl<'g> TextSession<'g> {
     }
 }
 
+impl<'g> TextSession<'g> {
+    /// The session as an iterator of chunks, one row's at a time in step order, stepping as
+    /// needed; it ends when every row has finished. Breaking out of the loop leaves the
+    /// session as it is, to be stepped again later; [`Chunks::cancel`] stops a row from inside
+    /// the loop.
+    ///
+    /// ```
+    /// # use burn::tensor::Device;
+    /// # use nexttoken_generate::{GenerationConfig, SamplingParams, TextGenerator};
+    /// # use nexttoken_model::Gpt2Config;
+    /// # let config = Gpt2Config { n_layer: 2, n_head: 2, n_embd: 8, n_positions: 16, ..Gpt2Config::gpt2() };
+    /// # let generator = TextGenerator::new(config.init(&Device::flex()), config);
+    /// let mut session = generator.session(true);
+    /// let sampled = GenerationConfig {
+    ///     sampling: Some(SamplingParams { temperature: 0.8, top_p: Some(0.95), ..SamplingParams::default() }),
+    ///     seed: 42,
+    ///     ..generator.generation_config(10)
+    /// };
+    /// let short = session.add("Once upon a time", &sampled, &[])?;
+    /// let long = session.add("The", &generator.generation_config(10), &[])?;
+    /// let mut chunks = session.chunks();
+    /// let mut texts = [String::new(), String::new()];
+    /// while let Some(chunk) = chunks.next() {
+    ///     let chunk = chunk?;
+    ///     texts[chunk.row.0 as usize].push_str(&chunk.text);
+    ///     if chunk.row == long && texts[1].len() > 5 {
+    ///         chunks.cancel(long); // as a server does when its client goes away
+    ///     }
+    /// }
+    /// # let _ = short;
+    /// # Ok::<(), nexttoken_generate::GenerateError>(())
+    /// ```
+    pub fn chunks(&mut self) -> Chunks<'_, 'g> {
+        Chunks {
+            session: self,
+            ready: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+/// An iterator over a [`TextSession`]'s chunks: see [`TextSession::chunks`].
+#[derive(Debug)]
+pub struct Chunks<'s, 'g> {
+    session: &'s mut TextSession<'g>,
+    /// The current step's chunks not yet returned.
+    ready: std::collections::VecDeque<TextChunk>,
+}
+
+impl Chunks<'_, '_> {
+    /// Stops `row`: it gets no more chunks, including any left from the current step.
+    /// Returns whether it was still live.
+    pub fn cancel(&mut self, row: RowId) -> bool {
+        self.ready.retain(|chunk| chunk.row != row);
+        self.session.cancel(row)
+    }
+}
+
+impl Iterator for Chunks<'_, '_> {
+    type Item = Result<TextChunk, GenerateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.ready.is_empty() {
+            if self.session.is_finished() {
+                return None;
+            }
+            match self.session.step() {
+                Ok(step) => self.ready.extend(step.chunks),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        self.ready.pop_front().map(Ok)
+    }
+}
+
 /// Where the earliest stop string in `text` starts.
 fn first_stop(text: &str, stop: &[String]) -> Option<usize> {
     stop.iter().filter_map(|s| text.find(s.as_str())).min()
