@@ -14,7 +14,7 @@ mod common;
 
 use burn::tensor::Device;
 use nexttoken::backend::Backend;
-use nexttoken::generate::{GenerationConfig, SamplingParams, generate};
+use nexttoken::generate::{GenerationConfig, RowId, SamplingParams, Session, generate};
 use nexttoken::model::{Checkpoint, Gpt2, ModelError, token_tensor};
 use nexttoken::tokenizer::Gpt2Tokenizer;
 use serde::Deserialize;
@@ -521,5 +521,57 @@ fn sampling_with_a_seed_gives_the_same_ids_on_every_backend() {
             flex,
             "{backend}: sampled ids differ from flex's"
         );
+    }
+}
+
+/// Rows that join a running session (a longer prompt re-pads the batch) and rows cancelled
+/// midway leave every other row's ids as they are alone, on every backend; a finished session
+/// steps to nothing.
+#[test]
+fn session_rows_join_and_leave_on_every_backend() {
+    let (golden, _) = tiny_trained_batch_of_two();
+    let prompts: [&[u32]; 3] = [
+        &[464],
+        &[6109, 3626, 6100, 345],
+        &[15496, 11, 314, 716, 257, 13],
+    ];
+    let config = GenerationConfig::new(12).without_eos();
+    for (backend, device) in backends() {
+        let model = load_golden_model(&golden, &device);
+        let alone = |prompt: &[u32], steps: usize| {
+            let config = GenerationConfig::new(steps).without_eos();
+            generate(&model, &[prompt.to_vec()], &config, |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap()
+            .tokens
+            .remove(0)
+        };
+        let mut session = Session::new(&model);
+        let mut got: Vec<Vec<u32>> = vec![Vec::new(); 3];
+        let first = session.add(prompts[0].to_vec(), &config).unwrap();
+        let cancelled = session.add(prompts[1].to_vec(), &config).unwrap();
+        for step in 0..12 {
+            if step == 3 {
+                // Longer than every row in the cache: the running rows get more padding.
+                session.add(prompts[2].to_vec(), &config).unwrap();
+            }
+            if step == 6 {
+                assert!(session.cancel(cancelled));
+            }
+            for token in session.step().unwrap().tokens {
+                got[token.row.0 as usize].push(token.id);
+            }
+        }
+        while !session.is_finished() {
+            for token in session.step().unwrap().tokens {
+                got[token.row.0 as usize].push(token.id);
+            }
+        }
+        assert_eq!(first, RowId(0));
+        assert_eq!(got[0], alone(prompts[0], 12), "{backend}: the first row");
+        assert_eq!(got[1], alone(prompts[1], 6), "{backend}: the cancelled row");
+        assert_eq!(got[2], alone(prompts[2], 12), "{backend}: the joining row");
+        assert!(session.step().unwrap().tokens.is_empty(), "{backend}");
     }
 }
