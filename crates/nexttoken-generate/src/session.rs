@@ -288,7 +288,18 @@ impl<'m> Session<'m> {
         let logits = if logits.len() == 1 {
             logits.remove(0)
         } else {
-            Tensor::cat(logits, 0)
+            // Joined on the host: on wgpu, `Tensor::cat` of the two groups' logits gave rows of
+            // another step's values under some of cubecl's autotuned kernels (a cache of its
+            // choices from one CI run made it happen every time). This runs only on the steps
+            // rows join or start sliding.
+            let mut host = Vec::with_capacity(self.rows.len() * model.vocab_size());
+            for part in logits {
+                host.extend(read_back(part)?);
+            }
+            Tensor::from_data(
+                TensorData::new(host, [self.rows.len(), model.vocab_size()]),
+                &device,
+            )
         };
 
         let tokens = self.select(&logits)?;
@@ -321,15 +332,7 @@ impl<'m> Session<'m> {
             .rows
             .iter()
             .any(|row| row.sampler.is_some() || row.logprobs.is_some())
-            .then(|| {
-                logits
-                    .clone()
-                    .into_data()
-                    .try_into_vec_as::<f32>()
-                    .map_err(|e| GenerateError::ReadBack {
-                        reason: format!("{e:?}"),
-                    })
-            })
+            .then(|| read_back(logits.clone()))
             .transpose()?;
         let vocab = self.model.vocab_size();
         let mut tokens = Vec::with_capacity(self.rows.len());
@@ -382,6 +385,16 @@ impl<'m> Session<'m> {
             keep
         });
     }
+}
+
+/// A tensor's values on the host, as float32.
+fn read_back(tensor: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
+    tensor
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| GenerateError::ReadBack {
+            reason: format!("{e:?}"),
+        })
 }
 
 /// The log-softmax of `scores` at `id`, and its `n` largest entries.
