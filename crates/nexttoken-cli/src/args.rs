@@ -22,8 +22,57 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Measure prompt processing (ppN) and text generation (tgN) speed, as llama-bench does.
     Bench(BenchArgs),
+    /// Serve OpenAI's completions API over HTTP, batching concurrent requests together.
+    #[command(after_help = "Examples:\n  nexttoken serve --model gpt2\n  \
+        curl http://127.0.0.1:8080/v1/completions -H 'Content-Type: application/json' \\\n    \
+        -d '{\"prompt\": \"Hello, I am\", \"max_tokens\": 20, \"temperature\": 0}'")]
+    Serve(ServeArgs),
     /// List the backends: which are compiled in, and whether each can start on this machine.
     Info,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. The default accepts local clients only; 0.0.0.0 accepts anyone
+    /// who can reach this machine (set --api-key then).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on; 0 picks a free one (printed on start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The model's name in requests and /v1/models. Default: the checkpoint's name.
+    #[arg(long, value_name = "NAME")]
+    pub model_name: Option<String>,
+
+    /// Compute backend: flex, ndarray, wgpu, vulkan, tch or cuda.
+    #[arg(short, long, default_value = "flex", value_name = "NAME")]
+    pub backend: Backend,
+
+    /// Most completions (all requests' choices) generated at once.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch: u32,
+
+    /// Most requests waiting for room in the batch; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_queue: u32,
+
+    /// Require `Authorization: Bearer KEY` on every request but /health.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "NEXTTOKEN_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+
+    /// CPU threads for the CPU backends' kernels.
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
 }
 
 #[derive(Debug, Args)]

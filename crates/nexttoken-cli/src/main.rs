@@ -12,6 +12,7 @@ mod generate;
 mod logits;
 mod memory;
 mod model;
+mod serve;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args).map(|()| Outcome::Finished),
+        Command::Serve(args) => serve::run(args).map(|()| Outcome::Finished),
         Command::Info => run_info().map(|()| Outcome::Finished),
     };
     match result {

@@ -1190,3 +1190,81 @@ fn invalid_sampling_settings() {
         assert!(output.stdout.is_empty());
     }
 }
+
+/// `nexttoken serve` as people run it: it says where it listens, answers a completion, and
+/// SIGTERM (what `kill`, systemd and container runtimes send) stops it cleanly with status 0.
+/// Listening beyond loopback prints a warning.
+#[cfg(unix)]
+#[test]
+fn serve_answers_then_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    for (host, warns) in [("127.0.0.1", false), ("0.0.0.0", true)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nexttoken"))
+            .args([
+                "serve",
+                "-m",
+                &tiny_trained(),
+                "--host",
+                host,
+                "--port",
+                "0",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut banner = String::new();
+        let mut warning = String::new();
+        stderr.read_line(&mut banner).unwrap();
+        let address = banner
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in: {banner}"))
+            .replace("0.0.0.0", "127.0.0.1");
+        if warns {
+            stderr.read_line(&mut warning).unwrap();
+            assert!(
+                warning.contains("warning: listening on 0.0.0.0"),
+                "{warning}"
+            );
+            assert!(warning.contains("no --api-key"), "{warning}");
+        }
+        let answer: serde_json::Value = http_post(
+            &format!("http://{address}/v1/completions"),
+            r#"{"prompt": "Hello", "max_tokens": 4, "temperature": 0}"#,
+        );
+        assert_eq!(answer["choices"][0]["finish_reason"], "length", "{answer}");
+
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        assert!(status.success(), "{status}: {rest}");
+        assert!(rest.contains("stopped"), "{rest}");
+    }
+}
+
+/// A POST with a JSON body over a plain TCP connection (HTTP/1.0: the server closes it).
+#[cfg(unix)]
+fn http_post(url: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        stream,
+        "POST /{path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (_, json) = response.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
