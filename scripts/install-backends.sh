@@ -3,10 +3,12 @@
 #   wgpu: a Vulkan driver (Mesa's lavapipe runs Vulkan on the CPU: mesa-vulkan-drivers);
 #   tch:  libtorch 2.9.0, from PyPI's torch==2.9.0, in a virtual environment;
 #   hf:   the Hugging Face reference stack of scripts/requirements.txt (torch, transformers) in
-#         the same environment, for `cargo xtask speed` and `cargo xtask goldens`.
+#         the same environment, for `cargo xtask speed` and `cargo xtask goldens`;
+#   openai: OpenAI's Python client (scripts/requirements-client.txt) in the same environment,
+#         for the server's tests.
 # Prints the environment to export for building with `--features tch`.
 #
-#   scripts/install-backends.sh [wgpu] [tch] [hf]     (no argument: wgpu and tch)
+#   scripts/install-backends.sh [wgpu] [tch] [hf] [openai]     (no argument: wgpu and tch)
 set -euo pipefail
 
 venv="${NEXTTOKEN_VENV:-$HOME/.cache/nexttoken/venv}"
@@ -36,23 +38,27 @@ for backend in "${want[@]}"; do
       fi
       echo "tch: build with: export LIBTORCH_USE_PYTORCH=1 PATH=\"$venv/bin:\$PATH\""
       ;;
-    hf)
-      requirements="$(dirname "$0")/requirements.txt"
+    hf | openai)
+      if [ "$backend" = hf ]; then
+        requirements="$(dirname "$0")/requirements.txt"
+      else
+        requirements="$(dirname "$0")/requirements-client.txt"
+      fi
       if "$venv/bin/python" - "$requirements" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
 pins = [line.split("==") for line in open(sys.argv[1]) if "==" in line]
 sys.exit(any(version(name) != pinned.strip() for name, pinned in pins))
 PY
-        echo "hf: $(basename "$requirements") already satisfied in $venv"
+        echo "$backend: $(basename "$requirements") already satisfied in $venv"
       else
-        echo "hf: installing $requirements into $venv"
+        echo "$backend: installing $requirements into $venv"
         [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
       fi
       ;;
     *)
-      echo "unknown target '$backend': expected wgpu, tch or hf" >&2
+      echo "unknown target '$backend': expected wgpu, tch, hf or openai" >&2
       exit 2
       ;;
   esac

@@ -34,7 +34,8 @@ enum Task {
     Lint,
     /// The whole test suite with the given backends compiled in (default: every CPU backend,
     /// flex, ndarray, wgpu on Vulkan and tch), after `setup`. The conformance suite runs on each;
-    /// then `examples/stream.rs` runs on the bundled model.
+    /// then `examples/stream.rs` runs on the bundled model. Also installs OpenAI's Python
+    /// client for the server's tests.
     /// nexttoken's crates (and clap's) are built with debug assertions on, so they check.
     Test {
         #[command(flatten)]
@@ -96,9 +97,17 @@ fn main() -> Result<()> {
         Task::Test { backends, no_setup } => {
             if !no_setup {
                 setup(&root, &backends)?;
+                install(&root, &["openai"])?;
             }
             let mut command = cargo(&root);
             command.args(["test", "--release", "--workspace"]);
+            // The server's test with OpenAI's Python client runs it from here.
+            if let Some(python) = venv()
+                .map(|venv| venv.join("bin/python"))
+                .filter(|p| p.exists())
+            {
+                command.env("NEXTTOKEN_PYTHON", python);
+            }
             command.args(checked_build());
             let features = backends.features();
             if !features.is_empty() {

@@ -440,3 +440,35 @@ fn a_client_that_disconnects_is_cancelled_and_a_full_queue_says_retry() {
         1.0
     );
 }
+
+/// OpenAI's official Python client (scripts/requirements-client.txt) gets the offline text, not
+/// streamed and streamed, with usage, and a typed NotFoundError for another model. Needs a
+/// Python with that client in NEXTTOKEN_PYTHON (`cargo xtask test` installs and sets it).
+#[test]
+fn the_official_openai_python_client() {
+    let Some(python) = std::env::var_os("NEXTTOKEN_PYTHON") else {
+        eprintln!("skipped: NEXTTOKEN_PYTHON is not set (cargo xtask test sets it)");
+        return;
+    };
+    let server = Server::start(|o| o);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_client_check.py");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg(server.url("/v1"))
+        .args([MODEL, "Every effort moves you", "12"])
+        .output()
+        .expect("NEXTTOKEN_PYTHON runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let expected = offline(&generator(), "Every effort moves you", 12);
+    assert_eq!(report["text"], expected, "{report}");
+    assert_eq!(report["streamed_text"], expected, "{report}");
+    assert_eq!(report["finish_reason"], report["streamed_finish_reason"]);
+    assert_eq!(report["usage"]["prompt_tokens"], 4);
+    assert_eq!(report["usage"], report["streamed_usage"]);
+    assert_eq!(report["unknown_model_error"]["status"], 404, "{report}");
+}
