@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod bench;
 mod chart;
 mod compare;
+mod load;
 mod speed;
 
 #[derive(Parser)]
@@ -57,6 +58,9 @@ enum Task {
     /// backend and benches/hf_bench.py, alternating, at each thread count; prints both and the
     /// ratios.
     Speed(speed::SpeedArgs),
+    /// A bounded load test of `nexttoken serve` on 127.0.0.1: concurrent streaming and plain
+    /// clients, every answer checked against the offline greedy text, memory before and after.
+    Load(load::LoadArgs),
     /// The backends side by side on one checkpoint: the same prompts on each (ids and logits
     /// against a reference backend) and `nexttoken bench` (load time, pp/tg tokens/s, peak
     /// memory). Prints a table and writes it with JSON and an SVG chart; fails when outputs
@@ -134,6 +138,7 @@ fn main() -> Result<()> {
             &feature,
         ])),
         Task::Speed(args) => speed::run(&root, &args),
+        Task::Load(args) => load::run(&root, &args),
         Task::Compare(args) => compare::run(&root, &args),
         Task::Goldens {
             python,
