@@ -50,7 +50,7 @@ pub struct LoadArgs {
 }
 
 /// Prompts of different lengths, so that rows of many lengths share the batch.
-const PROMPTS: [&str; 8] = [
+pub const PROMPTS: [&str; 8] = [
     "ROMEO:",
     "First Citizen:\nBefore we proceed any further, hear me speak.",
     "The",
@@ -62,7 +62,7 @@ const PROMPTS: [&str; 8] = [
 ];
 
 /// The server process, killed if the test fails before stopping it.
-struct ServerProcess(Child);
+pub struct ServerProcess(Child);
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -79,34 +79,17 @@ pub fn run(root: &Path, args: &LoadArgs) -> Result<()> {
         .unwrap_or_else(|| root.join("models/nexttoken-tiny-shakespeare"));
     let expected = offline(&nexttoken, &model, args.max_tokens)?;
 
-    let mut child = Command::new(&nexttoken)
-        .arg("serve")
-        .arg("--model")
-        .arg(&model)
-        .args(["--port", "0", "--model-name", "load"])
-        .args(["--max-batch", &args.max_batch.to_string()])
-        .args(["--max-queue", &args.max_queue.to_string()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting nexttoken serve")?;
-    let mut stderr = BufReader::new(child.stderr.take().context("the server's stderr")?);
-    let pid = child.id();
-    let server = ServerProcess(child);
-    let mut banner = String::new();
-    stderr.read_line(&mut banner)?;
-    let address = banner
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .with_context(|| format!("no address in the server's first line: {banner}"))?
-        .to_string();
-    // The rest of the server's log goes to ours.
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            eprintln!("server: {line}");
-        }
-    });
-    let url = format!("http://{address}/v1/completions");
+    let (server, url) = start_server(
+        &nexttoken,
+        &model,
+        &[
+            "--max-batch",
+            &args.max_batch.to_string(),
+            "--max-queue",
+            &args.max_queue.to_string(),
+        ],
+    )?;
+    let pid = server.0.id();
 
     // Warm-up: one request per prompt, then the memory baseline.
     for (prompt, text) in PROMPTS.iter().zip(&expected) {
@@ -235,6 +218,41 @@ pub fn run(root: &Path, args: &LoadArgs) -> Result<()> {
     Ok(())
 }
 
+/// Starts `nexttoken serve` on a free port with `extra` arguments; the process and the URL of
+/// its completions endpoint.
+pub fn start_server(
+    nexttoken: &Path,
+    model: &Path,
+    extra: &[&str],
+) -> Result<(ServerProcess, String)> {
+    let mut child = Command::new(nexttoken)
+        .arg("serve")
+        .arg("--model")
+        .arg(model)
+        .args(["--port", "0", "--model-name", "load"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting nexttoken serve")?;
+    let mut stderr = BufReader::new(child.stderr.take().context("the server's stderr")?);
+    let server = ServerProcess(child);
+    let mut banner = String::new();
+    stderr.read_line(&mut banner)?;
+    let address = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .with_context(|| format!("no address in the server's first line: {banner}"))?
+        .to_string();
+    // The rest of the server's log goes to ours.
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("server: {line}");
+        }
+    });
+    Ok((server, format!("http://{address}/v1/completions")))
+}
+
 enum Outcome {
     Ok(Done),
     Refused,
@@ -242,11 +260,11 @@ enum Outcome {
     Failed(String),
 }
 
-struct Done {
-    text: String,
-    tokens: usize,
-    latency: Duration,
-    first_token: Option<Duration>,
+pub struct Done {
+    pub text: String,
+    pub tokens: usize,
+    pub latency: Duration,
+    pub first_token: Option<Duration>,
 }
 
 /// A 429 or 503: the server said to come back later.
@@ -262,8 +280,22 @@ impl std::fmt::Display for Refused {
 impl std::error::Error for Refused {}
 
 fn request(url: &str, prompt: &str, max_tokens: usize, stream: bool) -> Result<Done> {
-    let body =
+    request_model(url, None, prompt, max_tokens, stream)
+}
+
+/// A greedy completion request, naming `model` when given (a peer server may need it).
+pub fn request_model(
+    url: &str,
+    model: Option<&str>,
+    prompt: &str,
+    max_tokens: usize,
+    stream: bool,
+) -> Result<Done> {
+    let mut body =
         json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream});
+    if let Some(model) = model {
+        body["model"] = model.into();
+    }
     let start = Instant::now();
     let response = match ureq::post(url)
         .timeout(Duration::from_secs(120))
@@ -347,7 +379,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS in /proc status")
 }
 
-fn percentile(values: &mut [f64], p: f64) -> f64 {
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {
         return 0.0;
     }

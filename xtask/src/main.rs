@@ -14,6 +14,7 @@ mod bench;
 mod chart;
 mod compare;
 mod load;
+mod serve_bench;
 mod speed;
 
 #[derive(Parser)]
@@ -61,6 +62,9 @@ enum Task {
     /// A bounded load test of `nexttoken serve` on 127.0.0.1: concurrent streaming and plain
     /// clients, every answer checked against the offline greedy text, memory before and after.
     Load(load::LoadArgs),
+    /// `nexttoken serve` beside a peer OpenAI-compatible server (README: llama.cpp's, through
+    /// llama-cpp-python): generated tokens/s and time to first token at each concurrency.
+    ServeBench(serve_bench::ServeBenchArgs),
     /// The backends side by side on one checkpoint: the same prompts on each (ids and logits
     /// against a reference backend) and `nexttoken bench` (load time, pp/tg tokens/s, peak
     /// memory). Prints a table and writes it with JSON and an SVG chart; fails when outputs
@@ -139,6 +143,7 @@ fn main() -> Result<()> {
         ])),
         Task::Speed(args) => speed::run(&root, &args),
         Task::Load(args) => load::run(&root, &args),
+        Task::ServeBench(args) => serve_bench::run(&root, &args),
         Task::Compare(args) => compare::run(&root, &args),
         Task::Goldens {
             python,

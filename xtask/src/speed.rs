@@ -77,7 +77,7 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         .context("no HOME: cannot find the torch environment")?;
     let model = match &args.model {
         Some(model) => model.clone(),
-        None => default_checkpoint(root, &python)?,
+        None => default_checkpoint(root)?,
     };
     let nexttoken = build_nexttoken(root, &cpu_features())?;
 
@@ -124,11 +124,15 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
 }
 
 /// ~/.cache/nexttoken/gpt2-124m-random, made with scripts/make_random_checkpoint.py if missing.
-fn default_checkpoint(root: &Path, python: &Path) -> Result<PathBuf> {
+pub fn default_checkpoint(root: &Path) -> Result<PathBuf> {
     let dir = cache_dir()
         .context("no HOME: pass --model")?
         .join("gpt2-124m-random");
     if !dir.join("model.safetensors").exists() {
+        install(root, &["tch", "hf"])?;
+        let python = venv()
+            .map(|venv| venv.join("bin/python"))
+            .context("no HOME: cannot find the torch environment")?;
         crate::run(
             Command::new(python)
                 .current_dir(root)
