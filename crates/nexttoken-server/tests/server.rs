@@ -472,3 +472,32 @@ fn the_official_openai_python_client() {
     assert_eq!(report["usage"], report["streamed_usage"]);
     assert_eq!(report["unknown_model_error"]["status"], 404, "{report}");
 }
+
+/// A shutdown signal stops new connections but lets a running stream finish: its last event is
+/// `[DONE]` after all its tokens, and `serve` returns Ok.
+#[test]
+fn shutdown_lets_running_requests_finish() {
+    let mut server = Server::start_with(slow_generator(), ServerOptions::new(MODEL));
+    let long = json!({"prompt": "The", "max_tokens": 40, "temperature": 0, "stream": true,
+                      "stream_options": {"include_usage": true}});
+    let response = ureq::post(&server.url("/v1/completions"))
+        .send_string(&long.to_string())
+        .unwrap();
+    let mut lines = BufReader::new(response.into_reader()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+
+    let _ = server.stop.take().unwrap().send(());
+    let data: Vec<String> = lines
+        .map(Result::unwrap)
+        .filter_map(|line| line.strip_prefix("data: ").map(str::to_string))
+        .collect();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 40, "{usage}");
+    let served = server.thread.take().unwrap().join().unwrap();
+    assert!(served.is_ok(), "{served:?}");
+    assert!(
+        ureq::get(&server.url("/health")).call().is_err(),
+        "still accepting"
+    );
+}
