@@ -39,6 +39,14 @@ impl GenerationConfig {
         }
     }
 
+    /// The settings of row `row` of a batch: the same, drawing from `seed + row`.
+    pub fn for_row(&self, row: usize) -> Self {
+        Self {
+            seed: self.seed.wrapping_add(row as u64),
+            ..self.clone()
+        }
+    }
+
     /// Never stops early, as the book's `generate_text_simple` does.
     pub fn without_eos(mut self) -> Self {
         self.eos_token_id = None;

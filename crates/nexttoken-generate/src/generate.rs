@@ -59,11 +59,7 @@ pub fn generate(
         session = session.without_kv_cache();
     }
     for (row, prompt) in prompts.iter().enumerate() {
-        let row_config = GenerationConfig {
-            seed: config.seed.wrapping_add(row as u64),
-            ..config.clone()
-        };
-        session.add(prompt.clone(), &row_config)?;
+        session.add(prompt.clone(), &config.for_row(row))?;
     }
     let b = prompts.len();
     let mut tokens = vec![Vec::new(); b];
@@ -71,19 +67,16 @@ pub fn generate(
     let mut logprobs = vec![Vec::new(); b];
     while !session.is_finished() {
         let step = session.step()?;
-        let mut ids = vec![None; b];
-        let mut rows = Vec::with_capacity(step.tokens.len());
+        let mut given = Vec::with_capacity(step.tokens.len());
         for token in step.tokens {
             // Rows are numbered in the order they were added: the prompts' order.
             let row = token.row.0 as usize;
-            ids[row] = Some(token.id);
             tokens[row].push(token.id);
             finish_reasons[row] = token.finish;
             logprobs[row].extend(token.logprobs);
-            rows.push(row);
+            given.push((row, token.id));
         }
-        // The session orders rows as its cache does; the callback sees them in prompt order.
-        let logits = in_row_order(&rows, step.logits);
+        let (ids, logits) = in_row_order(b, &given, step.logits);
         if on_step(&Step {
             ids: &ids,
             logits: &logits,

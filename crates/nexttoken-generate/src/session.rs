@@ -199,12 +199,6 @@ impl<'m> Session<'m> {
         self.rows.len()
     }
 
-    /// The ids `row` has generated so far, while it is live.
-    pub fn generated(&self, row: RowId) -> Option<&[u32]> {
-        let row = self.rows.iter().find(|r| r.id == row)?;
-        Some(&row.ids[row.ids.len() - row.generated..])
-    }
-
     /// Where the time went so far.
     pub fn stats(&self) -> &GenerationStats {
         &self.stats
@@ -234,8 +228,7 @@ impl<'m> Session<'m> {
             .filter(|&index| !self.kv_cache || self.rows[index].ids.len() > context)
             .collect();
         if !leaving.is_empty() {
-            let staying: Vec<usize> = (0..cached).filter(|i| !leaving.contains(i)).collect();
-            self.cache.retain_rows(&staying);
+            self.uncache(&leaving);
             let moved: Vec<Row> = leaving.iter().rev().map(|&i| self.rows.remove(i)).collect();
             self.rows.extend(moved.into_iter().rev());
         }
@@ -373,17 +366,23 @@ impl<'m> Session<'m> {
         if indices.is_empty() {
             return;
         }
-        let cached = self.cache.batch_size();
-        if indices.iter().any(|&index| index < cached) {
-            let staying: Vec<usize> = (0..cached).filter(|i| !indices.contains(i)).collect();
-            self.cache.retain_rows(&staying);
-        }
+        self.uncache(indices);
         let mut index = 0;
         self.rows.retain(|_| {
             let keep = !indices.contains(&index);
             index += 1;
             keep
         });
+    }
+
+    /// Takes the rows at `indices` out of the cache (the rows themselves stay); indices past the
+    /// cache's rows are ignored.
+    fn uncache(&mut self, indices: &[usize]) {
+        let cached = self.cache.batch_size();
+        if indices.iter().any(|&index| index < cached) {
+            let staying: Vec<usize> = (0..cached).filter(|i| !indices.contains(i)).collect();
+            self.cache.retain_rows(&staying);
+        }
     }
 }
 
@@ -422,15 +421,26 @@ fn logprobs(scores: &[f32], id: u32, n: usize) -> Logprobs {
     }
 }
 
-/// `logits` of rows that came in the order `rows` gives, put in ascending row order.
-pub(crate) fn in_row_order(rows: &[usize], logits: Tensor<2>) -> Tensor<2> {
-    if rows.is_sorted() {
-        return logits;
+/// One step as [`crate::Step`] shows it: each of the `rows` rows' id (`None` for rows that
+/// got none) and `logits` put in row order, from `given`, the (row, id) pairs in the order the
+/// session stepped them, which is its cache's.
+pub(crate) fn in_row_order(
+    rows: usize,
+    given: &[(usize, u32)],
+    logits: Tensor<2>,
+) -> (Vec<Option<u32>>, Tensor<2>) {
+    let mut ids = vec![None; rows];
+    for &(row, id) in given {
+        ids[row] = Some(id);
     }
-    let mut order: Vec<i64> = (0..rows.len() as i64).collect();
-    order.sort_by_key(|&i| rows[i as usize]);
-    let index = Tensor::<1, Int>::from_data(TensorData::new(order, [rows.len()]), &logits.device());
-    logits.select(0, index)
+    if given.is_sorted_by_key(|&(row, _)| row) {
+        return (ids, logits);
+    }
+    let mut order: Vec<i64> = (0..given.len() as i64).collect();
+    order.sort_by_key(|&i| given[i as usize].0);
+    let index =
+        Tensor::<1, Int>::from_data(TensorData::new(order, [given.len()]), &logits.device());
+    (ids, logits.select(0, index))
 }
 
 #[cfg(test)]

@@ -93,12 +93,8 @@ impl TextGenerator {
         let mut session = self.session(config.kv_cache);
         let mut completions = Vec::with_capacity(prompts.len());
         for (row, prompt) in prompts.iter().enumerate() {
-            let row_config = GenerationConfig {
-                seed: config.seed.wrapping_add(row as u64),
-                ..config.clone()
-            };
             let prompt_ids = self.tokenizer.encode(prompt);
-            session.add_ids(prompt_ids.clone(), &row_config, stop)?;
+            session.add_ids(prompt_ids.clone(), &config.for_row(row), stop)?;
             completions.push(Completion {
                 prompt: prompt.to_string(),
                 prompt_ids,
@@ -110,15 +106,13 @@ impl TextGenerator {
         }
         while !session.is_finished() {
             let step = session.step()?;
-            let mut ids = vec![None; prompts.len()];
-            let mut rows = Vec::with_capacity(step.chunks.len());
+            let mut given = Vec::with_capacity(step.chunks.len());
             let mut flow = ControlFlow::Continue(());
             for chunk in step.chunks {
                 // Rows are numbered in the order they were added: the prompts' order.
                 let row = chunk.row.0 as usize;
                 let completion = &mut completions[row];
-                ids[row] = Some(chunk.id);
-                rows.push(row);
+                given.push((row, chunk.id));
                 completion.ids.push(chunk.id);
                 completion.text.push_str(&chunk.text);
                 completion.logprobs.extend(chunk.logprobs);
@@ -127,7 +121,7 @@ impl TextGenerator {
                     flow = ControlFlow::Break(());
                 }
             }
-            let logits = in_row_order(&rows, step.logits);
+            let (ids, logits) = in_row_order(prompts.len(), &given, step.logits);
             if on_step(&Step {
                 ids: &ids,
                 logits: &logits,
@@ -247,6 +241,11 @@ impl<'g> TextSession<'g> {
 
     pub fn is_finished(&self) -> bool {
         self.session.is_finished()
+    }
+
+    /// Rows still generating, those added since the last step included.
+    pub fn live_rows(&self) -> usize {
+        self.session.live_rows()
     }
 
     pub fn stats(&self) -> &GenerationStats {

@@ -77,7 +77,6 @@ pub struct Job {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
-    pub logprobs: Option<u32>,
     pub echo: bool,
 }
 
@@ -268,7 +267,6 @@ impl CompletionRequest {
             stop,
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
-            logprobs: self.logprobs,
             echo: self.echo,
         })
     }

@@ -100,7 +100,7 @@ fn run(
         // Admit waiting requests while their rows fit (a request larger than the batch runs
         // alone rather than never).
         while let Some(next) = waiting.front() {
-            let live = session_rows(&running);
+            let live = session.live_rows();
             if live > 0 && live + next.job.choices.len() > max_batch {
                 break;
             }
@@ -163,7 +163,7 @@ fn run(
         }
         metrics
             .batch_rows
-            .store(session_rows(&running) as u64, Ordering::Relaxed);
+            .store(session.live_rows() as u64, Ordering::Relaxed);
         if running.is_empty() {
             continue;
         }
@@ -244,10 +244,6 @@ fn admit(session: &mut TextSession, job: &Job) -> Result<Vec<RowId>, ApiError> {
         }
     }
     Ok(rows)
-}
-
-fn session_rows(running: &HashMap<u64, Running>) -> usize {
-    running.values().map(|request| request.unfinished).sum()
 }
 
 fn finish(metrics: &Metrics, outcome: Outcome) {

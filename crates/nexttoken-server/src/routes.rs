@@ -211,7 +211,10 @@ impl ChoiceState {
                 String::new()
             },
             completion_tokens: 0,
-            logprobs: job.logprobs.map(|_| ChoiceLogprobs::default()),
+            logprobs: job.choices[choice]
+                .config
+                .logprobs
+                .map(|_| ChoiceLogprobs::default()),
             finish: None,
         }
     }
