@@ -221,8 +221,10 @@ fn run(
                 owners.remove(&chunk.row);
                 request.unfinished -= 1;
                 if request.unfinished == 0 {
-                    running.remove(&id);
+                    // Counted before the channel closes: the client may read /metrics as soon as
+                    // its answer is complete.
                     finish(metrics, Outcome::Completed);
+                    running.remove(&id);
                 }
             }
         }
