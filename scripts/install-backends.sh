@@ -5,10 +5,15 @@
 #   hf:   the Hugging Face reference stack of scripts/requirements.txt (torch, transformers) in
 #         the same environment, for `cargo xtask speed` and `cargo xtask goldens`;
 #   openai: OpenAI's Python client (scripts/requirements-client.txt) in the same environment,
-#         for the server's tests.
+#         for the server's tests;
+#   llama-cpp: llama.cpp, the peer for `cargo xtask serve-bench --peer llama.cpp` and
+#         `cargo xtask speed`: the sources llama-cpp-python 0.3.36 ships on PyPI (pinned by
+#         hash), built with cmake into ~/.cache/nexttoken/llama.cpp (llama-server, llama-bench;
+#         about 15 minutes on 2 cores), and its convert_hf_to_gguf.py converter, run with the
+#         hf environment.
 # Prints the environment to export for building with `--features tch`.
 #
-#   scripts/install-backends.sh [wgpu] [tch] [hf] [openai]     (no argument: wgpu and tch)
+#   scripts/install-backends.sh [wgpu] [tch] [hf] [openai] [llama-cpp]   (no argument: wgpu and tch)
 set -euo pipefail
 
 venv="${NEXTTOKEN_VENV:-$HOME/.cache/nexttoken/venv}"
@@ -57,8 +62,38 @@ PY
         "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
       fi
       ;;
+    llama-cpp)
+      llama="${NEXTTOKEN_LLAMA_CPP:-$HOME/.cache/nexttoken/llama.cpp}"
+      if [ -x "$llama/build/bin/llama-server" ] && [ -x "$llama/build/bin/llama-bench" ]; then
+        echo "llama-cpp: llama-server and llama-bench already built in $llama/build/bin"
+        continue
+      fi
+      command -v cmake >/dev/null || {
+        echo "llama-cpp: installing cmake"
+        sudo_if_needed apt-get update -qq
+        sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake
+      }
+      sdist=llama_cpp_python-0.3.36.tar.gz
+      url="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/$sdist"
+      mkdir -p "$llama"
+      if [ ! -f "$llama/src/CMakeLists.txt" ]; then
+        echo "llama-cpp: downloading $sdist from PyPI"
+        curl -fsSL --retry 3 -o "$llama/$sdist" "$url"
+        echo "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e  $llama/$sdist" | sha256sum -c --quiet
+        rm -rf "$llama/src" "$llama/unpack" && mkdir -p "$llama/unpack"
+        tar -xzf "$llama/$sdist" -C "$llama/unpack"
+        mv "$llama/unpack/llama_cpp_python-0.3.36/vendor/llama.cpp" "$llama/src"
+        rm -f "$llama/src/.git" # a submodule pointer into a repository the sdist does not have
+        rm -rf "$llama/unpack" "$llama/$sdist"
+      fi
+      echo "llama-cpp: building llama-server and llama-bench (CPU, native) in $llama/build"
+      cmake -S "$llama/src" -B "$llama/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+        -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
+      cmake --build "$llama/build" --target llama-server llama-bench -j "$(nproc)" >/dev/null
+      echo "llama-cpp: $llama/build/bin/llama-server, $llama/build/bin/llama-bench"
+      ;;
     *)
-      echo "unknown target '$backend': expected wgpu, tch, hf or openai" >&2
+      echo "unknown target '$backend': expected wgpu, tch, hf, openai or llama-cpp" >&2
       exit 2
       ;;
   esac

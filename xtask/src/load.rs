@@ -293,6 +293,9 @@ pub fn request_model(
 ) -> Result<Done> {
     let mut body =
         json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream});
+    if stream {
+        body["stream_options"] = json!({"include_usage": true});
+    }
     if let Some(model) = model {
         body["model"] = model.into();
     }
@@ -317,7 +320,8 @@ pub fn request_model(
             first_token: None,
         });
     }
-    let (mut text, mut tokens, mut first_token, mut done) = (String::new(), 0, None, false);
+    let (mut text, mut chunks, mut usage, mut first_token, mut done) =
+        (String::new(), 0, None, None, false);
     for line in BufReader::new(response.into_reader()).lines() {
         let line = line?;
         let Some(data) = line.strip_prefix("data: ") else {
@@ -331,11 +335,21 @@ pub fn request_model(
         if let Some(error) = chunk.get("error") {
             bail!("error in the stream: {error}");
         }
-        first_token.get_or_insert(start.elapsed());
-        tokens += 1;
-        text += chunk["choices"][0]["text"].as_str().unwrap_or_default();
+        if let Some(generated) = chunk["usage"]["completion_tokens"].as_u64() {
+            usage = Some(generated as usize);
+        }
+        let Some(piece) = chunk["choices"][0]["text"].as_str() else {
+            continue;
+        };
+        chunks += 1;
+        if !piece.is_empty() {
+            first_token.get_or_insert(start.elapsed());
+        }
+        text += piece;
     }
     ensure!(done, "the stream ended without [DONE]");
+    // The usage chunk counts tokens; without it, a chunk is a token.
+    let tokens = usage.unwrap_or(chunks);
     Ok(Done {
         text,
         tokens,

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod bench;
 mod chart;
 mod compare;
+mod llama_cpp;
 mod load;
 mod serve_bench;
 mod speed;
@@ -62,8 +63,9 @@ enum Task {
     /// A bounded load test of `nexttoken serve` on 127.0.0.1: concurrent streaming and plain
     /// clients, every answer checked against the offline greedy text, memory before and after.
     Load(load::LoadArgs),
-    /// `nexttoken serve` beside a peer OpenAI-compatible server (README: llama.cpp's, through
-    /// llama-cpp-python): generated tokens/s and time to first token at each concurrency.
+    /// `nexttoken serve` beside a peer OpenAI-compatible server (`--peer llama.cpp` starts
+    /// llama.cpp's own on the same checkpoint as GGUF): generated tokens/s and time to first
+    /// token at each concurrency.
     ServeBench(serve_bench::ServeBenchArgs),
     /// The backends side by side on one checkpoint: the same prompts on each (ids and logits
     /// against a reference backend) and `nexttoken bench` (load time, pp/tg tokens/s, peak
@@ -294,7 +296,20 @@ fn actionlint(root: &Path) -> Result<()> {
         .args(&workflows))
 }
 
-/// scripts/install-backends.sh for the given targets (wgpu, tch, hf).
+/// The CPU's model name, for the tables' captions.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// scripts/install-backends.sh for the given targets (wgpu, tch, hf, openai, llama-cpp).
 fn install(root: &Path, targets: &[&str]) -> Result<()> {
     run(Command::new("bash")
         .current_dir(root)

@@ -2,9 +2,11 @@
 //! same client at each concurrency: aggregate generated tokens/s and time to first token.
 //!
 //! nexttoken's server is started here on the checkpoint (default: the GPT-2-124M-shaped random
-//! one of `cargo xtask speed`); the peer runs already, on the same machine, at `--peer-url`
-//! (README: llama.cpp's server through llama-cpp-python, on the same checkpoint as GGUF f32).
-//! Each concurrency level runs on both, nexttoken first, every request streamed and greedy.
+//! one of `cargo xtask speed`). The peer is either started here too (`--peer llama.cpp`:
+//! llama.cpp's `llama-server` on the same checkpoint converted to GGUF f32 by llama.cpp's
+//! converter, as many parallel slots as the highest concurrency, the same threads), or runs
+//! already at `--peer-url`. Each concurrency level runs on both, nexttoken first, every request
+//! streamed and greedy, after an untimed warm-up round at that level.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -14,6 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use clap::Args;
 
+use crate::llama_cpp::{self, LlamaServer};
 use crate::load::{Done, PROMPTS, percentile, request_model, start_server};
 use crate::{build_nexttoken, cpu_features, speed};
 
@@ -37,7 +40,11 @@ pub struct ServeBenchArgs {
     /// nexttoken's CPU threads.
     #[arg(long)]
     threads: Option<usize>,
-    /// A peer server's completions endpoint, e.g. http://127.0.0.1:8081/v1/completions.
+    /// Start a peer server here: `llama.cpp` (needs `scripts/install-backends.sh llama-cpp`,
+    /// which this runs when llama-server is missing).
+    #[arg(long, value_parser = ["llama.cpp"], conflicts_with = "peer_url")]
+    peer: Option<String>,
+    /// A running peer server's completions endpoint, e.g. http://127.0.0.1:8081/v1/completions.
     #[arg(long)]
     peer_url: Option<String>,
     /// The model name the peer expects in requests.
@@ -79,17 +86,34 @@ pub fn run(root: &std::path::Path, args: &ServeBenchArgs) -> Result<()> {
         "--backend",
         &args.backend,
     ];
-    let threads = args.threads.map(|t| t.to_string());
-    if let Some(threads) = &threads {
-        extra.extend(["--threads", threads]);
-    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads_arg = threads.to_string();
+    extra.extend(["--threads", &threads_arg]);
     let (server, url) = start_server(&nexttoken, &model, &extra)?;
+    let mut peer_name = args.peer_name.clone();
+    let started_peer = match &args.peer {
+        Some(_) => {
+            let gguf = llama_cpp::gguf(root, &model, "f32")?;
+            // Room for the longest prompt and the generation in every slot.
+            let per_slot = (args.max_tokens + 64).next_power_of_two();
+            let slots = args.concurrency.iter().copied().max().unwrap_or(1);
+            peer_name = "llama.cpp (llama-server, GGUF f32)".into();
+            Some(LlamaServer::start(root, &gguf, threads, slots, per_slot)?)
+        }
+        None => None,
+    };
+    let peer_url = started_peer
+        .as_ref()
+        .map(|peer| peer.completions_url.clone())
+        .or_else(|| args.peer_url.clone());
     let mut levels = Vec::new();
     for &concurrency in &args.concurrency {
         // Warm-up at this level, untimed.
         drive(&url, None, concurrency, concurrency, args.max_tokens)?;
         levels.push(level("nexttoken", &url, None, concurrency, args)?);
-        if let Some(peer) = &args.peer_url {
+        if let Some(peer) = &peer_url {
             drive(
                 peer,
                 args.peer_model.as_deref(),
@@ -98,7 +122,7 @@ pub fn run(root: &std::path::Path, args: &ServeBenchArgs) -> Result<()> {
                 args.max_tokens,
             )?;
             levels.push(level(
-                &args.peer_name,
+                &peer_name,
                 peer,
                 args.peer_model.as_deref(),
                 concurrency,
@@ -107,10 +131,12 @@ pub fn run(root: &std::path::Path, args: &ServeBenchArgs) -> Result<()> {
         }
     }
     drop(server);
+    drop(started_peer);
     println!(
-        "\nmodel: {}, {} tokens per request, streamed, greedy",
+        "\nmodel: {}, {} tokens per request, streamed, greedy, {threads} threads, {}",
         model.display(),
-        args.max_tokens
+        args.max_tokens,
+        crate::cpu_name()
     );
     println!("| concurrency | server | requests | generated t/s | TTFT p50 | TTFT p99 |");
     println!("| ----------: | ------ | -------: | ------------: | -------: | -------: |");

@@ -45,7 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    Router::new()
+    let routes = Router::new()
         .merge(protected)
         .route("/health", get(health))
         .fallback(|| async {
@@ -56,13 +56,19 @@ pub fn router(state: AppState) -> Router {
                     "no such endpoint: POST /v1/completions, GET /v1/models, /health, /metrics",
                 )
             }
-        })
+        });
+    harden(routes, body_limit).with_state(state)
+}
+
+/// What every route gets: the body limit (413 above it) and a panic in a handler answered as a
+/// 500 error object for that request alone, the server serving on.
+fn harden<S: Clone + Send + Sync + 'static>(router: Router<S>, body_limit: usize) -> Router<S> {
+    router
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("the server failed on this request (a panic; see its log)")
                 .into_response()
         }))
-        .with_state(state)
 }
 
 /// `--api-key`: every request but `/health` (a load balancer's readiness probe) carries it.
@@ -397,4 +403,50 @@ pub fn unix_time() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn call(router: &Router, path: &str) -> (StatusCode, String) {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn a_bug() -> &'static str {
+        panic!("a bug in a handler")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_server_serves_on() {
+        let router = harden(
+            Router::new()
+                .route("/boom", get(a_bug))
+                .route("/ok", get(|| async { "fine" })),
+            1024,
+        );
+        let (status, body) = call(&router, "/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(error["error"]["type"], "server_error", "{body}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("panic")
+        );
+        assert_eq!(call(&router, "/ok").await, (StatusCode::OK, "fine".into()));
+        assert_eq!(
+            call(&router, "/boom").await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }
