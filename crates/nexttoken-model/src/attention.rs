@@ -5,6 +5,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::cache::{CachedStep, KeyValue};
+use crate::few_rows::linear;
 
 /// Multi-head causal self-attention: the only layer that mixes information across positions.
 ///
@@ -41,7 +42,7 @@ impl CausalSelfAttention {
         let [b, t, c] = x.dims();
         let (nh, hs) = (self.n_head, c / self.n_head);
         let heads = |x: Tensor<3>| x.reshape([b, t, nh, hs]).swap_dims(1, 2); // [b, nh, t, hs]
-        let mut qkv = self.c_attn.forward(x).chunk(3, 2).into_iter().map(heads);
+        let mut qkv = linear(&self.c_attn, x).chunk(3, 2).into_iter().map(heads);
         let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
             unreachable!("c_attn's output has 3C columns, so chunk(3) gives three tensors")
         };
@@ -62,7 +63,7 @@ impl CausalSelfAttention {
             }
         }; // y: [b, nh, t, hs]
         let y = y.swap_dims(1, 2).reshape([b, t, c]);
-        (self.c_proj.forward(y), layer)
+        (linear(&self.c_proj, y), layer)
     }
 }
 

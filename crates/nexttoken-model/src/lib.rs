@@ -35,6 +35,7 @@ mod cache;
 mod checkpoint;
 mod config;
 mod error;
+mod few_rows;
 pub mod layout;
 mod mlp;
 mod model;

@@ -5,6 +5,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
+use crate::few_rows::linear;
+
 /// The position-wise feed-forward network: widen 4x, GELU, project back.
 #[derive(Module, Debug)]
 pub struct Mlp {
@@ -25,7 +27,7 @@ impl Mlp {
     /// # Shapes
     /// - x: `[b, t, c]` -> `[b, t, c]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.c_proj.forward(gelu_new(self.c_fc.forward(x)))
+        linear(&self.c_proj, gelu_new(linear(&self.c_fc, x)))
     }
 }
 

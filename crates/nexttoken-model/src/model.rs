@@ -4,6 +4,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::block::Block;
 use crate::cache::KvCache;
+use crate::few_rows;
 
 /// GPT-2: token and position embeddings, `n_layer` blocks, a final layer norm, and an output
 /// head tied to the token embedding (GPT-2 has no separate `lm_head` weight).
@@ -107,6 +108,11 @@ impl Gpt2 {
     /// # Shapes
     /// - ids: `[b, t]` -> `[b, t, c]`, after `ln_f`
     fn hidden_states(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let device = ids.device();
+        few_rows::in_cpu_pool(&device, || self.hidden_states_here(ids, cache))
+    }
+
+    fn hidden_states_here(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let [b, t] = ids.dims();
         let device = ids.device();
         let context = self.context_length();
@@ -141,16 +147,20 @@ impl Gpt2 {
         self.head(x.slice([0..b, t - 1..t]).reshape([b, c]))
     }
 
-    /// The tied output head.
+    /// The tied output head: on flex, a decode step's few rows on every core.
     ///
-    /// Computed as `(wte · xᵀ)ᵀ` rather than `x · wteᵀ`: the same numbers, but the `[v, c]`
+    /// Otherwise computed as `(wte · xᵀ)ᵀ` rather than `x · wteᵀ`: the same numbers, but the `[v, c]`
     /// embedding stays the left operand in its stored layout. Given its transpose, ndarray
     /// copied all 154 MB of GPT-2's embedding on every decode step.
     ///
     /// # Shapes
     /// - x: `[n, c]` -> `[n, v]`
     fn head(&self, x: Tensor<2>) -> Tensor<2> {
-        self.wte.weight.val().matmul(x.transpose()).transpose()
+        let embedding = self.wte.weight.val();
+        if let Some(logits) = few_rows::tied_head(&embedding, &x) {
+            return logits;
+        }
+        embedding.matmul(x.transpose()).transpose()
     }
 }
 

@@ -1,0 +1,300 @@
+//! Matrix products with few rows (a decode step's) on burn-flex, split across every core.
+//!
+//! burn-flex gives products below 192³ multiply-adds to `gemm` on one thread, so every product
+//! of a GPT-2 decode step but the output head ran on one core. A decode step reads each weight
+//! once and does two flops per value read: it is bound by memory bandwidth, which one core
+//! cannot saturate (on the project's 2-vCPU EPYC a copy moves 36 GB/s on one thread, 50 on
+//! two). Here each thread streams its own contiguous share of the weight once: row blocks of
+//! a `Linear`'s `[k, n]` weight (summed after), vocabulary blocks of the tied head's `[v, c]`
+//! embedding. Prefill and large batches keep burn's path: they are compute-bound, and `gemm`
+//! threads them.
+//!
+//! The kernels run through burn's backend-extension door (`Tensor::try_into_primitive`): any
+//! other backend, dtype or layout takes burn's path unchanged.
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::{DispatchDevice, Flex};
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// Most rows (batch rows × new positions) these kernels take: past this, a weight value read
+/// once feeds enough multiply-adds that `gemm`'s blocked kernels win.
+const MAX_ROWS: usize = 8;
+
+/// Tasks per thread: enough for rayon to even out a thread that starts late, few enough that
+/// summing the row blocks' partial products stays a small fraction of the weight's traffic.
+const TASKS_PER_THREAD: usize = 2;
+
+/// Rows of a `rows`-row matrix per task, for an even split across the pool.
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD)
+        .max(1)
+}
+
+/// Runs `f` on a thread of rayon's pool when `device` is flex, so that the parallel loops of a
+/// forward pass (these kernels' and flex's own) start from inside the pool. Started from
+/// outside, each of a decode step's ~50 hands its work to the pool and puts the caller to sleep
+/// until it is done: a thread wake-up per product.
+pub(crate) fn in_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if matches!(device.as_dispatch(), DispatchDevice::Flex(_)) {
+        rayon::scope(|_| f())
+    } else {
+        f()
+    }
+}
+
+/// `layer.forward(x)`, on every core when `x` has few rows on flex.
+///
+/// # Shapes
+/// - x: `[.., k]` -> `[.., n]` for a `[k, n]` weight
+pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    match flex_linear(layer, &x) {
+        Some(y) => y,
+        None => layer.forward(x),
+    }
+}
+
+/// `x · embeddingᵀ` (the tied output head), on every core when `x` has few rows on flex;
+/// `None` where burn's path applies.
+///
+/// # Shapes
+/// - x: `[m, c]`, embedding: `[v, c]` -> `[m, v]`
+pub(crate) fn tied_head(embedding: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
+    let [m, c] = x.dims();
+    let [v, _] = embedding.dims();
+    if m > MAX_ROWS {
+        return None;
+    }
+    let embedding = flex(embedding)?;
+    let x = flex_activation(x)?;
+    let (embedding, x) = (embedding.as_slice::<f32>()?, x.as_slice::<f32>()?);
+    let mut transposed = vec![0.0; v * m]; // [v, m]: each task writes its own rows
+    transposed
+        .par_chunks_mut(rows_per_task(v) * m)
+        .zip(embedding.par_chunks(rows_per_task(v) * c))
+        .for_each(|(out, rows)| {
+            simd::dots(out, x, rows, c);
+        });
+    let logits = (0..m)
+        .flat_map(|r| transposed.iter().skip(r).step_by(m).copied())
+        .collect::<Vec<f32>>();
+    Some(from_flex(logits, [m, v]))
+}
+
+fn flex_linear<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> {
+    let dims = x.dims();
+    let k = dims[D - 1];
+    let m = dims.iter().product::<usize>() / k.max(1);
+    if m > MAX_ROWS {
+        return None;
+    }
+    let weight = flex(&layer.weight.val())?;
+    let bias = match &layer.bias {
+        Some(bias) => Some(flex(&bias.val())?),
+        None => None,
+    };
+    let x = flex_activation(x)?;
+    let n = weight.layout().shape()[1];
+    let (weight, x) = (weight.as_slice::<f32>()?, x.as_slice::<f32>()?);
+    // Each task: a block of weight rows times the matching columns of x, a partial [m, n].
+    let block_rows = rows_per_task(k);
+    let mut out = weight
+        .par_chunks(block_rows * n)
+        .enumerate()
+        .map(|(block, rows)| {
+            let first = block * block_rows;
+            let taken = rows.len() / n;
+            // x's columns that meet this block's rows: [m, taken].
+            let x_block: Vec<f32> = x
+                .chunks_exact(k)
+                .flat_map(|x_row| &x_row[first..first + taken])
+                .copied()
+                .collect();
+            let mut partial = vec![0.0f32; m * n];
+            simd::rows_times_block(&mut partial, &x_block, rows, n);
+            partial
+        })
+        .reduce_with(|mut sum, partial| {
+            sum.iter_mut().zip(&partial).for_each(|(s, p)| *s += p);
+            sum
+        })
+        .unwrap_or_else(|| vec![0.0; m * n]);
+    if let Some(bias) = &bias {
+        let bias = bias.as_slice::<f32>()?;
+        for row in out.chunks_exact_mut(n) {
+            row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+        }
+    }
+    let mut out_dims = dims;
+    out_dims[D - 1] = n;
+    Some(from_flex(out, out_dims))
+}
+
+/// The tensor's flex primitive if it is float32 and contiguous; `None` on any other backend,
+/// dtype or layout (a weight is never copied here).
+fn flex<const D: usize>(tensor: &Tensor<D>) -> Option<FlexTensor> {
+    let primitive = tensor.clone().try_into_primitive::<Flex>().ok()?;
+    primitive.as_slice::<f32>()?;
+    Some(primitive)
+}
+
+/// An activation's flex primitive, float32, copied into a contiguous layout if it is a view.
+fn flex_activation<const D: usize>(tensor: &Tensor<D>) -> Option<FlexTensor> {
+    let primitive = tensor.clone().try_into_primitive::<Flex>().ok()?;
+    let primitive = primitive.to_contiguous();
+    primitive.as_slice::<f32>()?;
+    Some(primitive)
+}
+
+fn from_flex<const D: usize>(values: Vec<f32>, dims: [usize; D]) -> Tensor<D> {
+    Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, dims)))
+}
+
+/// The inner loops, compiled for the widest vector instructions the CPU has (picked at run
+/// time: the build targets baseline x86-64), with fused multiply-adds where there are any.
+mod simd {
+    use std::sync::OnceLock;
+
+    /// `partial[r, :] += x[r, :] · rows` for `x: [m, i]` and a block of weight rows `[i, n]`.
+    pub fn rows_times_block(partial: &mut [f32], x: &[f32], rows: &[f32], n: usize) {
+        dispatch!(rows_times_block_with(partial, x, rows, n))
+    }
+
+    /// `out[j, r] = x[r, :] · rows[j, :]` for every row `j` of `rows: [.., c]`, `out: [.., m]`.
+    pub fn dots(out: &mut [f32], x: &[f32], rows: &[f32], c: usize) {
+        dispatch!(dots_with(out, x, rows, c))
+    }
+
+    #[derive(Clone, Copy)]
+    enum Level {
+        Avx512,
+        Avx2Fma,
+        Baseline,
+    }
+
+    fn level() -> Level {
+        static LEVEL: OnceLock<Level> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                    return Level::Avx512;
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return Level::Avx2Fma;
+                }
+            }
+            Level::Baseline
+        })
+    }
+
+    /// Calls `$kernel::<FUSED>` inlined into a function compiled for the detected level.
+    macro_rules! dispatch {
+        ($kernel:ident($($arg:expr),*)) => {{
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,fma")]
+                fn avx512(f: impl FnOnce()) { f() }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2(f: impl FnOnce()) { f() }
+                match level() {
+                    // SAFETY: the level was detected on this CPU.
+                    Level::Avx512 => unsafe { avx512(|| $kernel::<true>($($arg),*)) },
+                    Level::Avx2Fma => unsafe { avx2(|| $kernel::<true>($($arg),*)) },
+                    Level::Baseline => $kernel::<false>($($arg),*),
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = level();
+                $kernel::<false>($($arg),*)
+            }
+        }};
+    }
+    use dispatch;
+
+    /// `a · b + c`, fused (one rounding, one instruction) where the CPU has it.
+    #[inline(always)]
+    fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+        if FUSED { a.mul_add(b, c) } else { a * b + c }
+    }
+
+    #[inline(always)]
+    fn rows_times_block_with<const FUSED: bool>(
+        partial: &mut [f32],
+        x: &[f32],
+        rows: &[f32],
+        n: usize,
+    ) {
+        let taken = rows.len() / n;
+        for (i, w_row) in rows.chunks_exact(n).enumerate() {
+            for (out, x_row) in partial.chunks_exact_mut(n).zip(x.chunks_exact(taken)) {
+                let a = x_row[i];
+                for (out, w) in out.iter_mut().zip(w_row) {
+                    *out = madd::<FUSED>(a, *w, *out);
+                }
+            }
+        }
+    }
+
+    /// Dot products with 16 independent partial sums, so the loop vectorizes (float addition
+    /// is not associative, so the compiler will not split a single sum).
+    #[inline(always)]
+    fn dots_with<const FUSED: bool>(out: &mut [f32], x: &[f32], rows: &[f32], c: usize) {
+        const LANES: usize = 16;
+        let m = x.len() / c;
+        for (out, row) in out.chunks_exact_mut(m).zip(rows.chunks_exact(c)) {
+            for (out, x) in out.iter_mut().zip(x.chunks_exact(c)) {
+                let mut sums = [0.0f32; LANES];
+                let body = c / LANES * LANES;
+                for (x, w) in x[..body]
+                    .chunks_exact(LANES)
+                    .zip(row[..body].chunks_exact(LANES))
+                {
+                    for lane in 0..LANES {
+                        sums[lane] = madd::<FUSED>(x[lane], w[lane], sums[lane]);
+                    }
+                }
+                let tail: f32 = x[body..].iter().zip(&row[body..]).map(|(x, w)| x * w).sum();
+                *out = sums.iter().sum::<f32>() + tail;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::LinearConfig;
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    use super::*;
+
+    #[test]
+    fn linear_matches_burns_for_every_row_count() {
+        let device = Device::flex();
+        // 100 input rows: three full row blocks and a partial one.
+        let layer = LinearConfig::new(100, 37).init(&device);
+        for rows in [1, 3, MAX_ROWS, MAX_ROWS + 1] {
+            let x = Tensor::<3>::random([1, rows, 100], Distribution::Default, &device);
+            let ours = linear(&layer, x.clone());
+            ours.into_data()
+                .assert_approx_eq::<f32>(&layer.forward(x).into_data(), Tolerance::default());
+        }
+    }
+
+    #[test]
+    fn tied_head_matches_the_transposed_product() {
+        let device = Device::flex();
+        let embedding = Tensor::<2>::random([101, 40], Distribution::Default, &device);
+        for rows in [1, 5] {
+            let x = Tensor::<2>::random([rows, 40], Distribution::Default, &device);
+            let ours = tied_head(&embedding, &x).expect("flex, float32, few rows");
+            let burns = x.matmul(embedding.clone().transpose());
+            ours.into_data()
+                .assert_approx_eq::<f32>(&burns.into_data(), Tolerance::default());
+        }
+        let many = Tensor::<2>::zeros([MAX_ROWS + 1, 40], &device);
+        assert!(tied_head(&embedding, &many).is_none());
+    }
+}
