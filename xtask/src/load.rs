@@ -302,10 +302,17 @@ pub fn request_model(
     let start = Instant::now();
     let response = match ureq::post(url)
         .timeout(Duration::from_secs(120))
+        .set("Content-Type", "application/json")
         .send_string(&body.to_string())
     {
         Ok(response) => response,
         Err(ureq::Error::Status(429 | 503, _)) => return Err(Refused.into()),
+        Err(ureq::Error::Status(status, response)) => {
+            bail!(
+                "status {status}: {}",
+                response.into_string().unwrap_or_default()
+            )
+        }
         Err(e) => bail!("{e}"),
     };
     if !stream {
