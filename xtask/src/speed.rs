@@ -1,6 +1,8 @@
-//! `cargo xtask speed`: nexttoken against Hugging Face transformers, same checkpoint, same
-//! machine, same thread count, runs alternating (A B A B) so that drift in the machine's speed
-//! hits both sides.
+//! `cargo xtask speed`: nexttoken against Hugging Face transformers (and, with `--llama-cpp`,
+//! llama.cpp's `llama-bench` on the same checkpoint as GGUF f32), same machine, same thread
+//! count, runs alternating (A B A B) so that drift in the machine's speed hits every side. Each
+//! round also measures the memory's read bandwidth at that thread count: a decode step reads
+//! every weight once, so bandwidth ÷ weight bytes bounds batch-1 tokens/s.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::{build_nexttoken, cache_dir, cpu_features, install, venv};
+use crate::{build_nexttoken, cache_dir, cpu_features, install, llama_cpp, venv};
 
 #[derive(Args)]
 pub struct SpeedArgs {
@@ -41,6 +43,10 @@ pub struct SpeedArgs {
     /// Rounds of (nexttoken, transformers) per thread count.
     #[arg(long, default_value_t = 2)]
     rounds: u32,
+    /// Also run llama.cpp's llama-bench (batch 1 only), built on first use by
+    /// `scripts/install-backends.sh llama-cpp` (about 20 minutes on 2 cores).
+    #[arg(long)]
+    llama_cpp: bool,
     /// Also write every measurement as JSON lines here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -80,6 +86,17 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         None => default_checkpoint(root)?,
     };
     let nexttoken = build_nexttoken(root, &cpu_features())?;
+    let llama = if args.llama_cpp {
+        Some((
+            llama_cpp::binary(root, "llama-bench")?,
+            llama_cpp::gguf(root, &model, "f32")?,
+        ))
+    } else {
+        None
+    };
+    let weight_bytes = std::fs::metadata(model.join("model.safetensors"))
+        .map(|m| m.len())
+        .ok();
 
     let common = |command: &mut Command, threads: &str| {
         command
@@ -90,6 +107,7 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
             .args(["-r", &args.repetitions.to_string(), "-t", threads]);
     };
     let mut records = Vec::new();
+    let mut bandwidths: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for threads in args.threads.split(',') {
         let requested: usize = threads
             .parse()
@@ -101,13 +119,22 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
             let mut theirs = Command::new(&python);
             theirs.current_dir(root).arg("benches/hf_bench.py");
             common(&mut theirs, threads);
+            let mut round_records = Vec::new();
             for command in [&mut ours, &mut theirs] {
-                for mut record in json_lines(command)? {
-                    record.round = round;
-                    record.requested_threads = requested;
-                    records.push(record);
-                }
+                round_records.extend(json_lines(command)?);
             }
+            if let Some((llama_bench, gguf)) = &llama {
+                round_records.extend(llama_bench_records(llama_bench, gguf, args, threads)?);
+            }
+            for mut record in round_records {
+                record.round = round;
+                record.requested_threads = requested;
+                records.push(record);
+            }
+            bandwidths
+                .entry(requested)
+                .or_default()
+                .push(read_bandwidth(requested));
         }
     }
     if let Some(path) = &args.json {
@@ -118,9 +145,138 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         std::fs::write(path, lines.join("\n") + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    println!("\nmodel: {}", model.display());
+    println!("\nmodel: {}, {}", model.display(), crate::cpu_name());
     print!("{}", table(&records));
+    if let Some(weight_bytes) = weight_bytes {
+        print!("{}", bounds(&records, &bandwidths, weight_bytes));
+    }
     Ok(())
+}
+
+/// llama-bench's measurements (`-o jsonl`) as records, its tests named as ours.
+fn llama_bench_records(
+    llama_bench: &Path,
+    gguf: &Path,
+    args: &SpeedArgs,
+    threads: &str,
+) -> Result<Vec<Record>> {
+    if !args.batch_size.split(',').any(|b| b.trim() == "1") {
+        return Ok(Vec::new());
+    }
+    let mut command = Command::new(llama_bench);
+    command
+        .arg("-m")
+        .arg(gguf)
+        .args(["-p", &args.n_prompt, "-n", &args.n_gen, "-t", threads])
+        .args(["-r", &args.repetitions.to_string(), "-o", "jsonl"]);
+    eprintln!("$ {command:?}");
+    let output = command
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed with {}", output.status);
+    }
+    #[derive(Deserialize)]
+    struct LlamaBench {
+        n_prompt: usize,
+        n_gen: usize,
+        n_threads: usize,
+        avg_ts: f64,
+        stddev_ts: f64,
+        samples_ts: Vec<f64>,
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| {
+            let run: LlamaBench = serde_json::from_str(line)
+                .with_context(|| format!("not a llama-bench record: {line}"))?;
+            Ok(Record {
+                backend: "llama.cpp".into(),
+                test: if run.n_prompt > 0 {
+                    format!("pp{}", run.n_prompt)
+                } else {
+                    format!("tg{}", run.n_gen)
+                },
+                batch_size: 1,
+                threads: Some(run.n_threads),
+                load_ms: 0.0,
+                tokens_per_s: run.avg_ts,
+                stddev: run.stddev_ts,
+                samples_tokens_per_s: run.samples_ts,
+                peak_rss_bytes: None,
+                round: 0,
+                requested_threads: 0,
+            })
+        })
+        .collect()
+}
+
+/// The memory's read bandwidth in GB/s with `threads` threads, STREAM-style: the best of 5
+/// passes summing a 1 GiB buffer (far past any cache), each thread its own contiguous part.
+fn read_bandwidth(threads: usize) -> f64 {
+    const LANES: usize = 16;
+    let values = vec![1.0f32; 1 << 28];
+    let part = values.len().div_ceil(threads.max(1));
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        let total: f32 = std::thread::scope(|scope| {
+            let handles: Vec<_> = values
+                .chunks(part)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        // Independent lanes: one running sum would be bound by the add latency.
+                        let mut sums = [0.0f32; LANES];
+                        for block in chunk.chunks_exact(LANES) {
+                            for lane in 0..LANES {
+                                sums[lane] += block[lane];
+                            }
+                        }
+                        sums.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        best = best.min(start.elapsed().as_secs_f64());
+        std::hint::black_box(total);
+    }
+    (values.len() * size_of::<f32>()) as f64 / best / 1e9
+}
+
+/// For each thread count: the read bandwidth, the batch-1 decode bound it gives for these
+/// weights, and each side's batch-1 decode as a share of it.
+fn bounds(records: &[Record], bandwidths: &BTreeMap<usize, Vec<f64>>, weight_bytes: u64) -> String {
+    let mut out = format!(
+        "\nweights: {:.0} MB read per generated token (batch 1)\n",
+        weight_bytes as f64 / 1e6
+    );
+    for (threads, measured) in bandwidths {
+        let bandwidth = measured.iter().sum::<f64>() / measured.len() as f64;
+        let bound = bandwidth * 1e9 / weight_bytes as f64;
+        let rounds: Vec<String> = measured.iter().map(|b| format!("{b:.1}")).collect();
+        out += &format!(
+            "{threads} thread(s): read bandwidth {bandwidth:.1} GB/s (rounds: {}), bound {bound:.1} t/s;",
+            rounds.join(", ")
+        );
+        let mut sides: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for record in records.iter().filter(|r| {
+            r.requested_threads == *threads && r.batch_size == 1 && r.test.starts_with("tg")
+        }) {
+            sides
+                .entry(record.backend.as_str())
+                .or_default()
+                .push(record.tokens_per_s);
+        }
+        for (backend, speeds) in sides {
+            let mean = speeds.iter().sum::<f64>() / speeds.len() as f64;
+            out += &format!(" {backend} {:.0}%", 100.0 * mean / bound);
+        }
+        out += "\n";
+    }
+    out
 }
 
 /// ~/.cache/nexttoken/gpt2-124m-random, made with scripts/make_random_checkpoint.py if missing.
