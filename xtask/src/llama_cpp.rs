@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cache_dir, install, venv};
+use crate::{cache_dir, install, venv_python};
 
 /// Where llama.cpp's sources and build live.
 fn dir() -> Result<PathBuf> {
@@ -44,13 +44,11 @@ pub fn gguf(root: &Path, checkpoint: &Path, outtype: &str) -> Result<PathBuf> {
     if modified(&out) >= modified(&checkpoint.join("model.safetensors")) && out.is_file() {
         return Ok(out);
     }
+    // The converter comes with llama.cpp's sources, which its build fetches.
     binary(root, "llama-server")?;
     install(root, &["hf"])?;
-    let python = venv()
-        .map(|venv| venv.join("bin/python"))
-        .context("no HOME: cannot find the transformers environment")?;
     crate::run(
-        Command::new(python)
+        Command::new(venv_python()?)
             .current_dir(root)
             .arg("scripts/to_gguf.py")
             .arg(checkpoint)

@@ -112,10 +112,7 @@ fn main() -> Result<()> {
             let mut command = cargo(&root);
             command.args(["test", "--release", "--workspace"]);
             // The server's test with OpenAI's Python client runs it from here.
-            if let Some(python) = venv()
-                .map(|venv| venv.join("bin/python"))
-                .filter(|p| p.exists())
-            {
+            if let Some(python) = venv_python().ok().filter(|p| p.exists()) {
                 command.env("NEXTTOKEN_PYTHON", python);
             }
             command.args(checked_build());
@@ -366,6 +363,13 @@ fn venv() -> Option<PathBuf> {
     std::env::var_os("NEXTTOKEN_VENV")
         .map(PathBuf::from)
         .or_else(|| cache_dir().map(|cache| cache.join("venv")))
+}
+
+/// That environment's Python, which has torch and (after `install(.., &["hf"])`) transformers.
+fn venv_python() -> Result<PathBuf> {
+    venv()
+        .map(|venv| venv.join("bin/python"))
+        .context("no HOME: cannot find the torch environment")
 }
 
 /// `~/.cache/nexttoken`: the venv, random checkpoints, and CI's target folder.

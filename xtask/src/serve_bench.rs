@@ -50,7 +50,7 @@ pub struct ServeBenchArgs {
     /// The model name the peer expects in requests.
     #[arg(long)]
     peer_model: Option<String>,
-    /// A label for the peer in the table.
+    /// A label for the `--peer-url` server in the table.
     #[arg(long, default_value = "peer")]
     peer_name: String,
 }
@@ -71,38 +71,33 @@ pub fn run(root: &std::path::Path, args: &ServeBenchArgs) -> Result<()> {
         Some(model) => model.clone(),
         None => speed::default_checkpoint(root)?,
     };
-    let max_batch = args
-        .concurrency
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(1)
-        .to_string();
-    let mut extra = vec![
+    // Both servers take every client of the top level into one batch.
+    let top = args.concurrency.iter().copied().max().unwrap_or(1);
+    let max_batch = top.to_string();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads_arg = threads.to_string();
+    let extra = [
         "--max-batch",
         &max_batch,
         "--max-queue",
         "1024",
         "--backend",
         &args.backend,
+        "--threads",
+        &threads_arg,
     ];
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let threads_arg = threads.to_string();
-    extra.extend(["--threads", &threads_arg]);
     let (server, url) = start_server(&nexttoken, &model, &extra)?;
-    let mut peer_name = args.peer_name.clone();
-    let started_peer = match &args.peer {
+    let (started_peer, peer_name) = match &args.peer {
         Some(_) => {
             let gguf = llama_cpp::gguf(root, &model, "f32")?;
             // Room for the longest prompt and the generation in every slot.
             let per_slot = (args.max_tokens + 64).next_power_of_two();
-            let slots = args.concurrency.iter().copied().max().unwrap_or(1);
-            peer_name = "llama.cpp (llama-server, GGUF f32)".into();
-            Some(LlamaServer::start(root, &gguf, threads, slots, per_slot)?)
+            let peer = LlamaServer::start(root, &gguf, threads, top, per_slot)?;
+            (Some(peer), "llama.cpp (llama-server, GGUF f32)".to_string())
         }
-        None => None,
+        None => (None, args.peer_name.clone()),
     };
     let peer_url = started_peer
         .as_ref()

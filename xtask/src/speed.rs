@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::{build_nexttoken, cache_dir, cpu_features, install, llama_cpp, venv};
+use crate::{build_nexttoken, cache_dir, cpu_features, install, llama_cpp, venv_python};
 
 #[derive(Args)]
 pub struct SpeedArgs {
@@ -78,9 +78,7 @@ fn one() -> usize {
 
 pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
     install(root, &["tch", "hf"])?;
-    let python = venv()
-        .map(|venv| venv.join("bin/python"))
-        .context("no HOME: cannot find the torch environment")?;
+    let python = venv_python()?;
     let model = match &args.model {
         Some(model) => model.clone(),
         None => default_checkpoint(root)?,
@@ -169,14 +167,8 @@ fn llama_bench_records(
         .arg(gguf)
         .args(["-p", &args.n_prompt, "-n", &args.n_gen, "-t", threads])
         .args(["-r", &args.repetitions.to_string(), "-o", "jsonl"]);
-    eprintln!("$ {command:?}");
-    let output = command
-        .stderr(Stdio::null())
-        .output()
-        .with_context(|| format!("starting {command:?}"))?;
-    if !output.status.success() {
-        bail!("{command:?} failed with {}", output.status);
-    }
+    // Its log goes to stderr, a line per tensor.
+    let stdout = stdout_of(command.stderr(Stdio::null()))?;
     #[derive(Deserialize)]
     struct LlamaBench {
         n_prompt: usize,
@@ -186,7 +178,7 @@ fn llama_bench_records(
         stddev_ts: f64,
         samples_ts: Vec<f64>,
     }
-    String::from_utf8_lossy(&output.stdout)
+    stdout
         .lines()
         .filter(|line| line.starts_with('{'))
         .map(|line| {
@@ -286,11 +278,8 @@ pub fn default_checkpoint(root: &Path) -> Result<PathBuf> {
         .join("gpt2-124m-random");
     if !dir.join("model.safetensors").exists() {
         install(root, &["tch", "hf"])?;
-        let python = venv()
-            .map(|venv| venv.join("bin/python"))
-            .context("no HOME: cannot find the torch environment")?;
         crate::run(
-            Command::new(python)
+            Command::new(venv_python()?)
                 .current_dir(root)
                 .args(["scripts/make_random_checkpoint.py", "--size", "gpt2"])
                 .arg(&dir),
@@ -301,15 +290,19 @@ pub fn default_checkpoint(root: &Path) -> Result<PathBuf> {
 
 /// Runs `command`, passing its stderr through, and parses each stdout line as a record.
 fn json_lines(command: &mut Command) -> Result<Vec<Record>> {
+    parse_records(&stdout_of(command.stderr(Stdio::inherit()))?)
+}
+
+/// Runs `command` and returns its stdout; an error if it fails.
+fn stdout_of(command: &mut Command) -> Result<String> {
     eprintln!("$ {command:?}");
     let output = command
-        .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("starting {command:?}"))?;
     if !output.status.success() {
         bail!("{command:?} failed with {}", output.status);
     }
-    parse_records(&String::from_utf8_lossy(&output.stdout))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The records of `nexttoken bench --json`'s output, one per line.

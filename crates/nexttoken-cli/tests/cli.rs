@@ -733,23 +733,7 @@ fn several_prompts_are_shown_with_their_own_counts() {
 fn stop_strings_cut_the_text_before_them() {
     let model = tiny_trained();
     let run = |extra: &[&str]| {
-        json_lines(
-            &[
-                &[
-                    "generate",
-                    "-m",
-                    &model,
-                    "-n",
-                    "24",
-                    "--ignore-eos",
-                    "--json",
-                ][..],
-                extra,
-                &["Every effort moves you"],
-            ]
-            .concat(),
-        )
-        .remove(0)
+        generate_json("24", &[extra, &["Every effort moves you"]].concat()).remove(0)
     };
     let free = run(&[]);
     let text = free["text"].as_str().unwrap().to_string();
@@ -1089,8 +1073,17 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
 }
 
 /// The generated ids of each `--json` line.
-fn ids_of(args: &[&str]) -> Vec<Vec<u64>> {
-    json_lines(args)
+/// `nexttoken generate --json` of `n` tokens on the tiny trained model, end-of-text ignored,
+/// with `args` (flags, then prompts) after.
+fn generate_json(n: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let model = tiny_trained();
+    let base = ["generate", "-m", &model, "-n", n, "--ignore-eos", "--json"];
+    json_lines(&[&base[..], args].concat())
+}
+
+/// Each prompt's generated ids from [`generate_json`].
+fn ids_of(n: &str, args: &[&str]) -> Vec<Vec<u64>> {
+    generate_json(n, args)
         .iter()
         .map(|line| serde_json::from_value(line["ids"].clone()).unwrap())
         .collect()
@@ -1098,43 +1091,23 @@ fn ids_of(args: &[&str]) -> Vec<Vec<u64>> {
 
 #[test]
 fn sampling_flags_that_amount_to_greedy_give_greedy_ids() {
-    let model = tiny_trained();
-    let base = [
-        "generate",
-        "-m",
-        &model,
-        "-n",
-        "16",
-        "--ignore-eos",
-        "--json",
-    ];
-    let greedy = ids_of(&[&base[..], &["Every effort moves you"]].concat());
+    let greedy = ids_of("16", &["Every effort moves you"]);
     assert_eq!(greedy[0], golden_ids("Every effort moves you")[..16]);
     for flags in [
         &["--temperature", "0"][..],
         &["--top-k", "1", "--seed", "5"][..],
         &["--temperature", "0", "--top-p", "0.5"][..],
     ] {
-        let ids = ids_of(&[&base[..], flags, &["Every effort moves you"]].concat());
+        let ids = ids_of("16", &[flags, &["Every effort moves you"]].concat());
         assert_eq!(ids, greedy, "{flags:?}");
     }
 }
 
 #[test]
 fn a_seed_fixes_the_sampled_text_and_prompts_draw_apart() {
-    let model = tiny_trained();
     let sample = |seed: &str, prompts: &[&str]| {
-        let base = [
-            "generate",
-            "-m",
-            &model,
-            "-n",
-            "24",
-            "--ignore-eos",
-            "--json",
-        ];
         let flags = ["--temperature", "1.0", "--top-p", "0.95", "--seed", seed];
-        ids_of(&[&base[..], &flags[..], prompts].concat())
+        ids_of("24", &[&flags[..], prompts].concat())
     };
     let first = sample("7", &["Every effort moves you"]);
     assert_eq!(first, sample("7", &["Every effort moves you"]));

@@ -97,20 +97,12 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use burn::tensor::{Device, TensorData, Tolerance};
-    use nexttoken_model::{Gpt2Config, token_tensor};
+    use nexttoken_model::token_tensor;
 
     use super::*;
 
     fn tiny_model() -> Gpt2 {
-        let config = Gpt2Config {
-            n_layer: 2,
-            n_head: 2,
-            n_embd: 8,
-            n_positions: 6,
-            vocab_size: 16,
-            ..Gpt2Config::gpt2()
-        };
-        config.init(&Device::flex())
+        crate::tiny_config(6).init(&Device::flex())
     }
 
     /// The loop written out the slow, obvious way: full forward, last row, argmax.

@@ -47,3 +47,17 @@ pub use sampling::select_greedy;
 pub use session::{FinishReason, Logprobs, RowId, RowToken, Session, SessionStep};
 pub use stats::GenerationStats;
 pub use text::{Chunks, Completion, TextChunk, TextGenerator, TextSession, TextStep};
+
+/// The unit tests' model: 2 layers, width 8, and 16 ids (GPT-2's one-character tokens `!`
+/// to `0`), with `n_positions` positions.
+#[cfg(test)]
+fn tiny_config(n_positions: usize) -> nexttoken_model::Gpt2Config {
+    nexttoken_model::Gpt2Config {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 8,
+        n_positions,
+        vocab_size: 16,
+        ..nexttoken_model::Gpt2Config::gpt2()
+    }
+}

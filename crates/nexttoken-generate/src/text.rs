@@ -406,16 +406,8 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
-    /// A tiny random model: its 16 ids are GPT-2's one-character tokens `!` to `0`.
     fn tiny_generator() -> TextGenerator {
-        let config = Gpt2Config {
-            n_layer: 2,
-            n_head: 2,
-            n_embd: 8,
-            n_positions: 16,
-            vocab_size: 16,
-            ..Gpt2Config::gpt2()
-        };
+        let config = crate::tiny_config(16);
         TextGenerator::new(config.init(&burn::tensor::Device::flex()), config)
     }
 

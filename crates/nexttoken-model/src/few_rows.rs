@@ -76,10 +76,8 @@ pub(crate) fn tied_head(embedding: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2
         .for_each(|(out, rows)| {
             simd::dots(out, x, rows, c);
         });
-    let logits = (0..m)
-        .flat_map(|r| transposed.iter().skip(r).step_by(m).copied())
-        .collect::<Vec<f32>>();
-    Some(from_flex(logits, [m, v]))
+    // A transposed view, not a copy: with one row it is the same layout.
+    Some(from_flex(transposed, [v, m]).transpose())
 }
 
 fn flex_linear<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> {
