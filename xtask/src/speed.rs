@@ -206,9 +206,10 @@ fn llama_bench_records(
 }
 
 /// The memory's read bandwidth in GB/s with `threads` threads, STREAM-style: the best of 5
-/// passes summing a 1 GiB buffer (far past any cache), each thread its own contiguous part.
+/// passes summing a 1 GiB buffer (far past any cache), each thread its own contiguous part,
+/// with the widest vector loads the CPU has (a baseline SSE2 loop read less than llama.cpp's
+/// decode moved on one core).
 fn read_bandwidth(threads: usize) -> f64 {
-    const LANES: usize = 16;
     let values = vec![1.0f32; 1 << 28];
     let part = values.len().div_ceil(threads.max(1));
     let mut best = f64::INFINITY;
@@ -217,18 +218,7 @@ fn read_bandwidth(threads: usize) -> f64 {
         let total: f32 = std::thread::scope(|scope| {
             let handles: Vec<_> = values
                 .chunks(part)
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        // Independent lanes: one running sum would be bound by the add latency.
-                        let mut sums = [0.0f32; LANES];
-                        for block in chunk.chunks_exact(LANES) {
-                            for lane in 0..LANES {
-                                sums[lane] += block[lane];
-                            }
-                        }
-                        sums.iter().sum::<f32>()
-                    })
-                })
+                .map(|chunk| scope.spawn(move || sum_widest(chunk)))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
         });
@@ -236,6 +226,43 @@ fn read_bandwidth(threads: usize) -> f64 {
         std::hint::black_box(total);
     }
     (values.len() * size_of::<f32>()) as f64 / best / 1e9
+}
+
+fn sum_widest(values: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512(values: &[f32]) -> f32 {
+            sum(values)
+        }
+        #[target_feature(enable = "avx2")]
+        fn avx2(values: &[f32]) -> f32 {
+            sum(values)
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected on this CPU.
+            return unsafe { avx512(values) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { avx2(values) };
+        }
+    }
+    sum(values)
+}
+
+/// A sum in 64 independent lanes: one running sum would be bound by the add's latency, not by
+/// the memory.
+#[inline(always)]
+fn sum(values: &[f32]) -> f32 {
+    const LANES: usize = 64;
+    let mut sums = [0.0f32; LANES];
+    for block in values.chunks_exact(LANES) {
+        for lane in 0..LANES {
+            sums[lane] += block[lane];
+        }
+    }
+    sums.iter().sum()
 }
 
 /// For each thread count: the read bandwidth, the batch-1 decode bound it gives for these
