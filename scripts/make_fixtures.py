@@ -13,6 +13,11 @@ loop and, where no row passes the context, against Hugging Face's left-padded ba
 `generate(do_sample=False)`; one stops a row at end-of-text while the others go on, one has rows
 pass the context at different steps.
 
+The single-prompt cases are recorded again with the model loaded in float16 and in bfloat16
+(`torch_dtype=`, as `nexttoken --dtype` converts at load): tests/goldens/half/<model>.<dtype>.json.
+In half precision Hugging Face's cached `generate` and the uncached loop may part at a near-tie;
+the loop's ids are the reference, and such a case is reported.
+
 Writes tests/fixtures/<model>/ (checkpoints) and tests/goldens/<model>.json + .logits.safetensors.
 """
 
@@ -89,7 +94,7 @@ def reference_loop(model, ids: torch.Tensor, steps: int):
     return ids, records, first_logits
 
 
-def golden_case(model, tokenizer, name, prompts, logits_out):
+def golden_case(model, tokenizer, name, prompts, logits_out, exact=True):
     encoded = [tokenizer.encode(p) for p in prompts]
     ids = torch.tensor(encoded, dtype=torch.long)
     full, records, first_logits = reference_loop(model, ids, NEW_TOKENS)
@@ -99,8 +104,11 @@ def golden_case(model, tokenizer, name, prompts, logits_out):
         model.generation_config.eos_token_id = None
         hf = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
                             do_sample=False, pad_token_id=EOT)
-        assert torch.equal(hf[:, ids.shape[1]:], greedy), f"{name}: generate disagrees with the loop"
-    logits_out[name] = first_logits.contiguous()
+        agree = torch.equal(hf[:, ids.shape[1]:], greedy)
+        assert agree or not exact, f"{name}: generate disagrees with the loop"
+        if not agree:
+            print(f"    {name}: in {model.dtype} generate parts from the loop at a near-tie")
+    logits_out[name] = first_logits.float().contiguous()
     gaps = [gap for record in records for gap in record["top2_gap"]]
     return {
         "name": name,
@@ -206,15 +214,25 @@ def ragged_cases(model, tokenizer, logits):
     return cases
 
 
-def write_goldens(model_dir: Path, model_name: str, tokenizer):
-    model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+HALF = {"f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def write_goldens(model_dir: Path, model_name: str, tokenizer, dtype: str = "f32"):
+    torch_dtype = HALF.get(dtype, torch.float32)
+    model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch_dtype).eval()
+    exact = dtype == "f32"
     cases, logits = [], {}
     for name, prompt in PROMPTS.items():
-        cases.append(golden_case(model, tokenizer, name, [prompt], logits))
-    cases.append(golden_case(model, tokenizer, "past_context", [LONG_PROMPT], logits))
-    cases.append(golden_case(model, tokenizer, "batch_of_two", BATCH, logits))
-    cases.extend(ragged_cases(model, tokenizer, logits))
-    goldens = ROOT / "tests" / "goldens"
+        cases.append(golden_case(model, tokenizer, name, [prompt], logits, exact))
+    if exact:
+        cases.append(golden_case(model, tokenizer, "past_context", [LONG_PROMPT], logits))
+        cases.append(golden_case(model, tokenizer, "batch_of_two", BATCH, logits))
+        cases.extend(ragged_cases(model, tokenizer, logits))
+        goldens = ROOT / "tests" / "goldens"
+        stem = model_name
+    else:
+        goldens = ROOT / "tests" / "goldens" / "half"
+        stem = f"{model_name}.{dtype}"
     goldens.mkdir(parents=True, exist_ok=True)
     doc = {
         "format_version": FORMAT_VERSION,
@@ -223,15 +241,15 @@ def write_goldens(model_dir: Path, model_name: str, tokenizer):
         "context_length": model.config.n_positions,
         "transformers": transformers.__version__,
         "torch": torch.__version__,
-        "dtype": "f32",
+        "dtype": dtype,
         "new_tokens": NEW_TOKENS,
         "cases": cases,
     }
-    (goldens / f"{model_name}.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-    safetensors.torch.save_file(logits, goldens / f"{model_name}.logits.safetensors",
+    (goldens / f"{stem}.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    safetensors.torch.save_file(logits, goldens / f"{stem}.logits.safetensors",
                                 metadata={"format_version": str(FORMAT_VERSION)})
     worst = min(case["top2_gap_min"] for case in cases)
-    print(f"  {model_name}: {len(cases)} cases, smallest top-2 margin {worst:.2e}")
+    print(f"  {stem}: {len(cases)} cases, smallest top-2 margin {worst:.2e}")
 
 
 def main():
@@ -256,7 +274,8 @@ def main():
         make_trained(models["tiny-trained"], args.corpus, tokenizer, args.train_seconds)
     for name, path in models.items():
         if (path / "model.safetensors").exists():
-            write_goldens(path, name, tokenizer)
+            for dtype in ["f32", *HALF]:
+                write_goldens(path, name, tokenizer, dtype)
         else:
             print(f"  {name}: no checkpoint at {path}, skipped")
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device};
 use nexttoken::backend::Backend;
 use nexttoken::generate::{GenerationConfig, RowId, SamplingParams, Session, generate};
 use nexttoken::model::{Checkpoint, Gpt2, ModelError, token_tensor};
@@ -40,6 +40,8 @@ const NEAR_TIE: f32 = 1e-4;
 struct Golden {
     format_version: u32,
     model: String,
+    /// The dtype Hugging Face ran the model in: f32, or f16/bf16 for tests/goldens/half/.
+    dtype: String,
     model_dir: String,
     context_length: usize,
     new_tokens: usize,
@@ -72,15 +74,19 @@ fn root() -> &'static Path {
 }
 
 fn goldens() -> Vec<(PathBuf, Golden)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/goldens"))
-        .expect("tests/goldens exists")
+    goldens_in("tests/goldens")
+}
+
+fn goldens_in(dir: &str) -> Vec<(PathBuf, Golden)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
         .collect();
     files.sort();
     assert!(
         !files.is_empty(),
-        "no goldens in tests/goldens: run `cargo xtask goldens`"
+        "no goldens in {dir}: run `cargo xtask goldens`"
     );
     files
         .into_iter()
@@ -213,7 +219,7 @@ fn greedy_ids_match_hugging_face_on_every_backend() {
                 assert_eq!(steps, case.steps.len(), "{label}: steps");
                 for (row, (ours, theirs)) in out.tokens.iter().zip(&case.greedy_ids).enumerate() {
                     let label = format!("{label} row {row}");
-                    compare_with_reference(&label, &model, &device, case, row, ours, theirs);
+                    compare_with_reference(&label, &model, case, row, ours, theirs, NEAR_TIE);
                     // Every step on the reference's path (up to a near-tie where the paths part):
                     // the logits of the reference's top five ids.
                     let same = ours.iter().zip(theirs).take_while(|(a, b)| a == b).count();
@@ -248,11 +254,11 @@ fn greedy_ids_match_hugging_face_on_every_backend() {
 fn compare_with_reference(
     label: &str,
     model: &Gpt2,
-    device: &Device,
     case: &Case,
     row: usize,
     ours: &[u32],
     theirs: &[u32],
+    near_tie: f32,
 ) {
     assert_eq!(ours.len(), theirs.len(), "{label}: number of generated ids");
     let Some(step) = ours.iter().zip(theirs).position(|(a, b)| a != b) else {
@@ -266,10 +272,10 @@ fn compare_with_reference(
         .chain(&theirs[..step])
         .copied()
         .collect();
-    let logits = &last_logits(model, &[prefix], device)[0];
+    let logits = &last_logits(model, &[prefix], &model.wte.weight.device())[0];
     let ((our_best, our_logit), (_, our_second)) = top2(logits);
     assert!(
-        reference_gap < NEAR_TIE,
+        reference_gap < near_tie,
         "{label}: first difference at step {step}: ours {} vs reference {}\n  \
          reference: top-2 margin {reference_gap:.3e}, top-5 {:?}\n  \
          ours at that point: best {our_best} ({our_logit:.5}), top-2 margin {:.3e}, logit of the reference's pick {:.5}\n  \
@@ -301,13 +307,7 @@ fn logits_match_hugging_face_and_flex_on_every_backend() {
             for case in &golden.cases {
                 let longest = case.input_ids.iter().map(Vec::len).max().unwrap_or(0);
                 assert_eq!(case.crops, longest > golden.context_length);
-                let expected: Vec<f32> = reference
-                    .tensor(&case.name)
-                    .unwrap()
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                let expected = reference_logits(&reference, &case.name);
                 let actual: Vec<f32> = last_logits(&model, &case.input_ids, &device).concat();
                 let on_flex: Vec<f32> = last_logits(&flex_model, &case.input_ids, &flex).concat();
                 let (max_abs, mean_abs, worst) = differences(&actual, &expected);
@@ -333,6 +333,88 @@ fn logits_match_hugging_face_and_flex_on_every_backend() {
     }
     eprintln!(
         "last-position logits, |backend - Hugging Face| and |backend - flex|:\n{}",
+        report.join("\n")
+    );
+}
+
+/// A case's first-step logits as the golden's `.logits.safetensors` holds them (float32).
+fn reference_logits(reference: &safetensors::SafeTensors, case: &str) -> Vec<f32> {
+    reference
+        .tensor(case)
+        .unwrap_or_else(|e| panic!("{case}: {e}"))
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// A half-precision golden's dtype, its logit tolerance (relative to max(1, |logit|)) and the
+/// top-2 margin under which a step is a near-tie. PyTorch and nexttoken round to the dtype at
+/// different points (PyTorch's CPU kernels after each op, nexttoken's decode products once
+/// after float32 sums): bfloat16 keeps 8 mantissa bits (a step of 2^-8 ≈ 3.9e-3 relative),
+/// float16 11 (≈ 4.9e-4), and through the layers the differences add up. The tolerances are
+/// the dtype's own error on these fixtures: Hugging Face's bf16 logits differ from its f32 ones
+/// by up to 0.148 (f16: 0.0185); nexttoken's from Hugging Face's in the same dtype by up to
+/// 0.172 absolute, 0.089 relative (f16: 0.0135). A near-tie is a margin of twice that.
+fn half_precision(dtype: &str) -> (DType, f32, f32) {
+    match dtype {
+        "f16" => (DType::F16, 2.5e-2, 4e-2),
+        "bf16" => (DType::BF16, 0.15, 0.3),
+        other => panic!("no half-precision tolerance for {other}"),
+    }
+}
+
+#[test]
+fn half_precision_matches_hugging_face_in_the_same_dtype() {
+    let mut report = vec![format!(
+        "{:<8} {:<34} {:<13} {:>11} {:>11}",
+        "backend", "model", "case", "max abs", "mean abs"
+    )];
+    for (backend, device) in backends() {
+        for (path, golden) in goldens_in("tests/goldens/half") {
+            let (dtype, tolerance, near_tie) = half_precision(&golden.dtype);
+            let label = format!("{}.{}", golden.model, golden.dtype);
+            if !backend.dtypes().contains(&dtype) {
+                report.push(format!("{backend:<8} {label:<34} (computes in f32 only)"));
+                continue;
+            }
+            let model = Checkpoint::open(root().join(&golden.model_dir))
+                .and_then(|mut checkpoint| checkpoint.load_as(&device, dtype))
+                .unwrap_or_else(|e| panic!("loading {label}: {e}"));
+            let bytes = std::fs::read(path.with_extension("logits.safetensors")).unwrap();
+            let reference = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            for case in &golden.cases {
+                let label = format!("{backend}: {label}/{}", case.name);
+                let config = GenerationConfig {
+                    eos_token_id: case.eos_token_id,
+                    ..GenerationConfig::new(golden.new_tokens)
+                };
+                let out = generate(&model, &case.input_ids, &config, |_| {
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+                for (row, (ours, theirs)) in out.tokens.iter().zip(&case.greedy_ids).enumerate() {
+                    let label = format!("{label} row {row}");
+                    compare_with_reference(&label, &model, case, row, ours, theirs, near_tie);
+                }
+                let expected = reference_logits(&reference, &case.name);
+                let actual = last_logits(&model, &case.input_ids, &device).concat();
+                let (max_abs, mean_abs, worst) = differences(&actual, &expected);
+                assert!(
+                    worst <= tolerance,
+                    "{label}: first-step logits differ from the reference by up to {max_abs:.3e} \
+                     (relative {worst:.3e} > {tolerance:e})"
+                );
+                report.push(format!(
+                    "{backend:<8} {:<34} {:<13} {max_abs:>11.2e} {mean_abs:>11.2e}",
+                    format!("{}.{}", golden.model, golden.dtype),
+                    case.name
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "half precision: first-step logits, |backend - Hugging Face in the same dtype|:\n{}",
         report.join("\n")
     );
 }

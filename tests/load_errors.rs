@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor, f16};
 use nexttoken::model::{Checkpoint, Gpt2, ModelError};
 use safetensors::Dtype;
 
@@ -103,21 +103,44 @@ fn tensor_of_the_wrong_shape() {
 }
 
 #[test]
-fn half_precision_weights() {
+fn integer_weights() {
     let dir = edited_checkpoint(|tensors| {
         let wpe = tensors
             .iter_mut()
             .find(|(name, ..)| name == "wpe.weight")
             .unwrap();
-        wpe.1 = Dtype::F16;
-        wpe.3.truncate(wpe.3.len() / 2);
+        wpe.1 = Dtype::I32;
     });
     let err = load_err(dir.path());
     assert!(
         matches!(err, ModelError::UnsupportedDtype { .. }),
         "{err:?}"
     );
-    assert_message(&err, &["wpe.weight", "float32"]);
+    assert_message(&err, &["wpe.weight", "I32", "float weights"]);
+}
+
+#[test]
+fn a_half_precision_tensor_among_float32_ones_loads_as_float32() {
+    let dir = edited_checkpoint(|tensors| {
+        let wpe = tensors
+            .iter_mut()
+            .find(|(name, ..)| name == "wpe.weight")
+            .unwrap();
+        let halves: Vec<u8> = wpe
+            .3
+            .chunks_exact(4)
+            .flat_map(|b| {
+                let value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                f16::from_f32(value).to_le_bytes()
+            })
+            .collect();
+        wpe.1 = Dtype::F16;
+        wpe.3 = halves;
+    });
+    let mut checkpoint = Checkpoint::open(dir.path()).unwrap();
+    assert_eq!(checkpoint.dtype(), DType::F32);
+    let model = checkpoint.load(&Device::flex()).unwrap();
+    assert_eq!(model.wpe.weight.val().dtype(), DType::F32);
 }
 
 #[test]

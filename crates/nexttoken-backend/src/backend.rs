@@ -2,7 +2,7 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::str::FromStr;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::BackendError;
 
@@ -110,6 +110,41 @@ impl Backend {
         }
     }
 
+    /// The float types a model computes in on this backend, float32 first. Half precision is
+    /// listed where burn's backend runs the whole model in it (the conformance tests check each
+    /// against Hugging Face run in the same dtype).
+    pub fn dtypes(self) -> &'static [DType] {
+        match self {
+            Backend::Flex | Backend::Tch => &[DType::F32, DType::F16, DType::BF16],
+            // ndarray stores float32 and float64 only; WGSL has no bf16, and f16 needs an
+            // adapter with shader-f16; cuda's half paths are untested here (no GPU).
+            _ => &[DType::F32],
+        }
+    }
+
+    /// The dtype to compute in: `requested` (`--dtype`) if given, else the checkpoint's
+    /// `stored` one where this backend computes in it, else float32.
+    ///
+    /// # Errors
+    /// [`BackendError::UnsupportedDtype`] if `requested` is not one of [`Backend::dtypes`].
+    pub fn dtype_for(self, requested: Option<DType>, stored: DType) -> Result<DType, BackendError> {
+        match requested {
+            Some(dtype) if self.dtypes().contains(&dtype) => Ok(dtype),
+            Some(dtype) => Err(BackendError::UnsupportedDtype {
+                name: self.name(),
+                dtype: dtype_name(dtype),
+                supported: self
+                    .dtypes()
+                    .iter()
+                    .map(|&d| dtype_name(d))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+            None if self.dtypes().contains(&stored) => Ok(stored),
+            None => Ok(DType::F32),
+        }
+    }
+
     /// Checks that one tensor of `bytes` fits in a single buffer of this backend. Only wgpu and
     /// vulkan cap buffers (by the adapter's storage-buffer limit: 128 MiB on lavapipe, less than
     /// GPT-2's 147 MiB token embedding); the CPU backends and CUDA are limited by memory alone.
@@ -199,6 +234,16 @@ impl FromStr for Backend {
     }
 }
 
+/// The name `--dtype` takes for a float type.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F64 => "f64",
+        _ => "f32",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +269,33 @@ mod tests {
     fn flex_is_always_compiled_and_computes() {
         assert!(Backend::compiled().contains(&Backend::Flex));
         Backend::Flex.probe().unwrap();
+    }
+
+    #[test]
+    fn dtype_is_the_asked_one_or_the_checkpoints_where_the_backend_has_it() {
+        let flex = Backend::Flex;
+        assert_eq!(flex.dtype_for(None, DType::BF16), Ok(DType::BF16));
+        assert_eq!(
+            flex.dtype_for(Some(DType::F32), DType::BF16),
+            Ok(DType::F32)
+        );
+        assert_eq!(flex.dtype_for(None, DType::F64), Ok(DType::F32));
+        let float32_only = Backend::ALL
+            .into_iter()
+            .find(|b| b.dtypes() == [DType::F32])
+            .expect("a backend that computes in float32 only");
+        assert_eq!(float32_only.dtype_for(None, DType::F16), Ok(DType::F32));
+        let err = float32_only
+            .dtype_for(Some(DType::BF16), DType::F32)
+            .unwrap_err();
+        assert!(
+            matches!(err, BackendError::UnsupportedDtype { .. }),
+            "{err}"
+        );
+        let message = err.to_string();
+        for part in ["bf16", "f32", "--dtype", "flex"] {
+            assert!(message.contains(part), "{message}");
+        }
     }
 
     #[test]

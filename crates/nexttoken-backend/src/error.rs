@@ -40,6 +40,16 @@ pub enum BackendError {
         adapter: String,
     },
 
+    #[error(
+        "backend `{name}` does not compute in {dtype} (it does: {supported}): choose one of \
+         those with --dtype, or a backend that computes in {dtype} (flex does)"
+    )]
+    UnsupportedDtype {
+        name: &'static str,
+        dtype: &'static str,
+        supported: String,
+    },
+
     #[error("cannot set the number of CPU threads: {reason}")]
     Threads { reason: String },
 

@@ -20,6 +20,6 @@ mod threads;
 #[cfg(feature = "wgpu")]
 mod vulkan;
 
-pub use backend::Backend;
+pub use backend::{Backend, dtype_name};
 pub use error::BackendError;
 pub use threads::set_cpu_threads;

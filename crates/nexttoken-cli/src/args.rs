@@ -204,6 +204,30 @@ pub struct ModelArgs {
     /// The Hub revision of a repo id: a branch, tag or commit.
     #[arg(long, default_value = "main", value_name = "REV")]
     pub revision: String,
+
+    /// The precision to compute in, converting the weights as they load: f32, f16 or bf16.
+    /// Default: the checkpoint's own, where the backend computes in it (else f32). Logits are
+    /// float32 whatever it is.
+    #[arg(long, value_name = "TYPE")]
+    pub dtype: Option<Dtype>,
+}
+
+/// A float type the model can compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<Dtype> for nexttoken_model::burn::tensor::DType {
+    fn from(dtype: Dtype) -> Self {
+        match dtype {
+            Dtype::F32 => Self::F32,
+            Dtype::F16 => Self::F16,
+            Dtype::Bf16 => Self::BF16,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

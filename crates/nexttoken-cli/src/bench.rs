@@ -15,6 +15,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use nexttoken_backend::dtype_name;
 use nexttoken_generate::{GenerationConfig, TextGenerator, generate};
 use serde::Serialize;
 
@@ -78,6 +79,8 @@ struct Record<'a> {
     model: &'a str,
     n_params: usize,
     backend: &'static str,
+    /// The float type the model computed in (f32, f16, bf16).
+    dtype: &'static str,
     /// CPU threads of the backend's kernels; null on GPU backends.
     threads: Option<usize>,
     kv_cache: bool,
@@ -152,17 +155,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let model_width = model_name.len().max(5);
     if !args.json {
         println!(
-            "| {:<model_width$} | {:>8} | {:<7} | {:>7} | {:<8} | {:>6} | {:>5} | {:>18} | {:>9} |",
-            "model", "params", "backend", "threads", "kv cache", "test", "batch", "t/s", "peak RSS"
+            "| {:<model_width$} | {:>8} | {:<7} | {:<5} | {:>7} | {:<8} | {:>6} | {:>5} | {:>18} | {:>9} |",
+            "model",
+            "params",
+            "backend",
+            "dtype",
+            "threads",
+            "kv cache",
+            "test",
+            "batch",
+            "t/s",
+            "peak RSS"
         );
         // Markdown's alignment row: a colon on the right of right-aligned columns.
         let right = |width: usize| format!("{}:", "-".repeat(width - 1));
         let left = |width: usize| "-".repeat(width);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             left(model_width),
             right(8),
             left(7),
+            left(5),
             right(7),
             left(8),
             right(6),
@@ -172,7 +185,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     for &backend in &args.backend {
-        let (generator, load_time) = load_generator(backend, &mut opened.checkpoint)?;
+        let (generator, load_time) = load_generator(backend, &mut opened)?;
         let runs = tests.iter().flat_map(|&test| {
             args.batch_size
                 .iter()
@@ -190,6 +203,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 model: &model_name,
                 n_params: config.num_parameters(),
                 backend: backend.name(),
+                dtype: dtype_name(generator.model.dtype()),
                 threads: backend.cpu_threads(),
                 kv_cache,
                 test: test.name(),
@@ -222,10 +236,11 @@ fn print_row(record: &Record, model_width: usize) {
         |b| format!("{:.0} MiB", b as f64 / 1048576.0),
     );
     println!(
-        "| {:<model_width$} | {:>7.2}M | {:<7} | {:>7} | {:<8} | {:>6} | {:>5} | {:>18} | {:>9} |",
+        "| {:<model_width$} | {:>7.2}M | {:<7} | {:<5} | {:>7} | {:<8} | {:>6} | {:>5} | {:>18} | {:>9} |",
         record.model,
         record.n_params as f64 / 1e6,
         record.backend,
+        record.dtype,
         threads,
         if record.kv_cache { "yes" } else { "no" },
         record.test,

@@ -15,7 +15,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         set_cpu_threads(threads as usize)?;
     }
     let mut opened = model::open(&args.model, false)?;
-    let (generator, load_time) = load_generator(args.backend, &mut opened.checkpoint)?;
+    let (generator, load_time) = load_generator(args.backend, &mut opened)?;
     let options = ServerOptions {
         max_batch: args.max_batch as usize,
         max_queue: args.max_queue as usize,

@@ -1241,3 +1241,20 @@ fn http_post(url: &str, body: &str) -> serde_json::Value {
     let (_, json) = response.split_once("\r\n\r\n").unwrap();
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {response}"))
 }
+
+#[test]
+fn dtype_converts_the_weights_at_load_and_bench_reports_it() {
+    let model = tiny_trained();
+    for dtype in ["f32", "f16", "bf16"] {
+        let lines = json_lines(&[
+            "bench", "--json", "-m", &model, "--dtype", dtype, "-p", "8", "-n", "4", "-r", "1",
+        ]);
+        assert!(lines.iter().all(|line| line["dtype"] == dtype), "{lines:?}");
+    }
+    // The same greedy ids in half precision: the fixture has no near-tie in its first steps.
+    let float32 = ids_of("8", &["Every effort moves you"]);
+    assert_eq!(
+        ids_of("8", &["--dtype", "bf16", "Every effort moves you"]),
+        float32
+    );
+}

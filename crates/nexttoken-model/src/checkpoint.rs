@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use burn::store::{ApplyError, ModuleSnapshot, ModuleStore, SafetensorsStore};
+use burn::store::{ApplyError, FloatCastAdapter, ModuleSnapshot, ModuleStore, SafetensorsStore};
 use burn::tensor::{Bytes, DType, Device};
 
 use crate::layout::{self, CONFIG, INDEX, PYTORCH_WEIGHTS, WEIGHTS};
@@ -104,7 +104,7 @@ impl Checkpoint {
         &self.config
     }
 
-    /// The weights' element type, as the file stores it.
+    /// The weights' element type, as the file stores it (f32, f16, bf16 or f64).
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -114,18 +114,29 @@ impl Checkpoint {
         self.shards.iter().map(|shard| shard.path.as_path())
     }
 
-    /// Reads the weights into a model on `device`.
+    /// Reads the weights into a model on `device`, in the dtype the file stores them in.
     ///
     /// # Errors
     /// A [`ModelError`] naming the tensor at fault: missing, misshapen, unexpected, or an
     /// `lm_head.weight` that is not a copy of `wte.weight` (GPT-2 ties them; an untied head would
     /// be silently ignored otherwise).
     pub fn load(&mut self, device: &Device) -> Result<Gpt2, ModelError> {
+        self.load_as(device, self.dtype)
+    }
+
+    /// Reads the weights into a model on `device`, converting them to `dtype` (a float type)
+    /// tensor by tensor as they are read, so the file's own precision is never held whole
+    /// beside the converted one. The model computes in `dtype`; its logits are float32.
+    ///
+    /// # Errors
+    /// As [`Checkpoint::load`].
+    pub fn load_as(&mut self, device: &Device, dtype: DType) -> Result<Gpt2, ModelError> {
         self.check_head_is_tied()?;
         let mut model = self.config.init(device);
         let mut applied = BTreeSet::new();
         let mut missing = Vec::new();
         for shard in &mut self.shards {
+            shard.convert_to(dtype);
             let result = model
                 .load_from(&mut shard.store)
                 .map_err(|e| corrupt(&shard.path, e))?;
@@ -186,7 +197,7 @@ impl Checkpoint {
 
 impl Shard {
     /// Renames Hugging Face's keys to this crate's field names and reads the header, refusing
-    /// weights that are not float32.
+    /// weights that are not floats.
     fn new(store: SafetensorsStore, path: PathBuf) -> Result<Self, ModelError> {
         let mut store = store
             // Map transformer.X -> X (GPT2LMHeadModel saves the body under `transformer.`)
@@ -200,7 +211,11 @@ impl Shard {
             .validate(false);
         let mut tensors = BTreeMap::new();
         for (name, tensor) in store.get_all_tensors().map_err(|e| corrupt(&path, e))? {
-            if tensor.dtype != DType::F32 && !is_buffer(name) {
+            let float = matches!(
+                tensor.dtype,
+                DType::F32 | DType::F16 | DType::BF16 | DType::F64
+            );
+            if !float && !is_buffer(name) {
                 return Err(ModelError::UnsupportedDtype {
                     path,
                     name: hf_name(name),
@@ -214,6 +229,13 @@ impl Shard {
             store,
             tensors,
         })
+    }
+
+    /// Makes the store convert every float tensor it reads to `dtype`.
+    fn convert_to(&mut self, dtype: DType) {
+        // The builder takes the store by value; an empty one stands in for the moment.
+        let store = std::mem::replace(&mut self.store, SafetensorsStore::from_bytes(None));
+        self.store = store.with_from_adapter(FloatCastAdapter::to(dtype));
     }
 }
 

@@ -64,8 +64,8 @@ pub enum ModelError {
     },
 
     #[error(
-        "tensor `{name}` in {path} is {dtype}, but nexttoken loads float32 weights: \
-         save the checkpoint in float32 (e.g. `model.float().save_pretrained(..)`)"
+        "tensor `{name}` in {path} is {dtype}, but nexttoken loads float weights (f32, f16, \
+         bf16, f64): save the checkpoint with float weights (e.g. `model.float().save_pretrained(..)`)"
     )]
     UnsupportedDtype {
         path: PathBuf,

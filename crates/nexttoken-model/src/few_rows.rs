@@ -15,7 +15,7 @@
 use burn::backend::flex::FlexTensor;
 use burn::backend::{DispatchDevice, Flex};
 use burn::nn::Linear;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData, bf16, f16};
 use rayon::prelude::*;
 
 /// Most rows (batch rows × new positions) these kernels take: past this, a weight value read
@@ -56,7 +56,7 @@ pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> 
 }
 
 /// `x · embeddingᵀ` (the tied output head), on every core when `x` has few rows on flex;
-/// `None` where burn's path applies.
+/// `None` where burn's path applies. The logits are float32 whatever the embedding's dtype.
 ///
 /// # Shapes
 /// - x: `[m, c]`, embedding: `[v, c]` -> `[m, v]`
@@ -68,14 +68,13 @@ pub(crate) fn tied_head(embedding: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2
     }
     let embedding = flex(embedding)?;
     let x = flex_activation(x)?;
-    let (embedding, x) = (embedding.as_slice::<f32>()?, x.as_slice::<f32>()?);
     let mut transposed = vec![0.0; v * m]; // [v, m]: each task writes its own rows
-    transposed
-        .par_chunks_mut(rows_per_task(v) * m)
-        .zip(embedding.par_chunks(rows_per_task(v) * c))
-        .for_each(|(out, rows)| {
-            simd::dots(out, x, rows, c);
-        });
+    with_values!(values(&embedding)?, |embedding| {
+        transposed
+            .par_chunks_mut(rows_per_task(v) * m)
+            .zip(embedding.par_chunks(rows_per_task(v) * c))
+            .for_each(|(out, rows)| simd::dots(out, &x, rows, c));
+    });
     // A transposed view, not a copy: with one row it is the same layout.
     Some(from_flex(transposed, [v, m]).transpose())
 }
@@ -92,57 +91,96 @@ fn flex_linear<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D
         Some(bias) => Some(flex(&bias.val())?),
         None => None,
     };
+    let dtype = x.dtype();
     let x = flex_activation(x)?;
     let n = weight.layout().shape()[1];
-    let (weight, x) = (weight.as_slice::<f32>()?, x.as_slice::<f32>()?);
     // Each task: a block of weight rows times the matching columns of x, a partial [m, n].
     let block_rows = rows_per_task(k);
-    let mut out = weight
-        .par_chunks(block_rows * n)
-        .enumerate()
-        .map(|(block, rows)| {
-            let first = block * block_rows;
-            let taken = rows.len() / n;
-            // x's columns that meet this block's rows: [m, taken].
-            let x_block: Vec<f32> = x
-                .chunks_exact(k)
-                .flat_map(|x_row| &x_row[first..first + taken])
-                .copied()
-                .collect();
-            let mut partial = vec![0.0f32; m * n];
-            simd::rows_times_block(&mut partial, &x_block, rows, n);
-            partial
-        })
-        .reduce_with(|mut sum, partial| {
-            sum.iter_mut().zip(&partial).for_each(|(s, p)| *s += p);
-            sum
-        })
-        .unwrap_or_else(|| vec![0.0; m * n]);
+    let partial_product = |block: usize, taken: usize| {
+        let first = block * block_rows;
+        // x's columns that meet this block's rows: [m, taken].
+        let x_block: Vec<f32> = x
+            .chunks_exact(k)
+            .flat_map(|x_row| &x_row[first..first + taken])
+            .copied()
+            .collect();
+        (x_block, vec![0.0f32; m * n])
+    };
+    let mut out = with_values!(values(&weight)?, |weight| {
+        weight
+            .par_chunks(block_rows * n)
+            .enumerate()
+            .map(|(block, rows)| {
+                let (x_block, mut partial) = partial_product(block, rows.len() / n);
+                simd::rows_times_block(&mut partial, &x_block, rows, n);
+                partial
+            })
+            .reduce_with(|mut sum, partial| {
+                sum.iter_mut().zip(&partial).for_each(|(s, p)| *s += p);
+                sum
+            })
+            .unwrap_or_else(|| vec![0.0; m * n])
+    });
     if let Some(bias) = &bias {
-        let bias = bias.as_slice::<f32>()?;
+        let bias = with_values!(values(bias)?, |bias| widened(bias));
         for row in out.chunks_exact_mut(n) {
-            row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
+            row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);
         }
     }
     let mut out_dims = dims;
     out_dims[D - 1] = n;
-    Some(from_flex(out, out_dims))
+    // The activations stay in the model's dtype; the products were summed in float32.
+    Some(from_flex(out, out_dims).cast(dtype))
 }
 
-/// The tensor's flex primitive if it is float32 and contiguous; `None` on any other backend,
+/// A weight's values as flex stores them. The kernels read any of these and compute in float32,
+/// so a half-precision weight streams half the bytes of a float32 one.
+enum Values<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+}
+
+fn values(tensor: &FlexTensor) -> Option<Values<'_>> {
+    match tensor.dtype() {
+        DType::F32 => tensor.as_slice().map(Values::F32),
+        DType::F16 => tensor.as_slice().map(Values::F16),
+        DType::BF16 => tensor.as_slice().map(Values::Bf16),
+        _ => None,
+    }
+}
+
+/// Runs `$body` with `$name` bound to the slice of whichever float type `$values` holds.
+macro_rules! with_values {
+    ($values:expr, |$name:ident| $body:expr) => {
+        match $values {
+            Values::F32($name) => $body,
+            Values::F16($name) => $body,
+            Values::Bf16($name) => $body,
+        }
+    };
+}
+use with_values;
+
+/// The tensor's flex primitive if it is a contiguous float tensor; `None` on any other backend,
 /// dtype or layout (a weight is never copied here).
 fn flex<const D: usize>(tensor: &Tensor<D>) -> Option<FlexTensor> {
     let primitive = tensor.clone().try_into_primitive::<Flex>().ok()?;
-    primitive.as_slice::<f32>()?;
+    values(&primitive)?;
     Some(primitive)
 }
 
-/// An activation's flex primitive, float32, copied into a contiguous layout if it is a view.
-fn flex_activation<const D: usize>(tensor: &Tensor<D>) -> Option<FlexTensor> {
+/// An activation's values as float32 (a few rows: copying them is cheap).
+fn flex_activation<const D: usize>(tensor: &Tensor<D>) -> Option<Vec<f32>> {
     let primitive = tensor.clone().try_into_primitive::<Flex>().ok()?;
     let primitive = primitive.to_contiguous();
-    primitive.as_slice::<f32>()?;
-    Some(primitive)
+    Some(with_values!(values(&primitive)?, |x| widened(x)))
+}
+
+fn widened<W: simd::Float>(values: &[W]) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    W::widen(values, &mut out);
+    out
 }
 
 fn from_flex<const D: usize>(values: Vec<f32>, dims: [usize; D]) -> Tensor<D> {
@@ -154,14 +192,73 @@ fn from_flex<const D: usize>(values: Vec<f32>, dims: [usize; D]) -> Tensor<D> {
 mod simd {
     use std::sync::OnceLock;
 
+    use burn::tensor::{bf16, f16};
+
+    /// A float type weights may be stored in; the arithmetic is float32.
+    pub trait Float: Copy + Send + Sync {
+        /// `values` as float32: themselves, or widened into `scratch` (grown as needed).
+        fn as_f32<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32];
+
+        /// Writes `values` as float32 into `out`, of the same length.
+        fn widen(values: &[Self], out: &mut [f32]) {
+            let mut scratch = Vec::new();
+            out.copy_from_slice(Self::as_f32(values, &mut scratch));
+        }
+    }
+
+    impl Float for f32 {
+        fn as_f32<'a>(values: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
+            values
+        }
+    }
+
+    impl Float for bf16 {
+        /// A bfloat16 is a float32's top half: widening is a shift, which vectorizes here.
+        #[inline(always)]
+        fn as_f32<'a>(values: &'a [bf16], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+            scratch.resize(values.len(), 0.0);
+            for (out, value) in scratch.iter_mut().zip(values) {
+                *out = f32::from_bits(u32::from(value.to_bits()) << 16);
+            }
+            scratch
+        }
+    }
+
+    impl Float for f16 {
+        /// Branch-free, so it vectorizes here (`half` converts one value at a time unless the
+        /// build targets F16C), and without float32 subnormals, which are slow to compute
+        /// with: a normal value's exponent is rebiased by adding 112 (127 - 15) to it, a
+        /// subnormal one is its mantissa times 2^-24, infinities and NaNs get float32's
+        /// all-ones exponent.
+        #[inline(always)]
+        fn as_f32<'a>(values: &'a [f16], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+            const TWO_POW_MINUS_24: f32 = 5.960_464_5e-8;
+            scratch.resize(values.len(), 0.0);
+            for (out, value) in scratch.iter_mut().zip(values) {
+                let bits = u32::from(value.to_bits());
+                let sign = (bits & 0x8000) << 16;
+                let magnitude = bits & 0x7fff;
+                let wide = if magnitude >= 0x7c00 {
+                    (magnitude << 13) | 0x7f80_0000
+                } else if magnitude >= 0x0400 {
+                    (magnitude << 13) + (112 << 23)
+                } else {
+                    (magnitude as f32 * TWO_POW_MINUS_24).to_bits()
+                };
+                *out = f32::from_bits(wide | sign);
+            }
+            scratch
+        }
+    }
+
     /// `partial[r, :] += x[r, :] · rows` for `x: [m, i]` and a block of weight rows `[i, n]`.
-    pub fn rows_times_block(partial: &mut [f32], x: &[f32], rows: &[f32], n: usize) {
-        dispatch!(rows_times_block_with(partial, x, rows, n))
+    pub fn rows_times_block<W: Float>(partial: &mut [f32], x: &[f32], rows: &[W], n: usize) {
+        dispatch!(rows_times_block_with[W](partial, x, rows, n))
     }
 
     /// `out[j, r] = x[r, :] · rows[j, :]` for every row `j` of `rows: [.., c]`, `out: [.., m]`.
-    pub fn dots(out: &mut [f32], x: &[f32], rows: &[f32], c: usize) {
-        dispatch!(dots_with(out, x, rows, c))
+    pub fn dots<W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
+        dispatch!(dots_with[W](out, x, rows, c))
     }
 
     #[derive(Clone, Copy)]
@@ -187,9 +284,9 @@ mod simd {
         })
     }
 
-    /// Calls `$kernel::<FUSED>` inlined into a function compiled for the detected level.
+    /// Calls `$kernel::<FUSED, $W>` inlined into a function compiled for the detected level.
     macro_rules! dispatch {
-        ($kernel:ident($($arg:expr),*)) => {{
+        ($kernel:ident[$w:ty]($($arg:expr),*)) => {{
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,fma")]
@@ -198,15 +295,15 @@ mod simd {
                 fn avx2(f: impl FnOnce()) { f() }
                 match level() {
                     // SAFETY: the level was detected on this CPU.
-                    Level::Avx512 => unsafe { avx512(|| $kernel::<true>($($arg),*)) },
-                    Level::Avx2Fma => unsafe { avx2(|| $kernel::<true>($($arg),*)) },
-                    Level::Baseline => $kernel::<false>($($arg),*),
+                    Level::Avx512 => unsafe { avx512(|| $kernel::<true, $w>($($arg),*)) },
+                    Level::Avx2Fma => unsafe { avx2(|| $kernel::<true, $w>($($arg),*)) },
+                    Level::Baseline => $kernel::<false, $w>($($arg),*),
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
                 let _ = level();
-                $kernel::<false>($($arg),*)
+                $kernel::<false, $w>($($arg),*)
             }
         }};
     }
@@ -219,14 +316,16 @@ mod simd {
     }
 
     #[inline(always)]
-    fn rows_times_block_with<const FUSED: bool>(
+    fn rows_times_block_with<const FUSED: bool, W: Float>(
         partial: &mut [f32],
         x: &[f32],
-        rows: &[f32],
+        rows: &[W],
         n: usize,
     ) {
         let taken = rows.len() / n;
+        let mut scratch = Vec::new();
         for (i, w_row) in rows.chunks_exact(n).enumerate() {
+            let w_row = W::as_f32(w_row, &mut scratch);
             for (out, x_row) in partial.chunks_exact_mut(n).zip(x.chunks_exact(taken)) {
                 let a = x_row[i];
                 for (out, w) in out.iter_mut().zip(w_row) {
@@ -239,10 +338,12 @@ mod simd {
     /// Dot products with 16 independent partial sums, so the loop vectorizes (float addition
     /// is not associative, so the compiler will not split a single sum).
     #[inline(always)]
-    fn dots_with<const FUSED: bool>(out: &mut [f32], x: &[f32], rows: &[f32], c: usize) {
+    fn dots_with<const FUSED: bool, W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
         const LANES: usize = 16;
         let m = x.len() / c;
+        let mut scratch = Vec::new();
         for (out, row) in out.chunks_exact_mut(m).zip(rows.chunks_exact(c)) {
+            let row = W::as_f32(row, &mut scratch);
             for (out, x) in out.iter_mut().zip(x.chunks_exact(c)) {
                 let mut sums = [0.0f32; LANES];
                 let body = c / LANES * LANES;
@@ -278,6 +379,62 @@ mod tests {
             let ours = linear(&layer, x.clone());
             ours.into_data()
                 .assert_approx_eq::<f32>(&layer.forward(x).into_data(), Tolerance::default());
+        }
+    }
+
+    #[test]
+    fn half_precision_widens_exactly_for_every_bit_pattern() {
+        use simd::Float;
+        let bits: Vec<u16> = (0..=u16::MAX).collect();
+        let (halves, brains): (Vec<f16>, Vec<bf16>) = bits
+            .iter()
+            .map(|&b| (f16::from_bits(b), bf16::from_bits(b)))
+            .unzip();
+        let mut scratch = Vec::new();
+        let same = |ours: f32, reference: f32| {
+            ours.to_bits() == reference.to_bits() || (ours.is_nan() && reference.is_nan())
+        };
+        let widened = f16::as_f32(&halves, &mut scratch);
+        for (value, ours) in halves.iter().zip(widened) {
+            assert!(same(*ours, value.to_f32()), "{value:?}: {ours}");
+        }
+        let widened = bf16::as_f32(&brains, &mut scratch);
+        for (value, ours) in brains.iter().zip(widened) {
+            assert!(same(*ours, value.to_f32()), "{value:?}: {ours}");
+        }
+    }
+
+    #[test]
+    fn half_precision_products_match_burns_in_the_same_dtype() {
+        let device = Device::flex();
+        for dtype in [DType::F16, DType::BF16] {
+            let layer = LinearConfig::new(100, 37).init(&device);
+            let layer = Linear {
+                weight: layer.weight.map(|w| w.cast(dtype)),
+                bias: layer.bias.map(|b| b.map(|b| b.cast(dtype))),
+            };
+            let x = Tensor::<3>::random([1, 3, 100], Distribution::Default, &device).cast(dtype);
+            let ours = linear(&layer, x.clone());
+            assert_eq!(
+                ours.dtype(),
+                dtype,
+                "the activations stay in the model's dtype"
+            );
+            // Ours sums in float32 and rounds once; burn's product may round more often.
+            let tolerance = Tolerance::absolute(0.25).set_relative(2e-2);
+            ours.cast(DType::F32)
+                .into_data()
+                .assert_approx_eq::<f32>(&layer.forward(x).cast(DType::F32).into_data(), tolerance);
+
+            let embedding =
+                Tensor::<2>::random([101, 40], Distribution::Default, &device).cast(dtype);
+            let x = Tensor::<2>::random([2, 40], Distribution::Default, &device).cast(dtype);
+            let logits = tied_head(&embedding, &x).expect("flex, half precision, few rows");
+            assert_eq!(logits.dtype(), DType::F32, "selection reads float32 logits");
+            let burns = x.matmul(embedding.transpose()).cast(DType::F32);
+            logits
+                .into_data()
+                .assert_approx_eq::<f32>(&burns.into_data(), tolerance);
         }
     }
 

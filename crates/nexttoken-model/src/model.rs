@@ -1,6 +1,6 @@
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::block::Block;
 use crate::cache::KvCache;
@@ -105,6 +105,11 @@ impl Gpt2 {
         self.wte.weight.dims()[0]
     }
 
+    /// The float type the model computes in (its weights'); logits are float32 whatever it is.
+    pub fn dtype(&self) -> DType {
+        self.wte.weight.val().dtype()
+    }
+
     /// # Shapes
     /// - ids: `[b, t]` -> `[b, t, c]`, after `ln_f`
     fn hidden_states(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
@@ -160,7 +165,8 @@ impl Gpt2 {
         if let Some(logits) = few_rows::tied_head(&embedding, &x) {
             return logits;
         }
-        embedding.matmul(x.transpose()).transpose()
+        // Selection works on float32 logits whatever the model computes in.
+        embedding.matmul(x.transpose()).transpose().cast(DType::F32)
     }
 }
 
