@@ -354,8 +354,8 @@ fn reference_logits(reference: &safetensors::SafeTensors, case: &str) -> Vec<f32
 /// after float32 sums): bfloat16 keeps 8 mantissa bits (a step of 2^-8 ≈ 3.9e-3 relative),
 /// float16 11 (≈ 4.9e-4), and through the layers the differences add up. The tolerances are
 /// the dtype's own error on these fixtures: Hugging Face's bf16 logits differ from its f32 ones
-/// by up to 0.148 (f16: 0.0185); nexttoken's from Hugging Face's in the same dtype by up to
-/// 0.172 absolute, 0.089 relative (f16: 0.0135). A near-tie is a margin of twice that.
+/// by up to 0.148 (f16: 0.0185); flex's from Hugging Face's in the same dtype by up to 0.172
+/// (f16: 0.0135), tch's by 0.156 (f16: 0.0195). A near-tie is a margin of about twice that.
 fn half_precision(dtype: &str) -> (DType, f32, f32) {
     match dtype {
         "f16" => (DType::F16, 2.5e-2, 4e-2),
