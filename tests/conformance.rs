@@ -483,10 +483,7 @@ fn every_backend_crops_at_the_context_boundary_as_flex_does() {
 fn short_context_checkpoint() -> tempfile::TempDir {
     const POSITIONS: usize = 16;
     let dir = common::edited_checkpoint(&common::fixture("tiny-trained"), |tensors| {
-        let wpe = tensors
-            .iter_mut()
-            .find(|(name, ..)| name == "wpe.weight")
-            .expect("tiny-trained has wpe.weight");
+        let wpe = common::named(tensors, "wpe.weight");
         let row_bytes = wpe.3.len() / wpe.2[0];
         wpe.2[0] = POSITIONS;
         wpe.3.truncate(POSITIONS * row_bytes);

@@ -91,10 +91,7 @@ fn missing_layer_norm_is_named_as_hugging_face_names_it() {
 #[test]
 fn tensor_of_the_wrong_shape() {
     let dir = edited_checkpoint(|tensors| {
-        let c_fc = tensors
-            .iter_mut()
-            .find(|(name, ..)| name == "h.0.mlp.c_fc.weight")
-            .unwrap();
+        let c_fc = common::named(tensors, "h.0.mlp.c_fc.weight");
         c_fc.2.reverse(); // [16, 64] -> [64, 16], as a transposed export would have it
     });
     let err = load_err(dir.path());
@@ -105,10 +102,7 @@ fn tensor_of_the_wrong_shape() {
 #[test]
 fn integer_weights() {
     let dir = edited_checkpoint(|tensors| {
-        let wpe = tensors
-            .iter_mut()
-            .find(|(name, ..)| name == "wpe.weight")
-            .unwrap();
+        let wpe = common::named(tensors, "wpe.weight");
         wpe.1 = Dtype::I32;
     });
     let err = load_err(dir.path());
@@ -122,10 +116,7 @@ fn integer_weights() {
 #[test]
 fn a_half_precision_tensor_among_float32_ones_loads_as_float32() {
     let dir = edited_checkpoint(|tensors| {
-        let wpe = tensors
-            .iter_mut()
-            .find(|(name, ..)| name == "wpe.weight")
-            .unwrap();
+        let wpe = common::named(tensors, "wpe.weight");
         let halves: Vec<u8> = wpe
             .3
             .chunks_exact(4)
@@ -190,11 +181,7 @@ fn config_without_a_field() {
 #[test]
 fn unexpected_tensor() {
     let dir = edited_checkpoint(|tensors| {
-        let mut extra = tensors
-            .iter()
-            .find(|(name, ..)| name == "ln_f.bias")
-            .unwrap()
-            .clone();
+        let mut extra = common::named(tensors, "ln_f.bias").clone();
         extra.0 = "h.0.attn.q_norm.weight".into();
         tensors.push(extra);
     });
@@ -221,11 +208,7 @@ fn file_without_config_and_unknown_width() {
 #[test]
 fn hugging_face_key_variants_load_the_same_model() {
     let dir = edited_checkpoint(|tensors| {
-        let wte = tensors
-            .iter()
-            .find(|(name, ..)| name == "wte.weight")
-            .unwrap()
-            .clone();
+        let wte = common::named(tensors, "wte.weight").clone();
         for (name, ..) in tensors.iter_mut() {
             *name = format!("transformer.{name}");
         }
@@ -364,11 +347,7 @@ fn pytorch_weights_name_the_conversion() {
 #[test]
 fn an_untied_output_head_is_refused() {
     let dir = edited_checkpoint(|tensors| {
-        let mut head = tensors
-            .iter()
-            .find(|(name, ..)| name == "wte.weight")
-            .unwrap()
-            .clone();
+        let mut head = common::named(tensors, "wte.weight").clone();
         head.0 = "lm_head.weight".into();
         head.3[0] ^= 0x01;
         tensors.push(head);

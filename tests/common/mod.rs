@@ -9,6 +9,17 @@ use safetensors::{Dtype, SafeTensors};
 /// A tensor of a checkpoint: name, dtype, shape, little-endian bytes.
 pub type NamedTensor = (String, Dtype, Vec<usize>, Vec<u8>);
 
+/// The tensor called `name` among a checkpoint's, to edit.
+///
+/// # Panics
+/// If there is none.
+pub fn named<'a>(tensors: &'a mut [NamedTensor], name: &str) -> &'a mut NamedTensor {
+    tensors
+        .iter_mut()
+        .find(|tensor| tensor.0 == name)
+        .unwrap_or_else(|| panic!("the checkpoint has no {name}"))
+}
+
 /// One of the checkpoints in `tests/fixtures`.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -185,7 +185,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     }
     for &backend in &args.backend {
-        let (generator, load_time) = load_generator(backend, &mut opened)?;
+        let (generator, load_time) =
+            load_generator(backend, &mut opened.checkpoint, args.model.dtype)?;
         let runs = tests.iter().flat_map(|&test| {
             args.batch_size
                 .iter()

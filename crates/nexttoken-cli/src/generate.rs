@@ -56,7 +56,8 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
         .as_deref()
         .map(|path| LogitsRecorder::create(path, prompts.len(), vocab_size))
         .transpose()?;
-    let (generator, load_time) = load_generator(args.backend, &mut opened)?;
+    let (generator, load_time) =
+        load_generator(args.backend, &mut opened.checkpoint, args.model.dtype)?;
     let mut config = generator.generation_config(args.max_new_tokens as usize);
     if args.ignore_eos {
         config = config.without_eos();

@@ -21,10 +21,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use nexttoken_backend::{Backend, BackendError, set_cpu_threads};
 use nexttoken_generate::TextGenerator;
+use nexttoken_model::Checkpoint;
 
-use crate::args::{Cli, Command, RunArgs};
+use crate::args::{Cli, Command, Dtype, RunArgs};
 use crate::generate::Outcome;
-use crate::model::OpenedModel;
 
 fn main() -> ExitCode {
     restore_default_sigpipe();
@@ -65,11 +65,15 @@ fn apply(run: &RunArgs) -> Result<()> {
 }
 
 /// Starts the backend and loads the checkpoint on it, refusing (before reading the weights) a
-/// model the device cannot hold; the generator and the load time.
-fn load_generator(backend: Backend, opened: &mut OpenedModel) -> Result<(TextGenerator, Duration)> {
+/// model the device cannot hold, in the `--dtype` asked for (or the default `Backend::dtype_for`
+/// picks); the generator and the load time.
+fn load_generator(
+    backend: Backend,
+    checkpoint: &mut Checkpoint,
+    dtype: Option<Dtype>,
+) -> Result<(TextGenerator, Duration)> {
     let device = backend.probe()?;
-    let dtype = backend.dtype_for(opened.dtype, opened.checkpoint.dtype())?;
-    let checkpoint = &mut opened.checkpoint;
+    let dtype = backend.dtype_for(dtype.map(Into::into), checkpoint.dtype())?;
     let (tensor, bytes) = checkpoint.config().largest_tensor();
     backend.check_fits(tensor, bytes)?;
     let start = Instant::now();

@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use nexttoken_hub::{Hub, HubOptions, is_repo_id};
 use nexttoken_model::Checkpoint;
-use nexttoken_model::burn::tensor::DType;
 
 use crate::args::ModelArgs;
 
@@ -22,11 +21,10 @@ const BUILT_IN_CONFIG: &str = include_str!(concat!(
     "/../../models/nexttoken-tiny-shakespeare/config.json"
 ));
 
-/// An opened checkpoint, the name to show for it and the dtype asked for (`--dtype`).
+/// An opened checkpoint and the name to show for it.
 pub struct OpenedModel {
     pub checkpoint: Checkpoint,
     pub name: String,
-    pub dtype: Option<DType>,
 }
 
 /// Opens the checkpoint `--model` names: reads its config and headers, downloading it first
@@ -40,7 +38,6 @@ pub fn open(args: &ModelArgs, quiet: bool) -> Result<OpenedModel> {
         return Ok(OpenedModel {
             checkpoint,
             name: BUILT_IN_NAME.into(),
-            dtype: args.dtype.map(DType::from),
         });
     };
     let path = Path::new(model);
@@ -67,11 +64,7 @@ pub fn open(args: &ModelArgs, quiet: bool) -> Result<OpenedModel> {
     } else {
         path_name(path)
     };
-    Ok(OpenedModel {
-        checkpoint,
-        name,
-        dtype: args.dtype.map(DType::from),
-    })
+    Ok(OpenedModel { checkpoint, name })
 }
 
 /// A short name for tables: a path's last component (its folder's, for a model.safetensors).

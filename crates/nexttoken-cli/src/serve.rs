@@ -15,7 +15,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         set_cpu_threads(threads as usize)?;
     }
     let mut opened = model::open(&args.model, false)?;
-    let (generator, load_time) = load_generator(args.backend, &mut opened)?;
+    let (generator, load_time) =
+        load_generator(args.backend, &mut opened.checkpoint, args.model.dtype)?;
     let options = ServerOptions {
         max_batch: args.max_batch as usize,
         max_queue: args.max_queue as usize,

@@ -57,7 +57,7 @@ impl CausalSelfAttention {
                 let bias = step
                     .bias
                     .clone()
-                    .map(|bias| bias.cast(q.dtype()).expand([b, nh, t, step.attended]));
+                    .map(|bias| bias.expand([b, nh, t, step.attended]));
                 let y = attention(q, key, value, None, bias, options(step.causal));
                 (y, Some(layer))
             }

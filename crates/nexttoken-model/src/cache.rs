@@ -1,4 +1,4 @@
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 /// The keys and values of every position the model has seen, one pair per layer, for a batch of
 /// rows that may have different lengths.
@@ -197,7 +197,8 @@ impl KvCache {
         self.capacity.unwrap_or(0)
     }
 
-    /// Makes room for `t` more columns of a `b`-row batch, and describes where they go.
+    /// Makes room for `t` more columns of a `b`-row batch, and describes where they go; the
+    /// mask comes in `dtype`, the model's, since attention adds it to the scores.
     ///
     /// # Panics
     /// If the cache holds another batch size, or a row would pass `context` positions.
@@ -207,6 +208,7 @@ impl KvCache {
         t: usize,
         context: usize,
         device: &Device,
+        dtype: DType,
     ) -> CachedStep {
         if self.pads.is_empty() {
             self.pads = vec![0; b];
@@ -256,7 +258,7 @@ impl KvCache {
                     }
                 }
             }
-            Tensor::from_data(TensorData::new(bias, [b, 1, t, attended]), device)
+            Tensor::from_data(TensorData::new(bias, [b, 1, t, attended]), (device, dtype))
         });
         self.len = end;
         CachedStep {

@@ -125,8 +125,7 @@ impl Checkpoint {
     }
 
     /// Reads the weights into a model on `device`, converting them to `dtype` (a float type)
-    /// tensor by tensor as they are read, so the file's own precision is never held whole
-    /// beside the converted one. The model computes in `dtype`; its logits are float32.
+    /// tensor by tensor as they are read. The model computes in `dtype`; its logits are float32.
     ///
     /// # Errors
     /// As [`Checkpoint::load`].

@@ -96,23 +96,21 @@ fn flex_linear<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D
     let n = weight.layout().shape()[1];
     // Each task: a block of weight rows times the matching columns of x, a partial [m, n].
     let block_rows = rows_per_task(k);
-    let partial_product = |block: usize, taken: usize| {
+    // x's columns that meet a block's rows: [m, taken].
+    let x_block = |block: usize, taken: usize| -> Vec<f32> {
         let first = block * block_rows;
-        // x's columns that meet this block's rows: [m, taken].
-        let x_block: Vec<f32> = x
-            .chunks_exact(k)
+        x.chunks_exact(k)
             .flat_map(|x_row| &x_row[first..first + taken])
             .copied()
-            .collect();
-        (x_block, vec![0.0f32; m * n])
+            .collect()
     };
     let mut out = with_values!(values(&weight)?, |weight| {
         weight
             .par_chunks(block_rows * n)
             .enumerate()
             .map(|(block, rows)| {
-                let (x_block, mut partial) = partial_product(block, rows.len() / n);
-                simd::rows_times_block(&mut partial, &x_block, rows, n);
+                let mut partial = vec![0.0f32; m * n];
+                simd::rows_times_block(&mut partial, &x_block(block, rows.len() / n), rows, n);
                 partial
             })
             .reduce_with(|mut sum, partial| {
@@ -178,9 +176,7 @@ fn flex_activation<const D: usize>(tensor: &Tensor<D>) -> Option<Vec<f32>> {
 }
 
 fn widened<W: simd::Float>(values: &[W]) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    W::widen(values, &mut out);
-    out
+    W::as_f32(values, &mut Vec::new()).to_vec()
 }
 
 fn from_flex<const D: usize>(values: Vec<f32>, dims: [usize; D]) -> Tensor<D> {
@@ -198,12 +194,6 @@ mod simd {
     pub trait Float: Copy + Send + Sync {
         /// `values` as float32: themselves, or widened into `scratch` (grown as needed).
         fn as_f32<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32];
-
-        /// Writes `values` as float32 into `out`, of the same length.
-        fn widen(values: &[Self], out: &mut [f32]) {
-            let mut scratch = Vec::new();
-            out.copy_from_slice(Self::as_f32(values, &mut scratch));
-        }
     }
 
     impl Float for f32 {

@@ -131,7 +131,7 @@ impl Gpt2 {
             let x = self.h.iter().fold(x, |x, block| block.forward(x, None).0);
             return self.ln_f.forward(x);
         };
-        let step = cache.step(b, t, context, &device);
+        let step = cache.step(b, t, context, &device, self.dtype());
         let positions = cache.positions(step.start, t, &device); // [b, t]
         let mut x = self.wte.forward(ids) + self.wpe.forward(positions);
         let mut layers = cache.take_layers().into_iter();
