@@ -192,52 +192,56 @@ mod simd {
 
     /// A float type weights may be stored in; the arithmetic is float32.
     pub trait Float: Copy + Send + Sync {
+        /// The value as float32, exactly; inlined into the kernels' loops, where it vectorizes.
+        fn to_f32(self) -> f32;
+
         /// `values` as float32: themselves, or widened into `scratch` (grown as needed).
-        fn as_f32<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32];
+        #[inline(always)]
+        fn as_f32<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+            scratch.clear();
+            scratch.extend(values.iter().map(|value| value.to_f32()));
+            scratch
+        }
     }
 
     impl Float for f32 {
+        #[inline(always)]
+        fn to_f32(self) -> f32 {
+            self
+        }
+
         fn as_f32<'a>(values: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
             values
         }
     }
 
     impl Float for bf16 {
-        /// A bfloat16 is a float32's top half: widening is a shift, which vectorizes here.
+        /// A bfloat16 is a float32's top half: widening is a shift.
         #[inline(always)]
-        fn as_f32<'a>(values: &'a [bf16], scratch: &'a mut Vec<f32>) -> &'a [f32] {
-            scratch.resize(values.len(), 0.0);
-            for (out, value) in scratch.iter_mut().zip(values) {
-                *out = f32::from_bits(u32::from(value.to_bits()) << 16);
-            }
-            scratch
+        fn to_f32(self) -> f32 {
+            f32::from_bits(u32::from(self.to_bits()) << 16)
         }
     }
 
     impl Float for f16 {
-        /// Branch-free, so it vectorizes here (`half` converts one value at a time unless the
-        /// build targets F16C), and without float32 subnormals, which are slow to compute
-        /// with: a normal value's exponent is rebiased by adding 112 (127 - 15) to it, a
-        /// subnormal one is its mantissa times 2^-24, infinities and NaNs get float32's
-        /// all-ones exponent.
+        /// Branch-free, so it vectorizes (`half` converts one value at a time unless the build
+        /// targets F16C), and without float32 subnormals, which are slow to compute with: a
+        /// normal value's exponent is rebiased by adding 112 (127 - 15) to it, a subnormal one
+        /// is its mantissa times 2^-24, infinities and NaNs get float32's all-ones exponent.
         #[inline(always)]
-        fn as_f32<'a>(values: &'a [f16], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        fn to_f32(self) -> f32 {
             const TWO_POW_MINUS_24: f32 = 5.960_464_5e-8;
-            scratch.resize(values.len(), 0.0);
-            for (out, value) in scratch.iter_mut().zip(values) {
-                let bits = u32::from(value.to_bits());
-                let sign = (bits & 0x8000) << 16;
-                let magnitude = bits & 0x7fff;
-                let wide = if magnitude >= 0x7c00 {
-                    (magnitude << 13) | 0x7f80_0000
-                } else if magnitude >= 0x0400 {
-                    (magnitude << 13) + (112 << 23)
-                } else {
-                    (magnitude as f32 * TWO_POW_MINUS_24).to_bits()
-                };
-                *out = f32::from_bits(wide | sign);
-            }
-            scratch
+            let bits = u32::from(self.to_bits());
+            let sign = (bits & 0x8000) << 16;
+            let magnitude = bits & 0x7fff;
+            let wide = if magnitude >= 0x7c00 {
+                (magnitude << 13) | 0x7f80_0000
+            } else if magnitude >= 0x0400 {
+                (magnitude << 13) + (112 << 23)
+            } else {
+                (magnitude as f32 * TWO_POW_MINUS_24).to_bits()
+            };
+            f32::from_bits(wide | sign)
         }
     }
 
@@ -313,13 +317,11 @@ mod simd {
         n: usize,
     ) {
         let taken = rows.len() / n;
-        let mut scratch = Vec::new();
         for (i, w_row) in rows.chunks_exact(n).enumerate() {
-            let w_row = W::as_f32(w_row, &mut scratch);
             for (out, x_row) in partial.chunks_exact_mut(n).zip(x.chunks_exact(taken)) {
                 let a = x_row[i];
                 for (out, w) in out.iter_mut().zip(w_row) {
-                    *out = madd::<FUSED>(a, *w, *out);
+                    *out = madd::<FUSED>(a, w.to_f32(), *out);
                 }
             }
         }
@@ -331,9 +333,7 @@ mod simd {
     fn dots_with<const FUSED: bool, W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
         const LANES: usize = 16;
         let m = x.len() / c;
-        let mut scratch = Vec::new();
         for (out, row) in out.chunks_exact_mut(m).zip(rows.chunks_exact(c)) {
-            let row = W::as_f32(row, &mut scratch);
             for (out, x) in out.iter_mut().zip(x.chunks_exact(c)) {
                 let mut sums = [0.0f32; LANES];
                 let body = c / LANES * LANES;
@@ -342,10 +342,14 @@ mod simd {
                     .zip(row[..body].chunks_exact(LANES))
                 {
                     for lane in 0..LANES {
-                        sums[lane] = madd::<FUSED>(x[lane], w[lane], sums[lane]);
+                        sums[lane] = madd::<FUSED>(x[lane], w[lane].to_f32(), sums[lane]);
                     }
                 }
-                let tail: f32 = x[body..].iter().zip(&row[body..]).map(|(x, w)| x * w).sum();
+                let tail: f32 = x[body..]
+                    .iter()
+                    .zip(&row[body..])
+                    .map(|(x, w)| x * w.to_f32())
+                    .sum();
                 *out = sums.iter().sum::<f32>() + tail;
             }
         }
