@@ -5,7 +5,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::cache::{CachedStep, KeyValue};
-use crate::few_rows::linear;
+use crate::few_rows::{cached_attention, linear};
 
 /// Multi-head causal self-attention: the only layer that mixes information across positions.
 ///
@@ -53,18 +53,28 @@ impl CausalSelfAttention {
             None => (attention(q, k, v, None, None, options(true)), None),
             Some((layer, step)) => {
                 let layer = KeyValue::write(layer, k, v, step);
-                let (key, value) = layer.attended(step);
-                let bias = step
-                    .bias
-                    .clone()
-                    .map(|bias| bias.expand([b, nh, t, step.attended]));
-                let y = attention(q, key, value, None, bias, options(step.causal));
+                let y = cached_attention(&q, &layer, step)
+                    .unwrap_or_else(|| attention_over(q, &layer, step));
                 (y, Some(layer))
             }
         }; // y: [b, nh, t, hs]
         let y = y.swap_dims(1, 2).reshape([b, t, c]);
         (linear(&self.c_proj, y), layer)
     }
+}
+
+/// Attention of `q` over the cache's attended columns, by burn.
+///
+/// # Shapes
+/// - q: `[b, n_head, t, head_size]` -> `[b, n_head, t, head_size]`
+pub(crate) fn attention_over(q: Tensor<4>, layer: &KeyValue, step: &CachedStep) -> Tensor<4> {
+    let [b, nh, t, _] = q.dims();
+    let (key, value) = layer.attended(step);
+    let bias = step
+        .bias
+        .clone()
+        .map(|bias| bias.expand([b, nh, t, step.attended]));
+    attention(q, key, value, None, bias, options(step.causal))
 }
 
 fn options(is_causal: bool) -> AttentionModuleOptions {

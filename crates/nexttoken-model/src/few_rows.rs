@@ -1,4 +1,5 @@
-//! Matrix products with few rows (a decode step's) on burn-flex, split across every core.
+//! A decode step's hot operations on burn-flex, split across every core: matrix products with
+//! few rows, and attention over the cache.
 //!
 //! burn-flex gives products below 192³ multiply-adds to `gemm` on one thread, so every product
 //! of a GPT-2 decode step but the output head ran on one core. A decode step reads each weight
@@ -7,7 +8,7 @@
 //! two). Here each thread streams its own contiguous share of the weight once: row blocks of
 //! a `Linear`'s `[k, n]` weight (summed after), vocabulary blocks of the tied head's `[v, c]`
 //! embedding. Prefill and large batches keep burn's path: they are compute-bound, and `gemm`
-//! threads them.
+//! threads them. Attention reads the cache where it lies, a task per row and head.
 //!
 //! The kernels run through burn's backend-extension door (`Tensor::try_into_primitive`): any
 //! other backend, dtype or layout takes burn's path unchanged.
@@ -17,6 +18,8 @@ use burn::backend::{DispatchDevice, Flex};
 use burn::nn::Linear;
 use burn::tensor::{DType, Device, Tensor, TensorData, bf16, f16};
 use rayon::prelude::*;
+
+use crate::cache::{CachedStep, KeyValue};
 
 /// Most rows (batch rows × new positions) these kernels take: past this, a weight value read
 /// once feeds enough multiply-adds that `gemm`'s blocked kernels win.
@@ -77,6 +80,112 @@ pub(crate) fn tied_head(embedding: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2
     });
     // A transposed view, not a copy: with one row it is the same layout.
     Some(from_flex(transposed, [v, m]).transpose())
+}
+
+/// Attention of a decode step's few queries over the cache, on flex: `None` where burn's path
+/// applies. burn-flex's attention wants contiguous float32 keys and values, so each layer of
+/// each step would copy the attended columns out of the cache (and widen them from half
+/// precision): here each head reads its rows of the cache in place, and only the columns
+/// written so far (later ones are masked for every query).
+///
+/// # Shapes
+/// - q: `[b, n_head, t, head_size]`, the cached layer: `[b, n_head, capacity, head_size]`
+///   -> `[b, n_head, t, head_size]`
+pub(crate) fn cached_attention(
+    q: &Tensor<4>,
+    layer: &KeyValue,
+    step: &CachedStep,
+) -> Option<Tensor<4>> {
+    let [b, heads, t, head_size] = q.dims();
+    if b * t > MAX_ROWS {
+        return None;
+    }
+    let (key, value) = (flex(&layer.key)?, flex(&layer.value)?);
+    let bias = match &step.bias {
+        Some(bias) => Some(flex_activation(bias)?), // [b, 1, t, attended]
+        None => None,
+    };
+    let dtype = q.dtype();
+    let cached = CachedHeads {
+        q: flex_activation(q)?,
+        heads,
+        t,
+        head_size,
+        capacity: layer.key.dims()[2],
+        step,
+        bias,
+    };
+    let y = match (values(&key)?, values(&value)?) {
+        (Values::F32(key), Values::F32(value)) => cached.attend(key, value),
+        (Values::F16(key), Values::F16(value)) => cached.attend(key, value),
+        (Values::Bf16(key), Values::Bf16(value)) => cached.attend(key, value),
+        _ => return None,
+    };
+    Some(from_flex(y, [b, heads, t, head_size]).cast(dtype))
+}
+
+/// The queries of [`cached_attention`] and what they may see.
+struct CachedHeads<'a> {
+    /// `[b, heads, t, head_size]`, float32.
+    q: Vec<f32>,
+    heads: usize,
+    t: usize,
+    head_size: usize,
+    capacity: usize,
+    step: &'a CachedStep,
+    /// The step's mask, `[b, 1, t, attended]`, float32.
+    bias: Option<Vec<f32>>,
+}
+
+impl CachedHeads<'_> {
+    /// `softmax(q · keysᵀ / √head_size + bias) · values` for every row's every head, a task each.
+    fn attend<W: simd::Float>(&self, key: &[W], value: &[W]) -> Vec<f32> {
+        let (t, head_size) = (self.t, self.head_size);
+        let written = self.step.start + t;
+        let mut y = vec![0.0f32; self.q.len()];
+        y.par_chunks_mut(t * head_size)
+            .zip(self.q.par_chunks(t * head_size))
+            .enumerate()
+            .for_each(|(row_head, (y, q))| {
+                let first = row_head * self.capacity * head_size;
+                let columns = first..first + written * head_size;
+                let mut scores = vec![0.0f32; written * t]; // [written, t]
+                simd::dots(&mut scores, q, &key[columns.clone()], head_size);
+                let mut weights = vec![0.0f32; t * written]; // [t, written]
+                for (query, weights) in weights.chunks_exact_mut(written).enumerate() {
+                    let scores = scores.iter().skip(query).step_by(t);
+                    weights.iter_mut().zip(scores).for_each(|(w, s)| *w = *s);
+                    self.softmax(row_head / self.heads, query, weights);
+                }
+                simd::rows_times_block(y, &weights, &value[columns], head_size);
+            });
+        y
+    }
+
+    /// Turns one query's scores into attention weights: scaled, masked, normalised.
+    fn softmax(&self, row: usize, query: usize, scores: &mut [f32]) {
+        let scale = (self.head_size as f32).sqrt().recip();
+        let bias = self
+            .bias
+            .as_deref()
+            .map(|bias| &bias[(row * self.t + query) * self.step.attended..][..scores.len()]);
+        for (key, score) in scores.iter_mut().enumerate() {
+            *score *= scale;
+            if let Some(bias) = bias {
+                *score += bias[key];
+            }
+            if self.step.causal && key > self.step.start + query {
+                *score = f32::NEG_INFINITY;
+            }
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for score in scores.iter_mut() {
+            *score = (*score - max).exp();
+            sum += *score;
+        }
+        scores.iter_mut().for_each(|score| *score /= sum);
+    }
 }
 
 fn flex_linear<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> {
@@ -429,6 +538,53 @@ mod tests {
             logits
                 .into_data()
                 .assert_approx_eq::<f32>(&burns.into_data(), tolerance);
+        }
+    }
+
+    #[test]
+    fn cached_attention_matches_burns_with_padding_causality_and_half_precision() {
+        use crate::attention::attention_over;
+        use crate::cache::KvCache;
+
+        let device = Device::flex();
+        let [heads, head_size] = [3, 8];
+        let random = |b, t| {
+            Tensor::<4>::random(
+                [b, heads, t, head_size],
+                Distribution::Normal(0.0, 2.0),
+                &device,
+            )
+        };
+        for dtype in [DType::F32, DType::BF16] {
+            let tolerance = match dtype {
+                DType::F32 => Tolerance::default(),
+                _ => Tolerance::absolute(2e-2).set_relative(2e-2),
+            };
+            // A prompt filling a fresh cache (causal, no mask), a padded batch, then decode
+            // steps past the first attended size, where the mask hides unwritten columns.
+            for (pads, prompt) in [(vec![0], 4), (vec![0, 2], 3)] {
+                let b = pads.len();
+                let mut cache = KvCache::with_capacity(prompt);
+                cache.start_padded(pads);
+                let mut layer = None;
+                for t in std::iter::once(prompt).chain(std::iter::repeat_n(1, 40)) {
+                    let step = cache.step(b, t, 64, &device, dtype);
+                    let written = KeyValue::write(
+                        layer,
+                        random(b, t).cast(dtype),
+                        random(b, t).cast(dtype),
+                        &step,
+                    );
+                    let q = random(b, t).cast(dtype);
+                    let ours = cached_attention(&q, &written, &step).expect("flex, few rows");
+                    assert_eq!(ours.dtype(), dtype);
+                    let burns = attention_over(q, &written, &step);
+                    ours.cast(DType::F32)
+                        .into_data()
+                        .assert_approx_eq::<f32>(&burns.cast(DType::F32).into_data(), tolerance);
+                    layer = Some(written);
+                }
+            }
         }
     }
 
