@@ -28,6 +28,7 @@ fn candidates() -> Vec<Adapter> {
 /// The device kind to ask burn for: the default (a real GPU when there is one), or the CPU
 /// adapter when Mesa's lavapipe is the only Vulkan device.
 pub(crate) fn require_adapter(name: &'static str) -> Result<DeviceKind, BackendError> {
+    keep_kernel_caches_in_the_user_cache();
     let adapters = candidates();
     match adapters.first() {
         None => Err(BackendError::NoVulkanAdapter { name }),
@@ -54,4 +55,23 @@ pub(crate) fn largest_buffer() -> Option<(u64, String)> {
 /// The name of the adapter burn will run on (see [`candidates`]).
 pub(crate) fn adapter_name() -> Option<String> {
     candidates().first().map(|a| a.get_info().name)
+}
+
+/// Puts cubecl's autotune results (and, with SPIR-V, its compiled kernels) in the user's cache
+/// directory (`~/.cache/cubecl` on Linux) so that every run reuses them, wherever it starts.
+/// cubecl's default is the `target/` folder of the outermost Cargo workspace above the current
+/// directory: an installed `nexttoken` started inside any Rust project would write there, and
+/// one started elsewhere would keep a separate cache. A `cubecl.toml` or `burn.toml` that sets
+/// another place, and `CUBECL_*` variables, still decide; nothing changes once cubecl has read
+/// its configuration.
+fn keep_kernel_caches_in_the_user_cache() {
+    use cubecl_runtime::config::cache::CacheConfig;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if matches!(config.environment.path, CacheConfig::Target) {
+        config.environment.path = CacheConfig::Global;
+    }
+    config.compilation.cache = true;
+    CubeClRuntimeConfig::try_set(config);
 }

@@ -382,6 +382,37 @@ fn wgpu_without_a_vulkan_driver_says_what_to_install() {
     assert_fails_with(&output, "apt-get install mesa-vulkan-drivers");
 }
 
+/// The GPU runtime's autotune results go to the user's cache directory wherever the binary is
+/// started: cubecl's default is the `target/` of the Cargo workspace around the current
+/// directory, which would write into a user's own project and keep one cache per project.
+#[test]
+fn wgpu_keeps_its_kernel_caches_in_the_user_cache_wherever_it_starts() {
+    if !compiled("wgpu") {
+        eprintln!("wgpu is not compiled into this build: nothing to check");
+        return;
+    }
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(
+        project.path().join("Cargo.toml"),
+        "[package]\nname = \"someone-elses\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_nexttoken"))
+        .args(["generate", "--backend", "wgpu", "--model", &tiny_trained()])
+        .args(["-n", "2", "Hi"])
+        .current_dir(project.path())
+        .env("XDG_CACHE_HOME", cache.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        !project.path().join("target").exists(),
+        "nothing is written into the project the binary runs in"
+    );
+    assert!(cache.path().join("cubecl").is_dir(), "{output:?}");
+}
+
 /// `--no-kv-cache` runs the plain loop; both give Hugging Face's ids, here past the fixture's
 /// 64-token context as well (a 4-token prompt and 70 new tokens).
 #[test]
