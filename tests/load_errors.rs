@@ -64,6 +64,31 @@ fn truncated_file() {
     assert_message(&err, &["not a valid safetensors file", "download it again"]);
 }
 
+/// The weights are read from the file when loaded, not when opened: a file cut short in
+/// between (a download or copy still under way) is an error naming it, not a panic.
+#[test]
+fn a_file_cut_short_after_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(fixture().join("model.safetensors")).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::copy(
+        fixture().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let mut checkpoint = Checkpoint::open(&path).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(bytes.len() as u64 / 2)
+        .unwrap();
+    let err = checkpoint.load(&Device::flex()).unwrap_err();
+    assert!(matches!(err, ModelError::CorruptWeights { .. }), "{err:?}");
+    assert_message(&err, &[&path.display().to_string(), "download it again"]);
+}
+
 #[test]
 fn garbage_file() {
     let dir = tempfile::tempdir().unwrap();

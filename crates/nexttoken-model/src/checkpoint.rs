@@ -2,10 +2,16 @@
 //! `model.safetensors.index.json`, or safetensors bytes held in memory.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use burn::store::{ApplyError, FloatCastAdapter, ModuleSnapshot, ModuleStore, SafetensorsStore};
-use burn::tensor::{Bytes, DType, Device};
+use burn::store::burn_pack::{Error as PackError, Tensor as PackTensor};
+use burn::store::{
+    ApplyError, FloatCastAdapter, KeyRemapper, ModuleSnapshot, ModuleStore, SafetensorsStore,
+    bridge,
+};
+use burn::tensor::{Bytes, DType, Device, TensorData};
 
 use crate::layout::{self, CONFIG, INDEX, PYTORCH_WEIGHTS, WEIGHTS};
 use crate::{Gpt2, Gpt2Config, ModelError};
@@ -34,7 +40,11 @@ pub struct Checkpoint {
 struct Shard {
     /// Where the bytes come from, for messages.
     path: PathBuf,
+    /// Reads and checks the header; loads a shard held in memory.
     store: SafetensorsStore,
+    /// A file's tensors, each read from the file when the model takes it; `None` for bytes
+    /// held in memory.
+    from_file: Option<Vec<PackTensor>>,
     tensors: BTreeMap<String, (DType, Vec<usize>)>,
 }
 
@@ -48,7 +58,7 @@ impl Checkpoint {
     /// Opens the checkpoint at `path`: a directory holding `model.safetensors` (or a sharded
     /// `model.safetensors.index.json`) and normally `config.json`, or one of those files itself.
     /// Without a `config.json` the sizes are read off the weights and the head count comes from
-    /// the GPT-2 preset of the same width. Files are memory-mapped when loaded.
+    /// the GPT-2 preset of the same width. The weights are read from the files when loaded, one tensor at a time.
     ///
     /// # Errors
     /// A [`ModelError`] naming the file at fault: missing path, only PyTorch pickles, corrupt
@@ -61,8 +71,12 @@ impl Checkpoint {
         };
         let shards = files
             .into_iter()
-            .map(|file| Shard::new(SafetensorsStore::from_file(&file), file))
-            .collect::<Result<_, _>>()?;
+            .map(|file| {
+                let mut shard = Shard::new(SafetensorsStore::from_file(&file), file)?;
+                shard.from_file = Some(file_tensors(&shard.path)?);
+                Ok(shard)
+            })
+            .collect::<Result<_, ModelError>>()?;
         Self::from_shards(shards, config)
     }
 
@@ -135,10 +149,18 @@ impl Checkpoint {
         let mut applied = BTreeSet::new();
         let mut missing = Vec::new();
         for shard in &mut self.shards {
-            shard.convert_to(dtype);
-            let result = model
-                .load_from(&mut shard.store)
-                .map_err(|e| corrupt(&shard.path, e))?;
+            let result = match &shard.from_file {
+                Some(tensors) => {
+                    let adapter = Box::new(FloatCastAdapter::to(dtype));
+                    model.apply(tensors.clone(), None, Some(adapter), false)
+                }
+                None => {
+                    shard.convert_to(dtype);
+                    model
+                        .load_from(&mut shard.store)
+                        .map_err(|e| corrupt(&shard.path, e))?
+                }
+            };
             if let Some(error) = result.errors.first() {
                 return Err(apply_error(&shard.path, error));
             }
@@ -179,10 +201,13 @@ impl Checkpoint {
 
     fn tensor_bytes(&mut self, name: &str) -> Result<Option<Bytes>, ModelError> {
         for shard in &mut self.shards {
-            let tensor = shard
-                .store
-                .get_tensor(name)
-                .map_err(|e| corrupt(&shard.path, e))?;
+            let tensor = match &shard.from_file {
+                Some(tensors) => tensors.iter().find(|tensor| tensor.name == name),
+                None => shard
+                    .store
+                    .get_tensor(name)
+                    .map_err(|e| corrupt(&shard.path, e))?,
+            };
             if let Some(tensor) = tensor {
                 return tensor
                     .to_bytes()
@@ -199,12 +224,7 @@ impl Shard {
     /// weights that are not floats.
     fn new(store: SafetensorsStore, path: PathBuf) -> Result<Self, ModelError> {
         let mut store = store
-            // Map transformer.X -> X (GPT2LMHeadModel saves the body under `transformer.`)
-            .with_key_remapping(r"^transformer\.", "")
-            // Map ln_1.weight -> ln_1.gamma (burn's LayerNorm names its scale gamma)
-            .with_key_remapping(r"(ln_[12f])\.weight$", "$1.gamma")
-            // Map ln_1.bias -> ln_1.beta
-            .with_key_remapping(r"(ln_[12f])\.bias$", "$1.beta")
+            .remap(key_remapper())
             // Report problems ourselves, with Hugging Face's names.
             .allow_partial(true)
             .validate(false);
@@ -226,6 +246,7 @@ impl Shard {
         Ok(Self {
             path,
             store,
+            from_file: None,
             tensors,
         })
     }
@@ -235,6 +256,101 @@ impl Shard {
         // The builder takes the store by value; an empty one stands in for the moment.
         let store = std::mem::replace(&mut self.store, SafetensorsStore::from_bytes(None));
         self.store = store.with_from_adapter(FloatCastAdapter::to(dtype));
+    }
+}
+
+/// Hugging Face's tensor names to this crate's field names.
+fn key_remapper() -> KeyRemapper {
+    KeyRemapper::from_patterns(vec![
+        // transformer.X -> X (GPT2LMHeadModel saves the body under `transformer.`)
+        (r"^transformer\.", ""),
+        // ln_1.weight -> ln_1.gamma (burn's LayerNorm names its scale gamma)
+        (r"(ln_[12f])\.weight$", "$1.gamma"),
+        // ln_1.bias -> ln_1.beta
+        (r"(ln_[12f])\.bias$", "$1.beta"),
+    ])
+    .expect("the patterns are valid regular expressions")
+}
+
+/// The float tensors of the safetensors file at `path` (its header already checked by the
+/// store), renamed to this crate's names, each read from the file with a positioned read when
+/// the model takes it. The store would read them out of a memory map, whose pages stay resident
+/// beside the model's copy: loading that way peaks at twice the weights.
+fn file_tensors(path: &Path) -> Result<Vec<PackTensor>, ModelError> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        dtype: String,
+        shape: Vec<usize>,
+        data_offsets: [u64; 2],
+    }
+    let io = |error| ModelError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = Arc::new(File::open(path).map_err(io)?);
+    let mut header_len = [0; 8];
+    read_at(&file, &mut header_len, 0).map_err(io)?;
+    let header_len = u64::from_le_bytes(header_len);
+    let mut header = vec![0; header_len as usize];
+    read_at(&file, &mut header, 8).map_err(io)?;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| corrupt(path, e))?;
+    header.remove("__metadata__");
+    let mut tensors = Vec::new();
+    for (name, entry) in header {
+        let entry: Entry = serde_json::from_value(entry).map_err(|e| corrupt(path, e))?;
+        let dtype = match entry.dtype.as_str() {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "F64" => DType::F64,
+            _ => continue, // the mask buffers: never loaded
+        };
+        let [start, end] = entry.data_offsets.map(|offset| 8 + header_len + offset);
+        let (file, shape) = (file.clone(), entry.shape.clone());
+        let read = move || {
+            let mut bytes = vec![0; (end - start) as usize];
+            read_at(&file, &mut bytes, start).map_err(|e| PackError::IoError(e.to_string()))?;
+            TensorData::try_from_bytes(Bytes::from_bytes_vec(bytes), shape.clone(), dtype)
+                .map_err(|e| PackError::TensorBytesSizeMismatch(e.to_string()))
+        };
+        tensors.push(bridge::deferred(
+            name,
+            dtype,
+            entry.shape.into(),
+            None,
+            read,
+        ));
+    }
+    Ok(key_remapper().remap(tensors).0)
+}
+
+/// Fills `buffer` from `file` at `offset`, leaving the file's cursor alone (so tensors can be
+/// read from any thread).
+fn read_at(file: &File, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buffer, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buffer.len() {
+            match std::os::windows::fs::FileExt::seek_read(
+                file,
+                &mut buffer[done..],
+                offset + done as u64,
+            )? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                read => done += read,
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (file, buffer, offset);
+        Err(std::io::ErrorKind::Unsupported.into())
     }
 }
 
