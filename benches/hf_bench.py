@@ -23,6 +23,9 @@ from transformers import GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
 def peak_rss_bytes():
     try:
         with open("/proc/self/status") as status:
@@ -49,6 +52,7 @@ def main():
     parser.add_argument("-n", "--n-gen", default="128", help="tokens to generate, comma-separated")
     parser.add_argument("--batch-size", default="1", help="rows per batch, comma-separated")
     parser.add_argument("-r", "--repetitions", type=int, default=5)
+    parser.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"], help="the weights' dtype")
     parser.add_argument("-t", "--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
 
@@ -56,7 +60,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model = GPT2LMHeadModel.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = GPT2LMHeadModel.from_pretrained(args.model, dtype=DTYPES[args.dtype]).eval()
     load_ms = (time.perf_counter() - start) * 1e3
     vocab = model.config.vocab_size
     n_params = sum(p.numel() for p in model.parameters())
@@ -93,6 +97,7 @@ def main():
             "model": name,
             "n_params": n_params,
             "backend": "transformers",
+            "dtype": args.dtype,
             "threads": torch.get_num_threads(),
             "kv_cache": True,
             "test": f"{kind}{n}",

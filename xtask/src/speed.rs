@@ -47,6 +47,10 @@ pub struct SpeedArgs {
     /// `scripts/install-backends.sh llama-cpp` (about 20 minutes on 2 cores).
     #[arg(long)]
     llama_cpp: bool,
+    /// The weights' dtype for every side: nexttoken converts at load (`--dtype`), transformers
+    /// loads in it, llama.cpp gets a GGUF converted to it.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    dtype: String,
     /// Also write every measurement as JSON lines here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -60,6 +64,9 @@ pub struct Record {
     /// Rows generated together (older records: 1).
     #[serde(default = "one")]
     pub batch_size: usize,
+    /// Parameters of the model measured (llama.cpp's records: none).
+    #[serde(default)]
+    n_params: Option<u64>,
     threads: Option<usize>,
     pub load_ms: f64,
     pub tokens_per_s: f64,
@@ -87,21 +94,17 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
     let llama = if args.llama_cpp {
         Some((
             llama_cpp::binary(root, "llama-bench")?,
-            llama_cpp::gguf(root, &model, "f32")?,
+            llama_cpp::gguf(root, &model, &args.dtype)?,
         ))
     } else {
         None
     };
-    let weight_bytes = std::fs::metadata(model.join("model.safetensors"))
-        .map(|m| m.len())
-        .ok();
-
     let common = |command: &mut Command, threads: &str| {
         command
             .arg("--model")
             .arg(&model)
             .args(["-p", &args.n_prompt, "-n", &args.n_gen])
-            .args(["--batch-size", &args.batch_size])
+            .args(["--batch-size", &args.batch_size, "--dtype", &args.dtype])
             .args(["-r", &args.repetitions.to_string(), "-t", threads]);
     };
     let mut records = Vec::new();
@@ -143,10 +146,19 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         std::fs::write(path, lines.join("\n") + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    println!("\nmodel: {}, {}", model.display(), crate::cpu_name());
+    println!(
+        "\nmodel: {} in {}, {}",
+        model.display(),
+        args.dtype,
+        crate::cpu_name()
+    );
     print!("{}", table(&records));
-    if let Some(weight_bytes) = weight_bytes {
-        print!("{}", bounds(&records, &bandwidths, weight_bytes));
+    let bytes_per_weight = if args.dtype == "f32" { 4 } else { 2 };
+    if let Some(n_params) = records.iter().find_map(|r| r.n_params) {
+        print!(
+            "{}",
+            bounds(&records, &bandwidths, n_params * bytes_per_weight)
+        );
     }
     Ok(())
 }
@@ -192,6 +204,7 @@ fn llama_bench_records(
                     format!("tg{}", run.n_gen)
                 },
                 batch_size: 1,
+                n_params: None,
                 threads: Some(run.n_threads),
                 load_ms: 0.0,
                 tokens_per_s: run.avg_ts,
