@@ -60,6 +60,9 @@ pub(crate) struct CachedStep {
     /// `[b, 1, t, attended]`, added to the attention scores: `-inf` where a query may not look.
     /// `None` when nothing needs masking beyond causality on a fresh cache (`causal`).
     pub bias: Option<Tensor<4>>,
+    /// `bias`'s values as built on the host, for the CPU kernels that read them there (every
+    /// layer of the step would otherwise read the tensor back).
+    pub bias_values: Option<Vec<f32>>,
     pub causal: bool,
 }
 
@@ -244,7 +247,7 @@ impl KvCache {
         let padded = self.pads.iter().any(|&pad| pad > 0);
         let causal = start == 0 && !padded && attended == end;
         let needs_mask = padded || attended > end || (start > 0 && t > 1);
-        let bias = needs_mask.then(|| {
+        let bias_values = needs_mask.then(|| {
             let mut bias = vec![0f32; b * t * attended];
             for (row, &pad) in self.pads.iter().enumerate() {
                 for query in 0..t {
@@ -258,6 +261,9 @@ impl KvCache {
                     }
                 }
             }
+            bias
+        });
+        let bias = bias_values.clone().map(|bias| {
             Tensor::from_data(TensorData::new(bias, [b, 1, t, attended]), (device, dtype))
         });
         self.len = end;
@@ -266,6 +272,7 @@ impl KvCache {
             attended,
             capacity,
             bias,
+            bias_values,
             causal,
         }
     }

@@ -101,10 +101,6 @@ pub(crate) fn cached_attention(
         return None;
     }
     let (key, value) = (flex(&layer.key)?, flex(&layer.value)?);
-    let bias = match &step.bias {
-        Some(bias) => Some(flex_activation(bias)?), // [b, 1, t, attended]
-        None => None,
-    };
     let dtype = q.dtype();
     let cached = CachedHeads {
         q: flex_activation(q)?,
@@ -113,7 +109,6 @@ pub(crate) fn cached_attention(
         head_size,
         capacity: layer.key.dims()[2],
         step,
-        bias,
     };
     let y = match (values(&key)?, values(&value)?) {
         (Values::F32(key), Values::F32(value)) => cached.attend(key, value),
@@ -133,8 +128,6 @@ struct CachedHeads<'a> {
     head_size: usize,
     capacity: usize,
     step: &'a CachedStep,
-    /// The step's mask, `[b, 1, t, attended]`, float32.
-    bias: Option<Vec<f32>>,
 }
 
 impl CachedHeads<'_> {
@@ -166,7 +159,8 @@ impl CachedHeads<'_> {
     fn softmax(&self, row: usize, query: usize, scores: &mut [f32]) {
         let scale = (self.head_size as f32).sqrt().recip();
         let bias = self
-            .bias
+            .step
+            .bias_values
             .as_deref()
             .map(|bias| &bias[(row * self.t + query) * self.step.attended..][..scores.len()]);
         for (key, score) in scores.iter_mut().enumerate() {
