@@ -1,4 +1,4 @@
-use burn::tensor::{Tensor, activation::softmax};
+use burn::tensor::{Int, Tensor, activation::softmax};
 
 /// Greedy selection: the most probable id of each row, after a softmax over the vocabulary.
 ///
@@ -8,10 +8,14 @@ use burn::tensor::{Tensor, activation::softmax};
 /// # Shapes
 /// - logits: `[b, v]` -> `b` ids
 pub fn select_greedy(logits: Tensor<2>) -> Vec<u32> {
-    let probs = softmax(logits, 1);
-    let ids = probs.argmax(1).into_data(); // [b, 1]
+    let ids = greedy_ids(logits).into_data(); // [b, 1]
     // argmax returns indices below v, which fit in u32 for any real vocabulary.
     ids.iter::<i64>().map(|id| id as u32).collect()
+}
+
+/// [`select_greedy`]'s ids, left on the device (`[b, 1]`).
+pub(crate) fn greedy_ids(logits: Tensor<2>) -> Tensor<2, Int> {
+    softmax(logits, 1).argmax(1)
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
-use std::time::Instant;
-
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData, try_read_sync};
 use nexttoken_model::{Gpt2, KvCache, token_tensor};
+// std's `Instant` panics in a browser; this is std's elsewhere.
+use web_time::Instant;
 
-use crate::{GenerateError, GenerationConfig, GenerationStats, Sampler, select_greedy};
+use crate::sampling::greedy_ids;
+use crate::{GenerateError, GenerationConfig, GenerationStats, Sampler};
 
 /// A row of a [`Session`], as [`Session::add`] named it. Rows are numbered from 0 in the order
 /// they were added.
@@ -207,8 +208,25 @@ impl<'m> Session<'m> {
     /// Advances every live row by one token. With no live rows it returns no tokens.
     ///
     /// # Errors
-    /// [`GenerateError::ReadBack`] if the logits cannot be read from the device.
+    /// [`GenerateError::ReadBack`] if the logits cannot be read from the device, or cannot be
+    /// read without waiting where nothing may block (WebGPU in a browser: use
+    /// [`Session::step_async`] there; the session cannot go on after that error).
     pub fn step(&mut self) -> Result<SessionStep, GenerateError> {
+        try_read_sync(self.step_async()).unwrap_or_else(|| {
+            Err(GenerateError::ReadBack {
+                reason: "the device's results cannot be waited for here (WebGPU in a \
+                         browser): step with `step_async`"
+                    .into(),
+            })
+        })
+    }
+
+    /// [`Session::step`], awaiting the device's results instead of blocking on them: the way
+    /// to step in a browser, where WebGPU hands results back only to the event loop.
+    ///
+    /// # Errors
+    /// As [`Session::step`].
+    pub async fn step_async(&mut self) -> Result<SessionStep, GenerateError> {
         let start = Instant::now();
         let model = self.model;
         let device = model.wte.weight.device();
@@ -287,7 +305,7 @@ impl<'m> Session<'m> {
             // rows join or start sliding.
             let mut host = Vec::with_capacity(self.rows.len() * model.vocab_size());
             for part in logits {
-                host.extend(read_back(part)?);
+                host.extend(read_back(part).await?);
             }
             Tensor::from_data(
                 TensorData::new(host, [self.rows.len(), model.vocab_size()]),
@@ -295,7 +313,7 @@ impl<'m> Session<'m> {
             )
         };
 
-        let tokens = self.select(&logits)?;
+        let tokens = self.select(&logits).await?;
         let elapsed = start.elapsed();
         if prefill {
             self.stats.prefill += elapsed;
@@ -313,20 +331,20 @@ impl<'m> Session<'m> {
     }
 
     /// Picks every row's next id from `logits` (`[rows, v]`, in row order) and appends it.
-    fn select(&mut self, logits: &Tensor<2>) -> Result<Vec<RowToken>, GenerateError> {
+    async fn select(&mut self, logits: &Tensor<2>) -> Result<Vec<RowToken>, GenerateError> {
         // Greedy rows take the device's argmax, as they always have; the host reads the
         // logits only when some row samples or reports log-probabilities.
-        let greedy = self
-            .rows
-            .iter()
-            .any(|row| row.sampler.is_none())
-            .then(|| select_greedy(logits.clone()));
-        let host: Option<Vec<f32>> = self
-            .rows
-            .iter()
-            .any(|row| row.sampler.is_some() || row.logprobs.is_some())
-            .then(|| read_back(logits.clone()))
-            .transpose()?;
+        let any_greedy = self.rows.iter().any(|row| row.sampler.is_none());
+        let greedy = match any_greedy {
+            true => Some(read_ids(greedy_ids(logits.clone())).await?),
+            false => None,
+        };
+        let any_on_host =
+            (self.rows.iter()).any(|row| row.sampler.is_some() || row.logprobs.is_some());
+        let host = match any_on_host {
+            true => Some(read_back(logits.clone()).await?),
+            false => None,
+        };
         let vocab = self.model.vocab_size();
         let mut tokens = Vec::with_capacity(self.rows.len());
         for (index, row) in self.rows.iter_mut().enumerate() {
@@ -387,13 +405,22 @@ impl<'m> Session<'m> {
 }
 
 /// A tensor's values on the host, as float32.
-fn read_back(tensor: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
-    tensor
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .map_err(|e| GenerateError::ReadBack {
-            reason: format!("{e:?}"),
-        })
+async fn read_back(tensor: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
+    let data = tensor.into_data_async().await.map_err(read_error)?;
+    data.try_into_vec_as::<f32>().map_err(read_error)
+}
+
+/// Ids read back from the device (`[b, 1]`).
+async fn read_ids(ids: Tensor<2, Int>) -> Result<Vec<u32>, GenerateError> {
+    let data = ids.into_data_async().await.map_err(read_error)?;
+    // Indices into the vocabulary, which fit in u32 for any real vocabulary.
+    Ok(data.iter::<i64>().map(|id| id as u32).collect())
+}
+
+fn read_error(error: impl std::fmt::Debug) -> GenerateError {
+    GenerateError::ReadBack {
+        reason: format!("{error:?}"),
+    }
 }
 
 /// The log-softmax of `scores` at `id`, and its `n` largest entries.

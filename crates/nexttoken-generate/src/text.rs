@@ -7,7 +7,8 @@ use nexttoken_tokenizer::{Gpt2Tokenizer, StreamDecoder};
 
 use crate::session::in_row_order;
 use crate::{
-    FinishReason, GenerateError, GenerationConfig, GenerationStats, Logprobs, RowId, Session, Step,
+    FinishReason, GenerateError, GenerationConfig, GenerationStats, Logprobs, RowId, Session,
+    SessionStep, Step,
 };
 
 /// One prompt's result, in text and ids.
@@ -259,6 +260,20 @@ impl<'g> TextSession<'g> {
     /// know (a model whose vocabulary is larger than GPT-2's).
     pub fn step(&mut self) -> Result<TextStep, GenerateError> {
         let step = self.session.step()?;
+        self.texts(step)
+    }
+
+    /// [`TextSession::step`], awaiting the device (see [`Session::step_async`]).
+    ///
+    /// # Errors
+    /// As [`TextSession::step`].
+    pub async fn step_async(&mut self) -> Result<TextStep, GenerateError> {
+        let step = self.session.step_async().await?;
+        self.texts(step)
+    }
+
+    /// Each row's new text from a step of the session underneath.
+    fn texts(&mut self, step: SessionStep) -> Result<TextStep, GenerateError> {
         let mut chunks = Vec::with_capacity(step.tokens.len());
         for token in step.tokens {
             let Some(row) = self.rows.get_mut(&token.row) else {
