@@ -6,6 +6,8 @@
 #         the same environment, for `cargo xtask speed` and `cargo xtask goldens`;
 #   openai: OpenAI's Python client (scripts/requirements-client.txt) in the same environment,
 #         for the server's tests;
+#   web: Debian's chromium and PyPI's Playwright (scripts/requirements-web.txt, in the same
+#         environment), for the browser tests of `cargo xtask web --test`;
 #   llama-cpp: llama.cpp, the peer for `cargo xtask serve-bench --peer llama.cpp` and
 #         `cargo xtask speed`: the sources llama-cpp-python 0.3.36 ships on PyPI (pinned by
 #         hash), built with cmake into ~/.cache/nexttoken/llama.cpp (llama-server, llama-bench;
@@ -13,7 +15,7 @@
 #         hf environment.
 # Prints the environment to export for building with `--features tch`.
 #
-#   scripts/install-backends.sh [wgpu] [tch] [hf] [openai] [llama-cpp]   (no argument: wgpu and tch)
+#   scripts/install-backends.sh [wgpu] [tch] [hf] [openai] [web] [llama-cpp]   (no argument: wgpu and tch)
 set -euo pipefail
 
 venv="${NEXTTOKEN_VENV:-$HOME/.cache/nexttoken/venv}"
@@ -43,12 +45,21 @@ for backend in "${want[@]}"; do
       fi
       echo "tch: build with: export LIBTORCH_USE_PYTORCH=1 PATH=\"$venv/bin:\$PATH\""
       ;;
-    hf | openai)
-      if [ "$backend" = hf ]; then
-        requirements="$(dirname "$0")/requirements.txt"
-      else
-        requirements="$(dirname "$0")/requirements-client.txt"
+    hf | openai | web)
+      if [ "$backend" = web ]; then
+        if command -v chromium >/dev/null; then
+          echo "web: chromium already installed"
+        else
+          echo "web: installing chromium"
+          sudo_if_needed apt-get update -qq
+          sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+        fi
       fi
+      case "$backend" in
+        hf) requirements="$(dirname "$0")/requirements.txt" ;;
+        openai) requirements="$(dirname "$0")/requirements-client.txt" ;;
+        web) requirements="$(dirname "$0")/requirements-web.txt" ;;
+      esac
       if "$venv/bin/python" - "$requirements" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
@@ -93,7 +104,7 @@ PY
       echo "llama-cpp: $llama/build/bin/llama-server, $llama/build/bin/llama-bench"
       ;;
     *)
-      echo "unknown target '$backend': expected wgpu, tch, hf, openai or llama-cpp" >&2
+      echo "unknown target '$backend': expected wgpu, tch, hf, openai, web or llama-cpp" >&2
       exit 2
       ;;
   esac

@@ -17,6 +17,7 @@ mod llama_cpp;
 mod load;
 mod serve_bench;
 mod speed;
+mod web;
 
 #[derive(Parser)]
 #[command(about = "nexttoken's project tasks", arg_required_else_help = true)]
@@ -72,6 +73,9 @@ enum Task {
     /// memory). Prints a table and writes it with JSON and an SVG chart; fails when outputs
     /// disagree.
     Compare(compare::CompareArgs),
+    /// Build the browser page (nexttoken-web as WebAssembly, web/, the bundled model) into
+    /// <target>/web; `--serve` serves it, `--test` runs the browser tests on it.
+    Web(web::WebArgs),
     /// Regenerate the Hugging Face reference data in tests/goldens (needs scripts/requirements.txt).
     Goldens {
         /// Python with torch and transformers installed (see scripts/requirements.txt).
@@ -144,6 +148,7 @@ fn main() -> Result<()> {
         Task::Load(args) => load::run(&root, &args),
         Task::ServeBench(args) => serve_bench::run(&root, &args),
         Task::Compare(args) => compare::run(&root, &args),
+        Task::Web(args) => web::run_web(&root, &args),
         Task::Goldens {
             python,
             corpus,

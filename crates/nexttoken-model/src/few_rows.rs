@@ -307,6 +307,7 @@ mod simd {
         fn to_f32(self) -> f32;
 
         /// The values' bits if they are f16s, for the kernels that widen those in hardware.
+        #[cfg(target_arch = "x86_64")]
         fn as_f16_bits(_values: &[Self]) -> Option<&[u16]> {
             None
         }
@@ -362,6 +363,7 @@ mod simd {
             f32::from_bits(wide | sign)
         }
 
+        #[cfg(target_arch = "x86_64")]
         fn as_f16_bits(values: &[f16]) -> Option<&[u16]> {
             // SAFETY: `f16` is a `repr(transparent)` wrapper of its `u16` bits.
             Some(unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) })
@@ -484,7 +486,9 @@ mod simd {
 
     #[derive(Clone, Copy)]
     enum Level {
+        #[cfg(target_arch = "x86_64")]
         Avx512,
+        #[cfg(target_arch = "x86_64")]
         Avx2Fma,
         Baseline,
     }
