@@ -4,6 +4,40 @@
 // window.nexttoken exposes the state (status, backend, summary, error, notice) to tests.
 import init, { Generator } from "./pkg/nexttoken_web.js";
 
+// burn's WebGPU kernels (cubecl 0.11) declare `enable subgroups;` in their WGSL, but wgpu 30's
+// browser backend never asks the device for the "subgroups" feature (its feature table lacks
+// it), so the browser rejects every matrix product. Asking for it here, where the adapter has
+// it, makes the kernels valid; an adapter without it is refused in `webgpuProblem`.
+if (globalThis.GPUAdapter) {
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = function (descriptor = {}) {
+    const required = [...(descriptor.requiredFeatures ?? [])];
+    if (this.features.has("subgroups") && !required.includes("subgroups")) {
+      required.push("subgroups");
+    }
+    return requestDevice.call(this, { ...descriptor, requiredFeatures: required });
+  };
+}
+
+// Why this browser's WebGPU cannot run the model, or null when it can; and what the adapter
+// says it is.
+let adapterName = null;
+async function webgpuProblem() {
+  if (!navigator.gpu) {
+    return "this browser has no WebGPU (navigator.gpu is missing)";
+  }
+  const adapter = await navigator.gpu.requestAdapter();
+  if (!adapter) {
+    return "this browser's WebGPU offers no adapter (no usable GPU, or WebGPU is turned off)";
+  }
+  const info = adapter.info ?? {};
+  adapterName = [info.vendor, info.architecture, info.description].filter(Boolean).join(" ");
+  if (!adapter.features.has("subgroups")) {
+    return "this WebGPU adapter lacks the subgroups feature that burn's kernels need";
+  }
+  return null;
+}
+
 const BUNDLED = "models/nexttoken-tiny-shakespeare";
 const $ = (id) => document.getElementById(id);
 const state = (window.nexttoken = {
@@ -80,8 +114,8 @@ async function loadOnto(choice, model) {
   if (choice === "cpu") {
     return load("cpu");
   }
-  if (!navigator.gpu) {
-    const why = "this browser has no WebGPU (navigator.gpu is missing)";
+  const why = await webgpuProblem();
+  if (why) {
     if (choice === "webgpu") {
       throw new Error(`${why}: choose the CPU backend, or a browser with WebGPU enabled`);
     }
@@ -112,8 +146,11 @@ async function loadModel() {
     const model = await checkpoint();
     generator = await loadOnto($("backend").value, model);
     const loadMs = performance.now() - started;
-    state.backend = generator.backend;
-    $("stat-backend").textContent = generator.backend;
+    state.backend =
+      generator.backend === "WebGPU" && adapterName
+        ? `WebGPU (${adapterName})`
+        : generator.backend;
+    $("stat-backend").textContent = state.backend;
     const millions = (generator.parameters / 1e6).toFixed(1);
     const megabytes = (model.weights.length / 2 ** 20).toFixed(1);
     $("stat-model").textContent =

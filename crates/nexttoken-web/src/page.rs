@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::{DType, Device};
 use nexttoken_generate::{GenerationConfig, SamplingParams, TextGenerator, TextSession};
@@ -11,6 +12,13 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
 use crate::fit;
+
+/// Runs when the module loads: a Rust panic shows its message in the console, not only
+/// "unreachable".
+#[wasm_bindgen(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
 
 /// A GPT-2 checkpoint loaded on a device, ready to generate.
 #[wasm_bindgen]
@@ -154,7 +162,9 @@ async fn generate(
     let mut text = String::new();
     let mut finish = "stopped".to_owned();
     'steps: while !session.is_finished() {
-        for chunk in session.step_async().await?.chunks {
+        let step = session.step_async().await;
+        device_errors()?;
+        for chunk in step?.chunks {
             ids.push(chunk.id);
             text.push_str(&chunk.text);
             if let Some(reason) = chunk.finish {
@@ -216,16 +226,21 @@ async fn webgpu(config: &Gpt2Config) -> Result<(Device, String), JsValue> {
                         ),
                     )
                 })?;
+            // A browser reports a kernel WebGPU rejects (or any other device error) only to
+            // this handler; the kernel's results would be whatever its buffer held.
+            setup
+                .device
+                .on_uncaptured_error(Arc::new(|error| record_device_error(error.to_string())));
             let limits = setup.device.limits();
             let room =
                 u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
             let info = setup.adapter.get_info();
-            let name = if info.name.is_empty() {
-                format!("{:?}", info.backend)
-            } else {
-                info.name
+            // Browsers keep the adapter's name to themselves (the page adds what they tell).
+            let description = match info.name.as_str() {
+                "" => "WebGPU".to_owned(),
+                name => format!("WebGPU ({name})"),
             };
-            let known = (device, format!("WebGPU ({name})"), room);
+            let known = (device, description, room);
             WEBGPU.set(Some(known.clone()));
             known
         }
@@ -239,4 +254,25 @@ fn named_error(name: &str, message: impl std::fmt::Display) -> JsValue {
     let error = js_sys::Error::new(&message.to_string());
     error.set_name(name);
     error.into()
+}
+
+/// The first error WebGPU reported since the last [`device_errors`].
+static DEVICE_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+fn record_device_error(message: String) {
+    web_sys::console::error_1(&JsValue::from_str(&message));
+    if let Ok(mut first) = DEVICE_ERROR.lock() {
+        first.get_or_insert(message);
+    }
+}
+
+/// Fails with the first error WebGPU reported, if any: the step's results cannot be trusted.
+fn device_errors() -> Result<(), JsError> {
+    let reported = DEVICE_ERROR.lock().ok().and_then(|mut first| first.take());
+    match reported {
+        Some(message) => Err(JsError::new(&format!(
+            "WebGPU reported an error, so this step's results cannot be trusted: {message}"
+        ))),
+        None => Ok(()),
+    }
 }
