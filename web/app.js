@@ -89,12 +89,12 @@ function messageOf(error) {
   return error instanceof Error ? error.message : String(error);
 }
 
-async function fetchBytes(url) {
+async function fetchOk(url) {
   const response = await fetch(url);
   if (!response.ok) {
     throw new Error(`could not fetch ${url}: HTTP ${response.status}`);
   }
-  return new Uint8Array(await response.arrayBuffer());
+  return response;
 }
 
 // The checkpoint to load: the bundled one, served beside the page, or the user's two files.
@@ -102,8 +102,8 @@ async function checkpoint() {
   const source = document.querySelector("input[name=source]:checked").value;
   if (source === "bundled") {
     const [weights, config] = await Promise.all([
-      fetchBytes(`${BUNDLED}/model.safetensors`),
-      fetch(`${BUNDLED}/config.json`).then((r) => r.text()),
+      fetchOk(`${BUNDLED}/model.safetensors`).then(async (r) => new Uint8Array(await r.arrayBuffer())),
+      fetchOk(`${BUNDLED}/config.json`).then((r) => r.text()),
     ]);
     return { name: `${BUNDLED}/model.safetensors`, weights, config };
   }

@@ -221,8 +221,7 @@ fn sampling_params(args: &SamplingArgs) -> Result<Option<SamplingParams>> {
     if let Err(reason) = params.validate() {
         bail!("invalid sampling settings: {reason}");
     }
-    let greedy = params.temperature == 0.0 && params.repeat_penalty == 1.0;
-    Ok((!greedy).then_some(params))
+    Ok((!params.is_greedy()).then_some(params))
 }
 
 /// A seed for a run without `--seed`.

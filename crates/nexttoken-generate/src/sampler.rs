@@ -45,6 +45,12 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Whether these settings pick what greedy decoding picks: temperature 0 and no repeat
+    /// penalty (the filters keep the most likely id), so a row needs no sampler.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 && self.repeat_penalty == 1.0
+    }
+
     /// Checks that the values mean something.
     ///
     /// # Errors

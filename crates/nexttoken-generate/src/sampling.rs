@@ -1,4 +1,4 @@
-use burn::tensor::{Int, Tensor, activation::softmax};
+use burn::tensor::{Int, Tensor, TensorData, activation::softmax};
 
 /// Greedy selection: the most probable id of each row, after a softmax over the vocabulary.
 ///
@@ -8,14 +8,18 @@ use burn::tensor::{Int, Tensor, activation::softmax};
 /// # Shapes
 /// - logits: `[b, v]` -> `b` ids
 pub fn select_greedy(logits: Tensor<2>) -> Vec<u32> {
-    let ids = greedy_ids(logits).into_data(); // [b, 1]
-    // argmax returns indices below v, which fit in u32 for any real vocabulary.
-    ids.iter::<i64>().map(|id| id as u32).collect()
+    ids_of(&greedy_ids(logits).into_data())
 }
 
 /// [`select_greedy`]'s ids, left on the device (`[b, 1]`).
 pub(crate) fn greedy_ids(logits: Tensor<2>) -> Tensor<2, Int> {
     softmax(logits, 1).argmax(1)
+}
+
+/// The argmax's ids read back: indices below the vocabulary size, which fit in u32 for any
+/// real vocabulary.
+pub(crate) fn ids_of(data: &TensorData) -> Vec<u32> {
+    data.iter::<i64>().map(|id| id as u32).collect()
 }
 
 #[cfg(test)]

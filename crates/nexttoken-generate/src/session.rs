@@ -3,7 +3,7 @@ use nexttoken_model::{Gpt2, KvCache, token_tensor};
 // std's `Instant` panics in a browser; this is std's elsewhere.
 use web_time::Instant;
 
-use crate::sampling::greedy_ids;
+use crate::sampling::{greedy_ids, ids_of};
 use crate::{GenerateError, GenerationConfig, GenerationStats, Sampler};
 
 /// A row of a [`Session`], as [`Session::add`] named it. Rows are numbered from 0 in the order
@@ -339,8 +339,10 @@ impl<'m> Session<'m> {
             true => Some(read_ids(greedy_ids(logits.clone())).await?),
             false => None,
         };
-        let any_on_host =
-            (self.rows.iter()).any(|row| row.sampler.is_some() || row.logprobs.is_some());
+        let any_on_host = self
+            .rows
+            .iter()
+            .any(|r| r.sampler.is_some() || r.logprobs.is_some());
         let host = match any_on_host {
             true => Some(read_back(logits.clone()).await?),
             false => None,
@@ -412,9 +414,7 @@ async fn read_back(tensor: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
 
 /// Ids read back from the device (`[b, 1]`).
 async fn read_ids(ids: Tensor<2, Int>) -> Result<Vec<u32>, GenerateError> {
-    let data = ids.into_data_async().await.map_err(read_error)?;
-    // Indices into the vocabulary, which fit in u32 for any real vocabulary.
-    Ok(data.iter::<i64>().map(|id| id as u32).collect())
+    Ok(ids_of(&ids.into_data_async().await.map_err(read_error)?))
 }
 
 fn read_error(error: impl std::fmt::Debug) -> GenerateError {

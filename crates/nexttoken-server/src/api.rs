@@ -179,7 +179,7 @@ impl CompletionRequest {
                 format!("invalid sampling settings: {reason}"),
             ));
         }
-        let greedy = sampling.temperature == 0.0 && sampling.repeat_penalty == 1.0;
+        let greedy = sampling.is_greedy();
 
         // (text, ids); prompts given as ids get their text from the tokenizer below.
         let prompts: Vec<(String, Vec<u32>)> = match self.prompt {

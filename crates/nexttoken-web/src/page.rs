@@ -143,18 +143,16 @@ async fn generate(
         seed: options.seed,
         ..generator.generation_config(options.max_new_tokens)
     };
-    if options.temperature > 0.0 || options.repeat_penalty.is_some() {
-        let sampling = SamplingParams {
-            temperature: options.temperature,
-            top_k: options.top_k,
-            top_p: options.top_p,
-            min_p: options.min_p,
-            repeat_penalty: options.repeat_penalty.unwrap_or(1.0),
-            ..SamplingParams::default()
-        };
-        sampling.validate().map_err(|e| JsError::new(&e))?;
-        config.sampling = Some(sampling);
-    }
+    let sampling = SamplingParams {
+        temperature: options.temperature,
+        top_k: options.top_k,
+        top_p: options.top_p,
+        min_p: options.min_p,
+        repeat_penalty: options.repeat_penalty.unwrap_or(1.0),
+        ..SamplingParams::default()
+    };
+    sampling.validate().map_err(|e| JsError::new(&e))?;
+    config.sampling = (!sampling.is_greedy()).then_some(sampling);
     let prompt_ids = generator.tokenizer.encode(prompt);
     let mut session: TextSession<'_> = generator.session(true);
     session.add_ids(prompt_ids.clone(), &config, &[])?;
@@ -189,13 +187,12 @@ async fn generate(
 /// Calls the page's `on_text(text)`, waits for it if it returns a promise, and says whether to
 /// go on (anything but `false`).
 async fn call(on_text: &js_sys::Function, text: &str) -> Result<bool, JsError> {
+    let failed = |e: JsValue| JsError::new(&format!("on_text failed: {e:?}"));
     let returned = on_text
         .call1(&JsValue::NULL, &JsValue::from_str(text))
-        .map_err(|e| JsError::new(&format!("on_text failed: {e:?}")))?;
+        .map_err(failed)?;
     let returned = match returned.dyn_into::<js_sys::Promise>() {
-        Ok(promise) => JsFuture::from(promise)
-            .await
-            .map_err(|e| JsError::new(&format!("on_text failed: {e:?}")))?,
+        Ok(promise) => JsFuture::from(promise).await.map_err(failed)?,
         Err(value) => value,
     };
     Ok(returned.as_bool() != Some(false))
