@@ -82,11 +82,12 @@ pub(crate) fn tied_head(embedding: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2
     Some(from_flex(transposed, [v, m]).transpose())
 }
 
-/// Attention of a decode step's few queries over the cache, on flex: `None` where burn's path
-/// applies. burn-flex's attention wants contiguous float32 keys and values, so each layer of
-/// each step would copy the attended columns out of the cache (and widen them from half
-/// precision): here each head reads its rows of the cache in place, and only the columns
-/// written so far (later ones are masked for every query).
+/// Attention over the cache on flex: `None` where burn's path applies. burn-flex's attention
+/// wants contiguous float32 keys and values, so each layer of each step would copy the attended
+/// columns out of the cache (and widen them from half precision), and it scores every query
+/// against every attended column with scalar `exp`: here each head reads its rows of the cache
+/// in place, only the columns a query may see (written ones, and for a causal prompt those up
+/// to its own position), with a vectorised `exp`.
 ///
 /// # Shapes
 /// - q: `[b, n_head, t, head_size]`, the cached layer: `[b, n_head, capacity, head_size]`
@@ -97,9 +98,6 @@ pub(crate) fn cached_attention(
     step: &CachedStep,
 ) -> Option<Tensor<4>> {
     let [b, heads, t, head_size] = q.dims();
-    if b * t > MAX_ROWS {
-        return None;
-    }
     let (key, value) = (flex(&layer.key)?, flex(&layer.value)?);
     let dtype = q.dtype();
     let cached = CachedHeads {
@@ -119,6 +117,22 @@ pub(crate) fn cached_attention(
     Some(from_flex(y, [b, heads, t, head_size]).cast(dtype))
 }
 
+/// GPT-2's `gelu_new` (see [`crate::mlp`]) in one vectorised pass on flex, every core for a
+/// prompt's activations: `None` where burn's path applies. burn's takes six passes over the
+/// tensor, each allocating its result, and its sigmoid calls libm's `expf` one value at a time.
+pub(crate) fn gelu_new<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    /// Values per task: a decode step's few thousand stay on one thread.
+    const CHUNK: usize = 1 << 14;
+    let dtype = x.dtype();
+    let mut values = flex_activation(x)?;
+    values.par_chunks_mut(CHUNK).for_each(simd::gelu_new);
+    Some(from_flex(values, x.dims()).cast(dtype))
+}
+
+/// Queries of a prompt scored together against the keys they may see: enough rows for a
+/// matrix product to pay, few enough that a causal prompt's blocks skip most of the masked half.
+const QUERY_BLOCK: usize = 64;
+
 /// The queries of [`cached_attention`] and what they may see.
 struct CachedHeads<'a> {
     /// `[b, heads, t, head_size]`, float32.
@@ -135,6 +149,7 @@ impl CachedHeads<'_> {
     fn attend<W: simd::Float>(&self, key: &[W], value: &[W]) -> Vec<f32> {
         let (t, head_size) = (self.t, self.head_size);
         let written = self.step.start + t;
+        let rows = self.q.len() / (self.heads * t * head_size);
         let mut y = vec![0.0f32; self.q.len()];
         y.par_chunks_mut(t * head_size)
             .zip(self.q.par_chunks(t * head_size))
@@ -142,43 +157,100 @@ impl CachedHeads<'_> {
             .for_each(|(row_head, (y, q))| {
                 let first = row_head * self.capacity * head_size;
                 let columns = first..first + written * head_size;
-                let mut scores = vec![0.0f32; written * t]; // [written, t]
-                simd::dots(&mut scores, q, &key[columns.clone()], head_size);
-                let mut weights = vec![0.0f32; t * written]; // [t, written]
-                for (query, weights) in weights.chunks_exact_mut(written).enumerate() {
-                    let scores = scores.iter().skip(query).step_by(t);
-                    weights.iter_mut().zip(scores).for_each(|(w, s)| *w = *s);
-                    self.softmax(row_head / self.heads, query, weights);
+                let (key, value) = (&key[columns.clone()], &value[columns]);
+                let row = row_head / self.heads;
+                if rows * t <= MAX_ROWS {
+                    self.attend_few(row, y, q, key, value);
+                } else {
+                    self.attend_blocks(row, y, q, key, value);
                 }
-                simd::rows_times_block(y, &weights, &value[columns], head_size);
             });
         y
     }
 
-    /// Turns one query's scores into attention weights: scaled, masked, normalised.
+    /// A decode step's few queries of one head: each score is a dot product over the key.
+    fn attend_few<W: simd::Float>(
+        &self,
+        row: usize,
+        y: &mut [f32],
+        q: &[f32],
+        key: &[W],
+        value: &[W],
+    ) {
+        let (t, written) = (self.t, key.len() / self.head_size);
+        let mut scores = vec![0.0f32; written * t]; // [written, t]
+        simd::dots(&mut scores, q, key, self.head_size);
+        let mut weights = vec![0.0f32; t * written]; // [t, written]
+        for (query, weights) in weights.chunks_exact_mut(written).enumerate() {
+            let scores = scores.iter().skip(query).step_by(t);
+            weights.iter_mut().zip(scores).for_each(|(w, s)| *w = *s);
+            self.softmax(row, query, weights);
+        }
+        simd::rows_times_block(y, &weights, value, self.head_size);
+    }
+
+    /// A prompt's queries of one head, [`QUERY_BLOCK`] at a time: scores and weighted values
+    /// are matrix products (`gemm`, as burn-flex's own products), and under a causal mask a
+    /// block only meets the keys up to its last query.
+    fn attend_blocks<W: simd::Float>(
+        &self,
+        row: usize,
+        y: &mut [f32],
+        q: &[f32],
+        key: &[W],
+        value: &[W],
+    ) {
+        let head_size = self.head_size;
+        let (mut key_scratch, mut value_scratch) = (Vec::new(), Vec::new());
+        let key = W::as_f32(key, &mut key_scratch);
+        let value = W::as_f32(value, &mut value_scratch);
+        let written = key.len() / head_size;
+        let mut weights = vec![0.0f32; QUERY_BLOCK * written];
+        let block_len = QUERY_BLOCK * head_size;
+        for (block, (y, q)) in y.chunks_mut(block_len).zip(q.chunks(block_len)).enumerate() {
+            let (first_query, queries) = (block * QUERY_BLOCK, q.len() / head_size);
+            let seen = if self.step.causal {
+                self.step.start + first_query + queries
+            } else {
+                written
+            };
+            let weights = &mut weights[..queries * seen];
+            let keys = &key[..seen * head_size];
+            matmul(
+                weights,
+                q,
+                keys,
+                [queries, head_size, seen],
+                Rhs::Transposed,
+            );
+            for (query, weights) in weights.chunks_exact_mut(seen).enumerate() {
+                self.softmax(row, first_query + query, weights);
+            }
+            let values = &value[..seen * head_size];
+            matmul(y, weights, values, [queries, seen, head_size], Rhs::AsIs);
+        }
+    }
+
+    /// Turns one query's scores over the first `scores.len()` columns into attention weights:
+    /// scaled, masked, normalised.
     fn softmax(&self, row: usize, query: usize, scores: &mut [f32]) {
         let scale = (self.head_size as f32).sqrt().recip();
-        let bias = self
-            .step
-            .bias_values
-            .as_deref()
-            .map(|bias| &bias[(row * self.t + query) * self.step.attended..][..scores.len()]);
-        for (key, score) in scores.iter_mut().enumerate() {
-            *score *= scale;
-            if let Some(bias) = bias {
-                *score += bias[key];
-            }
-            if self.step.causal && key > self.step.start + query {
-                *score = f32::NEG_INFINITY;
-            }
+        scores.iter_mut().for_each(|score| *score *= scale);
+        if let Some(bias) = self.step.bias_values.as_deref() {
+            let bias = &bias[(row * self.t + query) * self.step.attended..][..scores.len()];
+            scores
+                .iter_mut()
+                .zip(bias)
+                .for_each(|(score, bias)| *score += bias);
+        }
+        if self.step.causal {
+            let visible = (self.step.start + query + 1).min(scores.len());
+            scores[visible..].fill(f32::NEG_INFINITY);
         }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for score in scores.iter_mut() {
-            *score = (*score - max).exp();
-            sum += *score;
-        }
-        scores.iter_mut().for_each(|score| *score /= sum);
+        let sum = simd::exp_minus(scores, max);
+        let normaliser = sum.recip();
+        scores.iter_mut().for_each(|score| *score *= normaliser);
     }
 }
 
@@ -232,6 +304,49 @@ fn flex_linear<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D
     out_dims[D - 1] = n;
     // The activations stay in the model's dtype; the products were summed in float32.
     Some(from_flex(out, out_dims).cast(dtype))
+}
+
+/// How [`matmul`]'s right-hand matrix lies in memory.
+#[derive(Clone, Copy)]
+enum Rhs {
+    /// `[k, n]`, row-major.
+    AsIs,
+    /// `[n, k]`, row-major: the matrix's transpose.
+    Transposed,
+}
+
+/// `out = a · b` for row-major `a: [m, k]` and `b` (see [`Rhs`]), on the calling thread.
+fn matmul(out: &mut [f32], a: &[f32], b: &[f32], [m, k, n]: [usize; 3], rhs: Rhs) {
+    assert!(out.len() == m * n && a.len() == m * k && b.len() == k * n);
+    let (b_column_stride, b_row_stride) = match rhs {
+        Rhs::AsIs => (1, n),
+        Rhs::Transposed => (k, 1),
+    };
+    // SAFETY: the slices hold `[m, n]`, `[m, k]` and `[k, n]` values (asserted), which these
+    // strides address within them; `read_dst` is false, so `out`'s old values are not read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            b_column_stride as isize,
+            b_row_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// A weight's values as flex stores them. The kernels read any of these and compute in float32,
@@ -509,26 +624,26 @@ mod simd {
         })
     }
 
-    /// Calls `$kernel::<FUSED, $W>` inlined into a function compiled for the detected level.
+    /// Calls `$kernel::<FUSED, $W>` (or `::<FUSED>`) inlined into a function compiled for the detected level.
     macro_rules! dispatch {
-        ($kernel:ident[$w:ty]($($arg:expr),*)) => {{
+        ($kernel:ident[$($w:ty)?]($($arg:expr),*)) => {{
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,fma")]
-                fn avx512(f: impl FnOnce()) { f() }
+                fn avx512<R>(f: impl FnOnce() -> R) -> R { f() }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2(f: impl FnOnce()) { f() }
+                fn avx2<R>(f: impl FnOnce() -> R) -> R { f() }
                 match level() {
                     // SAFETY: the level was detected on this CPU.
-                    Level::Avx512 => unsafe { avx512(|| $kernel::<true, $w>($($arg),*)) },
-                    Level::Avx2Fma => unsafe { avx2(|| $kernel::<true, $w>($($arg),*)) },
-                    Level::Baseline => $kernel::<false, $w>($($arg),*),
+                    Level::Avx512 => unsafe { avx512(|| $kernel::<true $(, $w)?>($($arg),*)) },
+                    Level::Avx2Fma => unsafe { avx2(|| $kernel::<true $(, $w)?>($($arg),*)) },
+                    Level::Baseline => $kernel::<false $(, $w)?>($($arg),*),
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
                 let _ = level();
-                $kernel::<false, $w>($($arg),*)
+                $kernel::<false $(, $w)?>($($arg),*)
             }
         }};
     }
@@ -593,6 +708,88 @@ mod simd {
                     *out = madd::<FUSED>(a, w.to_f32(), *out);
                 }
             }
+        }
+    }
+
+    /// `scores[i] = e^(scores[i] - max)`, returning their sum: a softmax's exponentials, which
+    /// libm's `expf` computes one at a time (a fifth of a 512-token prompt in burn-flex's
+    /// attention).
+    pub fn exp_minus(scores: &mut [f32], max: f32) -> f32 {
+        dispatch!(exp_minus_with[](scores, max))
+    }
+
+    #[inline(always)]
+    fn exp_minus_with<const FUSED: bool>(scores: &mut [f32], max: f32) -> f32 {
+        const LANES: usize = 16;
+        let mut sums = [0.0f32; LANES];
+        let mut chunks = scores.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for lane in 0..LANES {
+                chunk[lane] = exp_of_negative::<FUSED>(chunk[lane] - max);
+                sums[lane] += chunk[lane];
+            }
+        }
+        let mut sum = sums.iter().sum::<f32>();
+        for score in chunks.into_remainder() {
+            *score = exp_of_negative::<FUSED>(*score - max);
+            sum += *score;
+        }
+        sum
+    }
+
+    /// `x σ(x (K + K · 0.044715 x²))`, `K = 2 √(2/π)`, in place: `gelu_new`.
+    pub fn gelu_new(values: &mut [f32]) {
+        dispatch!(gelu_new_with[](values))
+    }
+
+    #[inline(always)]
+    fn gelu_new_with<const FUSED: bool>(values: &mut [f32]) {
+        const K: f32 = 2.0 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+        for x in values.iter_mut() {
+            let z = *x * madd::<FUSED>(*x * *x, K * 0.044715, K);
+            // σ(z) from e^-|z|, which cannot overflow: 1 / (1 + e^-z), or e^z / (1 + e^z).
+            let e = exp_of_negative::<FUSED>(-z.abs());
+            let r = 1.0 / (1.0 + e);
+            let sigmoid = if z >= 0.0 { r } else { e * r };
+            *x *= sigmoid;
+        }
+    }
+
+    /// `e^x` for `x ≤ 0` (0 below float32's smallest normal's logarithm), within 2 ulp, in
+    /// operations that vectorize: `x = n ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by its Taylor
+    /// series to degree 7, times `2^n` built in the exponent bits.
+    #[inline(always)]
+    pub(super) fn exp_of_negative<const FUSED: bool>(x: f32) -> f32 {
+        // Adding 1.5 · 2^23 rounds to an integer, which lands in the low mantissa bits.
+        const SHIFTER: f32 = 12_582_912.0;
+        const LN_2_HIGH: f32 = 0.693_145_75; // ln 2's leading bits: n · LN_2_HIGH is exact
+        const LN_2_LOW: f32 = 1.428_606_8e-6;
+        const LOWEST: f32 = -87.0; // e^-87 is just above float32's smallest normal
+        let clamped = x.max(LOWEST);
+        let shifted = madd::<FUSED>(clamped, std::f32::consts::LOG2_E, SHIFTER);
+        let n = shifted - SHIFTER;
+        let r = madd::<FUSED>(n, -LN_2_LOW, madd::<FUSED>(n, -LN_2_HIGH, clamped));
+        let mut series = 1.0 / 5040.0;
+        for coefficient in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            series = madd::<FUSED>(series, r, coefficient);
+        }
+        let biased = shifted
+            .to_bits()
+            .wrapping_sub(SHIFTER.to_bits())
+            .wrapping_add(127);
+        let power_of_two = f32::from_bits(biased << 23);
+        if x < LOWEST {
+            0.0
+        } else {
+            series * power_of_two
         }
     }
 
@@ -735,13 +932,20 @@ mod tests {
             };
             // A prompt filling a fresh cache (causal, no mask), a padded batch, then decode
             // steps past the first attended size, where the mask hides unwritten columns.
-            for (pads, prompt) in [(vec![0], 4), (vec![0, 2], 3)] {
+            // Prompts of 70 take the blocked path, over two query blocks.
+            let prompts = [
+                (vec![0], 4),
+                (vec![0, 2], 3),
+                (vec![0], 70),
+                (vec![0, 9], 70),
+            ];
+            for (pads, prompt) in prompts {
                 let b = pads.len();
                 let mut cache = KvCache::with_capacity(prompt);
                 cache.start_padded(pads);
                 let mut layer = None;
                 for t in std::iter::once(prompt).chain(std::iter::repeat_n(1, 40)) {
-                    let step = cache.step(b, t, 64, &device, dtype);
+                    let step = cache.step(b, t, 128, &device, dtype);
                     let written = KeyValue::write(
                         layer,
                         random(b, t).cast(dtype),
@@ -749,7 +953,7 @@ mod tests {
                         &step,
                     );
                     let q = random(b, t).cast(dtype);
-                    let ours = cached_attention(&q, &written, &step).expect("flex, few rows");
+                    let ours = cached_attention(&q, &written, &step).expect("flex");
                     assert_eq!(ours.dtype(), dtype);
                     let burns = attention_over(q, &written, &step);
                     ours.cast(DType::F32)
@@ -759,6 +963,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn exponentials_are_within_two_ulp_of_libms() {
+        let ulp = |x: f32| f32::from_bits(x.to_bits() + 1) - x;
+        // Every 2^-10 over the range it serves, and below it (zero, as e^x has underflowed).
+        for i in 0..=(100 << 10) {
+            let x = -(i as f32) / 1024.0;
+            let reference = x.exp();
+            for ours in [
+                simd::exp_of_negative::<false>(x),
+                simd::exp_of_negative::<true>(x),
+            ] {
+                if x < -87.0 {
+                    assert!(
+                        ours == 0.0 || (ours - reference).abs() < 1e-37,
+                        "e^{x}: {ours}"
+                    );
+                } else {
+                    let error = (ours - reference).abs() / ulp(reference);
+                    assert!(error <= 2.0, "e^{x}: {ours}, libm {reference}");
+                }
+            }
+        }
+        // The dispatched kernel, through its vector body and its tail: a softmax's numerators.
+        let mut scores: Vec<f32> = (0..37).map(|i| i as f32 * 0.25).collect();
+        let sum = simd::exp_minus(&mut scores, 9.0);
+        let reference: Vec<f32> = (0..37).map(|i| (i as f32 * 0.25 - 9.0).exp()).collect();
+        for (ours, reference) in scores.iter().zip(&reference) {
+            assert!(
+                (ours - reference).abs() <= 2.0 * ulp(*reference),
+                "{ours} vs {reference}"
+            );
+        }
+        assert!((sum - reference.iter().sum::<f32>()).abs() < 1e-5);
+        assert_eq!(simd::exp_of_negative::<true>(f32::NEG_INFINITY), 0.0);
     }
 
     #[test]
