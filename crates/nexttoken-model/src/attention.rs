@@ -5,7 +5,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::cache::{CachedStep, KeyValue};
-use crate::few_rows::{cached_attention, linear};
+use crate::cpu_kernels::{cached_attention, linear};
 
 /// Multi-head causal self-attention: the only layer that mixes information across positions.
 ///

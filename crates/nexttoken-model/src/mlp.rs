@@ -5,7 +5,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
-use crate::few_rows::{self, linear};
+use crate::cpu_kernels::{self, linear};
 
 /// The position-wise feed-forward network: widen 4x, GELU, project back.
 #[derive(Module, Debug)]
@@ -28,7 +28,7 @@ impl Mlp {
     /// - x: `[b, t, c]` -> `[b, t, c]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = linear(&self.c_fc, x);
-        let x = few_rows::gelu_new(&x).unwrap_or_else(|| gelu_new(x));
+        let x = cpu_kernels::gelu_new(&x).unwrap_or_else(|| gelu_new(x));
         linear(&self.c_proj, x)
     }
 }
@@ -71,7 +71,7 @@ mod tests {
         // -12..12 over more values than one task takes, so that two threads share them.
         let values: Vec<f32> = (-24_000..=24_000).map(|i| i as f32 / 2000.0).collect();
         let x = Tensor::<1>::from_floats(values.as_slice(), &device);
-        let ours = few_rows::gelu_new(&x).expect("flex, float32");
+        let ours = cpu_kernels::gelu_new(&x).expect("flex, float32");
         ours.into_data()
             .assert_approx_eq::<f32>(&gelu_approximate(x).into_data(), Tolerance::absolute(1e-6));
     }

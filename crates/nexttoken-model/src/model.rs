@@ -4,7 +4,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::block::Block;
 use crate::cache::KvCache;
-use crate::few_rows;
+use crate::cpu_kernels;
 
 /// GPT-2: token and position embeddings, `n_layer` blocks, a final layer norm, and an output
 /// head tied to the token embedding (GPT-2 has no separate `lm_head` weight).
@@ -114,7 +114,7 @@ impl Gpt2 {
     /// - ids: `[b, t]` -> `[b, t, c]`, after `ln_f`
     fn hidden_states(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let device = ids.device();
-        few_rows::in_cpu_pool(&device, || self.hidden_states_here(ids, cache))
+        cpu_kernels::in_cpu_pool(&device, || self.hidden_states_here(ids, cache))
     }
 
     fn hidden_states_here(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
@@ -162,7 +162,7 @@ impl Gpt2 {
     /// - x: `[n, c]` -> `[n, v]`
     fn head(&self, x: Tensor<2>) -> Tensor<2> {
         let embedding = self.wte.weight.val();
-        if let Some(logits) = few_rows::tied_head(&embedding, &x) {
+        if let Some(logits) = cpu_kernels::tied_head(&embedding, &x) {
             return logits;
         }
         // Selection works on float32 logits whatever the model computes in.

@@ -1,5 +1,6 @@
-//! A decode step's hot operations on burn-flex, split across every core: matrix products with
-//! few rows, and attention over the cache.
+//! The forward pass's hot operations on burn-flex, our own where burn-flex's leave the CPU
+//! idle or do extra work: a decode step's few-row matrix products and attention over the cache,
+//! a prompt's attention, and GPT-2's GELU.
 //!
 //! burn-flex gives products below 192³ multiply-adds to `gemm` on one thread, so every product
 //! of a GPT-2 decode step but the output head ran on one core. A decode step reads each weight
@@ -7,8 +8,9 @@
 //! cannot saturate (on the project's 2-vCPU EPYC a copy moves 36 GB/s on one thread, 50 on
 //! two). Here each thread streams its own contiguous share of the weight once: row blocks of
 //! a `Linear`'s `[k, n]` weight (summed after), vocabulary blocks of the tied head's `[v, c]`
-//! embedding. Prefill and large batches keep burn's path: they are compute-bound, and `gemm`
-//! threads them. Attention reads the cache where it lies, a task per row and head.
+//! embedding. A prompt's products keep burn's path: they are compute-bound, and `gemm` threads
+//! them. Attention reads the cache where it lies, a task per row and head; a prompt's queries go
+//! in blocks through `gemm`, each against only the keys it may see.
 //!
 //! The kernels run through burn's backend-extension door (`Tensor::try_into_primitive`): any
 //! other backend, dtype or layout takes burn's path unchanged.
