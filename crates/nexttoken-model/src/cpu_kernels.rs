@@ -23,8 +23,8 @@ use rayon::prelude::*;
 
 use crate::cache::{CachedStep, KeyValue};
 
-/// Most rows (batch rows × new positions) these kernels take: past this, a weight value read
-/// once feeds enough multiply-adds that `gemm`'s blocked kernels win.
+/// Most rows (batch rows × new positions) the few-row kernels take: past this, a weight value
+/// (or a cached key) read once feeds enough multiply-adds that `gemm`'s blocked kernels win.
 const MAX_ROWS: usize = 8;
 
 /// Tasks per thread: enough for rayon to even out a thread that starts late, few enough that
@@ -104,6 +104,7 @@ pub(crate) fn cached_attention(
     let dtype = q.dtype();
     let cached = CachedHeads {
         q: flex_activation(q)?,
+        few_queries: b * t <= MAX_ROWS,
         heads,
         t,
         head_size,
@@ -139,6 +140,8 @@ const QUERY_BLOCK: usize = 64;
 struct CachedHeads<'a> {
     /// `[b, heads, t, head_size]`, float32.
     q: Vec<f32>,
+    /// Whether a decode step's dot products beat matrix products (see [`MAX_ROWS`]).
+    few_queries: bool,
     heads: usize,
     t: usize,
     head_size: usize,
@@ -151,7 +154,6 @@ impl CachedHeads<'_> {
     fn attend<W: simd::Float>(&self, key: &[W], value: &[W]) -> Vec<f32> {
         let (t, head_size) = (self.t, self.head_size);
         let written = self.step.start + t;
-        let rows = self.q.len() / (self.heads * t * head_size);
         let mut y = vec![0.0f32; self.q.len()];
         y.par_chunks_mut(t * head_size)
             .zip(self.q.par_chunks(t * head_size))
@@ -161,7 +163,7 @@ impl CachedHeads<'_> {
                 let columns = first..first + written * head_size;
                 let (key, value) = (&key[columns.clone()], &value[columns]);
                 let row = row_head / self.heads;
-                if rows * t <= MAX_ROWS {
+                if self.few_queries {
                     self.attend_few(row, y, q, key, value);
                 } else {
                     self.attend_blocks(row, y, q, key, value);
@@ -626,7 +628,8 @@ mod simd {
         })
     }
 
-    /// Calls `$kernel::<FUSED, $W>` (or `::<FUSED>`) inlined into a function compiled for the detected level.
+    /// Calls `$kernel::<FUSED, $W>` (or `$kernel::<FUSED>`) inlined into a function compiled
+    /// for the detected level.
     macro_rules! dispatch {
         ($kernel:ident[$($w:ty)?]($($arg:expr),*)) => {{
             #[cfg(target_arch = "x86_64")]
