@@ -13,10 +13,10 @@
 //! form's row blocks read four interleaved ones and summed partial products after, and on bf16
 //! it is one `vdpbf16ps` per 32 weights (GPT-2-124M decode, alternating, 2 threads: f32 80 ->
 //! 91-94 t/s, bf16 160-165 -> 175-176; 1 thread: f32 71 -> 76-79, bf16 115 -> 137). A prompt's
-//! products are compute-bound: `gemm` threads them, reading the `[n, k]` layout through its
-//! strides; it packs that layout more slowly than `[k, n]` (f32 pp512 ~1800 -> ~1500 t/s), the
-//! price of the decode's gain. Attention reads the cache where it lies, a task per row and
-//! head; a prompt's queries go in blocks through `gemm`, each against only the keys it may see.
+//! products are compute-bound: `gemm` on each thread's blocks of weight rows (see
+//! [`times_transposed`] for why not `gemm`'s own threads). Attention reads the cache where it
+//! lies, a task per row and head; a prompt's queries go in blocks through `gemm`, each against
+//! only the keys it may see.
 //!
 //! The kernels run through burn's backend-extension door (`Tensor::try_into_primitive`): any
 //! other backend, dtype or layout takes burn's path unchanged.
@@ -240,20 +240,12 @@ impl CachedHeads<'_> {
                 keys,
                 [queries, head_size, seen],
                 Rhs::Transposed,
-                Threads::Calling,
             );
             for (query, weights) in weights.chunks_exact_mut(seen).enumerate() {
                 self.softmax(row, first_query + query, weights);
             }
             let values = &value[..seen * head_size];
-            matmul(
-                y,
-                weights,
-                values,
-                [queries, seen, head_size],
-                Rhs::AsIs,
-                Threads::Calling,
-            );
+            matmul(y, weights, values, [queries, seen, head_size], Rhs::AsIs);
         }
     }
 
@@ -307,19 +299,35 @@ fn flex_linear<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D
     Some(from_flex(out, out_dims).cast(dtype))
 }
 
-/// `x · wᵀ` for `x: [m, k]` and `w: [n, k]`, as `[m, n]`, on every core. A few rows read each
-/// weight once, in dot products, each thread over its own block of `w`'s rows; more rows make
-/// the product compute-bound, which `gemm`'s blocked kernels are for (fed float32: a
-/// half-precision weight is widened first, on every core).
+/// `x · wᵀ` for `x: [m, k]` and `w: [n, k]`, as `[m, n]`, on every core, each thread over its
+/// own blocks of `w`'s rows. A few rows read each weight once, in dot products. More rows make
+/// the product compute-bound: each block goes through `gemm` on its task's thread (a
+/// half-precision block widened to float32 first, in the task's cache). `gemm` packs `[n, k]`
+/// weights where it reads `[k, n]` ones in place: threaded by `gemm` itself, its packing took
+/// 3x the profile samples it took for `[k, n]` and a 512-token f32 prompt ran at ~0.8x the
+/// `[k, n]` layout's speed; a block per task packs each block once (0.9-1.0x; bf16 and f16
+/// faster than before, their widening now on every core).
 fn times_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) -> Vec<f32> {
+    let rows_per_task = rows_per_task(n);
     if m > MAX_ROWS {
-        let mut scratch = Vec::new();
-        let w = W::as_f32(w, &mut scratch);
         let mut out = vec![0.0; m * n];
-        matmul(&mut out, x, w, [m, k, n], Rhs::Transposed, Threads::All);
+        let columns = SharedColumns(out.as_mut_ptr());
+        w.par_chunks(rows_per_task * k)
+            .enumerate()
+            .for_each(|(block, rows)| {
+                let mut scratch = Vec::new();
+                let rows = W::as_f32(rows, &mut scratch);
+                let first = block * rows_per_task;
+                let dims = [m, k, rows.len() / k];
+                // SAFETY: the block's output columns, `first..first + dims[2]` of `out`'s `n`,
+                // exist (`w` has `n` rows) and are this task's alone.
+                unsafe {
+                    let out = columns.from(first);
+                    matmul_into(out, n, x, rows, dims, Rhs::Transposed);
+                }
+            });
         return out;
     }
-    let rows_per_task = rows_per_task(n);
     let mut transposed = vec![0.0; n * m]; // [n, m]: each task writes its own rows
     transposed
         .par_chunks_mut(rows_per_task * m)
@@ -333,6 +341,23 @@ fn times_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) -
         .collect()
 }
 
+/// `out`'s pointer, shared by the tasks of [`times_transposed`], each writing its own columns.
+#[derive(Clone, Copy)]
+struct SharedColumns(*mut f32);
+
+// SAFETY: the tasks that share it write disjoint columns and nothing reads them until all are
+// done (rayon's `for_each` returns after every task).
+unsafe impl Send for SharedColumns {}
+unsafe impl Sync for SharedColumns {}
+
+impl SharedColumns {
+    /// The first row's value in `column` (a method: a closure calling it captures the whole
+    /// `Sync` wrapper, not its raw pointer field).
+    fn from(self, column: usize) -> *mut f32 {
+        self.0.wrapping_add(column)
+    }
+}
+
 /// How [`matmul`]'s right-hand matrix lies in memory.
 #[derive(Clone, Copy)]
 enum Rhs {
@@ -342,39 +367,42 @@ enum Rhs {
     Transposed,
 }
 
-/// Where [`matmul`] runs.
-#[derive(Clone, Copy)]
-enum Threads {
-    /// The calling thread: it is one of many tasks.
-    Calling,
-    /// Every thread of the pool.
-    All,
+/// `out = a · b` for row-major `a: [m, k]` and `b` (see [`Rhs`]), on the calling thread: a
+/// task's share of a larger piece of work.
+fn matmul(out: &mut [f32], a: &[f32], b: &[f32], [m, k, n]: [usize; 3], rhs: Rhs) {
+    assert_eq!(out.len(), m * n);
+    // SAFETY: `out` holds `[m, n]` values (asserted), borrowed mutably for the call.
+    unsafe { matmul_into(out.as_mut_ptr(), n, a, b, [m, k, n], rhs) }
 }
 
-/// `out = a · b` for row-major `a: [m, k]` and `b` (see [`Rhs`]).
-fn matmul(
-    out: &mut [f32],
+/// [`matmul`] into `m` rows of `n` values `row_stride` apart from `out`.
+///
+/// # Safety
+/// Those values are writable, and nothing else reads or writes them during the call.
+unsafe fn matmul_into(
+    out: *mut f32,
+    row_stride: usize,
     a: &[f32],
     b: &[f32],
     [m, k, n]: [usize; 3],
     rhs: Rhs,
-    threads: Threads,
 ) {
-    assert!(out.len() == m * n && a.len() == m * k && b.len() == k * n);
+    assert!(a.len() == m * k && b.len() == k * n && row_stride >= n);
     let (b_column_stride, b_row_stride) = match rhs {
         Rhs::AsIs => (1, n),
         Rhs::Transposed => (k, 1),
     };
-    // SAFETY: the slices hold `[m, n]`, `[m, k]` and `[k, n]` values (asserted), which these
-    // strides address within them; `read_dst` is false, so `out`'s old values are not read.
+    // SAFETY: `a` and `b` hold `[m, k]` and `[k, n]` values (asserted), which these strides
+    // address within them; `out`'s are the caller's promise. `read_dst` is false, so `out`'s
+    // old values are not read.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            out,
             1,
-            n as isize,
+            row_stride as isize,
             false,
             a.as_ptr(),
             1,
@@ -387,10 +415,7 @@ fn matmul(
             false,
             false,
             false,
-            match threads {
-                Threads::Calling => gemm::Parallelism::None,
-                Threads::All => gemm::Parallelism::Rayon(0),
-            },
+            gemm::Parallelism::None,
         )
     }
 }
