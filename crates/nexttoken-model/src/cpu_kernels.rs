@@ -55,7 +55,7 @@ pub(crate) fn in_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send
     }
 }
 
-/// `layer.forward(x)`, on every core when `x` has few rows on flex.
+/// `layer.forward(x)`, on every core on flex once the weight is laid out ([`stored_by_output`]).
 ///
 /// # Shapes
 /// - x: `[.., k]` -> `[.., n]` for a `[k, n]` weight
@@ -322,7 +322,7 @@ fn times_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) -
                 // SAFETY: the block's output columns, `first..first + dims[2]` of `out`'s `n`,
                 // exist (`w` has `n` rows) and are this task's alone.
                 unsafe {
-                    let out = columns.from(first);
+                    let out = columns.at_column(first);
                     matmul_into(out, n, x, rows, dims, Rhs::Transposed);
                 }
             });
@@ -353,7 +353,7 @@ unsafe impl Sync for SharedColumns {}
 impl SharedColumns {
     /// The first row's value in `column` (a method: a closure calling it captures the whole
     /// `Sync` wrapper, not its raw pointer field).
-    fn from(self, column: usize) -> *mut f32 {
+    fn at_column(self, column: usize) -> *mut f32 {
         self.0.wrapping_add(column)
     }
 }
@@ -466,7 +466,7 @@ fn stored_transposed(weight: &Tensor<2>) -> Option<FlexTensor> {
     Some(transposed)
 }
 
-/// An activation's values as float32 (a few rows: copying them is cheap).
+/// An activation's values as float32 (a copy: small beside the product it feeds).
 fn flex_activation<const D: usize>(tensor: &Tensor<D>) -> Option<Vec<f32>> {
     let primitive = tensor.clone().try_into_primitive::<Flex>().ok()?;
     let primitive = primitive.to_contiguous();

@@ -169,7 +169,7 @@ impl Gpt2 {
         self.head(x.slice([0..b, t - 1..t]).reshape([b, c]))
     }
 
-    /// The tied output head: on flex, a decode step's few rows on every core.
+    /// The tied output head: on flex, our kernels' (every core, dot products for a decode step).
     ///
     /// Otherwise computed as `(wte · xᵀ)ᵀ` rather than `x · wteᵀ`: the same numbers, but the `[v, c]`
     /// embedding stays the left operand in its stored layout. Given its transpose, ndarray
