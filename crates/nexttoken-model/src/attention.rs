@@ -1,11 +1,11 @@
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::cache::{CachedStep, KeyValue};
-use crate::cpu_kernels::{cached_attention, linear};
+use crate::cpu_kernels::{cached_attention, laid_out_linear, linear};
 
 /// Multi-head causal self-attention: the only layer that mixes information across positions.
 ///
@@ -22,8 +22,8 @@ pub struct CausalSelfAttention {
 impl CausalSelfAttention {
     pub fn new(n_embd: usize, n_head: usize, device: &Device) -> Self {
         Self {
-            c_attn: LinearConfig::new(n_embd, 3 * n_embd).init(device),
-            c_proj: LinearConfig::new(n_embd, n_embd).init(device),
+            c_attn: laid_out_linear(n_embd, 3 * n_embd, device),
+            c_proj: laid_out_linear(n_embd, n_embd, device),
             n_head,
         }
     }

@@ -145,7 +145,7 @@ impl Checkpoint {
     /// As [`Checkpoint::load`].
     pub fn load_as(&mut self, device: &Device, dtype: DType) -> Result<Gpt2, ModelError> {
         self.check_head_is_tied()?;
-        let mut model = self.config.init_as_stored(device);
+        let mut model = self.config.init(device);
         let mut applied = BTreeSet::new();
         let mut missing = Vec::new();
         for shard in &mut self.shards {
@@ -180,7 +180,7 @@ impl Checkpoint {
                 name: hf_name(name),
             });
         }
-        Ok(model.laid_out())
+        Ok(model)
     }
 
     /// GPT-2's output head is `wte`; a file may carry it again as `lm_head.weight`, which must

@@ -229,13 +229,6 @@ impl Gpt2Config {
     /// # Panics
     /// If the config is invalid (see [`Gpt2Config::from_json_file`], which checks it).
     pub fn init(&self, device: &Device) -> Gpt2 {
-        self.init_as_stored(device).laid_out()
-    }
-
-    /// [`Gpt2Config::init`] with the weights in a checkpoint's layout, for loading to replace:
-    /// burn creates a parameter's random values only when it is first read, so laying them
-    /// out here would create them all for nothing.
-    pub(crate) fn init_as_stored(&self, device: &Device) -> Gpt2 {
         if let Err(reason) = self.validate() {
             panic!("invalid GPT-2 config: {reason}");
         }

@@ -23,7 +23,7 @@
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::{DispatchDevice, Flex};
-use burn::nn::Linear;
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{DType, Device, Tensor, TensorData, bf16, f16};
 use rayon::prelude::*;
 
@@ -81,6 +81,21 @@ pub(crate) fn tied_head(embedding: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2
         times_transposed(&x, embedding, [m, c, v])
     });
     Some(from_flex(logits, [m, v]))
+}
+
+/// A `[k, n]` `Linear` whose weight is laid out by [`stored_by_output`] whenever it gets its
+/// values: at random initialisation (lazily, as burn creates them) and as each is loaded from a
+/// checkpoint. Laid out as it arrives, a loading model holds one matrix twice at most, where
+/// laying out the finished model kept the allocator's freed copies beside it.
+pub(crate) fn laid_out_linear(k: usize, n: usize, device: &Device) -> Linear {
+    let layer = LinearConfig::new(k, n).init(device);
+    Linear {
+        weight: layer
+            .weight
+            .init_mapper(stored_by_output)
+            .load_mapper(stored_by_output),
+        bias: layer.bias,
+    }
 }
 
 /// `weight`, a `Linear`'s `[k, n]`, stored on flex as its transpose (a transposed view of a
@@ -961,7 +976,7 @@ mod simd {
 
 #[cfg(test)]
 mod tests {
-    use burn::nn::LinearConfig;
+    use burn::store::ModuleSnapshot;
     use burn::tensor::{Device, Distribution, Tolerance};
 
     use super::*;
@@ -991,6 +1006,22 @@ mod tests {
             y.into_data()
                 .assert_approx_eq::<f32>(&layer.forward(x).into_data(), Tolerance::default());
         }
+    }
+
+    #[test]
+    fn laid_out_linears_are_laid_out_at_init_and_at_load() {
+        let device = Device::flex();
+        let initialised = laid_out_linear(30, 20, &device);
+        assert!(stored_transposed(&initialised.weight.val()).is_some());
+        let source = LinearConfig::new(30, 20).init(&device);
+        let mut loaded = laid_out_linear(30, 20, &device);
+        let result = loaded.apply(source.collect(None, None, false), None, None, false);
+        assert!(result.errors.is_empty() && result.missing.is_empty());
+        let weight = loaded.weight.val();
+        assert!(stored_transposed(&weight).is_some(), "laid out as loaded");
+        weight
+            .into_data()
+            .assert_eq(&source.weight.val().into_data(), true);
     }
 
     #[test]

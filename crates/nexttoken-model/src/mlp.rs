@@ -1,11 +1,11 @@
 use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
-use crate::cpu_kernels::{self, linear};
+use crate::cpu_kernels::{self, laid_out_linear, linear};
 
 /// The position-wise feed-forward network: widen 4x, GELU, project back.
 #[derive(Module, Debug)]
@@ -19,8 +19,8 @@ pub struct Mlp {
 impl Mlp {
     pub fn new(n_embd: usize, device: &Device) -> Self {
         Self {
-            c_fc: LinearConfig::new(n_embd, 4 * n_embd).init(device),
-            c_proj: LinearConfig::new(4 * n_embd, n_embd).init(device),
+            c_fc: laid_out_linear(n_embd, 4 * n_embd, device),
+            c_proj: laid_out_linear(4 * n_embd, n_embd, device),
         }
     }
 

@@ -110,23 +110,6 @@ impl Gpt2 {
         self.wte.weight.val().dtype()
     }
 
-    /// The model with its blocks' weights laid out for the device's kernels (see
-    /// [`cpu_kernels::stored_by_output`]), one matrix at a time.
-    pub(crate) fn laid_out(mut self) -> Self {
-        for block in &mut self.h {
-            let (attn, mlp) = (&mut block.attn, &mut block.mlp);
-            for linear in [
-                &mut attn.c_attn,
-                &mut attn.c_proj,
-                &mut mlp.c_fc,
-                &mut mlp.c_proj,
-            ] {
-                linear.weight = linear.weight.clone().map(cpu_kernels::stored_by_output);
-            }
-        }
-        self
-    }
-
     /// # Shapes
     /// - ids: `[b, t]` -> `[b, t, c]`, after `ln_f`
     fn hidden_states(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
