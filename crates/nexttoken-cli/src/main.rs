@@ -77,7 +77,8 @@ fn load_generator(
     let (tensor, bytes) = checkpoint.config().largest_tensor();
     backend.check_fits(tensor, bytes)?;
     let start = Instant::now();
-    let model = checkpoint.load_as(&device, dtype).with_context(|| {
+    let loaded = memory::returning_freed_memory(|| checkpoint.load_as(&device, dtype));
+    let model = loaded.with_context(|| {
         let files: Vec<String> = checkpoint
             .files()
             .map(|f| f.display().to_string())
