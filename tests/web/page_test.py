@@ -75,7 +75,9 @@ def generate(page, prompt, new_tokens):
     page.fill("#prompt", prompt)
     page.fill("#max_new_tokens", str(new_tokens))
     page.evaluate("window.nexttoken.status = 'asked'")
-    page.click("#generate")
+    # The click returns once the page has handled it, and the page's first step runs on its
+    # thread: on SwiftShader a new prompt length compiles kernels for tens of seconds.
+    page.click("#generate", timeout=TIMEOUT_MS)
     return wait_until_settled(page, ["done", "error"])
 
 
