@@ -504,8 +504,10 @@ mod simd {
 
     #[cfg(target_arch = "x86_64")]
     use std::arch::x86_64::{
-        __m512, _mm256_loadu_si256, _mm512_castsi512_ps, _mm512_cvtepu16_epi32, _mm512_cvtph_ps,
-        _mm512_loadu_ps, _mm512_slli_epi32,
+        __m256, __m512, _mm_loadu_si128, _mm256_castsi256_ps, _mm256_cvtepu16_epi32,
+        _mm256_cvtph_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_slli_epi32,
+        _mm512_castsi512_ps, _mm512_cvtepu16_epi32, _mm512_cvtph_ps, _mm512_loadu_ps,
+        _mm512_slli_epi32,
     };
     use std::sync::OnceLock;
 
@@ -522,6 +524,13 @@ mod simd {
         /// The CPU has AVX-512F, and 16 values from `at` are readable.
         #[cfg(target_arch = "x86_64")]
         unsafe fn load16(at: *const Self) -> __m512;
+
+        /// 8 values from `at` as float32s, in one or two instructions.
+        ///
+        /// # Safety
+        /// The CPU has AVX2 and F16C, and 8 values from `at` are readable.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn load8(at: *const Self) -> __m256;
 
         /// [`dots`] in the CPU's own arithmetic for this type, where it has some; `false`, with
         /// nothing written, where it has none.
@@ -562,6 +571,13 @@ mod simd {
             unsafe { _mm512_loadu_ps(at) }
         }
 
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,f16c")]
+        unsafe fn load8(at: *const f32) -> __m256 {
+            // SAFETY: 8 values are readable (the caller's promise); no alignment is needed.
+            unsafe { _mm256_loadu_ps(at) }
+        }
+
         fn as_f32<'a>(values: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
             values
         }
@@ -580,6 +596,14 @@ mod simd {
             // SAFETY: as for f32's; a `bf16` is a `repr(transparent)` `u16`.
             let bits = unsafe { _mm256_loadu_si256(at.cast()) };
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,f16c")]
+        unsafe fn load8(at: *const bf16) -> __m256 {
+            // SAFETY: as for f32's; a `bf16` is a `repr(transparent)` `u16`.
+            let bits = unsafe { _mm_loadu_si128(at.cast()) };
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
         }
 
         fn dots_in_hardware(out: &mut [f32], x: &[f32], rows: &[bf16], c: usize) -> bool {
@@ -623,6 +647,14 @@ mod simd {
             // SAFETY: as for f32's; an `f16` is a `repr(transparent)` `u16`.
             _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(at.cast()) })
         }
+
+        /// F16C's `vcvtph2ps`, for the same reason.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,f16c")]
+        unsafe fn load8(at: *const f16) -> __m256 {
+            // SAFETY: as for f32's; an `f16` is a `repr(transparent)` `u16`.
+            _mm256_cvtph_ps(unsafe { _mm_loadu_si128(at.cast()) })
+        }
     }
 
     /// `partial[r, :] += x[r, :] · rows` for `x: [m, i]` and a block of weight rows `[i, n]`.
@@ -641,11 +673,115 @@ mod simd {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if let Level::Avx512 = level() {
+        match level() {
             // SAFETY: AVX-512F was detected on this CPU.
-            return unsafe { avx512::dots(out, x, rows, c) };
+            Level::Avx512 => return unsafe { avx512::dots(out, x, rows, c) },
+            // SAFETY: AVX2, FMA and F16C were detected on this CPU.
+            Level::Avx2Fma => return unsafe { avx2::dots(out, x, rows, c) },
+            Level::Baseline => {}
         }
         dispatch!(dots_with[W](out, x, rows, c))
+    }
+
+    /// A vector register of float32 running sums, for [`four_sums`].
+    ///
+    /// # Safety
+    /// Each method needs the CPU to have the register's instructions.
+    #[cfg(target_arch = "x86_64")]
+    trait Sums: Copy {
+        unsafe fn zero() -> Self;
+        unsafe fn plus(self, other: Self) -> Self;
+        unsafe fn total(self) -> f32;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl Sums for __m512 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { std::arch::x86_64::_mm512_setzero_ps() }
+        }
+
+        #[inline(always)]
+        unsafe fn plus(self, other: Self) -> Self {
+            unsafe { std::arch::x86_64::_mm512_add_ps(self, other) }
+        }
+
+        #[inline(always)]
+        unsafe fn total(self) -> f32 {
+            unsafe { std::arch::x86_64::_mm512_reduce_add_ps(self) }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl Sums for __m256 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { std::arch::x86_64::_mm256_setzero_ps() }
+        }
+
+        #[inline(always)]
+        unsafe fn plus(self, other: Self) -> Self {
+            unsafe { std::arch::x86_64::_mm256_add_ps(self, other) }
+        }
+
+        #[inline(always)]
+        unsafe fn total(self) -> f32 {
+            use std::arch::x86_64::{
+                _mm_add_ps, _mm_cvtss_f32, _mm_movehdup_ps, _mm_movehl_ps, _mm256_castps256_ps128,
+                _mm256_extractf128_ps,
+            };
+            unsafe {
+                let halves = _mm_add_ps(
+                    _mm256_castps256_ps128(self),
+                    _mm256_extractf128_ps::<1>(self),
+                );
+                let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+                _mm_cvtss_f32(_mm_add_ps(pairs, _mm_movehdup_ps(pairs)))
+            }
+        }
+    }
+
+    /// `out[j, r] = x[r, :] · rows[j, :]` (see [`dots`]) with four running sums, so that the
+    /// multiply-adds do not wait on each other: `step(sum, x, w)` adds the products of `x`'s
+    /// and `w`'s first `lanes` values to `sum`'s lanes.
+    ///
+    /// # Safety
+    /// The CPU has `S`'s instructions and those `step` uses.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn four_sums<S: Sums, X: Float, W: Float>(
+        out: &mut [f32],
+        x: &[X],
+        rows: &[W],
+        c: usize,
+        lanes: usize,
+        step: impl Fn(S, &[X], &[W]) -> S,
+    ) {
+        let block = 4 * lanes;
+        let m = x.len() / c;
+        let body = c / block * block;
+        for (out, row) in out.chunks_exact_mut(m).zip(rows.chunks_exact(c)) {
+            for (out, x) in out.iter_mut().zip(x.chunks_exact(c)) {
+                // SAFETY: the CPU has S's instructions (the caller's promise).
+                let mut sums = [unsafe { S::zero() }; 4];
+                for (x, w) in x[..body]
+                    .chunks_exact(block)
+                    .zip(row[..body].chunks_exact(block))
+                {
+                    for (k, sum) in sums.iter_mut().enumerate() {
+                        let at = k * lanes..;
+                        *sum = step(*sum, &x[at.clone()], &w[at]);
+                    }
+                }
+                let tail: f32 = x[body..]
+                    .iter()
+                    .zip(&row[body..])
+                    .map(|(x, w)| x.to_f32() * w.to_f32())
+                    .sum();
+                // SAFETY: as above.
+                *out = unsafe { sums[0].plus(sums[1]).plus(sums[2].plus(sums[3])).total() } + tail;
+            }
+        }
     }
 
     /// The kernels above on AVX-512, written out: one load widens 16 weights of any of the
@@ -654,11 +790,10 @@ mod simd {
     #[cfg(target_arch = "x86_64")]
     mod avx512 {
         use std::arch::x86_64::{
-            __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps,
-            _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+            __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps,
         };
 
-        use super::Float;
+        use super::{Float, four_sums};
 
         const LANES: usize = 16;
 
@@ -693,51 +828,31 @@ mod simd {
 
         #[target_feature(enable = "avx512f")]
         pub fn dots<W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
-            four_sums(out, x, rows, c, LANES, |sum, x, w| {
-                // SAFETY: AVX-512F (this function's); `x` and `w` hold LANES values.
-                unsafe { _mm512_fmadd_ps(_mm512_loadu_ps(x.as_ptr()), W::load16(w.as_ptr()), sum) }
-            });
+            // SAFETY: AVX-512F (this function's); `x` and `w` hold LANES values.
+            unsafe {
+                four_sums(out, x, rows, c, LANES, |sum: __m512, x, w| {
+                    _mm512_fmadd_ps(_mm512_loadu_ps(x.as_ptr()), W::load16(w.as_ptr()), sum)
+                });
+            }
         }
+    }
 
-        /// `out[j, r] = x[r, :] · rows[j, :]` (see [`super::dots`]) with four running sums,
-        /// so that the multiply-adds do not wait on each other: `step(sum, x, w)` adds the
-        /// products of `x`'s and `w`'s first `lanes` values to `sum`'s lanes.
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        pub fn four_sums<X: Float, W: Float>(
-            out: &mut [f32],
-            x: &[X],
-            rows: &[W],
-            c: usize,
-            lanes: usize,
-            step: impl Fn(__m512, &[X], &[W]) -> __m512,
-        ) {
-            let block = 4 * lanes;
-            let m = x.len() / c;
-            let body = c / block * block;
-            for (out, row) in out.chunks_exact_mut(m).zip(rows.chunks_exact(c)) {
-                for (out, x) in out.iter_mut().zip(x.chunks_exact(c)) {
-                    let mut sums = [_mm512_setzero_ps(); 4];
-                    for (x, w) in x[..body]
-                        .chunks_exact(block)
-                        .zip(row[..body].chunks_exact(block))
-                    {
-                        for (k, sum) in sums.iter_mut().enumerate() {
-                            let at = k * lanes..;
-                            *sum = step(*sum, &x[at.clone()], &w[at]);
-                        }
-                    }
-                    let sum = _mm512_add_ps(
-                        _mm512_add_ps(sums[0], sums[1]),
-                        _mm512_add_ps(sums[2], sums[3]),
-                    );
-                    let tail: f32 = x[body..]
-                        .iter()
-                        .zip(&row[body..])
-                        .map(|(x, w)| x.to_f32() * w.to_f32())
-                        .sum();
-                    *out = _mm512_reduce_add_ps(sum) + tail;
-                }
+    /// [`dots`] on AVX2: as [`avx512`]'s, 8 lanes a register (F16C widens f16 weights).
+    #[cfg(target_arch = "x86_64")]
+    mod avx2 {
+        use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_loadu_ps};
+
+        use super::{Float, four_sums};
+
+        const LANES: usize = 8;
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub fn dots<W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
+            // SAFETY: AVX2, FMA and F16C (this function's); `x` and `w` hold LANES values.
+            unsafe {
+                four_sums(out, x, rows, c, LANES, |sum: __m256, x, w| {
+                    _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr()), W::load8(w.as_ptr()), sum)
+                });
             }
         }
     }
@@ -755,7 +870,7 @@ mod simd {
 
         use burn::tensor::bf16;
 
-        use super::avx512::four_sums;
+        use super::four_sums;
 
         /// Pairs of bf16s in a 512-bit register.
         const LANES: usize = 32;
@@ -773,9 +888,12 @@ mod simd {
         #[target_feature(enable = "avx512f,avx512bf16")]
         pub fn dots(out: &mut [f32], x: &[f32], rows: &[bf16], c: usize) {
             let x: Vec<bf16> = x.iter().map(|&x| bf16::from_f32(x)).collect();
-            four_sums(out, &x, rows, c, LANES, |sum, x, w| {
-                _mm512_dpbf16_ps(sum, load(x), load(w))
-            });
+            // SAFETY: AVX-512F and AVX-512 BF16 (this function's).
+            unsafe {
+                four_sums(out, &x, rows, c, LANES, |sum, x, w| {
+                    _mm512_dpbf16_ps(sum, load(x), load(w))
+                });
+            }
         }
     }
 
@@ -805,7 +923,10 @@ mod simd {
                 if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
                     return Level::Avx512;
                 }
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                if is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+                {
                     return Level::Avx2Fma;
                 }
             }
@@ -970,6 +1091,58 @@ mod simd {
                     .sum();
                 *out = sums.iter().sum::<f32>() + tail;
             }
+        }
+    }
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Each vector kernel this CPU can run, against the plain loop, for every weight type:
+        /// the same sums in another order.
+        #[test]
+        fn every_level_s_dot_products_agree_with_the_plain_loop() {
+            fn check<W: Float>(from_f32: fn(f32) -> W) {
+                // 300 values: blocks of 32 and 64 and a tail; 5 rows of weights, 2 inputs.
+                let c = 300;
+                let x: Vec<f32> = (0..2 * c)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                    .collect();
+                let rows: Vec<W> = (0..5 * c)
+                    .map(|i| from_f32(((i * 53 % 97) as f32 - 48.0) / 40.0))
+                    .collect();
+                let mut expected = vec![0.0; 10];
+                dots_with::<false, W>(&mut expected, &x, &rows, c);
+                type Dots<W> = fn(&mut [f32], &[f32], &[W], usize);
+                let mut kernels: Vec<(&str, Dots<W>)> = Vec::new();
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if is_x86_feature_detected!("avx2")
+                        && is_x86_feature_detected!("fma")
+                        && is_x86_feature_detected!("f16c")
+                    {
+                        // SAFETY: detected just above.
+                        kernels.push(("avx2", |o, x, r, c| unsafe { avx2::dots(o, x, r, c) }));
+                    }
+                    if is_x86_feature_detected!("avx512f") {
+                        // SAFETY: detected just above.
+                        kernels.push(("avx512", |o, x, r, c| unsafe { avx512::dots(o, x, r, c) }));
+                    }
+                }
+                for (name, kernel) in kernels {
+                    let mut ours = vec![f32::NAN; 10];
+                    kernel(&mut ours, &x, &rows, c);
+                    for (ours, expected) in ours.iter().zip(&expected) {
+                        assert!(
+                            (ours - expected).abs() <= 1e-4 * expected.abs().max(1.0),
+                            "{name}, {}: {ours} vs {expected}",
+                            std::any::type_name::<W>()
+                        );
+                    }
+                }
+            }
+            check::<f32>(|x| x);
+            check::<f16>(f16::from_f32);
+            check::<bf16>(bf16::from_f32);
         }
     }
 }
