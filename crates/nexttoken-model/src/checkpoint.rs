@@ -42,9 +42,9 @@ struct Shard {
     path: PathBuf,
     /// Reads and checks the header; loads a shard held in memory.
     store: SafetensorsStore,
-    /// A file's tensors, each read from the file when the model takes it; `None` for bytes
-    /// held in memory.
-    from_file: Option<Vec<PackTensor>>,
+    /// A file's tensors, read from the file as the model takes them; `None` for bytes held in
+    /// memory.
+    from_file: Option<FileTensors>,
     tensors: BTreeMap<String, (DType, Vec<usize>)>,
 }
 
@@ -73,7 +73,7 @@ impl Checkpoint {
             .into_iter()
             .map(|file| {
                 let mut shard = Shard::new(SafetensorsStore::from_file(&file), file)?;
-                shard.from_file = Some(file_tensors(&shard.path)?);
+                shard.from_file = Some(FileTensors::open(&shard.path)?);
                 Ok(shard)
             })
             .collect::<Result<_, ModelError>>()?;
@@ -150,10 +150,7 @@ impl Checkpoint {
         let mut missing = Vec::new();
         for shard in &mut self.shards {
             let result = match &shard.from_file {
-                Some(tensors) => {
-                    let adapter = Box::new(FloatCastAdapter::to(dtype));
-                    model.apply(tensors.clone(), None, Some(adapter), false)
-                }
+                Some(file) => model.apply(file.tensors(Some(dtype)), None, None, false),
                 None => {
                     shard.convert_to(dtype);
                     model
@@ -202,11 +199,12 @@ impl Checkpoint {
     fn tensor_bytes(&mut self, name: &str) -> Result<Option<Bytes>, ModelError> {
         for shard in &mut self.shards {
             let tensor = match &shard.from_file {
-                Some(tensors) => tensors.iter().find(|tensor| tensor.name == name),
+                Some(file) => file.tensors(None).into_iter().find(|t| t.name == name),
                 None => shard
                     .store
                     .get_tensor(name)
-                    .map_err(|e| corrupt(&shard.path, e))?,
+                    .map_err(|e| corrupt(&shard.path, e))?
+                    .cloned(),
             };
             if let Some(tensor) = tensor {
                 return tensor
@@ -272,57 +270,108 @@ fn key_remapper() -> KeyRemapper {
     .expect("the patterns are valid regular expressions")
 }
 
-/// The float tensors of the safetensors file at `path` (its header already checked by the
-/// store), renamed to this crate's names, each read from the file with a positioned read when
-/// the model takes it. The store would read them out of a memory map, whose pages stay resident
+/// A safetensors file's float tensors, where its header puts them (the header already checked
+/// by the store). The store would read them out of a memory map, whose pages stay resident
 /// beside the model's copy: loading that way peaks at twice the weights.
-fn file_tensors(path: &Path) -> Result<Vec<PackTensor>, ModelError> {
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        dtype: String,
-        shape: Vec<usize>,
-        data_offsets: [u64; 2],
-    }
-    let io = |error| ModelError::Io {
-        path: path.to_path_buf(),
-        error,
-    };
-    let file = Arc::new(File::open(path).map_err(io)?);
-    let mut header_len = [0; 8];
-    read_at(&file, &mut header_len, 0).map_err(io)?;
-    let header_len = u64::from_le_bytes(header_len);
-    let mut header = vec![0; header_len as usize];
-    read_at(&file, &mut header, 8).map_err(io)?;
-    let mut header: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| corrupt(path, e))?;
-    header.remove("__metadata__");
-    let mut tensors = Vec::new();
-    for (name, entry) in header {
-        let entry: Entry = serde_json::from_value(entry).map_err(|e| corrupt(path, e))?;
-        let dtype = match entry.dtype.as_str() {
-            "F32" => DType::F32,
-            "F16" => DType::F16,
-            "BF16" => DType::BF16,
-            "F64" => DType::F64,
-            _ => continue, // the mask buffers: never loaded
+struct FileTensors {
+    file: Arc<File>,
+    /// Each tensor's name (Hugging Face's), dtype, shape, and first and last byte in the file.
+    entries: Vec<(String, DType, Vec<usize>, [u64; 2])>,
+}
+
+impl FileTensors {
+    fn open(path: &Path) -> Result<Self, ModelError> {
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            dtype: String,
+            shape: Vec<usize>,
+            data_offsets: [u64; 2],
+        }
+        let io = |error| ModelError::Io {
+            path: path.to_path_buf(),
+            error,
         };
-        let [start, end] = entry.data_offsets.map(|offset| 8 + header_len + offset);
-        let (file, shape) = (file.clone(), entry.shape.clone());
-        let read = move || {
-            let mut bytes = vec![0; (end - start) as usize];
-            read_at(&file, &mut bytes, start).map_err(|e| PackError::IoError(e.to_string()))?;
-            TensorData::try_from_bytes(Bytes::from_bytes_vec(bytes), shape.clone(), dtype)
-                .map_err(|e| PackError::TensorBytesSizeMismatch(e.to_string()))
-        };
-        tensors.push(bridge::deferred(
-            name,
-            dtype,
-            entry.shape.into(),
-            None,
-            read,
-        ));
+        let file = File::open(path).map_err(io)?;
+        let mut header_len = [0; 8];
+        read_at(&file, &mut header_len, 0).map_err(io)?;
+        let header_len = u64::from_le_bytes(header_len);
+        let mut header = vec![0; header_len as usize];
+        read_at(&file, &mut header, 8).map_err(io)?;
+        let mut header: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| corrupt(path, e))?;
+        header.remove("__metadata__");
+        let mut entries = Vec::new();
+        for (name, entry) in header {
+            let entry: Entry = serde_json::from_value(entry).map_err(|e| corrupt(path, e))?;
+            let dtype = match entry.dtype.as_str() {
+                "F32" => DType::F32,
+                "F16" => DType::F16,
+                "BF16" => DType::BF16,
+                "F64" => DType::F64,
+                _ => continue, // the mask buffers: never loaded
+            };
+            let offsets = entry.data_offsets.map(|offset| 8 + header_len + offset);
+            entries.push((name, dtype, entry.shape, offsets));
+        }
+        Ok(Self {
+            file: Arc::new(file),
+            entries,
+        })
     }
-    Ok(key_remapper().remap(tensors).0)
+
+    /// The tensors, renamed to this crate's names, each read with positioned reads when the
+    /// model takes it, as `dtype` (or the file's own). A tensor in another dtype is converted a
+    /// chunk at a time as it is read, so it is never held whole in both.
+    fn tensors(&self, dtype: Option<DType>) -> Vec<PackTensor> {
+        let tensors = self.entries.iter().map(|(name, stored, shape, offsets)| {
+            let target = dtype.unwrap_or(*stored);
+            let (file, dims, [start, end], stored) =
+                (self.file.clone(), shape.clone(), *offsets, *stored);
+            let read = move || {
+                let bytes = read_as(&file, start..end, stored, target)?;
+                TensorData::try_from_bytes(Bytes::from_bytes_vec(bytes), dims.clone(), target)
+                    .map_err(|e| PackError::TensorBytesSizeMismatch(e.to_string()))
+            };
+            bridge::deferred(name.clone(), target, shape.clone().into(), None, read)
+        });
+        key_remapper().remap(tensors.collect()).0
+    }
+}
+
+/// The values at `range` of `file`, stored as `stored`, as `target`'s bytes: read whole when
+/// the two agree, else a chunk at a time, each converted (as burn's `FloatCastAdapter` would
+/// convert the whole) before the next is read.
+fn read_as(
+    file: &File,
+    range: std::ops::Range<u64>,
+    stored: DType,
+    target: DType,
+) -> Result<Vec<u8>, PackError> {
+    /// Values a chunk: 4 MiB of float32.
+    const CHUNK: u64 = 1 << 20;
+    let io = |e: std::io::Error| PackError::IoError(e.to_string());
+    let mismatch = |e: burn::tensor::DataError| PackError::TensorBytesSizeMismatch(e.to_string());
+    let len = range.end.saturating_sub(range.start);
+    if stored == target {
+        let mut bytes = vec![0; len as usize];
+        read_at(file, &mut bytes, range.start).map_err(io)?;
+        return Ok(bytes);
+    }
+    let (from, to) = (stored.size() as u64, target.size() as u64);
+    let mut converted = Vec::with_capacity((len / from * to) as usize);
+    let mut chunk = Vec::new();
+    for at in (range.start..range.end).step_by((CHUNK * from) as usize) {
+        chunk.resize((range.end - at).min(CHUNK * from) as usize, 0);
+        read_at(file, &mut chunk, at).map_err(io)?;
+        let values = chunk.len() / from as usize;
+        let data = TensorData::try_from_bytes(Bytes::from_bytes_vec(chunk), [values], stored)
+            .map_err(mismatch)?
+            .try_cast(target)
+            .map_err(mismatch)?;
+        converted.extend_from_slice(data.as_bytes());
+        chunk = Vec::new();
+    }
+    Ok(converted)
 }
 
 /// Fills `buffer` from `file` at `offset`, leaving the file's cursor alone (so tensors can be
@@ -572,5 +621,32 @@ impl<'a> Header<'a> {
             vocab_size,
             ..preset
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// Over two chunks of float32, converted a chunk at a time, gives what converting the whole
+    /// gives, for each dtype a checkpoint may be loaded as.
+    #[test]
+    fn a_tensor_read_as_another_dtype_is_converted_as_a_whole_would_be() {
+        let values: Vec<f32> = (0..(1 << 21) + 7)
+            .map(|i| ((i * 7919 % 100_003) as f32 - 50_000.0) * 1.000_123e-3)
+            .collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[0; 3]).unwrap(); // the values start past the file's start
+        file.write_all(&bytes).unwrap();
+        let range = 3..3 + bytes.len() as u64;
+        let whole = TensorData::new(values.clone(), [values.len()]);
+        for target in [DType::F32, DType::F16, DType::BF16] {
+            let ours = read_as(&file, range.clone(), DType::F32, target).unwrap();
+            let expected = whole.clone().try_cast(target).unwrap();
+            assert!(ours == expected.as_bytes(), "{target:?}");
+        }
     }
 }
