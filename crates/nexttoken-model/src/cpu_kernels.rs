@@ -549,11 +549,7 @@ mod simd {
             scratch
                 .par_chunks_mut(CHUNK)
                 .zip(values.par_chunks(CHUNK))
-                .for_each(|(wide, values)| {
-                    wide.iter_mut()
-                        .zip(values)
-                        .for_each(|(wide, value)| *wide = value.to_f32());
-                });
+                .for_each(|(wide, values)| widen(wide, values));
             scratch
         }
     }
@@ -667,6 +663,39 @@ mod simd {
         dispatch!(rows_times_block_with[W](partial, x, rows, n))
     }
 
+    /// `wide[i] = values[i]`, as float32.
+    pub fn widen<W: Float>(wide: &mut [f32], values: &[W]) {
+        #[cfg(target_arch = "x86_64")]
+        match level() {
+            // SAFETY: AVX-512F was detected on this CPU.
+            Level::Avx512 => return unsafe { avx512::widen(wide, values) },
+            // SAFETY: AVX2, FMA and F16C were detected on this CPU.
+            Level::Avx2Fma => return unsafe { avx2::widen(wide, values) },
+            Level::Baseline => {}
+        }
+        wide.iter_mut()
+            .zip(values)
+            .for_each(|(wide, value)| *wide = value.to_f32());
+    }
+
+    /// [`widen`] a register at a time.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s instructions.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn widen_by<V: Vector, W: Float>(wide: &mut [f32], values: &[W]) {
+        let mut wide = wide.chunks_exact_mut(V::LANES);
+        let mut values = values.chunks_exact(V::LANES);
+        for (wide, values) in (&mut wide).zip(&mut values) {
+            // SAFETY: `V`'s instructions (the caller's promise); both hold LANES values.
+            unsafe { V::load(values.as_ptr()).store(wide.as_mut_ptr()) }
+        }
+        for (wide, value) in wide.into_remainder().iter_mut().zip(values.remainder()) {
+            *wide = value.to_f32();
+        }
+    }
+
     /// `out[j, r] = x[r, :] · rows[j, :]` for every row `j` of `rows: [.., c]`, `out: [.., m]`.
     pub fn dots<W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
         if W::dots_in_hardware(out, x, rows, c) {
@@ -683,19 +712,35 @@ mod simd {
         dispatch!(dots_with[W](out, x, rows, c))
     }
 
-    /// A vector register of float32 running sums, for [`four_sums`].
+    /// A vector register of float32s, for the kernels written for any width.
     ///
     /// # Safety
     /// Each method needs the CPU to have the register's instructions.
     #[cfg(target_arch = "x86_64")]
-    trait Sums: Copy {
+    trait Vector: Copy {
+        const LANES: usize;
+        /// `LANES` values from `at`, widened ([`Float::load16`]).
+        unsafe fn load<W: Float>(at: *const W) -> Self;
+        unsafe fn store(self, at: *mut f32);
         unsafe fn zero() -> Self;
         unsafe fn plus(self, other: Self) -> Self;
         unsafe fn total(self) -> f32;
     }
 
     #[cfg(target_arch = "x86_64")]
-    impl Sums for __m512 {
+    impl Vector for __m512 {
+        const LANES: usize = 16;
+
+        #[inline(always)]
+        unsafe fn load<W: Float>(at: *const W) -> Self {
+            unsafe { W::load16(at) }
+        }
+
+        #[inline(always)]
+        unsafe fn store(self, at: *mut f32) {
+            unsafe { std::arch::x86_64::_mm512_storeu_ps(at, self) }
+        }
+
         #[inline(always)]
         unsafe fn zero() -> Self {
             unsafe { std::arch::x86_64::_mm512_setzero_ps() }
@@ -713,7 +758,19 @@ mod simd {
     }
 
     #[cfg(target_arch = "x86_64")]
-    impl Sums for __m256 {
+    impl Vector for __m256 {
+        const LANES: usize = 8;
+
+        #[inline(always)]
+        unsafe fn load<W: Float>(at: *const W) -> Self {
+            unsafe { W::load8(at) }
+        }
+
+        #[inline(always)]
+        unsafe fn store(self, at: *mut f32) {
+            unsafe { std::arch::x86_64::_mm256_storeu_ps(at, self) }
+        }
+
         #[inline(always)]
         unsafe fn zero() -> Self {
             unsafe { std::arch::x86_64::_mm256_setzero_ps() }
@@ -749,7 +806,7 @@ mod simd {
     /// The CPU has `S`'s instructions and those `step` uses.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn four_sums<S: Sums, X: Float, W: Float>(
+    unsafe fn four_sums<S: Vector, X: Float, W: Float>(
         out: &mut [f32],
         x: &[X],
         rows: &[W],
@@ -793,7 +850,7 @@ mod simd {
             __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps,
         };
 
-        use super::{Float, four_sums};
+        use super::{Float, four_sums, widen_by};
 
         const LANES: usize = 16;
 
@@ -827,6 +884,12 @@ mod simd {
         }
 
         #[target_feature(enable = "avx512f")]
+        pub fn widen<W: Float>(wide: &mut [f32], values: &[W]) {
+            // SAFETY: AVX-512F (this function's).
+            unsafe { widen_by::<__m512, W>(wide, values) }
+        }
+
+        #[target_feature(enable = "avx512f")]
         pub fn dots<W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
             // SAFETY: AVX-512F (this function's); `x` and `w` hold LANES values.
             unsafe {
@@ -842,9 +905,15 @@ mod simd {
     mod avx2 {
         use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_loadu_ps};
 
-        use super::{Float, four_sums};
+        use super::{Float, four_sums, widen_by};
 
         const LANES: usize = 8;
+
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub fn widen<W: Float>(wide: &mut [f32], values: &[W]) {
+            // SAFETY: AVX2 and F16C (this function's).
+            unsafe { widen_by::<__m256, W>(wide, values) }
+        }
 
         #[target_feature(enable = "avx2,fma,f16c")]
         pub fn dots<W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
@@ -1143,6 +1212,43 @@ mod simd {
             check::<f32>(|x| x);
             check::<f16>(f16::from_f32);
             check::<bf16>(bf16::from_f32);
+        }
+
+        /// Each vector widening this CPU can run, for all 65536 bit patterns of f16 and bf16.
+        #[test]
+        fn every_level_widens_every_half_precision_value_exactly() {
+            fn check<W: Float>(from_bits: fn(u16) -> W) {
+                let values: Vec<W> = (0..=u16::MAX).map(from_bits).collect();
+                type Widen<W> = fn(&mut [f32], &[W]);
+                let mut widenings: Vec<(&str, Widen<W>)> = Vec::new();
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+                        // SAFETY: detected just above.
+                        widenings.push(("avx2", |w, v| unsafe { avx2::widen(w, v) }));
+                    }
+                    if is_x86_feature_detected!("avx512f") {
+                        // SAFETY: detected just above.
+                        widenings.push(("avx512", |w, v| unsafe { avx512::widen(w, v) }));
+                    }
+                }
+                for (name, widen) in widenings {
+                    // One value short of a whole number of registers: the tail too.
+                    let values = &values[1..];
+                    let mut wide = vec![0.0; values.len()];
+                    widen(&mut wide, values);
+                    for (value, wide) in values.iter().zip(&wide) {
+                        let exact = value.to_f32();
+                        assert!(
+                            wide.to_bits() == exact.to_bits() || (wide.is_nan() && exact.is_nan()),
+                            "{name}, {}: {wide} vs {exact}",
+                            std::any::type_name::<W>()
+                        );
+                    }
+                }
+            }
+            check::<f16>(f16::from_bits);
+            check::<bf16>(bf16::from_bits);
         }
     }
 }
