@@ -634,7 +634,7 @@ mod tests {
     /// gives, for each dtype a checkpoint may be loaded as.
     #[test]
     fn a_tensor_read_as_another_dtype_is_converted_as_a_whole_would_be() {
-        let values: Vec<f32> = (0..(1 << 21) + 7)
+        let values: Vec<f32> = (0..(1u64 << 21) + 7)
             .map(|i| ((i * 7919 % 100_003) as f32 - 50_000.0) * 1.000_123e-3)
             .collect();
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
