@@ -722,6 +722,8 @@ mod simd {
         /// `LANES` values from `at`, widened ([`Float::load16`]).
         unsafe fn load<W: Float>(at: *const W) -> Self;
         unsafe fn store(self, at: *mut f32);
+        /// `self · b + c`, fused.
+        unsafe fn mul_add(self, b: Self, c: Self) -> Self;
         unsafe fn zero() -> Self;
         unsafe fn plus(self, other: Self) -> Self;
         unsafe fn total(self) -> f32;
@@ -739,6 +741,11 @@ mod simd {
         #[inline(always)]
         unsafe fn store(self, at: *mut f32) {
             unsafe { std::arch::x86_64::_mm512_storeu_ps(at, self) }
+        }
+
+        #[inline(always)]
+        unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+            unsafe { std::arch::x86_64::_mm512_fmadd_ps(self, b, c) }
         }
 
         #[inline(always)]
@@ -769,6 +776,11 @@ mod simd {
         #[inline(always)]
         unsafe fn store(self, at: *mut f32) {
             unsafe { std::arch::x86_64::_mm256_storeu_ps(at, self) }
+        }
+
+        #[inline(always)]
+        unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+            unsafe { std::arch::x86_64::_mm256_fmadd_ps(self, b, c) }
         }
 
         #[inline(always)]
@@ -841,6 +853,21 @@ mod simd {
         }
     }
 
+    /// [`dots`] a register at a time, weights widened as they are loaded.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s instructions.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn dots_by<V: Vector, W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
+        // SAFETY: `V`'s instructions (the caller's promise); `x` and `w` hold LANES values.
+        unsafe {
+            four_sums(out, x, rows, c, V::LANES, |sum: V, x, w| {
+                V::load(x.as_ptr()).mul_add(V::load(w.as_ptr()), sum)
+            });
+        }
+    }
+
     /// The kernels above on AVX-512, written out: one load widens 16 weights of any of the
     /// float types ([`Float::load16`]), which LLVM does not find for f16 (there is no stable
     /// `f16` type), and the dot products keep four running sums and reduce them in registers.
@@ -850,7 +877,7 @@ mod simd {
             __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps,
         };
 
-        use super::{Float, four_sums, widen_by};
+        use super::{Float, dots_by, widen_by};
 
         const LANES: usize = 16;
 
@@ -891,23 +918,17 @@ mod simd {
 
         #[target_feature(enable = "avx512f")]
         pub fn dots<W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
-            // SAFETY: AVX-512F (this function's); `x` and `w` hold LANES values.
-            unsafe {
-                four_sums(out, x, rows, c, LANES, |sum: __m512, x, w| {
-                    _mm512_fmadd_ps(_mm512_loadu_ps(x.as_ptr()), W::load16(w.as_ptr()), sum)
-                });
-            }
+            // SAFETY: AVX-512F (this function's).
+            unsafe { dots_by::<__m512, W>(out, x, rows, c) }
         }
     }
 
     /// [`dots`] on AVX2: as [`avx512`]'s, 8 lanes a register (F16C widens f16 weights).
     #[cfg(target_arch = "x86_64")]
     mod avx2 {
-        use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_loadu_ps};
+        use std::arch::x86_64::__m256;
 
-        use super::{Float, four_sums, widen_by};
-
-        const LANES: usize = 8;
+        use super::{Float, dots_by, widen_by};
 
         #[target_feature(enable = "avx2,fma,f16c")]
         pub fn widen<W: Float>(wide: &mut [f32], values: &[W]) {
@@ -917,12 +938,8 @@ mod simd {
 
         #[target_feature(enable = "avx2,fma,f16c")]
         pub fn dots<W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
-            // SAFETY: AVX2, FMA and F16C (this function's); `x` and `w` hold LANES values.
-            unsafe {
-                four_sums(out, x, rows, c, LANES, |sum: __m256, x, w| {
-                    _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr()), W::load8(w.as_ptr()), sum)
-                });
-            }
+            // SAFETY: AVX2, FMA and F16C (this function's).
+            unsafe { dots_by::<__m256, W>(out, x, rows, c) }
         }
     }
 
@@ -984,6 +1001,14 @@ mod simd {
         Baseline,
     }
 
+    /// What [`avx2`]'s kernels need.
+    #[cfg(target_arch = "x86_64")]
+    fn has_avx2_fma_f16c() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
     fn level() -> Level {
         static LEVEL: OnceLock<Level> = OnceLock::new();
         *LEVEL.get_or_init(|| {
@@ -992,10 +1017,7 @@ mod simd {
                 if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
                     return Level::Avx512;
                 }
-                if is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c")
-                {
+                if has_avx2_fma_f16c() {
                     return Level::Avx2Fma;
                 }
             }
@@ -1185,10 +1207,7 @@ mod simd {
                 let mut kernels: Vec<(&str, Dots<W>)> = Vec::new();
                 #[cfg(target_arch = "x86_64")]
                 {
-                    if is_x86_feature_detected!("avx2")
-                        && is_x86_feature_detected!("fma")
-                        && is_x86_feature_detected!("f16c")
-                    {
+                    if has_avx2_fma_f16c() {
                         // SAFETY: detected just above.
                         kernels.push(("avx2", |o, x, r, c| unsafe { avx2::dots(o, x, r, c) }));
                     }
@@ -1223,7 +1242,7 @@ mod simd {
                 let mut widenings: Vec<(&str, Widen<W>)> = Vec::new();
                 #[cfg(target_arch = "x86_64")]
                 {
-                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+                    if has_avx2_fma_f16c() {
                         // SAFETY: detected just above.
                         widenings.push(("avx2", |w, v| unsafe { avx2::widen(w, v) }));
                     }
