@@ -5,7 +5,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::cache::{CachedStep, KeyValue};
-use crate::cpu_kernels::{cached_attention, laid_out_linear, linear};
+use crate::cpu_kernels::{cached_attention, laid_out_linear, linear, linear_onto};
 
 /// Multi-head causal self-attention: the only layer that mixes information across positions.
 ///
@@ -29,14 +29,16 @@ impl CausalSelfAttention {
     }
 
     /// Attends from the `t` new positions to themselves and, with a cache, to the earlier
-    /// columns of `cached`'s layer, into which their keys and values are written.
+    /// columns of `cached`'s layer, into which their keys and values are written; returns
+    /// `residual` plus the attention's output.
     ///
     /// # Shapes
-    /// - x: `[b, t, c]` -> `[b, t, c]`
+    /// - x, residual: `[b, t, c]` -> `[b, t, c]`
     /// - the cached layer: `[b, n_head, capacity, c / n_head]` each
     pub(crate) fn forward(
         &self,
         x: Tensor<3>,
+        residual: Tensor<3>,
         cached: Option<(Option<KeyValue>, &CachedStep)>,
     ) -> (Tensor<3>, Option<KeyValue>) {
         let [b, t, c] = x.dims();
@@ -59,7 +61,7 @@ impl CausalSelfAttention {
             }
         }; // y: [b, nh, t, hs]
         let y = y.swap_dims(1, 2).reshape([b, t, c]);
-        (linear(&self.c_proj, y), layer)
+        (linear_onto(&self.c_proj, y, residual), layer)
     }
 }
 

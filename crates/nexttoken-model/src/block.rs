@@ -4,6 +4,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::attention::CausalSelfAttention;
 use crate::cache::{CachedStep, KeyValue};
+use crate::cpu_kernels::layer_norm;
 use crate::mlp::Mlp;
 
 pub(crate) struct BlockConfig {
@@ -20,6 +21,7 @@ impl BlockConfig {
             attn: CausalSelfAttention::new(self.n_embd, self.n_head, device),
             ln_2: layer_norm.init(device),
             mlp: Mlp::new(self.n_embd, device),
+            layer_norm_epsilon: self.layer_norm_epsilon,
         }
     }
 }
@@ -31,6 +33,8 @@ pub struct Block {
     pub attn: CausalSelfAttention,
     pub ln_2: LayerNorm,
     pub mlp: Mlp,
+    /// `ln_1`'s and `ln_2`'s, which burn's `LayerNorm` keeps to itself.
+    layer_norm_epsilon: f64,
 }
 
 impl Block {
@@ -44,8 +48,10 @@ impl Block {
         x: Tensor<3>,
         cached: Option<(Option<KeyValue>, &CachedStep)>,
     ) -> (Tensor<3>, Option<KeyValue>) {
-        let (attended, layer) = self.attn.forward(self.ln_1.forward(x.clone()), cached);
-        let x = x + attended;
-        (x.clone() + self.mlp.forward(self.ln_2.forward(x)), layer)
+        let epsilon = self.layer_norm_epsilon;
+        let normed = layer_norm(&self.ln_1, epsilon, &x);
+        let (x, layer) = self.attn.forward(normed, x, cached);
+        let normed = layer_norm(&self.ln_2, epsilon, &x);
+        (self.mlp.forward(normed, x), layer)
     }
 }

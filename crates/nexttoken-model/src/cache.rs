@@ -165,9 +165,8 @@ impl KvCache {
             let [_, heads, _, head_size] = layer.key.dims();
             let device = layer.key.device();
             let join = |mine: Tensor<4>, theirs: Tensor<4>| {
-                let joined =
-                    Tensor::<4>::zeros([rows + other_rows, heads, capacity, head_size], &device)
-                        .cast(mine.dtype());
+                let shape = [rows + other_rows, heads, capacity, head_size];
+                let joined = Tensor::<4>::zeros(shape, (&device, mine.dtype()));
                 let shift = len - self.len;
                 let joined = joined.slice_assign(
                     [0..rows, 0..heads, shift..len, 0..head_size],
@@ -325,8 +324,8 @@ impl KvCache {
         for layer in &mut self.layers {
             let widen = |tensor: Tensor<4>| {
                 let [b, heads, _, head_size] = tensor.dims();
-                let wide = Tensor::<4>::zeros([b, heads, capacity, head_size], &tensor.device())
-                    .cast(tensor.dtype());
+                let shape = [b, heads, capacity, head_size];
+                let wide = Tensor::<4>::zeros(shape, (&tensor.device(), tensor.dtype()));
                 wide.slice_assign(
                     [0..b, 0..heads, 0..self.len, 0..head_size],
                     tensor.slice([0..b, 0..heads, 0..self.len, 0..head_size]),
@@ -352,9 +351,10 @@ impl KeyValue {
         step: &CachedStep,
     ) -> Self {
         let [b, heads, t, head_size] = key.dims();
+        // Created in the model's dtype: zeros cast from float32 cost a pass over the layer.
         let allocate = |like: &Tensor<4>| {
-            Tensor::<4>::zeros([b, heads, step.capacity, head_size], &like.device())
-                .cast(like.dtype())
+            let shape = [b, heads, step.capacity, head_size];
+            Tensor::<4>::zeros(shape, (&like.device(), like.dtype()))
         };
         let layer = layer
             .filter(|layer| layer.key.dims() == [b, heads, step.capacity, head_size])

@@ -243,6 +243,7 @@ impl Gpt2Config {
             wpe: EmbeddingConfig::new(self.n_positions, self.n_embd).init(device),
             h: (0..self.n_layer).map(|_| block.init(device)).collect(),
             ln_f: layer_norm.init(device),
+            layer_norm_epsilon: self.layer_norm_epsilon,
         }
     }
 }

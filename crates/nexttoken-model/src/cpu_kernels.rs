@@ -23,8 +23,8 @@
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::{DispatchDevice, Flex};
-use burn::nn::{Linear, LinearConfig};
-use burn::tensor::{DType, Device, Tensor, TensorData, bf16, f16};
+use burn::nn::{LayerNorm, Linear, LinearConfig};
+use burn::tensor::{DType, Device, Element, Tensor, TensorData, bf16, f16};
 use rayon::prelude::*;
 
 use crate::cache::{CachedStep, KeyValue};
@@ -61,10 +61,23 @@ pub(crate) fn in_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send
 /// # Shapes
 /// - x: `[.., k]` -> `[.., n]` for a `[k, n]` weight
 pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-    match flex_linear(layer, &x) {
-        Some(y) => y,
-        None => layer.forward(x),
-    }
+    flex_linear(layer, &x, None).unwrap_or_else(|| layer.forward(x))
+}
+
+/// `residual + layer.forward(x)`, a block's way back onto its residual stream: on flex the sum
+/// is taken as the product is written, instead of in another pass over both tensors. In half
+/// precision the product is rounded to the model's dtype before the sum, as a separate add
+/// (burn's, or PyTorch's in Hugging Face's model) would see it: summed unrounded, a bf16
+/// fixture's logits drifted past the conformance tolerance.
+///
+/// # Shapes
+/// - x: `[.., k]`, residual: `[.., n]` -> `[.., n]` for a `[k, n]` weight
+pub(crate) fn linear_onto<const D: usize>(
+    layer: &Linear,
+    x: Tensor<D>,
+    residual: Tensor<D>,
+) -> Tensor<D> {
+    flex_linear(layer, &x, Some(&residual)).unwrap_or_else(|| residual + layer.forward(x))
 }
 
 /// `x · embeddingᵀ` (the tied output head) on flex, `None` where burn's path applies. The
@@ -147,7 +160,7 @@ pub(crate) fn cached_attention(
         (Values::Bf16(key), Values::Bf16(value)) => cached.attend(key, value),
         _ => return None,
     };
-    Some(from_flex(y, [b, heads, t, head_size]).cast(dtype))
+    Some(from_flex_as(y, [b, heads, t, head_size], dtype))
 }
 
 /// GPT-2's `gelu_new` (see [`crate::mlp`]) in one vectorised pass on flex, every core for a
@@ -159,7 +172,42 @@ pub(crate) fn gelu_new<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
     let dtype = x.dtype();
     let mut values = flex_activation(x)?;
     values.par_chunks_mut(CHUNK).for_each(simd::gelu_new);
-    Some(from_flex(values, x.dims()).cast(dtype))
+    Some(from_flex_as(values, x.dims(), dtype))
+}
+
+/// `norm.forward(x)` with `norm`'s `epsilon`: on flex in one pass over each row in float32
+/// (burn-flex's own rounds a half-precision input to float32 and back one value at a time,
+/// a tenth of a 512-token f16 prompt's time with the rest of its casts).
+///
+/// # Shapes
+/// - x: `[.., c]` -> `[.., c]`
+pub(crate) fn layer_norm<const D: usize>(
+    norm: &LayerNorm,
+    epsilon: f64,
+    x: &Tensor<D>,
+) -> Tensor<D> {
+    flex_layer_norm(norm, epsilon, x).unwrap_or_else(|| norm.forward(x.clone()))
+}
+
+fn flex_layer_norm<const D: usize>(
+    norm: &LayerNorm,
+    epsilon: f64,
+    x: &Tensor<D>,
+) -> Option<Tensor<D>> {
+    /// Rows per task: a decode step's few stay on one thread.
+    const ROWS_PER_TASK: usize = 16;
+    let gamma = with_values!(values(&flex(&norm.gamma.val())?)?, |g| simd::widened(g));
+    let beta = match &norm.beta {
+        Some(beta) => with_values!(values(&flex(&beta.val())?)?, |b| simd::widened(b)),
+        None => vec![0.0; gamma.len()],
+    };
+    let dtype = x.dtype();
+    let mut values = flex_activation(x)?;
+    let c = gamma.len();
+    values
+        .par_chunks_mut(ROWS_PER_TASK * c)
+        .for_each(|rows| simd::layer_norm(rows, &gamma, &beta, epsilon as f32));
+    Some(from_flex_as(values, x.dims(), dtype))
 }
 
 /// Queries of a prompt scored together against the keys they may see: enough rows for a
@@ -235,9 +283,7 @@ impl CachedHeads<'_> {
         value: &[W],
     ) {
         let head_size = self.head_size;
-        let (mut key_scratch, mut value_scratch) = (Vec::new(), Vec::new());
-        let key = W::as_f32(key, &mut key_scratch);
-        let value = W::as_f32(value, &mut value_scratch);
+        let (key, value) = (W::as_f32(key), W::as_f32(value));
         let written = key.len() / head_size;
         let mut weights = vec![0.0f32; QUERY_BLOCK * written];
         let block_len = QUERY_BLOCK * head_size;
@@ -288,7 +334,12 @@ impl CachedHeads<'_> {
     }
 }
 
-fn flex_linear<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D>> {
+/// `layer.forward(x)`, plus `residual` if given, on flex; `None` where burn's path applies.
+fn flex_linear<const D: usize>(
+    layer: &Linear,
+    x: &Tensor<D>,
+    residual: Option<&Tensor<D>>,
+) -> Option<Tensor<D>> {
     let dims = x.dims();
     let k = dims[D - 1];
     let m = dims.iter().product::<usize>() / k.max(1);
@@ -297,22 +348,42 @@ fn flex_linear<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<Tensor<D
         Some(bias) => Some(flex(&bias.val())?),
         None => None,
     };
+    let residual = match residual {
+        Some(residual) => Some(flex(residual)?),
+        None => None,
+    };
     let dtype = x.dtype();
     let x = flex_activation(x)?;
     let n = weight.layout().shape()[0];
     let mut out = with_values!(values(&weight)?, |weight| {
         times_transposed(&x, weight, [m, k, n])
     });
-    if let Some(bias) = &bias {
-        let bias = with_values!(values(bias)?, |bias| widened(bias));
-        for row in out.chunks_exact_mut(n) {
-            row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);
+    let bias = match &bias {
+        Some(bias) => Some(with_values!(values(bias)?, |bias| simd::widened(bias))),
+        None => None,
+    };
+    let residual = match &residual {
+        Some(residual) => Some(with_values!(values(residual)?, |r| simd::Float::as_f32(r))),
+        None => None,
+    };
+    out.par_chunks_mut(n).enumerate().for_each(|(row, out)| {
+        if let Some(bias) = &bias {
+            out.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
         }
-    }
+        if let Some(residual) = &residual {
+            match dtype {
+                DType::F16 => simd::round_through::<f16>(out),
+                DType::BF16 => simd::round_through::<bf16>(out),
+                _ => {}
+            }
+            let residual = &residual[row * n..][..n];
+            out.iter_mut().zip(residual).for_each(|(y, r)| *y += r);
+        }
+    });
     let mut out_dims = dims;
     out_dims[D - 1] = n;
     // The activations stay in the model's dtype; the products were summed in float32.
-    Some(from_flex(out, out_dims).cast(dtype))
+    Some(from_flex_as(out, out_dims, dtype))
 }
 
 /// `x · wᵀ` for `x: [m, k]` and `w: [n, k]`, as `[m, n]`, on every core, each thread over its
@@ -331,15 +402,14 @@ fn times_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) -
         w.par_chunks(rows_per_task * k)
             .enumerate()
             .for_each(|(block, rows)| {
-                let mut scratch = Vec::new();
-                let rows = W::as_f32(rows, &mut scratch);
+                let rows = W::as_f32(rows);
                 let first = block * rows_per_task;
                 let dims = [m, k, rows.len() / k];
                 // SAFETY: the block's output columns, `first..first + dims[2]` of `out`'s `n`,
                 // exist (`w` has `n` rows) and are this task's alone.
                 unsafe {
                     let out = columns.at_column(first);
-                    matmul_into(out, n, x, rows, dims, Rhs::Transposed);
+                    matmul_into(out, n, x, &rows, dims, Rhs::Transposed);
                 }
             });
         return out;
@@ -486,15 +556,22 @@ fn stored_transposed(weight: &Tensor<2>) -> Option<FlexTensor> {
 fn flex_activation<const D: usize>(tensor: &Tensor<D>) -> Option<Vec<f32>> {
     let primitive = tensor.clone().try_into_primitive::<Flex>().ok()?;
     let primitive = primitive.to_contiguous();
-    Some(with_values!(values(&primitive)?, |x| widened(x)))
+    Some(with_values!(values(&primitive)?, |x| simd::widened(x)))
 }
 
-fn widened<W: simd::Float>(values: &[W]) -> Vec<f32> {
-    W::as_f32(values, &mut Vec::new()).to_vec()
-}
-
-fn from_flex<const D: usize>(values: Vec<f32>, dims: [usize; D]) -> Tensor<D> {
+fn from_flex<const D: usize, E: Element>(values: Vec<E>, dims: [usize; D]) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, dims)))
+}
+
+/// Float32 results as a flex tensor of `dtype`, the model's: rounded on every core, to nearest
+/// even as burn's `cast` rounds, which takes one value at a time on one thread (a tenth of a
+/// 512-token f16 prompt's time).
+fn from_flex_as<const D: usize>(values: Vec<f32>, dims: [usize; D], dtype: DType) -> Tensor<D> {
+    match dtype {
+        DType::F16 => from_flex(simd::narrowed::<f16>(&values), dims),
+        DType::BF16 => from_flex(simd::narrowed::<bf16>(&values), dims),
+        _ => from_flex(values, dims).cast(dtype),
+    }
 }
 
 /// The inner loops, compiled for the widest vector instructions the CPU has (picked at run
@@ -504,11 +581,15 @@ mod simd {
 
     #[cfg(target_arch = "x86_64")]
     use std::arch::x86_64::{
-        __m256, __m512, _mm_loadu_si128, _mm256_castsi256_ps, _mm256_cvtepu16_epi32,
-        _mm256_cvtph_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_slli_epi32,
-        _mm512_castsi512_ps, _mm512_cvtepu16_epi32, _mm512_cvtph_ps, _mm512_loadu_ps,
-        _mm512_slli_epi32,
+        __m256, __m512, _CMP_UNORD_Q, _MM_FROUND_TO_NEAREST_INT, _mm_loadu_si128, _mm_packus_epi32,
+        _mm_storeu_si128, _mm256_add_epi32, _mm256_and_si256, _mm256_blendv_epi8,
+        _mm256_castps_si256, _mm256_castsi256_ps, _mm256_castsi256_si128, _mm256_cmp_ps,
+        _mm256_cvtepu16_epi32, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_extracti128_si256,
+        _mm256_loadu_ps, _mm256_loadu_si256, _mm256_or_si256, _mm256_set1_epi32, _mm256_slli_epi32,
+        _mm256_srli_epi32, _mm256_storeu_ps, _mm512_castsi512_ps, _mm512_cvtepu16_epi32,
+        _mm512_cvtph_ps, _mm512_loadu_ps, _mm512_slli_epi32,
     };
+    use std::borrow::Cow;
     use std::sync::OnceLock;
 
     use burn::tensor::{bf16, f16};
@@ -538,20 +619,44 @@ mod simd {
             false
         }
 
-        /// `values` as float32: themselves, or widened into `scratch` (grown as needed), on
-        /// every core for a weight's many values.
-        #[inline(always)]
-        fn as_f32<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32] {
-            /// Values per task: an attention head's cache stays on its own task's thread.
-            const CHUNK: usize = 1 << 16;
-            scratch.clear();
-            scratch.resize(values.len(), 0.0);
-            scratch
-                .par_chunks_mut(CHUNK)
-                .zip(values.par_chunks(CHUNK))
-                .for_each(|(wide, values)| widen(wide, values));
-            scratch
+        /// The float32 `value` rounded to this type, to nearest with ties to even, as `half`
+        /// rounds (inlined into the narrowing loops' tails).
+        fn from_f32(value: f32) -> Self;
+
+        /// Stores 8 float32s at `at`, each rounded as [`Float::from_f32`] rounds it.
+        ///
+        /// # Safety
+        /// The CPU has AVX2 and F16C, and 8 values at `at` are writable.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn store8(at: *mut Self, values: __m256);
+
+        /// `values` as float32: themselves, or widened on every core.
+        fn as_f32(values: &[Self]) -> Cow<'_, [f32]> {
+            Cow::Owned(widened(values))
         }
+    }
+
+    /// Values per task of the element-wise loops: enough to amortise a task, few enough that an
+    /// attention head's cache stays on its own task's thread.
+    const CHUNK: usize = 1 << 14;
+
+    /// `values` as float32, widened on every core.
+    pub fn widened<W: Float>(values: &[W]) -> Vec<f32> {
+        let mut wide = vec![0.0; values.len()];
+        wide.par_chunks_mut(CHUNK)
+            .zip(values.par_chunks(CHUNK))
+            .for_each(|(wide, values)| widen(wide, values));
+        wide
+    }
+
+    /// `values` rounded to `W` (as [`Float::from_f32`] rounds) on every core.
+    pub fn narrowed<W: Float + Default>(values: &[f32]) -> Vec<W> {
+        let mut narrow = vec![W::default(); values.len()];
+        narrow
+            .par_chunks_mut(CHUNK)
+            .zip(values.par_chunks(CHUNK))
+            .for_each(|(narrow, values)| self::narrow(narrow, values));
+        narrow
     }
 
     impl Float for f32 {
@@ -574,8 +679,20 @@ mod simd {
             unsafe { _mm256_loadu_ps(at) }
         }
 
-        fn as_f32<'a>(values: &'a [f32], _: &'a mut Vec<f32>) -> &'a [f32] {
-            values
+        #[inline(always)]
+        fn from_f32(value: f32) -> f32 {
+            value
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,f16c")]
+        unsafe fn store8(at: *mut f32, values: __m256) {
+            // SAFETY: 8 values are writable (the caller's promise); no alignment is needed.
+            unsafe { _mm256_storeu_ps(at, values) }
+        }
+
+        fn as_f32(values: &[f32]) -> Cow<'_, [f32]> {
+            Cow::Borrowed(values)
         }
     }
 
@@ -600,6 +717,34 @@ mod simd {
             // SAFETY: as for f32's; a `bf16` is a `repr(transparent)` `u16`.
             let bits = unsafe { _mm_loadu_si128(at.cast()) };
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+        }
+
+        #[inline(always)]
+        fn from_f32(value: f32) -> bf16 {
+            bf16::from_f32(value)
+        }
+
+        /// `half`'s rounding in integer arithmetic: adding `0x7fff` plus the lowest kept bit
+        /// carries into the kept half exactly when the dropped half is above one half, or at
+        /// one half with the kept half odd (a carry out of the largest finite value makes the
+        /// infinity's bits); a NaN keeps its top bits and becomes quiet.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,f16c")]
+        unsafe fn store8(at: *mut bf16, values: __m256) {
+            let bits = _mm256_castps_si256(values);
+            let lowest_kept = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+            let bias = _mm256_add_epi32(lowest_kept, _mm256_set1_epi32(0x7fff));
+            let rounded = _mm256_add_epi32(bits, bias);
+            let quiet_nan = _mm256_or_si256(bits, _mm256_set1_epi32(0x0040_0000));
+            let is_nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(values, values));
+            let kept = _mm256_srli_epi32::<16>(_mm256_blendv_epi8(rounded, quiet_nan, is_nan));
+            // Each lane now holds 16 bits, so packing with unsigned saturation keeps them.
+            let packed = _mm_packus_epi32(
+                _mm256_castsi256_si128(kept),
+                _mm256_extracti128_si256::<1>(kept),
+            );
+            // SAFETY: as for f32's; a `bf16` is a `repr(transparent)` `u16`.
+            unsafe { _mm_storeu_si128(at.cast(), packed) }
         }
 
         fn dots_in_hardware(out: &mut [f32], x: &[f32], rows: &[bf16], c: usize) -> bool {
@@ -651,6 +796,21 @@ mod simd {
             // SAFETY: as for f32's; an `f16` is a `repr(transparent)` `u16`.
             _mm256_cvtph_ps(unsafe { _mm_loadu_si128(at.cast()) })
         }
+
+        #[inline(always)]
+        fn from_f32(value: f32) -> f16 {
+            f16::from_f32(value)
+        }
+
+        /// F16C's `vcvtps2ph`, to nearest even: the instruction `half` itself uses, one value
+        /// at a time, where F16C is detected.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,f16c")]
+        unsafe fn store8(at: *mut f16, values: __m256) {
+            let narrow = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(values);
+            // SAFETY: as for f32's; an `f16` is a `repr(transparent)` `u16`.
+            unsafe { _mm_storeu_si128(at.cast(), narrow) }
+        }
     }
 
     /// `partial[r, :] += x[r, :] · rows` for `x: [m, i]` and a block of weight rows `[i, n]`.
@@ -676,6 +836,30 @@ mod simd {
         wide.iter_mut()
             .zip(values)
             .for_each(|(wide, value)| *wide = value.to_f32());
+    }
+
+    /// `values` rounded to `W` and widened back, in place.
+    pub fn round_through<W: Float + Default>(values: &mut [f32]) {
+        const BLOCK: usize = 256;
+        let mut narrow = [W::default(); BLOCK];
+        for values in values.chunks_mut(BLOCK) {
+            let narrow = &mut narrow[..values.len()];
+            self::narrow(narrow, values);
+            widen(values, narrow);
+        }
+    }
+
+    /// `narrow[i] = wide[i]`, rounded as [`Float::from_f32`] rounds.
+    pub fn narrow<W: Float>(narrow: &mut [W], wide: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma_f16c() {
+            // SAFETY: AVX2, FMA and F16C were detected on this CPU.
+            return unsafe { avx2::narrow(narrow, wide) };
+        }
+        narrow
+            .iter_mut()
+            .zip(wide)
+            .for_each(|(narrow, wide)| *narrow = W::from_f32(*wide));
     }
 
     /// [`widen`] a register at a time.
@@ -923,10 +1107,11 @@ mod simd {
         }
     }
 
-    /// [`dots`] on AVX2: as [`avx512`]'s, 8 lanes a register (F16C widens f16 weights).
+    /// [`dots`] on AVX2: as [`avx512`]'s, 8 lanes a register (F16C widens f16 weights); and
+    /// [`narrow`].
     #[cfg(target_arch = "x86_64")]
     mod avx2 {
-        use std::arch::x86_64::__m256;
+        use std::arch::x86_64::{__m256, _mm256_loadu_ps};
 
         use super::{Float, dots_by, widen_by};
 
@@ -934,6 +1119,20 @@ mod simd {
         pub fn widen<W: Float>(wide: &mut [f32], values: &[W]) {
             // SAFETY: AVX2 and F16C (this function's).
             unsafe { widen_by::<__m256, W>(wide, values) }
+        }
+
+        /// [`super::narrow`] 8 values at a time (on AVX-512 too: it is bound by memory).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub fn narrow<W: Float>(narrow: &mut [W], wide: &[f32]) {
+            let mut narrow = narrow.chunks_exact_mut(8);
+            let mut wide = wide.chunks_exact(8);
+            for (narrow, wide) in (&mut narrow).zip(&mut wide) {
+                // SAFETY: AVX2 and F16C (this function's); both hold 8 values.
+                unsafe { W::store8(narrow.as_mut_ptr(), _mm256_loadu_ps(wide.as_ptr())) }
+            }
+            for (narrow, wide) in narrow.into_remainder().iter_mut().zip(wide.remainder()) {
+                *narrow = W::from_f32(*wide);
+            }
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -1099,6 +1298,48 @@ mod simd {
             sum += *score;
         }
         sum
+    }
+
+    /// Each `gamma.len()`-value row of `rows`, in place, normalised to zero mean and unit
+    /// variance (the biased variance, plus `epsilon`, as PyTorch's `LayerNorm`), then scaled
+    /// by `gamma` and shifted by `beta`.
+    pub fn layer_norm(rows: &mut [f32], gamma: &[f32], beta: &[f32], epsilon: f32) {
+        dispatch!(layer_norm_with[](rows, gamma, beta, epsilon))
+    }
+
+    #[inline(always)]
+    fn layer_norm_with<const FUSED: bool>(
+        rows: &mut [f32],
+        gamma: &[f32],
+        beta: &[f32],
+        epsilon: f32,
+    ) {
+        let c = gamma.len();
+        for row in rows.chunks_exact_mut(c) {
+            // Two passes, so that the variance sums squares of small deviations rather than
+            // subtracting two large sums (exact enough where the mean is far from zero).
+            let mean = sum_by(row, |x| x) / c as f32;
+            let variance = sum_by(row, |x| (x - mean) * (x - mean)) / c as f32;
+            let scale = (variance + epsilon).sqrt().recip();
+            for ((x, gamma), beta) in row.iter_mut().zip(gamma).zip(beta) {
+                *x = madd::<FUSED>((*x - mean) * scale, *gamma, *beta);
+            }
+        }
+    }
+
+    /// The sum of `f(value)` over `values`, in 16 independent partial sums so that it
+    /// vectorizes (float addition is not associative, so the compiler will not split one).
+    #[inline(always)]
+    fn sum_by(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+        const LANES: usize = 16;
+        let mut sums = [0.0f32; LANES];
+        let mut chunks = values.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for lane in 0..LANES {
+                sums[lane] += f(chunk[lane]);
+            }
+        }
+        sums.iter().sum::<f32>() + chunks.remainder().iter().map(|&x| f(x)).sum::<f32>()
     }
 
     /// `x σ(x (K + K · 0.044715 x²))`, `K = 2 √(2/π)`, in place: `gelu_new`.
@@ -1269,6 +1510,47 @@ mod simd {
             check::<f16>(f16::from_bits);
             check::<bf16>(bf16::from_bits);
         }
+
+        /// Rounding to half precision, on every path this CPU has, bit for bit as `half`
+        /// rounds: every float32 whose low 16 bits are at or beside a rounding boundary of
+        /// either type (halfway, just under, just over, exact) under each of the 65536 high
+        /// halves (every sign, exponent, NaN and infinity), and a spread of the rest.
+        #[test]
+        fn narrowing_rounds_every_value_as_half_does() {
+            fn check<W: Float + Default + PartialEq + std::fmt::Debug>(to_bits: fn(W) -> u16) {
+                let lows = [
+                    0, 1, 0x0fff, 0x1000, 0x1001, 0x1fff, 0x2000, 0x7fff, 0x8000, 0x8001,
+                ];
+                let lows = lows.into_iter().chain([0xe000, 0xefff, 0xf000, 0xffff]);
+                let boundaries = (0..=u32::from(u16::MAX))
+                    .flat_map(|high| lows.clone().map(move |low| high << 16 | low));
+                let spread = (0..1u32 << 22).map(|i| i.wrapping_mul(2_654_435_761));
+                let wide: Vec<f32> = boundaries.chain(spread).map(f32::from_bits).collect();
+                let mut narrowings: Vec<(&str, Vec<W>)> = vec![("every core", narrowed(&wide))];
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2_fma_f16c() {
+                    let mut ours = vec![W::default(); wide.len() - 1];
+                    // SAFETY: detected just above. One short of whole registers: the tail too.
+                    unsafe { avx2::narrow(&mut ours, &wide[1..]) };
+                    ours.insert(0, W::from_f32(wide[0]));
+                    narrowings.push(("avx2", ours));
+                }
+                for (name, narrow) in narrowings {
+                    for (wide, ours) in wide.iter().zip(&narrow) {
+                        let reference = W::from_f32(*wide);
+                        assert_eq!(
+                            to_bits(*ours),
+                            to_bits(reference),
+                            "{name}, {}: {wide:e} ({:#010x})",
+                            std::any::type_name::<W>(),
+                            wide.to_bits()
+                        );
+                    }
+                }
+            }
+            check::<f16>(f16::to_bits);
+            check::<bf16>(bf16::to_bits);
+        }
     }
 }
 
@@ -1297,12 +1579,19 @@ mod tests {
         for rows in [1, 3, MAX_ROWS, MAX_ROWS + 1, 100] {
             let x = Tensor::<3>::random([1, rows, 300], Distribution::Default, &device);
             assert!(
-                flex_linear(&layer, &x).is_none(),
+                flex_linear(&layer, &x, None).is_none(),
                 "burn's layout: burn's path"
             );
-            let y = flex_linear(&ours, &x).expect("flex, float32, laid out");
+            let y = flex_linear(&ours, &x, None).expect("flex, float32, laid out");
+            y.into_data().assert_approx_eq::<f32>(
+                &layer.forward(x.clone()).into_data(),
+                Tolerance::default(),
+            );
+            let residual = Tensor::<3>::random([1, rows, 37], Distribution::Default, &device);
+            let y = flex_linear(&ours, &x, Some(&residual)).expect("flex, with a residual");
+            let burns = residual + layer.forward(x);
             y.into_data()
-                .assert_approx_eq::<f32>(&layer.forward(x).into_data(), Tolerance::default());
+                .assert_approx_eq::<f32>(&burns.into_data(), Tolerance::default());
         }
     }
 
@@ -1351,16 +1640,15 @@ mod tests {
             .iter()
             .map(|&b| (f16::from_bits(b), bf16::from_bits(b)))
             .unzip();
-        let mut scratch = Vec::new();
         let same = |ours: f32, reference: f32| {
             ours.to_bits() == reference.to_bits() || (ours.is_nan() && reference.is_nan())
         };
-        let widened = f16::as_f32(&halves, &mut scratch);
-        for (value, ours) in halves.iter().zip(widened) {
+        let widened = f16::as_f32(&halves);
+        for (value, ours) in halves.iter().zip(widened.iter()) {
             assert!(same(*ours, value.to_f32()), "{value:?}: {ours}");
         }
-        let widened = bf16::as_f32(&brains, &mut scratch);
-        for (value, ours) in brains.iter().zip(widened) {
+        let widened = bf16::as_f32(&brains);
+        for (value, ours) in brains.iter().zip(widened.iter()) {
             assert!(same(*ours, value.to_f32()), "{value:?}: {ours}");
         }
     }
@@ -1376,7 +1664,10 @@ mod tests {
                 bias: layer.bias.map(|b| b.map(|b| b.cast(dtype))),
             };
             let x = Tensor::<3>::random([1, 3, 300], Distribution::Default, &device).cast(dtype);
-            let ours = flex_linear(&laid_out(&layer), &x).expect("flex, half precision");
+            let residual = Tensor::<3>::random([1, 3, 37], Distribution::Default, &device);
+            let residual = residual.cast(dtype);
+            let ours =
+                flex_linear(&laid_out(&layer), &x, Some(&residual)).expect("flex, half precision");
             assert_eq!(
                 ours.dtype(),
                 dtype,
@@ -1384,9 +1675,10 @@ mod tests {
             );
             // Ours sums in float32 and rounds once; burn's product may round more often.
             let tolerance = Tolerance::absolute(0.25).set_relative(2e-2);
-            ours.cast(DType::F32)
-                .into_data()
-                .assert_approx_eq::<f32>(&layer.forward(x).cast(DType::F32).into_data(), tolerance);
+            ours.cast(DType::F32).into_data().assert_approx_eq::<f32>(
+                &(residual + layer.forward(x)).cast(DType::F32).into_data(),
+                tolerance,
+            );
 
             // 136 columns: the vectorized kernels' blocks of 64 and a tail.
             let embedding =
@@ -1501,6 +1793,44 @@ mod tests {
             let burns = x.matmul(embedding.clone().transpose());
             ours.into_data()
                 .assert_approx_eq::<f32>(&burns.into_data(), Tolerance::default());
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_burns_in_every_dtype() {
+        use burn::module::Param;
+        use burn::nn::LayerNormConfig;
+
+        let device = Device::flex();
+        // 300 columns: the sums' blocks of 16 and a tail; 40 rows: three tasks' worth.
+        let c = 300;
+        for epsilon in [1e-5, 0.5] {
+            let mut norm = LayerNormConfig::new(c).with_epsilon(epsilon).init(&device);
+            let random = || Tensor::<1>::random([c], Distribution::Default, &device);
+            norm.gamma = Param::from_tensor(random() * 2.0);
+            norm.beta = Some(Param::from_tensor(random() - 0.5));
+            // Far from zero mean, where one-pass variance would lose digits.
+            let x = Tensor::<3>::random([2, 20, c], Distribution::Default, &device) * 4.0 + 30.0;
+            for (dtype, tolerance) in [
+                (DType::F32, Tolerance::absolute(1e-4)),
+                (DType::F16, Tolerance::absolute(2e-2).set_relative(1e-2)),
+                (DType::BF16, Tolerance::absolute(5e-2).set_relative(2e-2)),
+            ] {
+                let mut norm = norm.clone();
+                norm.gamma = norm.gamma.map(|g| g.cast(dtype));
+                norm.beta = norm.beta.map(|b| b.map(|b| b.cast(dtype)));
+                let x = x.clone().cast(dtype);
+                let ours = flex_layer_norm(&norm, epsilon, &x).expect("flex");
+                assert_eq!(
+                    ours.dtype(),
+                    dtype,
+                    "the activations stay in the model's dtype"
+                );
+                ours.cast(DType::F32).into_data().assert_approx_eq::<f32>(
+                    &norm.forward(x).cast(DType::F32).into_data(),
+                    tolerance,
+                );
+            }
         }
     }
 }

@@ -5,7 +5,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
-use crate::cpu_kernels::{self, laid_out_linear, linear};
+use crate::cpu_kernels::{self, laid_out_linear, linear, linear_onto};
 
 /// The position-wise feed-forward network: widen 4x, GELU, project back.
 #[derive(Module, Debug)]
@@ -24,12 +24,14 @@ impl Mlp {
         }
     }
 
+    /// `residual` plus the network's output for `x`.
+    ///
     /// # Shapes
-    /// - x: `[b, t, c]` -> `[b, t, c]`
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// - x, residual: `[b, t, c]` -> `[b, t, c]`
+    pub(crate) fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         let x = linear(&self.c_fc, x);
         let x = cpu_kernels::gelu_new(&x).unwrap_or_else(|| gelu_new(x));
-        linear(&self.c_proj, x)
+        linear_onto(&self.c_proj, x, residual)
     }
 }
 

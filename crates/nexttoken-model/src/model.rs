@@ -4,7 +4,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::block::Block;
 use crate::cache::KvCache;
-use crate::cpu_kernels;
+use crate::cpu_kernels::{self, layer_norm};
 
 /// GPT-2: token and position embeddings, `n_layer` blocks, a final layer norm, and an output
 /// head tied to the token embedding (GPT-2 has no separate `lm_head` weight).
@@ -18,6 +18,8 @@ pub struct Gpt2 {
     pub wpe: Embedding,
     pub h: Vec<Block>,
     pub ln_f: LayerNorm,
+    /// `ln_f`'s, which burn's `LayerNorm` keeps to itself.
+    pub(crate) layer_norm_epsilon: f64,
 }
 
 impl Gpt2 {
@@ -129,7 +131,7 @@ impl Gpt2 {
             let positions = Tensor::<1, Int>::arange(0..t as i64, &device).unsqueeze::<2>();
             let x = self.wte.forward(ids) + self.wpe.forward(positions);
             let x = self.h.iter().fold(x, |x, block| block.forward(x, None).0);
-            return self.ln_f.forward(x);
+            return layer_norm(&self.ln_f, self.layer_norm_epsilon, &x);
         };
         let step = cache.step(b, t, context, &device, self.dtype());
         let positions = cache.positions(step.start, t, &device); // [b, t]
@@ -142,7 +144,7 @@ impl Gpt2 {
             x = y;
         }
         cache.put_layers(written);
-        self.ln_f.forward(x)
+        layer_norm(&self.ln_f, self.layer_norm_epsilon, &x)
     }
 
     /// # Shapes
