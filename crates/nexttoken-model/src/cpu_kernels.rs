@@ -196,18 +196,21 @@ fn flex_layer_norm<const D: usize>(
 ) -> Option<Tensor<D>> {
     /// Rows per task: a decode step's few stay on one thread.
     const ROWS_PER_TASK: usize = 16;
-    let gamma = with_values!(values(&flex(&norm.gamma.val())?)?, |g| simd::widened(g));
-    let beta = match &norm.beta {
-        Some(beta) => with_values!(values(&flex(&beta.val())?)?, |b| simd::widened(b)),
-        None => vec![0.0; gamma.len()],
-    };
+    // GPT-2's norms all have a bias; one without goes through burn's.
+    let beta = flex(&norm.beta.as_ref()?.val())?;
+    let gamma = flex(&norm.gamma.val())?;
     let dtype = x.dtype();
-    let mut values = flex_activation(x)?;
-    let c = gamma.len();
-    values
-        .par_chunks_mut(ROWS_PER_TASK * c)
-        .for_each(|rows| simd::layer_norm(rows, &gamma, &beta, epsilon as f32));
-    Some(from_flex_as(values, x.dims(), dtype))
+    let mut activations = flex_activation(x)?;
+    with_values!(values(&gamma)?, |gamma| {
+        // Beta has gamma's type (`None` otherwise); both are read as stored, not widened
+        // first: a decoded token runs 25 norms, and widening cost two allocations and two
+        // trips through the pool each.
+        let beta = beta.as_slice()?;
+        activations
+            .par_chunks_mut(ROWS_PER_TASK * gamma.len())
+            .for_each(|rows| simd::layer_norm(rows, gamma, beta, epsilon as f32));
+    });
+    Some(from_flex_as(activations, x.dims(), dtype))
 }
 
 /// Queries of a prompt scored together against the keys they may see: enough rows for a
@@ -371,11 +374,7 @@ fn flex_linear<const D: usize>(
             out.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
         }
         if let Some(residual) = &residual {
-            match dtype {
-                DType::F16 => simd::round_through::<f16>(out),
-                DType::BF16 => simd::round_through::<bf16>(out),
-                _ => {}
-            }
+            with_half!(dtype, |Half| simd::round_through::<Half>(out), _ => ());
             let residual = &residual[row * n..][..n];
             out.iter_mut().zip(residual).for_each(|(y, r)| *y += r);
         }
@@ -567,12 +566,31 @@ fn from_flex<const D: usize, E: Element>(values: Vec<E>, dims: [usize; D]) -> Te
 /// even as burn's `cast` rounds, which takes one value at a time on one thread (a tenth of a
 /// 512-token f16 prompt's time).
 fn from_flex_as<const D: usize>(values: Vec<f32>, dims: [usize; D], dtype: DType) -> Tensor<D> {
-    match dtype {
-        DType::F16 => from_flex(simd::narrowed::<f16>(&values), dims),
-        DType::BF16 => from_flex(simd::narrowed::<bf16>(&values), dims),
-        _ => from_flex(values, dims).cast(dtype),
-    }
+    with_half!(
+        dtype,
+        |Half| from_flex(simd::narrowed::<Half>(&values), dims),
+        _ => from_flex(values, dims).cast(dtype)
+    )
 }
+
+/// Runs `$body` with `$half` naming the half-precision float type of `$dtype`, or `$otherwise`
+/// for a dtype that is not one: the kernels' f16 and bf16 paths differ only in that type.
+macro_rules! with_half {
+    ($dtype:expr, |$half:ident| $body:expr, _ => $otherwise:expr) => {
+        match $dtype {
+            DType::F16 => {
+                type $half = f16;
+                $body
+            }
+            DType::BF16 => {
+                type $half = bf16;
+                $body
+            }
+            _ => $otherwise,
+        }
+    };
+}
+use with_half;
 
 /// The inner loops, compiled for the widest vector instructions the CPU has (picked at run
 /// time: the build targets baseline x86-64), with fused multiply-adds where there are any.
@@ -1303,15 +1321,15 @@ mod simd {
     /// Each `gamma.len()`-value row of `rows`, in place, normalised to zero mean and unit
     /// variance (the biased variance, plus `epsilon`, as PyTorch's `LayerNorm`), then scaled
     /// by `gamma` and shifted by `beta`.
-    pub fn layer_norm(rows: &mut [f32], gamma: &[f32], beta: &[f32], epsilon: f32) {
-        dispatch!(layer_norm_with[](rows, gamma, beta, epsilon))
+    pub fn layer_norm<W: Float>(rows: &mut [f32], gamma: &[W], beta: &[W], epsilon: f32) {
+        dispatch!(layer_norm_with[W](rows, gamma, beta, epsilon))
     }
 
     #[inline(always)]
-    fn layer_norm_with<const FUSED: bool>(
+    fn layer_norm_with<const FUSED: bool, W: Float>(
         rows: &mut [f32],
-        gamma: &[f32],
-        beta: &[f32],
+        gamma: &[W],
+        beta: &[W],
         epsilon: f32,
     ) {
         let c = gamma.len();
@@ -1322,7 +1340,7 @@ mod simd {
             let variance = sum_by(row, |x| (x - mean) * (x - mean)) / c as f32;
             let scale = (variance + epsilon).sqrt().recip();
             for ((x, gamma), beta) in row.iter_mut().zip(gamma).zip(beta) {
-                *x = madd::<FUSED>((*x - mean) * scale, *gamma, *beta);
+                *x = madd::<FUSED>((*x - mean) * scale, gamma.to_f32(), beta.to_f32());
             }
         }
     }
