@@ -21,6 +21,9 @@
 //! The kernels run through burn's backend-extension door (`Tensor::try_into_primitive`): any
 //! other backend, dtype or layout takes burn's path unchanged.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use burn::backend::flex::FlexTensor;
 use burn::backend::{DispatchDevice, Flex};
 use burn::nn::{LayerNorm, Linear, LinearConfig};
@@ -45,14 +48,48 @@ fn rows_per_task(rows: usize) -> usize {
 }
 
 /// Runs `f` on a thread of rayon's pool when `device` is flex, so that the parallel loops of a
-/// forward pass (these kernels' and flex's own) start from inside the pool. Started from
-/// outside, each of a decode step's ~50 hands its work to the pool and puts the caller to sleep
-/// until it is done: a thread wake-up per product.
+/// forward pass (these kernels' and flex's own) start from inside the pool, with the pool's
+/// other threads kept taking the pass's tasks ([`keep_stealing`]) until it ends. Started from
+/// outside, each of a decode step's ~60 products handed its work to the pool and put the caller
+/// to sleep until it was done; and between two products an idle worker went to sleep, to be
+/// woken for the next: ~50 sleeps and wake-ups a token on this VM (a vCPU woken from its halt
+/// goes through the hypervisor).
 pub(crate) fn in_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
-    if matches!(device.as_dispatch(), DispatchDevice::Flex(_)) {
-        rayon::scope(|_| f())
-    } else {
-        f()
+    if !matches!(device.as_dispatch(), DispatchDevice::Flex(_)) {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|scope| {
+        for _ in 1..rayon::current_num_threads() {
+            scope.spawn(|_| keep_stealing(&done));
+        }
+        let result = f();
+        done.store(true, Ordering::Release);
+        result
+    })
+}
+
+/// Longest a [`keep_stealing`] worker spins without finding a task: far longer than the gaps
+/// between a pass's parallel loops (microseconds), and the bound on how long a keeper holds up
+/// whatever waits beneath it on its thread's stack (a worker may take a keeper while it waits
+/// for a task of its own to be finished elsewhere), or a pass that panicked before `done`.
+const MAX_KEEP_IDLE: Duration = Duration::from_millis(1);
+
+/// Takes the pool's queued tasks, spinning between them, until `done` or [`MAX_KEEP_IDLE`]
+/// without one; rayon's own idle loop sleeps after a few dozen yields.
+fn keep_stealing(done: &AtomicBool) {
+    let mut idle_since = None;
+    while !done.load(Ordering::Acquire) {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => idle_since = None,
+            Some(rayon::Yield::Idle) => {
+                if idle_since.get_or_insert_with(Instant::now).elapsed() > MAX_KEEP_IDLE {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+            None => return,
+        }
     }
 }
 
@@ -1585,6 +1622,29 @@ mod tests {
             weight: layer.weight.clone().map(stored_by_output),
             bias: layer.bias.clone(),
         }
+    }
+
+    #[test]
+    fn a_pass_in_the_pool_finishes_nested_parallel_work_and_returns_its_panics() {
+        // Four threads: keepers can be taken by workers waiting on their own tasks.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let device = Device::flex();
+        let total = pool.install(|| {
+            in_cpu_pool(&device, || {
+                (0..200u64)
+                    .into_par_iter()
+                    .map(|i| (0..1000u64).into_par_iter().map(|j| i * j).sum::<u64>())
+                    .sum::<u64>()
+            })
+        });
+        assert_eq!(total, (0..200u64).sum::<u64>() * (0..1000u64).sum::<u64>());
+        // The keepers never see `done`: they must give up for the panic to come back.
+        let panicked = pool
+            .install(|| std::panic::catch_unwind(|| in_cpu_pool(&device, || panic!("a bad pass"))));
+        assert!(panicked.is_err());
     }
 
     #[test]

@@ -32,10 +32,12 @@ impl Gpt2 {
     /// If `t` exceeds [`Gpt2::context_length`] (crop the input first) or an id is not below
     /// [`Gpt2::vocab_size`].
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        let x = self.hidden_states(ids, None);
-        let [b, t, c] = x.dims();
-        self.head(x.reshape([b * t, c]))
-            .reshape([b, t, self.vocab_size()])
+        cpu_kernels::in_cpu_pool(&ids.device(), || {
+            let x = self.hidden_states(ids, None);
+            let [b, t, c] = x.dims();
+            self.head(x.reshape([b * t, c]))
+                .reshape([b, t, self.vocab_size()])
+        })
     }
 
     /// Logits of the last position only: what a generation step needs, without paying for the
@@ -47,7 +49,9 @@ impl Gpt2 {
     /// # Panics
     /// As [`Gpt2::forward`].
     pub fn forward_last(&self, ids: Tensor<2, Int>) -> Tensor<2> {
-        self.last_logits(self.hidden_states(ids, None))
+        cpu_kernels::in_cpu_pool(&ids.device(), || {
+            self.last_logits(self.hidden_states(ids, None))
+        })
     }
 
     /// [`Gpt2::forward_last`] for ids that continue every row of `cache` by `t` columns: they
@@ -64,7 +68,9 @@ impl Gpt2 {
     /// the cropped window instead), the cache holds a different batch size, or an id is not
     /// below [`Gpt2::vocab_size`].
     pub fn forward_cached(&self, ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<2> {
-        self.last_logits(self.hidden_states(ids, Some(cache)))
+        cpu_kernels::in_cpu_pool(&ids.device(), || {
+            self.last_logits(self.hidden_states(ids, Some(cache)))
+        })
     }
 
     /// Starts `cache` over with `rows`, which may differ in length: each is padded on the left
@@ -115,11 +121,6 @@ impl Gpt2 {
     /// # Shapes
     /// - ids: `[b, t]` -> `[b, t, c]`, after `ln_f`
     fn hidden_states(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
-        let device = ids.device();
-        cpu_kernels::in_cpu_pool(&device, || self.hidden_states_here(ids, cache))
-    }
-
-    fn hidden_states_here(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let [b, t] = ids.dims();
         let device = ids.device();
         let context = self.context_length();
