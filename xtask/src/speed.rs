@@ -225,12 +225,12 @@ fn llama_bench_records(
 /// side (one stream a thread read 17.6 GB/s on a core of the AVX2 EPYC whose decode, reading
 /// two, moved 20.3; two read 19.8-22.7 there).
 fn read_bandwidth(threads: usize) -> f64 {
-    passes(threads, sum_widest::<1>).max(passes(threads, sum_widest::<2>))
+    let values = vec![1.0f32; 1 << 28];
+    passes(&values, threads, sum_widest::<1>).max(passes(&values, threads, sum_widest::<2>))
 }
 
-/// The best of 5 passes of `sum` over 1 GiB split between `threads`, in GB/s.
-fn passes(threads: usize, sum: fn(&[f32]) -> f32) -> f64 {
-    let values = vec![1.0f32; 1 << 28];
+/// The best of 5 passes of `sum` over `values` split between `threads`, in GB/s.
+fn passes(values: &[f32], threads: usize, sum: fn(&[f32]) -> f32) -> f64 {
     let part = values.len().div_ceil(threads.max(1));
     let mut best = f64::INFINITY;
     for _ in 0..5 {
@@ -245,7 +245,7 @@ fn passes(threads: usize, sum: fn(&[f32]) -> f32) -> f64 {
         best = best.min(start.elapsed().as_secs_f64());
         std::hint::black_box(total);
     }
-    (values.len() * size_of::<f32>()) as f64 / best / 1e9
+    size_of_val(values) as f64 / best / 1e9
 }
 
 fn sum_widest<const STREAMS: usize>(values: &[f32]) -> f32 {
@@ -279,16 +279,16 @@ fn sum<const STREAMS: usize>(values: &[f32]) -> f32 {
     let lanes = 64 / STREAMS;
     let part = values.len() / STREAMS / lanes * lanes;
     let streams: [&[f32]; STREAMS] = std::array::from_fn(|s| &values[s * part..][..part]);
-    let mut sums = [[0.0f32; 64]; STREAMS];
+    let mut sums = [0.0f32; 64];
     for start in (0..part).step_by(lanes) {
-        for (sums, stream) in sums.iter_mut().zip(streams) {
+        for (sums, stream) in sums.chunks_exact_mut(lanes).zip(streams) {
             let block = &stream[start..start + lanes];
-            for lane in 0..lanes {
-                sums[lane] += block[lane];
+            for (sum, value) in sums.iter_mut().zip(block) {
+                *sum += value;
             }
         }
     }
-    sums.iter().flatten().sum()
+    sums.iter().sum()
 }
 
 /// For each thread count: the read bandwidth, the batch-1 decode bound it gives for these
