@@ -15,6 +15,7 @@ mod chart;
 mod compare;
 mod llama_cpp;
 mod load;
+mod probe;
 mod serve_bench;
 mod speed;
 mod web;

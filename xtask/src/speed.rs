@@ -1,8 +1,10 @@
 //! `cargo xtask speed`: nexttoken against Hugging Face transformers (and, with `--llama-cpp`,
 //! llama.cpp's `llama-bench` on the same checkpoint as GGUF f32), same machine, same thread
 //! count, runs alternating (A B A B) so that drift in the machine's speed hits every side. Each
-//! round also measures the memory's read bandwidth at that thread count: a decode step reads
-//! every weight once, so bandwidth ÷ weight bytes bounds batch-1 tokens/s.
+//! round also measures what the machine can do at that thread count ([`crate::probe`]): a
+//! decode step reads every weight once, so the memory's read bandwidth ÷ weight bytes bounds
+//! batch-1 decode; a prefill does two flops a weight per prompt token, so the cores'
+//! multiply-add rate ÷ flops per token bounds it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::probe::{multiply_add_rate, read_bandwidth};
 use crate::{build_nexttoken, cache_dir, cpu_features, install, llama_cpp, venv_python};
 
 #[derive(Args)]
@@ -108,7 +111,7 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
             .args(["-r", &args.repetitions.to_string(), "-t", threads]);
     };
     let mut records = Vec::new();
-    let mut bandwidths: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut probes: BTreeMap<usize, Vec<Probe>> = BTreeMap::new();
     for threads in args.threads.split(',') {
         let requested: usize = threads
             .parse()
@@ -132,10 +135,10 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
                 record.requested_threads = requested;
                 records.push(record);
             }
-            bandwidths
-                .entry(requested)
-                .or_default()
-                .push(read_bandwidth(requested));
+            probes.entry(requested).or_default().push(Probe {
+                read_gb_per_s: read_bandwidth(requested),
+                gflop_per_s: multiply_add_rate(requested),
+            });
         }
     }
     if let Some(path) = &args.json {
@@ -157,8 +160,12 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
     if let Some(n_params) = records.iter().find_map(|r| r.n_params) {
         print!(
             "{}",
-            bounds(&records, &bandwidths, n_params * bytes_per_weight)
+            decode_bounds(&records, &probes, n_params * bytes_per_weight)
         );
+    }
+    match Shape::of(&model) {
+        Ok(shape) => print!("{}", prefill_bounds(&records, &probes, &shape)),
+        Err(error) => eprintln!("no prefill bound: {error:#}"),
     }
     Ok(())
 }
@@ -218,110 +225,126 @@ fn llama_bench_records(
         .collect()
 }
 
-/// The memory's read bandwidth in GB/s with `threads` threads, STREAM-style: the best of 5
-/// passes summing a 1 GiB buffer (far past any cache), each thread its own contiguous part,
-/// with the widest vector loads the CPU has (a baseline SSE2 loop read less than llama.cpp's
-/// decode moved on one core), the better of reading each part as one stream or two side by
-/// side (one stream a thread read 17.6 GB/s on a core of the AVX2 EPYC whose decode, reading
-/// two, moved 20.3; two read 19.8-22.7 there).
-fn read_bandwidth(threads: usize) -> f64 {
-    let values = vec![1.0f32; 1 << 28];
-    passes(&values, threads, sum_widest::<1>).max(passes(&values, threads, sum_widest::<2>))
-}
-
-/// The best of 5 passes of `sum` over `values` split between `threads`, in GB/s.
-fn passes(values: &[f32], threads: usize, sum: fn(&[f32]) -> f32) -> f64 {
-    let part = values.len().div_ceil(threads.max(1));
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let start = std::time::Instant::now();
-        let total: f32 = std::thread::scope(|scope| {
-            let handles: Vec<_> = values
-                .chunks(part)
-                .map(|chunk| scope.spawn(move || sum(chunk)))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
-        });
-        best = best.min(start.elapsed().as_secs_f64());
-        std::hint::black_box(total);
-    }
-    size_of_val(values) as f64 / best / 1e9
-}
-
-fn sum_widest<const STREAMS: usize>(values: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        fn avx512<const STREAMS: usize>(values: &[f32]) -> f32 {
-            sum::<STREAMS>(values)
-        }
-        #[target_feature(enable = "avx2")]
-        fn avx2<const STREAMS: usize>(values: &[f32]) -> f32 {
-            sum::<STREAMS>(values)
-        }
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected on this CPU.
-            return unsafe { avx512::<STREAMS>(values) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: as above.
-            return unsafe { avx2::<STREAMS>(values) };
-        }
-    }
-    sum::<STREAMS>(values)
-}
-
-/// A sum of `values` read as `STREAMS` equal parts side by side, in 64 independent lanes in all:
-/// one running sum would be bound by the add's latency, not by the memory. The last few values
-/// (under 64) are left out.
-#[inline(always)]
-fn sum<const STREAMS: usize>(values: &[f32]) -> f32 {
-    let lanes = 64 / STREAMS;
-    let part = values.len() / STREAMS / lanes * lanes;
-    let streams: [&[f32]; STREAMS] = std::array::from_fn(|s| &values[s * part..][..part]);
-    let mut sums = [0.0f32; 64];
-    for start in (0..part).step_by(lanes) {
-        for (sums, stream) in sums.chunks_exact_mut(lanes).zip(streams) {
-            let block = &stream[start..start + lanes];
-            for (sum, value) in sums.iter_mut().zip(block) {
-                *sum += value;
-            }
-        }
-    }
-    sums.iter().sum()
+/// What [`crate::probe`] measured in one round.
+struct Probe {
+    read_gb_per_s: f64,
+    gflop_per_s: f64,
 }
 
 /// For each thread count: the read bandwidth, the batch-1 decode bound it gives for these
 /// weights, and each side's batch-1 decode as a share of it.
-fn bounds(records: &[Record], bandwidths: &BTreeMap<usize, Vec<f64>>, weight_bytes: u64) -> String {
+fn decode_bounds(
+    records: &[Record],
+    probes: &BTreeMap<usize, Vec<Probe>>,
+    weight_bytes: u64,
+) -> String {
     let mut out = format!(
         "\nweights: {:.0} MB read per generated token (batch 1)\n",
         weight_bytes as f64 / 1e6
     );
-    for (threads, measured) in bandwidths {
-        let bandwidth = measured.iter().sum::<f64>() / measured.len() as f64;
+    for (&threads, probes) in probes {
+        let measured: Vec<f64> = probes.iter().map(|p| p.read_gb_per_s).collect();
+        let bandwidth = mean(&measured);
         let bound = bandwidth * 1e9 / weight_bytes as f64;
-        let rounds: Vec<String> = measured.iter().map(|b| format!("{b:.1}")).collect();
         out += &format!(
-            "{threads} thread(s): read bandwidth {bandwidth:.1} GB/s (rounds: {}), bound {bound:.1} t/s;",
-            rounds.join(", ")
+            "{threads} thread(s): read bandwidth {bandwidth:.1} GB/s (rounds: {}), bound {bound:.1} t/s;{}\n",
+            one_decimal(&measured),
+            shares(records, threads, |test| test.starts_with("tg"), bound)
         );
-        let mut sides: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        for record in records.iter().filter(|r| {
-            r.requested_threads == *threads && r.batch_size == 1 && r.test.starts_with("tg")
-        }) {
-            sides
-                .entry(record.backend.as_str())
-                .or_default()
-                .push(record.tokens_per_s);
-        }
-        for (backend, speeds) in sides {
-            let mean = speeds.iter().sum::<f64>() / speeds.len() as f64;
-            out += &format!(" {backend} {:.0}%", 100.0 * mean / bound);
-        }
-        out += "\n";
     }
     out
+}
+
+/// For each thread count and prompt length: the multiply-add rate, the prefill bound it gives
+/// for this model, and each side's batch-1 prefill as a share of it.
+fn prefill_bounds(
+    records: &[Record],
+    probes: &BTreeMap<usize, Vec<Probe>>,
+    shape: &Shape,
+) -> String {
+    let mut prompts: Vec<usize> = records
+        .iter()
+        .filter_map(|r| r.test.strip_prefix("pp")?.parse().ok())
+        .collect();
+    prompts.sort_unstable();
+    prompts.dedup();
+    let mut out = String::new();
+    for prompt in prompts {
+        let flops = shape.prefill_flops_per_token(prompt);
+        out += &format!(
+            "\nprefill: {:.1} MFLOP per token of a {prompt}-token prompt (products, attention, the \
+             head at the last position)\n",
+            flops / 1e6
+        );
+        for (&threads, probes) in probes {
+            let measured: Vec<f64> = probes.iter().map(|p| p.gflop_per_s).collect();
+            let rate = mean(&measured);
+            let bound = rate * 1e9 / flops;
+            let test = format!("pp{prompt}");
+            out += &format!(
+                "{threads} thread(s): float32 multiply-adds {rate:.1} GFLOP/s (rounds: {}), bound {bound:.0} t/s;{}\n",
+                one_decimal(&measured),
+                shares(records, threads, |t| t == test, bound)
+            );
+        }
+    }
+    out
+}
+
+/// Each side's mean batch-1 tokens/s over the tests `test` picks at `threads` threads, as a
+/// share of `bound`: " flex 86% llama.cpp 88% ...".
+fn shares(records: &[Record], threads: usize, test: impl Fn(&str) -> bool, bound: f64) -> String {
+    let mut sides: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for record in records
+        .iter()
+        .filter(|r| r.requested_threads == threads && r.batch_size == 1 && test(&r.test))
+    {
+        sides
+            .entry(record.backend.as_str())
+            .or_default()
+            .push(record.tokens_per_s);
+    }
+    sides
+        .iter()
+        .map(|(backend, speeds)| format!(" {backend} {:.0}%", 100.0 * mean(speeds) / bound))
+        .collect()
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+fn one_decimal(values: &[f64]) -> String {
+    let values: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+    values.join(", ")
+}
+
+/// The sizes of a GPT-2 checkpoint that its prefill's flops depend on (its `config.json`).
+#[derive(Debug, Deserialize)]
+struct Shape {
+    n_layer: usize,
+    n_embd: usize,
+    vocab_size: usize,
+}
+
+impl Shape {
+    fn of(checkpoint: &Path) -> Result<Self> {
+        let path = checkpoint.join("config.json");
+        let json = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&json).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Flops per token of a `prompt`-token prefill, two a multiply-add: each layer's four
+    /// products (12 c² weights), each position's attention over itself and the positions
+    /// before it (scores and weighted values, 2 c a key: 2 c (prompt + 1) a position on
+    /// average), and the output head at the last position only, as every side computes it.
+    fn prefill_flops_per_token(&self, prompt: usize) -> f64 {
+        let c = self.n_embd as f64;
+        let per_layer = 2.0 * 12.0 * c * c + 2.0 * c * (prompt as f64 + 1.0);
+        let head = 2.0 * c * self.vocab_size as f64 / prompt.max(1) as f64;
+        self.n_layer as f64 * per_layer + head
+    }
 }
 
 /// ~/.cache/nexttoken/gpt2-124m-random, made with scripts/make_random_checkpoint.py if missing.
@@ -436,11 +459,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bandwidth_probe_reads_every_value_in_every_stream_count() {
-        // Small integers: their float32 sums are exact in any order.
-        let values: Vec<f32> = (0..64 * 10).map(|v| (v % 7) as f32).collect();
-        let expected: f32 = values.iter().sum();
-        assert_eq!(sum_widest::<1>(&values), expected);
-        assert_eq!(sum_widest::<2>(&values), expected);
+    fn gpt2_small_prefills_512_tokens_at_179_mflop_a_token() {
+        let shape = Shape {
+            n_layer: 12,
+            n_embd: 768,
+            vocab_size: 50257,
+        };
+        // Products 24 * 768^2 = 14.16M and attention 2 * 768 * 513 = 0.79M a layer, 12 layers;
+        // the head 2 * 768 * 50257 / 512 = 0.15M.
+        let flops = shape.prefill_flops_per_token(512);
+        assert!((flops - 179.48e6).abs() < 0.01e6, "{flops}");
     }
 }
