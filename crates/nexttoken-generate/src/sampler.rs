@@ -207,19 +207,43 @@ fn top_k(scores: &mut [f32], k: usize) {
 }
 
 /// Keeps the most likely ids whose probabilities reach `p`, as transformers' `TopPLogitsWarper`
-/// does: in ascending order, drop ids while the cumulative probability stays at or below
-/// `1 - p`, and always keep the most likely one.
+/// does: it drops ids in ascending order while their cumulative probability stays at or below
+/// `1 - p`, which drops exactly the ids whose more likely ids already add up to `p` (up to float
+/// rounding at the boundary), and always keeps the most likely one. Only the kept ids and the
+/// first dropped one need ordering, so the most likely are taken in growing batches, each a
+/// linear selection: sorting all 50257 ids took 3.4 ms a step on the project's EPYC, where the
+/// bundled model decodes a token in 1.5 ms (top-p 0.9 sampling went from 188 to 413 tokens/s).
 fn top_p(scores: &mut [f32], p: f32) {
     let probs = softmax(scores);
+    let more_likely = |a: &usize, b: &usize| probs[*b].total_cmp(&probs[*a]);
+    // In float64: summed from the top, float32 reaches 1 before the least likely ids are in,
+    // and p = 1 (which drops only ids of probability 0) would drop them.
+    let total: f64 = probs.iter().map(|&p| f64::from(p)).sum();
+    let most_dropped = 1.0 - f64::from(p);
     let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_unstable_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let mut cumulative = 0.0f32;
-    for &id in &order[..order.len() - 1] {
-        cumulative += probs[id];
-        if cumulative > 1.0 - p {
-            break;
+    let mut batch = 64;
+    let mut above = 0.0f64;
+    let mut ranked = 0;
+    loop {
+        let taken = batch.min(order.len());
+        if taken < order.len() {
+            order[ranked..].select_nth_unstable_by(taken - 1 - ranked, more_likely);
         }
-        scores[id] = f32::NEG_INFINITY;
+        order[ranked..taken].sort_unstable_by(more_likely);
+        for rank in ranked..taken {
+            if rank > 0 && total - above <= most_dropped {
+                order[rank..]
+                    .iter()
+                    .for_each(|&id| scores[id] = f32::NEG_INFINITY);
+                return;
+            }
+            above += f64::from(probs[order[rank]]);
+        }
+        ranked = taken;
+        if taken == order.len() {
+            return;
+        }
+        batch *= 8;
     }
 }
 
@@ -345,6 +369,45 @@ mod tests {
             ..SamplingParams::default()
         };
         assert_draws_follow(params, &[0.0, 2.0 / 9.0, 3.0 / 9.0, 4.0 / 9.0]);
+    }
+
+    /// The batched selection keeps the ids transformers' way of sorting the whole vocabulary
+    /// (ascending, dropping while the cumulative probability stays at or below 1 - p) keeps,
+    /// here on vocabularies where thousands of ids stay (several batches).
+    #[test]
+    fn top_p_keeps_what_sorting_the_whole_vocabulary_keeps() {
+        fn sorted_whole(scores: &mut [f32], p: f32) {
+            let probs = softmax(scores);
+            let mut order: Vec<usize> = (0..scores.len()).collect();
+            order.sort_by(|&a, &b| probs[a].total_cmp(&probs[b]));
+            let mut cumulative = 0.0f32;
+            for &id in &order[..order.len() - 1] {
+                cumulative += probs[id];
+                if cumulative > 1.0 - p {
+                    break;
+                }
+                scores[id] = f32::NEG_INFINITY;
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for vocabulary in [10, 1000, 50257] {
+            for spread in [0.5f32, 3.0, 20.0] {
+                let logits: Vec<f32> = (0..vocabulary)
+                    .map(|_| (rng.next_u32() >> 8) as f32 / (1 << 24) as f32 * spread)
+                    .collect();
+                for p in [0.05, 0.5, 0.9, 0.99, 1.0] {
+                    let (mut batched, mut whole) = (logits.clone(), logits.clone());
+                    top_p(&mut batched, p);
+                    sorted_whole(&mut whole, p);
+                    let kept = batched.iter().filter(|s| s.is_finite()).count();
+                    assert!(kept >= 1);
+                    assert_eq!(
+                        batched, whole,
+                        "{vocabulary} ids, spread {spread}, p {p}: {kept} kept"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
