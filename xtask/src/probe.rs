@@ -107,6 +107,10 @@ pub fn multiply_add_rate(threads: usize) -> f64 {
 
 /// `rounds` rounds of `sum = sum * 0.5 + 1` on each lane of [`ACCUMULATORS`] vectors: the
 /// lanes per vector and the sum of every lane (each lane holds 2 - 2^(1 - rounds), exact).
+///
+/// Written out in each width's intrinsics: the same loop over `[f32; LANES]` arrays with
+/// `f32::mul_add`, inlined into functions with these target features (as [`sum`] is), ran at
+/// 3.9 GFLOP/s on a core of the AVX2 EPYC where these run at 98.
 fn multiply_adds(rounds: usize) -> (usize, f32) {
     #[cfg(target_arch = "x86_64")]
     {
