@@ -41,42 +41,77 @@ impl CausalSelfAttention {
         residual: Tensor<3>,
         cached: Option<(Option<KeyValue>, &CachedStep)>,
     ) -> (Tensor<3>, Option<KeyValue>) {
-        let [b, t, c] = x.dims();
-        let (nh, hs) = (self.n_head, c / self.n_head);
-        let heads = |x: Tensor<3>| x.reshape([b, t, nh, hs]).swap_dims(1, 2); // [b, nh, t, hs]
-        let mut qkv = linear(&self.c_attn, x).chunk(3, 2).into_iter().map(heads);
-        let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
-            unreachable!("c_attn's output has 3C columns, so chunk(3) gives three tensors")
-        };
-        // Scores are scaled by 1/sqrt(hs). The cache's mask goes in as an additive bias rather
-        // than a bool mask: burn-tch hands bool masks to PyTorch, where `true` means "attend",
-        // the opposite of burn's convention.
+        let qkv = linear(&self.c_attn, x);
         let (y, layer) = match cached {
-            None => (attention(q, k, v, None, None, options(true)), None),
+            None => {
+                let [q, k, v] = split_heads(qkv, self.n_head);
+                let y = attention(q, k, v, None, None, options(true));
+                (merged_heads(y), None)
+            }
             Some((layer, step)) => {
-                let layer = KeyValue::write(layer, k, v, step);
-                let y = cached_attention(&q, &layer, step)
-                    .unwrap_or_else(|| attention_over(q, &layer, step));
+                let layer = KeyValue::allocated(layer, &qkv, self.n_head, step);
+                let (y, layer) =
+                    cached_attention(&qkv, layer, step, self.n_head).unwrap_or_else(|layer| {
+                        cached_attention_by_burn(qkv, *layer, step, self.n_head)
+                    });
                 (y, Some(layer))
             }
-        }; // y: [b, nh, t, hs]
-        let y = y.swap_dims(1, 2).reshape([b, t, c]);
+        };
         (linear_onto(&self.c_proj, y, residual), layer)
     }
 }
 
-/// Attention of `q` over the cache's attended columns, by burn.
+/// What [`cached_attention`] computes, by burn's operations on any backend: the keys and
+/// values of `qkv` written into `layer` at the step's columns, then the queries' attention over
+/// the layer's attended columns.
 ///
 /// # Shapes
-/// - q: `[b, n_head, t, head_size]` -> `[b, n_head, t, head_size]`
-pub(crate) fn attention_over(q: Tensor<4>, layer: &KeyValue, step: &CachedStep) -> Tensor<4> {
-    let [b, nh, t, _] = q.dims();
+/// - qkv: `[b, t, 3c]` -> `[b, t, c]`
+pub(crate) fn cached_attention_by_burn(
+    qkv: Tensor<3>,
+    layer: KeyValue,
+    step: &CachedStep,
+    n_head: usize,
+) -> (Tensor<3>, KeyValue) {
+    let [q, k, v] = split_heads(qkv, n_head);
+    let layer = layer.write(k, v, step);
+    let [b, _, t, _] = q.dims();
     let (key, value) = layer.attended(step);
+    // Scores are scaled by 1/sqrt(hs). The cache's mask goes in as an additive bias rather
+    // than a bool mask: burn-tch hands bool masks to PyTorch, where `true` means "attend",
+    // the opposite of burn's convention.
     let bias = step
         .bias
         .clone()
-        .map(|bias| bias.expand([b, nh, t, step.attended]));
-    attention(q, key, value, None, bias, options(step.causal))
+        .map(|bias| bias.expand([b, n_head, t, step.attended]));
+    let y = attention(q, key, value, None, bias, options(step.causal));
+    (merged_heads(y), layer)
+}
+
+/// `qkv`'s queries, keys and values, each split into its heads.
+///
+/// # Shapes
+/// - qkv: `[b, t, 3c]` -> 3 x `[b, n_head, t, c / n_head]`
+fn split_heads(qkv: Tensor<3>, n_head: usize) -> [Tensor<4>; 3] {
+    let [b, t, width] = qkv.dims();
+    let heads = |x: Tensor<3>| {
+        x.reshape([b, t, n_head, width / 3 / n_head])
+            .swap_dims(1, 2)
+    };
+    let mut parts = qkv.chunk(3, 2).into_iter().map(heads);
+    let (Some(q), Some(k), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
+        unreachable!("c_attn's output has 3C columns, so chunk(3) gives three tensors")
+    };
+    [q, k, v]
+}
+
+/// The heads' outputs side by side again.
+///
+/// # Shapes
+/// - y: `[b, n_head, t, head_size]` -> `[b, t, n_head * head_size]`
+fn merged_heads(y: Tensor<4>) -> Tensor<3> {
+    let [b, n_head, t, head_size] = y.dims();
+    y.swap_dims(1, 2).reshape([b, t, n_head * head_size])
 }
 
 fn options(is_causal: bool) -> AttentionModuleOptions {

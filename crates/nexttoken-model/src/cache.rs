@@ -339,33 +339,39 @@ impl KvCache {
 }
 
 impl KeyValue {
-    /// Writes the new columns' keys and values at `step.start` of `layer` (allocating it on
-    /// the first step), and returns the layer.
+    /// `layer` if it has room for `qkv`'s step, or a new layer of the step's capacity in
+    /// `qkv`'s dtype.
+    ///
+    /// # Shapes
+    /// - qkv: `[b, t, 3c]`, the layer: `[b, n_head, capacity, c / n_head]` each
+    pub fn allocated(
+        layer: Option<KeyValue>,
+        qkv: &Tensor<3>,
+        n_head: usize,
+        step: &CachedStep,
+    ) -> Self {
+        let [b, _, width] = qkv.dims();
+        let shape = [b, n_head, step.capacity, width / 3 / n_head];
+        // Created in the model's dtype: zeros cast from float32 cost a pass over the layer.
+        let allocate = || Tensor::<4>::zeros(shape, (&qkv.device(), qkv.dtype()));
+        layer
+            .filter(|layer| layer.key.dims() == shape)
+            .unwrap_or_else(|| Self {
+                key: allocate(),
+                value: allocate(),
+            })
+    }
+
+    /// Writes the step's keys and values at its columns.
     ///
     /// # Shapes
     /// - key, value: `[b, n_head, t, head_size]`
-    pub fn write(
-        layer: Option<KeyValue>,
-        key: Tensor<4>,
-        value: Tensor<4>,
-        step: &CachedStep,
-    ) -> Self {
+    pub fn write(self, key: Tensor<4>, value: Tensor<4>, step: &CachedStep) -> Self {
         let [b, heads, t, head_size] = key.dims();
-        // Created in the model's dtype: zeros cast from float32 cost a pass over the layer.
-        let allocate = |like: &Tensor<4>| {
-            let shape = [b, heads, step.capacity, head_size];
-            Tensor::<4>::zeros(shape, (&like.device(), like.dtype()))
-        };
-        let layer = layer
-            .filter(|layer| layer.key.dims() == [b, heads, step.capacity, head_size])
-            .unwrap_or_else(|| Self {
-                key: allocate(&key),
-                value: allocate(&value),
-            });
         let columns = [0..b, 0..heads, step.start..step.start + t, 0..head_size];
         Self {
-            key: layer.key.slice_assign(columns.clone(), key),
-            value: layer.value.slice_assign(columns, value),
+            key: self.key.slice_assign(columns.clone(), key),
+            value: self.value.slice_assign(columns, value),
         }
     }
 

@@ -126,7 +126,8 @@ pub(crate) fn tied_head(embedding: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2
     let [m, c] = x.dims();
     let [v, _] = embedding.dims();
     let embedding = flex(embedding)?;
-    let x = flex_activation(x)?;
+    let x = contiguous_flex(x)?;
+    let x = with_values!(values(&x)?, |x| simd::Float::as_f32(x));
     let logits = with_values!(values(&embedding)?, |embedding| {
         times_transposed(&x, embedding, [m, c, v])
     });
@@ -164,40 +165,72 @@ pub(crate) fn stored_by_output(weight: Tensor<2>) -> Tensor<2> {
     Tensor::from_primitive::<Flex>(by_output)
 }
 
-/// Attention over the cache on flex: `None` where burn's path applies. burn-flex's attention
-/// wants contiguous float32 keys and values, so each layer of each step would copy the attended
-/// columns out of the cache (and widen them from half precision), and it scores every query
-/// against every attended column with scalar `exp`: here each head reads its rows of the cache
-/// in place, only the columns a query may see (written ones, and for a causal prompt those up
-/// to its own position), with a vectorised `exp`.
+/// Attention over the cache on flex, from the step's fused projections: the new keys and values
+/// written into `layer` at the step's columns, then each query's attention over the columns it
+/// may see. Gives `layer` back where burn's path applies
+/// ([`crate::attention::cached_attention_by_burn`]).
+///
+/// burn's path splits `qkv` into heads and merges them after: seven copies of the step's
+/// activations a layer through strided views, and two into the cache (burn-flex copies fewer
+/// than a million values on one thread); its attention wants contiguous float32 keys and values, so
+/// each layer of each step would copy the attended columns out of the cache (and widen them
+/// from half precision), and it scores every query against every attended column with scalar
+/// `exp`. Here a task per row and head copies its keys and values into the cache, reads its
+/// queries where they lie, attends over its rows of the cache in place, only the columns a
+/// query may see (written ones, and for a causal prompt those up to its own position), with a
+/// vectorised `exp`, and writes its output columns where they go.
 ///
 /// # Shapes
-/// - q: `[b, n_head, t, head_size]`, the cached layer: `[b, n_head, capacity, head_size]`
-///   -> `[b, n_head, t, head_size]`
+/// - qkv: `[b, t, 3c]`, the layer: `[b, n_head, capacity, c / n_head]` each -> `[b, t, c]`
 pub(crate) fn cached_attention(
-    q: &Tensor<4>,
-    layer: &KeyValue,
+    qkv: &Tensor<3>,
+    layer: KeyValue,
     step: &CachedStep,
-) -> Option<Tensor<4>> {
-    let [b, heads, t, head_size] = q.dims();
-    let (key, value) = (flex(&layer.key)?, flex(&layer.value)?);
-    let dtype = q.dtype();
+    heads: usize,
+) -> Result<(Tensor<3>, KeyValue), Box<KeyValue>> {
+    let [b, t, width] = qkv.dims();
+    let dtype = qkv.dtype();
+    let (Some(projections), Some(mut key), Some(mut value)) =
+        (flex(qkv), flex(&layer.key), flex(&layer.value))
+    else {
+        return Err(Box::new(layer));
+    };
+    if layer.key.dtype() != dtype || layer.value.dtype() != dtype {
+        return Err(Box::new(layer));
+    }
+    let capacity = layer.key.dims()[2];
+    // The layer's tensors are its storage's only other handles: without them, the writes below
+    // go in place (a cache shared with a clone is copied first, as `slice_assign` copies it).
+    drop(layer);
     let cached = CachedHeads {
-        q: flex_activation(q)?,
         few_queries: b * t <= MAX_ROWS,
         heads,
         t,
-        head_size,
-        capacity: layer.key.dims()[2],
+        head_size: width / 3 / heads,
+        capacity,
         step,
     };
-    let y = match (values(&key)?, values(&value)?) {
-        (Values::F32(key), Values::F32(value)) => cached.attend(key, value),
-        (Values::F16(key), Values::F16(value)) => cached.attend(key, value),
-        (Values::Bf16(key), Values::Bf16(value)) => cached.attend(key, value),
-        _ => return None,
+    let y = match (
+        values(&projections),
+        values_mut(&mut key),
+        values_mut(&mut value),
+    ) {
+        (Some(Values::F32(qkv)), Some(ValuesMut::F32(key)), Some(ValuesMut::F32(value))) => {
+            cached.attend(qkv, key, value)
+        }
+        (Some(Values::F16(qkv)), Some(ValuesMut::F16(key)), Some(ValuesMut::F16(value))) => {
+            cached.attend(qkv, key, value)
+        }
+        (Some(Values::Bf16(qkv)), Some(ValuesMut::Bf16(key)), Some(ValuesMut::Bf16(value))) => {
+            cached.attend(qkv, key, value)
+        }
+        _ => unreachable!("`flex` checked all three are float tensors, and their dtypes match"),
     };
-    Some(from_flex_as(y, [b, heads, t, head_size], dtype))
+    let layer = KeyValue {
+        key: Tensor::from_primitive::<Flex>(key),
+        value: Tensor::from_primitive::<Flex>(value),
+    };
+    Ok((from_flex_as(y, [b, t, width / 3], dtype), layer))
 }
 
 /// GPT-2's `gelu_new` (see [`crate::mlp`]) in one vectorised pass on flex, every core for a
@@ -254,10 +287,8 @@ fn flex_layer_norm<const D: usize>(
 /// matrix product to pay, few enough that a causal prompt's blocks skip most of the masked half.
 const QUERY_BLOCK: usize = 64;
 
-/// The queries of [`cached_attention`] and what they may see.
+/// The shape of [`cached_attention`]'s step and what its queries may see.
 struct CachedHeads<'a> {
-    /// `[b, heads, t, head_size]`, float32.
-    q: Vec<f32>,
     /// Whether a decode step's dot products beat matrix products (see [`MAX_ROWS`]).
     few_queries: bool,
     heads: usize,
@@ -268,25 +299,57 @@ struct CachedHeads<'a> {
 }
 
 impl CachedHeads<'_> {
-    /// `softmax(q · keysᵀ / √head_size + bias) · values` for every row's every head, a task each.
-    fn attend<W: simd::Float>(&self, key: &[W], value: &[W]) -> Vec<f32> {
+    /// Writes `qkv`'s keys and values into the layer's, then returns `softmax(q · keysᵀ /
+    /// √head_size + bias) · values` for every row's every head, a task each, `[b, t, c]`.
+    fn attend<W: simd::Float>(&self, qkv: &[W], key: &mut [W], value: &mut [W]) -> Vec<f32> {
         let (t, head_size) = (self.t, self.head_size);
+        let c = self.heads * head_size;
         let written = self.step.start + t;
-        let mut y = vec![0.0f32; self.q.len()];
-        y.par_chunks_mut(t * head_size)
-            .zip(self.q.par_chunks(t * head_size))
+        let mut y = Vec::<f32>::with_capacity(qkv.len() / 3); // filled by the tasks below
+        let out = SharedOut(y.as_mut_ptr());
+        let layer_len = self.capacity * head_size;
+        key.par_chunks_mut(layer_len)
+            .zip(value.par_chunks_mut(layer_len))
             .enumerate()
-            .for_each(|(row_head, (y, q))| {
-                let first = row_head * self.capacity * head_size;
-                let columns = first..first + written * head_size;
-                let (key, value) = (&key[columns.clone()], &value[columns]);
-                let row = row_head / self.heads;
+            .for_each(|(row_head, (key, value))| {
+                let (row, head) = (row_head / self.heads, row_head % self.heads);
+                // `[t, 3c]`: this row's new positions' queries, keys and values.
+                let positions = &qkv[row * t * 3 * c..][..t * 3 * c];
+                let part = |part: usize| {
+                    positions
+                        .chunks_exact(3 * c)
+                        .map(move |position| &position[part * c + head * head_size..][..head_size])
+                };
+                let new_columns = self.step.start * head_size..written * head_size;
+                for (cached, new) in [(&mut *key, part(1)), (&mut *value, part(2))] {
+                    cached[new_columns.clone()]
+                        .chunks_exact_mut(head_size)
+                        .zip(new)
+                        .for_each(|(cached, new)| cached.copy_from_slice(new));
+                }
+                let mut q = vec![0.0f32; t * head_size];
+                for (q, new) in q.chunks_exact_mut(head_size).zip(part(0)) {
+                    simd::widen(q, new);
+                }
+                let mut y_head = vec![0.0f32; t * head_size];
+                let (key, value) = (&key[..written * head_size], &value[..written * head_size]);
                 if self.few_queries {
-                    self.attend_few(row, y, q, key, value);
+                    self.attend_few(row, &mut y_head, &q, key, value);
                 } else {
-                    self.attend_blocks(row, y, q, key, value);
+                    self.attend_blocks(row, &mut y_head, &q, key, value);
+                }
+                for (query, y_head) in y_head.chunks_exact(head_size).enumerate() {
+                    // SAFETY: row `row * t + query` of `y`'s `[b * t, c]` has this head's
+                    // columns, `head * head_size..(head + 1) * head_size`, and they are this
+                    // task's alone.
+                    unsafe {
+                        let at = out.at((row * t + query) * c + head * head_size);
+                        std::ptr::copy_nonoverlapping(y_head.as_ptr(), at, head_size);
+                    }
                 }
             });
+        // SAFETY: the tasks wrote every head's columns of every row.
+        unsafe { y.set_len(qkv.len() / 3) };
         y
     }
 
@@ -393,7 +456,9 @@ fn flex_linear<const D: usize>(
         None => None,
     };
     let dtype = x.dtype();
-    let x = flex_activation(x)?;
+    // Read where it lies when it is float32, not copied first.
+    let x = contiguous_flex(x)?;
+    let x = with_values!(values(&x)?, |x| simd::Float::as_f32(x));
     let n = weight.layout().shape()[0];
     let mut out = with_values!(values(&weight)?, |weight| {
         times_transposed(&x, weight, [m, k, n])
@@ -433,8 +498,10 @@ fn flex_linear<const D: usize>(
 fn times_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) -> Vec<f32> {
     let rows_per_task = rows_per_task(n);
     if m > MAX_ROWS {
-        let mut out = vec![0.0; m * n];
-        let columns = SharedColumns(out.as_mut_ptr());
+        // Not zeroed first: `gemm` writes every value without reading it, and the zeroing ran
+        // on one thread while the others waited.
+        let mut out = Vec::<f32>::with_capacity(m * n);
+        let shared = SharedOut(out.as_mut_ptr());
         w.par_chunks(rows_per_task * k)
             .enumerate()
             .for_each(|(block, rows)| {
@@ -444,10 +511,12 @@ fn times_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) -
                 // SAFETY: the block's output columns, `first..first + dims[2]` of `out`'s `n`,
                 // exist (`w` has `n` rows) and are this task's alone.
                 unsafe {
-                    let out = columns.at_column(first);
+                    let out = shared.at(first);
                     matmul_into(out, n, x, &rows, dims, Rhs::Transposed);
                 }
             });
+        // SAFETY: the blocks' columns cover all `n`, each written in every one of `m` rows.
+        unsafe { out.set_len(m * n) };
         return out;
     }
     let mut transposed = vec![0.0; n * m]; // [n, m]: each task writes its own rows
@@ -463,20 +532,20 @@ fn times_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) -
         .collect()
 }
 
-/// `out`'s pointer, shared by the tasks of [`times_transposed`], each writing its own columns.
+/// An output's pointer, shared by tasks that each write their own part of it.
 #[derive(Clone, Copy)]
-struct SharedColumns(*mut f32);
+struct SharedOut(*mut f32);
 
-// SAFETY: the tasks that share it write disjoint columns and nothing reads them until all are
+// SAFETY: the tasks that share it write disjoint values and nothing reads them until all are
 // done (rayon's `for_each` returns after every task).
-unsafe impl Send for SharedColumns {}
-unsafe impl Sync for SharedColumns {}
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
 
-impl SharedColumns {
-    /// The first row's value in `column` (a method: a closure calling it captures the whole
-    /// `Sync` wrapper, not its raw pointer field).
-    fn at_column(self, column: usize) -> *mut f32 {
-        self.0.wrapping_add(column)
+impl SharedOut {
+    /// The output's value at `index` (a method: a closure calling it captures the whole `Sync`
+    /// wrapper, not its raw pointer field).
+    fn at(self, index: usize) -> *mut f32 {
+        self.0.wrapping_add(index)
     }
 }
 
@@ -550,6 +619,13 @@ enum Values<'a> {
     Bf16(&'a [bf16]),
 }
 
+/// [`Values`], writable.
+enum ValuesMut<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [f16]),
+    Bf16(&'a mut [bf16]),
+}
+
 fn values(tensor: &FlexTensor) -> Option<Values<'_>> {
     match tensor.dtype() {
         DType::F32 => tensor.as_slice().map(Values::F32),
@@ -557,6 +633,18 @@ fn values(tensor: &FlexTensor) -> Option<Values<'_>> {
         DType::BF16 => tensor.as_slice().map(Values::Bf16),
         _ => None,
     }
+}
+
+/// A contiguous tensor's values, written in place where it holds its storage alone (copied
+/// first where it does not).
+fn values_mut(tensor: &mut FlexTensor) -> Option<ValuesMut<'_>> {
+    let (start, end) = tensor.layout().contiguous_offsets()?;
+    Some(match tensor.dtype() {
+        DType::F32 => ValuesMut::F32(&mut tensor.storage_mut()[start..end]),
+        DType::F16 => ValuesMut::F16(&mut tensor.storage_mut()[start..end]),
+        DType::BF16 => ValuesMut::Bf16(&mut tensor.storage_mut()[start..end]),
+        _ => return None,
+    })
 }
 
 /// Runs `$body` with `$name` bound to the slice of whichever float type `$values` holds.
@@ -588,11 +676,17 @@ fn stored_transposed(weight: &Tensor<2>) -> Option<FlexTensor> {
     Some(transposed)
 }
 
-/// An activation's values as float32 (a copy: small beside the product it feeds).
+/// An activation's values as float32, to be changed in place (a copy: small beside the
+/// product it feeds).
 fn flex_activation<const D: usize>(tensor: &Tensor<D>) -> Option<Vec<f32>> {
-    let primitive = tensor.clone().try_into_primitive::<Flex>().ok()?;
-    let primitive = primitive.to_contiguous();
+    let primitive = contiguous_flex(tensor)?;
     Some(with_values!(values(&primitive)?, |x| simd::widened(x)))
+}
+
+/// The tensor's flex primitive, contiguous: its own storage, or a copy of a strided view.
+fn contiguous_flex<const D: usize>(tensor: &Tensor<D>) -> Option<FlexTensor> {
+    let primitive = tensor.clone().try_into_primitive::<Flex>().ok()?;
+    Some(primitive.to_contiguous())
 }
 
 fn from_flex<const D: usize, E: Element>(values: Vec<E>, dims: [usize; D]) -> Tensor<D> {
@@ -1827,17 +1921,22 @@ mod tests {
 
     #[test]
     fn cached_attention_matches_burns_with_padding_causality_and_half_precision() {
-        use crate::attention::attention_over;
+        use crate::attention::cached_attention_by_burn;
         use crate::cache::KvCache;
 
         let device = Device::flex();
         let [heads, head_size] = [3, 8];
-        let random = |b, t| {
-            Tensor::<4>::random(
-                [b, heads, t, head_size],
+        let projections = |b, t| {
+            Tensor::<3>::random(
+                [b, t, 3 * heads * head_size],
                 Distribution::Normal(0.0, 2.0),
                 &device,
             )
+        };
+        let assert_close = |ours: Tensor<4>, burns: Tensor<4>, tolerance| {
+            ours.cast(DType::F32)
+                .into_data()
+                .assert_approx_eq::<f32>(&burns.cast(DType::F32).into_data(), tolerance);
         };
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let tolerance = match dtype {
@@ -1860,19 +1959,20 @@ mod tests {
                 let mut layer = None;
                 for t in std::iter::once(prompt).chain(std::iter::repeat_n(1, 40)) {
                     let step = cache.step(b, t, 128, &device, dtype);
-                    let written = KeyValue::write(
-                        layer,
-                        random(b, t).cast(dtype),
-                        random(b, t).cast(dtype),
-                        &step,
-                    );
-                    let q = random(b, t).cast(dtype);
-                    let ours = cached_attention(&q, &written, &step).expect("flex");
+                    let qkv = projections(b, t).cast(dtype);
+                    let allocated = KeyValue::allocated(layer, &qkv, heads, &step);
+                    let Ok((ours, written)) =
+                        cached_attention(&qkv, allocated.clone(), &step, heads)
+                    else {
+                        panic!("flex tensors of a float dtype take the kernel")
+                    };
                     assert_eq!(ours.dtype(), dtype);
-                    let burns = attention_over(q, &written, &step);
-                    ours.cast(DType::F32)
-                        .into_data()
-                        .assert_approx_eq::<f32>(&burns.cast(DType::F32).into_data(), tolerance);
+                    let (burns, burn_written) =
+                        cached_attention_by_burn(qkv, allocated, &step, heads);
+                    assert_close(ours.unsqueeze(), burns.unsqueeze(), tolerance);
+                    // The cache's values are copies: equal, whatever the dtype.
+                    assert_eq!(written.key.to_data(), burn_written.key.into_data());
+                    assert_eq!(written.value.to_data(), burn_written.value.into_data());
                     layer = Some(written);
                 }
             }
