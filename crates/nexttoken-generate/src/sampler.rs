@@ -263,7 +263,14 @@ fn min_p(scores: &mut [f32], p: f32) {
 /// Probabilities from scores, in float32 as the scores are; removed ids (−∞) get 0.
 fn softmax(scores: &[f32]) -> Vec<f32> {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = scores.iter().map(|&s| (s - max).exp()).collect();
+    // A removed id's 0 without its `exp`: after top-k or top-p, most of the vocabulary.
+    let exps: Vec<f32> = scores
+        .iter()
+        .map(|&s| match s {
+            f32::NEG_INFINITY => 0.0,
+            s => (s - max).exp(),
+        })
+        .collect();
     let sum: f32 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
 }

@@ -1,4 +1,5 @@
-use burn::tensor::{Int, Tensor, TensorData, activation::softmax};
+use burn::tensor::{Int, Tensor, TensorData};
+use nexttoken_model::softmax;
 
 /// Greedy selection: the most probable id of each row, after a softmax over the vocabulary.
 ///
@@ -13,7 +14,7 @@ pub fn select_greedy(logits: Tensor<2>) -> Vec<u32> {
 
 /// [`select_greedy`]'s ids, left on the device (`[b, 1]`).
 pub(crate) fn greedy_ids(logits: Tensor<2>) -> Tensor<2, Int> {
-    softmax(logits, 1).argmax(1)
+    softmax(logits).argmax(1)
 }
 
 /// The argmax's ids read back: indices below the vocabulary size, which fit in u32 for any

@@ -43,5 +43,6 @@ mod model;
 pub use cache::KvCache;
 pub use checkpoint::Checkpoint;
 pub use config::Gpt2Config;
+pub use cpu_kernels::softmax;
 pub use error::ModelError;
 pub use model::{Gpt2, token_tensor};
