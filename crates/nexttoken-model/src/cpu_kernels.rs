@@ -260,12 +260,17 @@ fn flex_softmax<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
         return None;
     };
     let mut probabilities = values.to_vec();
-    for row in probabilities.chunks_exact_mut(dims[D - 1].max(1)) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let normaliser = simd::exp_minus(row, max).recip();
-        row.iter_mut().for_each(|p| *p *= normaliser);
-    }
+    probabilities
+        .chunks_exact_mut(dims[D - 1].max(1))
+        .for_each(normalise);
     Some(from_flex(probabilities, dims))
+}
+
+/// Scores to probabilities, in place: `e^(s - max) / Σ e^(s - max)`.
+fn normalise(scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let normaliser = simd::exp_minus(scores, max).recip();
+    scores.iter_mut().for_each(|score| *score *= normaliser);
 }
 
 /// `norm.forward(x)` with `norm`'s `epsilon`: on flex in one pass over each row in float32
@@ -453,10 +458,7 @@ impl CachedHeads<'_> {
             let visible = (self.step.start + query + 1).min(scores.len());
             scores[visible..].fill(f32::NEG_INFINITY);
         }
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum = simd::exp_minus(scores, max);
-        let normaliser = sum.recip();
-        scores.iter_mut().for_each(|score| *score *= normaliser);
+        normalise(scores);
     }
 }
 
