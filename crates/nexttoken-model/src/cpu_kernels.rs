@@ -14,7 +14,8 @@
 //! it is one `vdpbf16ps` per 32 weights (GPT-2-124M decode, alternating, 2 threads: f32 80 ->
 //! 91-94 t/s, bf16 160-165 -> 175-176; 1 thread: f32 71 -> 76-79, bf16 115 -> 137). A prompt's
 //! products are compute-bound: `gemm` on each thread's blocks of weight rows (see
-//! [`times_transposed`] for why not `gemm`'s own threads). Attention reads the cache where it
+//! [`times_transposed`] for why not `gemm`'s own threads), or for bf16 on a CPU with AVX-512
+//! BF16 our own kernel, which multiplies the bf16s in pairs where `gemm` has only float32. Attention reads the cache where it
 //! lies, a task per row and head; a prompt's queries go in blocks through `gemm`, each against
 //! only the keys it may see.
 //!
@@ -127,9 +128,9 @@ pub(crate) fn tied_head(embedding: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2
     let [v, _] = embedding.dims();
     let embedding = flex(embedding)?;
     let x = contiguous_flex(x)?;
-    let x = with_values!(values(&x)?, |x| simd::Float::as_f32(x));
+    let x = values(&x)?;
     let logits = with_values!(values(&embedding)?, |embedding| {
-        times_transposed(&x, embedding, [m, c, v])
+        with_values!(x, |x| times_transposed(x, embedding, [m, c, v]))
     });
     Some(from_flex(logits, [m, v]))
 }
@@ -481,12 +482,11 @@ fn flex_linear<const D: usize>(
         None => None,
     };
     let dtype = x.dtype();
-    // Read where it lies when it is float32, not copied first.
     let x = contiguous_flex(x)?;
-    let x = with_values!(values(&x)?, |x| simd::Float::as_f32(x));
+    let x = values(&x)?;
     let n = weight.layout().shape()[0];
     let mut out = with_values!(values(&weight)?, |weight| {
-        times_transposed(&x, weight, [m, k, n])
+        with_values!(x, |x| times_transposed(x, weight, [m, k, n]))
     });
     let bias = match &bias {
         Some(bias) => Some(with_values!(values(bias)?, |bias| simd::widened(bias))),
@@ -514,36 +514,42 @@ fn flex_linear<const D: usize>(
 
 /// `x · wᵀ` for `x: [m, k]` and `w: [n, k]`, as `[m, n]`, on every core, each thread over its
 /// own blocks of `w`'s rows. A few rows read each weight once, in dot products. More rows make
-/// the product compute-bound: each block goes through `gemm` on its task's thread (a
-/// half-precision block widened to float32 first, in the task's cache). `gemm` packs `[n, k]`
-/// weights where it reads `[k, n]` ones in place: threaded by `gemm` itself, its packing took
-/// 3x the profile samples it took for `[k, n]` and a 512-token f32 prompt ran at ~0.8x the
-/// `[k, n]` layout's speed; a block per task packs each block once (0.9-1.0x; bf16 and f16
-/// faster than before, their widening now on every core).
-fn times_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) -> Vec<f32> {
-    let rows_per_task = rows_per_task(n);
-    if m > MAX_ROWS {
-        // Not zeroed first: `gemm` writes every value without reading it, and the zeroing ran
-        // on one thread while the others waited.
-        let mut out = Vec::<f32>::with_capacity(m * n);
-        let shared = SharedOut(out.as_mut_ptr());
-        w.par_chunks(rows_per_task * k)
-            .enumerate()
-            .for_each(|(block, rows)| {
-                let rows = W::as_f32(rows);
-                let first = block * rows_per_task;
-                let dims = [m, k, rows.len() / k];
-                // SAFETY: the block's output columns, `first..first + dims[2]` of `out`'s `n`,
-                // exist (`w` has `n` rows) and are this task's alone.
-                unsafe {
-                    let out = shared.at(first);
-                    matmul_into(out, n, x, &rows, dims, Rhs::Transposed);
-                }
-            });
-        // SAFETY: the blocks' columns cover all `n`, each written in every one of `m` rows.
-        unsafe { out.set_len(m * n) };
-        return out;
+/// the product compute-bound: where both operands are bf16 and the CPU multiplies bf16 pairs
+/// (AVX-512 BF16), each block goes through our own matrix kernel for them
+/// ([`simd::bf16_products`]); otherwise through `gemm` on its task's thread, in float32 (a
+/// half-precision block widened first, in the task's cache). `gemm` packs `[n, k]` weights
+/// where it reads `[k, n]` ones in place: threaded by `gemm` itself, its packing took 3x the
+/// profile samples it took for `[k, n]` and a 512-token f32 prompt ran at ~0.8x the `[k, n]`
+/// layout's speed; a block per task packs each block once (0.9-1.0x; bf16 and f16 faster than
+/// before, their widening now on every core).
+fn times_transposed<X: simd::Float, W: simd::Float>(
+    x: &[X],
+    w: &[W],
+    [m, k, n]: [usize; 3],
+) -> Vec<f32> {
+    if m <= MAX_ROWS {
+        return dots_transposed(&X::as_f32(x), w, [m, k, n]);
     }
+    if let (Some(x), Some(w)) = (X::as_bf16(x), W::as_bf16(w))
+        && simd::has_bf16_products()
+    {
+        return by_weight_blocks(w, [m, k, n], |out, rows, dims| {
+            // SAFETY: as `by_weight_blocks` promises; the CPU has the kernel's instructions.
+            unsafe { simd::bf16_products(out, n, x, rows, dims) }
+        });
+    }
+    let x = X::as_f32(x);
+    by_weight_blocks(w, [m, k, n], |out, rows, dims| {
+        let rows = W::as_f32(rows);
+        // SAFETY: as `by_weight_blocks` promises.
+        unsafe { matmul_into(out, n, &x, &rows, dims, Rhs::Transposed) }
+    })
+}
+
+/// [`times_transposed`] for a few rows: a dot product per weight row, each task streaming its
+/// own block of rows once.
+fn dots_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) -> Vec<f32> {
+    let rows_per_task = rows_per_task(n);
     let mut transposed = vec![0.0; n * m]; // [n, m]: each task writes its own rows
     transposed
         .par_chunks_mut(rows_per_task * m)
@@ -555,6 +561,32 @@ fn times_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) -
     (0..m)
         .flat_map(|row| transposed.iter().skip(row).step_by(m).copied())
         .collect()
+}
+
+/// The `[m, n]` product of `[m, k]` rows with `w: [n, k]`'s transpose, a task per block of
+/// `w`'s rows: `block(out, rows, [m, k, rows.len() / k])` writes the block's `[m, rows]` output
+/// columns, row after row `n` values apart from `out`, where they are the task's alone. Not
+/// zeroed first: the blocks write every value without reading it, and the zeroing ran on one
+/// thread while the others waited.
+fn by_weight_blocks<W: Sync>(
+    w: &[W],
+    [m, k, n]: [usize; 3],
+    block: impl Fn(*mut f32, &[W], [usize; 3]) + Sync,
+) -> Vec<f32> {
+    let rows_per_task = rows_per_task(n);
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    let shared = SharedOut(out.as_mut_ptr());
+    w.par_chunks(rows_per_task * k)
+        .enumerate()
+        .for_each(|(index, rows)| {
+            // The block's output columns, `first..first + rows.len() / k` of `out`'s `n`, exist
+            // (`w` has `n` rows).
+            let first = index * rows_per_task;
+            block(shared.at(first), rows, [m, k, rows.len() / k]);
+        });
+    // SAFETY: the blocks' columns cover all `n`, each written in every one of `m` rows.
+    unsafe { out.set_len(m * n) };
+    out
 }
 
 /// An output's pointer, shared by tasks that each write their own part of it.
@@ -638,6 +670,7 @@ unsafe fn matmul_into(
 
 /// A weight's values as flex stores them. The kernels read any of these and compute in float32,
 /// so a half-precision weight streams half the bytes of a float32 one.
+#[derive(Clone, Copy)]
 enum Values<'a> {
     F32(&'a [f32]),
     F16(&'a [f16]),
@@ -808,6 +841,11 @@ mod simd {
         fn as_f32(values: &[Self]) -> Cow<'_, [f32]> {
             Cow::Owned(widened(values))
         }
+
+        /// `values` themselves if they are bf16s, which some CPUs multiply in pairs.
+        fn as_bf16(_values: &[Self]) -> Option<&[bf16]> {
+            None
+        }
     }
 
     /// Values per task of the element-wise loops: enough to amortise a task, few enough that an
@@ -919,6 +957,10 @@ mod simd {
             );
             // SAFETY: as for f32's; a `bf16` is a `repr(transparent)` `u16`.
             unsafe { _mm_storeu_si128(at.cast(), packed) }
+        }
+
+        fn as_bf16(values: &[bf16]) -> Option<&[bf16]> {
+            Some(values)
         }
 
         fn dots_in_hardware(out: &mut [f32], x: &[f32], rows: &[bf16], c: usize) -> bool {
@@ -1051,6 +1093,39 @@ mod simd {
         }
         for (wide, value) in wide.into_remainder().iter_mut().zip(values.remainder()) {
             *wide = value.to_f32();
+        }
+    }
+
+    /// Whether [`bf16_products`] runs on this CPU.
+    pub fn has_bf16_products() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return has_avx512_bf16();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// `out[i, j] = x[i, :] · rows[j, :]` for `x: [m, k]` and `rows: [n, k]`, the bf16s
+    /// multiplied in pairs by the CPU (see [`avx512_bf16::products`]).
+    ///
+    /// # Safety
+    /// [`has_bf16_products`]; `m` rows of `n` values `row_stride` apart from `out` are writable,
+    /// and nothing else reads or writes them during the call.
+    pub unsafe fn bf16_products(
+        out: *mut f32,
+        row_stride: usize,
+        x: &[bf16],
+        rows: &[bf16],
+        dims: [usize; 3],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's promises.
+        unsafe {
+            avx512_bf16::products(out, row_stride, x, rows, dims)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (out, row_stride, x, rows, dims);
+            unreachable!("`has_bf16_products` is false off x86-64")
         }
     }
 
@@ -1376,7 +1451,10 @@ mod simd {
     /// are float32's, in another order than the other kernels'.
     #[cfg(target_arch = "x86_64")]
     mod avx512_bf16 {
-        use std::arch::x86_64::{__m512bh, _mm512_dpbf16_ps, _mm512_loadu_si512};
+        use std::arch::x86_64::{
+            __m512bh, __mmask16, _mm512_add_ps, _mm512_dpbf16_ps, _mm512_loadu_si512,
+            _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps,
+        };
 
         use burn::tensor::bf16;
 
@@ -1395,6 +1473,185 @@ mod simd {
             // SAFETY: 32 values are readable (the caller's promise) and the load has no
             // alignment needs; `__m512bh` is 32 bf16 bits, as the loaded 512-bit integer
             // vector is.
+            unsafe { std::mem::transmute(_mm512_loadu_si512(at.cast())) }
+        }
+
+        /// Rows of `x` a tile multiplies at once, by [`COLUMNS`] weight rows: 16 running sums
+        /// in registers, each pair of weight vectors loaded once for eight rows.
+        const TILE_ROWS: usize = 8;
+
+        /// Weight rows a tile multiplies, as two registers of 16 float32 sums.
+        const COLUMNS: usize = 32;
+
+        /// Inputs a packed strip of [`COLUMNS`] weight rows spans: 16 KiB, which stay in the
+        /// level-1 cache while every tile of `x`'s rows passes them.
+        const STRIP_INPUTS: usize = 256;
+
+        /// `out[i, j] = x[i, :] · rows[j, :]` for `x: [m, k]` and `rows: [n, k]`, `out`'s rows
+        /// `row_stride` apart, by `vdpbf16ps`: a float32 sum of two bf16 products per lane,
+        /// twice float32's multiply-adds per instruction (the products are exact in float32;
+        /// `vdpbf16ps` flushes subnormals, as in [`dots`]). A prompt's products are
+        /// compute-bound, and `gemm` has no bf16 arithmetic: it multiplied widened copies.
+        ///
+        /// Each strip of 32 weight rows, [`STRIP_INPUTS`] inputs at a time, is packed as pairs
+        /// of inputs interleaved by row (a register holds one pair of each of 16 rows) and
+        /// multiplied with every tile of `x` rows, each row's pair broadcast to every lane, so
+        /// that each lane sums one output with no reduction across lanes.
+        ///
+        /// # Safety
+        /// As [`super::bf16_products`].
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        pub unsafe fn products(
+            out: *mut f32,
+            row_stride: usize,
+            x: &[bf16],
+            rows: &[bf16],
+            [m, k, n]: [usize; 3],
+        ) {
+            assert!(x.len() == m * k && rows.len() == n * k && row_stride >= n);
+            let mut strip = [0u32; COLUMNS * STRIP_INPUTS / 2];
+            for start in (0..k).step_by(STRIP_INPUTS) {
+                let inputs = STRIP_INPUTS.min(k - start);
+                let pairs = inputs.div_ceil(2);
+                for first_column in (0..n).step_by(COLUMNS) {
+                    let columns = COLUMNS.min(n - first_column);
+                    pack(
+                        &mut strip[..pairs * COLUMNS],
+                        rows,
+                        k,
+                        first_column,
+                        columns,
+                        start,
+                        inputs,
+                    );
+                    let tile = Tile {
+                        strip: &strip[..pairs * COLUMNS],
+                        inputs,
+                        columns,
+                        accumulate: start > 0,
+                    };
+                    let mut row = 0;
+                    while row < m {
+                        let x = &x[row * k + start..];
+                        // SAFETY: rows `row..row + R` of `out` exist (`row + R <= m`), and the
+                        // strip's columns; the caller's promises.
+                        let out = out.wrapping_add(row * row_stride + first_column);
+                        if row + TILE_ROWS <= m {
+                            unsafe { tile.multiply::<TILE_ROWS>(out, row_stride, x, k) };
+                            row += TILE_ROWS;
+                        } else {
+                            unsafe { tile.multiply::<1>(out, row_stride, x, k) };
+                            row += 1;
+                        }
+                    }
+                }
+            }
+        }
+
+        /// `strip[p * COLUMNS + j]` = inputs `start + 2p` and `start + 2p + 1` of weight row
+        /// `first + j`, the first in the low half, as `vdpbf16ps` pairs them; zeros past the
+        /// `columns` rows and the `inputs` inputs.
+        fn pack(
+            strip: &mut [u32],
+            rows: &[bf16],
+            k: usize,
+            first: usize,
+            columns: usize,
+            start: usize,
+            inputs: usize,
+        ) {
+            strip.fill(0);
+            for column in 0..columns {
+                let row = &rows[(first + column) * k + start..][..inputs];
+                for (pair, values) in row.chunks(2).enumerate() {
+                    let high = values.get(1).map_or(0, |value| u32::from(value.to_bits()));
+                    strip[pair * COLUMNS + column] = u32::from(values[0].to_bits()) | high << 16;
+                }
+            }
+        }
+
+        /// A packed strip of weight rows (see [`products`]) and how to write its outputs.
+        struct Tile<'a> {
+            strip: &'a [u32],
+            inputs: usize,
+            columns: usize,
+            /// Whether the outputs hold an earlier strip's sums to add to.
+            accumulate: bool,
+        }
+
+        impl Tile<'_> {
+            /// Rows `0..R` of `x` (`x_stride` apart; this strip's inputs from each row's
+            /// start) times the strip, into `R` rows of `out`.
+            ///
+            /// # Safety
+            /// The CPU has AVX-512F and AVX-512 BF16; `R` rows of the strip's columns are
+            /// writable at `out`, `row_stride` apart, and nothing else reads or writes them
+            /// during the call.
+            #[inline]
+            #[target_feature(enable = "avx512f,avx512bf16")]
+            unsafe fn multiply<const R: usize>(
+                &self,
+                out: *mut f32,
+                row_stride: usize,
+                x: &[bf16],
+                x_stride: usize,
+            ) {
+                assert!(x.len() >= (R - 1) * x_stride + self.inputs);
+                let mut sums = [[_mm512_setzero_ps(); 2]; R];
+                let full_pairs = self.inputs / 2;
+                let x_at = x.as_ptr();
+                for pair in 0..self.inputs.div_ceil(2) {
+                    // SAFETY: the strip holds `COLUMNS` values a pair.
+                    let weights = unsafe {
+                        let at = self.strip.as_ptr().add(pair * COLUMNS);
+                        [load_pairs(at), load_pairs(at.add(16))]
+                    };
+                    for (row, sums) in sums.iter_mut().enumerate() {
+                        let at = row * x_stride + 2 * pair;
+                        // SAFETY: within `x` (asserted): both inputs of a full pair, the
+                        // last one's first alone (the second is the next row's, or past `x`).
+                        let both = unsafe {
+                            if pair < full_pairs {
+                                x_at.add(at).cast::<u32>().read_unaligned()
+                            } else {
+                                u32::from((*x_at.add(at)).to_bits())
+                            }
+                        };
+                        let both: __m512bh =
+                            unsafe { std::mem::transmute(_mm512_set1_epi32(both as i32)) };
+                        for (sum, weights) in sums.iter_mut().zip(weights) {
+                            *sum = _mm512_dpbf16_ps(*sum, both, weights);
+                        }
+                    }
+                }
+                for (row, sums) in sums.iter().enumerate() {
+                    for (half, sum) in sums.iter().enumerate() {
+                        let columns = self.columns.saturating_sub(half * 16).min(16);
+                        let mask: __mmask16 = ((1u32 << columns) - 1) as u16;
+                        // SAFETY: the tile's first `columns` outputs of this half (the
+                        // caller's promise).
+                        unsafe {
+                            let at = out.add(row * row_stride + half * 16);
+                            let sum = if self.accumulate {
+                                _mm512_add_ps(*sum, _mm512_maskz_loadu_ps(mask, at))
+                            } else {
+                                *sum
+                            };
+                            _mm512_mask_storeu_ps(at, mask, sum);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// A packed strip's 16 pairs from `at`.
+        ///
+        /// # Safety
+        /// 16 values are readable from `at`.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        unsafe fn load_pairs(at: *const u32) -> __m512bh {
+            // SAFETY: as `load`'s for bf16s.
             unsafe { std::mem::transmute(_mm512_loadu_si512(at.cast())) }
         }
 
@@ -1941,6 +2198,41 @@ mod tests {
             logits
                 .into_data()
                 .assert_approx_eq::<f32>(&burns.into_data(), tolerance);
+        }
+    }
+
+    #[test]
+    fn bf16_prompt_products_are_float32_sums_of_exact_products() {
+        // The bf16 kernel where the CPU has AVX-512 BF16 (`gemm` on widened copies elsewhere):
+        // tiles of 8 rows and single rows, strips of 32 weight rows and a partial one, inputs
+        // over three packed strips with an odd tail.
+        let [m, k, n] = [29, 2 * 256 + 45, 37];
+        let device = Device::flex();
+        let values = |count: usize| -> Vec<bf16> {
+            let random = Tensor::<1>::random([count], Distribution::Normal(0.0, 1.0), &device);
+            random
+                .into_data()
+                .iter::<f32>()
+                .map(bf16::from_f32)
+                .collect()
+        };
+        let (x, w) = (values(m * k), values(n * k));
+        let out = times_transposed(&x, &w, [m, k, n]);
+        for (i, out) in out.chunks_exact(n).enumerate() {
+            for (j, &ours) in out.iter().enumerate() {
+                let products = x[i * k..][..k]
+                    .iter()
+                    .zip(&w[j * k..][..k])
+                    .map(|(x, w)| f64::from(x.to_f32()) * f64::from(w.to_f32()));
+                let (exact, magnitude) =
+                    products.fold((0.0, 0.0), |(sum, size), p| (sum + p, size + p.abs()));
+                // Float32 sums of `k` exact products, in any order.
+                let bound = k as f64 * f64::from(f32::EPSILON) * magnitude;
+                assert!(
+                    (f64::from(ours) - exact).abs() <= bound,
+                    "[{i}, {j}]: {ours} vs {exact} (bound {bound})"
+                );
+            }
         }
     }
 
