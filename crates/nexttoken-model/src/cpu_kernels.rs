@@ -15,9 +15,9 @@
 //! 91-94 t/s, bf16 160-165 -> 175-176; 1 thread: f32 71 -> 76-79, bf16 115 -> 137). A prompt's
 //! products are compute-bound: `gemm` on each thread's blocks of weight rows (see
 //! [`times_transposed`] for why not `gemm`'s own threads), or for bf16 on a CPU with AVX-512
-//! BF16 our own kernel, which multiplies the bf16s in pairs where `gemm` has only float32. Attention reads the cache where it
-//! lies, a task per row and head; a prompt's queries go in blocks through `gemm`, each against
-//! only the keys it may see.
+//! BF16 our own kernel, which multiplies the bf16s in pairs where `gemm` has only float32.
+//! Attention reads the cache where it lies, a task per row and head; a prompt's queries go in
+//! blocks through `gemm`, each against only the keys it may see.
 //!
 //! The kernels run through burn's backend-extension door (`Tensor::try_into_primitive`): any
 //! other backend, dtype or layout takes burn's path unchanged.
@@ -533,17 +533,23 @@ fn times_transposed<X: simd::Float, W: simd::Float>(
     if let (Some(x), Some(w)) = (X::as_bf16(x), W::as_bf16(w))
         && simd::has_bf16_products()
     {
-        return by_weight_blocks(w, [m, k, n], |out, rows, dims| {
-            // SAFETY: as `by_weight_blocks` promises; the CPU has the kernel's instructions.
-            unsafe { simd::bf16_products(out, n, x, rows, dims) }
-        });
+        // SAFETY: the kernel writes every value of its block's columns.
+        return unsafe {
+            by_weight_blocks(w, [m, k, n], |out, rows, dims| {
+                // SAFETY: as `by_weight_blocks` promises; the CPU has the kernel's instructions.
+                simd::bf16_products(out, n, x, rows, dims)
+            })
+        };
     }
     let x = X::as_f32(x);
-    by_weight_blocks(w, [m, k, n], |out, rows, dims| {
-        let rows = W::as_f32(rows);
-        // SAFETY: as `by_weight_blocks` promises.
-        unsafe { matmul_into(out, n, &x, &rows, dims, Rhs::Transposed) }
-    })
+    // SAFETY: `gemm` writes every value of its block's columns.
+    unsafe {
+        by_weight_blocks(w, [m, k, n], |out, rows, dims| {
+            let rows = W::as_f32(rows);
+            // SAFETY: as `by_weight_blocks` promises.
+            matmul_into(out, n, &x, &rows, dims, Rhs::Transposed)
+        })
+    }
 }
 
 /// [`times_transposed`] for a few rows: a dot product per weight row, each task streaming its
@@ -568,7 +574,10 @@ fn dots_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) ->
 /// columns, row after row `n` values apart from `out`, where they are the task's alone. Not
 /// zeroed first: the blocks write every value without reading it, and the zeroing ran on one
 /// thread while the others waited.
-fn by_weight_blocks<W: Sync>(
+///
+/// # Safety
+/// `block` writes every one of its block's `[m, rows]` output values.
+unsafe fn by_weight_blocks<W: Sync>(
     w: &[W],
     [m, k, n]: [usize; 3],
     block: impl Fn(*mut f32, &[W], [usize; 3]) + Sync,
@@ -584,7 +593,8 @@ fn by_weight_blocks<W: Sync>(
             let first = index * rows_per_task;
             block(shared.at(first), rows, [m, k, rows.len() / k]);
         });
-    // SAFETY: the blocks' columns cover all `n`, each written in every one of `m` rows.
+    // SAFETY: the blocks' columns cover all `n`, each written in every one of `m` rows (the
+    // caller's promise).
     unsafe { out.set_len(m * n) };
     out
 }
