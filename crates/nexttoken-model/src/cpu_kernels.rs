@@ -1543,9 +1543,9 @@ mod simd {
                     let mut row = 0;
                     while row < m {
                         let x = &x[row * k + start..];
-                        // SAFETY: rows `row..row + R` of `out` exist (`row + R <= m`), and the
-                        // strip's columns; the caller's promises.
                         let out = out.wrapping_add(row * row_stride + first_column);
+                        // SAFETY (both calls): rows `row..row + R` of `out` exist (`row + R <=
+                        // m`), with the strip's columns; the caller's promises.
                         if row + TILE_ROWS <= m {
                             unsafe { tile.multiply::<TILE_ROWS>(out, row_stride, x, k) };
                             row += TILE_ROWS;
@@ -1611,10 +1611,11 @@ mod simd {
                 let full_pairs = self.inputs / 2;
                 let x_at = x.as_ptr();
                 for pair in 0..self.inputs.div_ceil(2) {
-                    // SAFETY: the strip holds `COLUMNS` values a pair.
+                    // SAFETY: the strip holds `COLUMNS` pairs (`2 * COLUMNS` bf16s) a pair
+                    // index; `load` reads 32 bf16s, 16 pairs.
                     let weights = unsafe {
-                        let at = self.strip.as_ptr().add(pair * COLUMNS);
-                        [load_pairs(at), load_pairs(at.add(16))]
+                        let at = self.strip.as_ptr().add(pair * COLUMNS).cast::<bf16>();
+                        [load(at), load(at.add(32))]
                     };
                     for (row, sums) in sums.iter_mut().enumerate() {
                         let at = row * x_stride + 2 * pair;
@@ -1652,17 +1653,6 @@ mod simd {
                     }
                 }
             }
-        }
-
-        /// A packed strip's 16 pairs from `at`.
-        ///
-        /// # Safety
-        /// 16 values are readable from `at`.
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512bf16")]
-        unsafe fn load_pairs(at: *const u32) -> __m512bh {
-            // SAFETY: as `load`'s for bf16s.
-            unsafe { std::mem::transmute(_mm512_loadu_si512(at.cast())) }
         }
 
         #[target_feature(enable = "avx512f,avx512bf16")]
