@@ -1332,13 +1332,26 @@ mod simd {
             }
             start += block;
         }
+        // What is left of whole vectors, one sum each: a bf16 head of 64 values is two of
+        // 32 and no block of 128, and went value by value.
+        for k in 0..4 {
+            if start + lanes > x.len() {
+                break;
+            }
+            for (row_sums, row_at) in sums.iter_mut().zip(rows_at) {
+                // SAFETY: `start + lanes <= x.len()`, within `x` and every row (asserted).
+                let (x, w) = unsafe { (x_at.add(start), row_at.add(start)) };
+                row_sums[k] = step(row_sums[k], x, w);
+            }
+            start += lanes;
+        }
         // A loop, not `array::from_fn`: its closure is a function of its own, compiled without
         // this one's instructions (a call per vector operation, a third of the time).
         let mut totals = [0.0; R];
         for ((total, [a, b, c, d]), row) in totals.iter_mut().zip(sums).zip(rows) {
-            let tail: f32 = x[body..]
+            let tail: f32 = x[start..]
                 .iter()
-                .zip(&row[body..])
+                .zip(&row[start..])
                 .map(|(x, w)| x.to_f32() * w.to_f32())
                 .sum();
             // SAFETY: as above.
@@ -1914,15 +1927,15 @@ mod simd {
     mod tests {
         use super::*;
 
-        /// Each vector kernel this CPU can run, against the plain loop, for every weight type:
-        /// the same sums in another order.
+        /// Each vector kernel this CPU can run (the CPU's own bf16 products among them), against
+        /// the plain loop, for every weight type: the same sums in another order.
         #[test]
         fn every_level_s_dot_products_agree_with_the_plain_loop() {
-            fn check<W: Float>(from_f32: fn(f32) -> W) {
-                // 300 values: blocks of 32 and 64 and a tail; 5 rows of weights, 2 inputs.
-                let c = 300;
+            fn check<W: Float>(from_f32: fn(f32) -> W, c: usize) {
+                // 2 inputs, 5 rows of weights; the inputs are bf16 values, which the bf16
+                // products take exactly.
                 let x: Vec<f32> = (0..2 * c)
-                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                    .map(|i| bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 25.0).to_f32())
                     .collect();
                 let rows: Vec<W> = (0..5 * c)
                     .map(|i| from_f32(((i * 53 % 97) as f32 - 48.0) / 40.0))
@@ -1931,6 +1944,12 @@ mod simd {
                 dots_with::<false, W>(&mut expected, &x, &rows, c);
                 type Dots<W> = fn(&mut [f32], &[f32], &[W], usize);
                 let mut kernels: Vec<(&str, Dots<W>)> = Vec::new();
+                let mut in_hardware = vec![f32::NAN; 10];
+                if W::dots_in_hardware(&mut in_hardware, &x, &rows, c) {
+                    kernels.push(("in hardware", |o, x, r, c| {
+                        W::dots_in_hardware(o, x, r, c);
+                    }));
+                }
                 #[cfg(target_arch = "x86_64")]
                 {
                     if has_avx2_fma_f16c() {
@@ -1948,15 +1967,19 @@ mod simd {
                     for (ours, expected) in ours.iter().zip(&expected) {
                         assert!(
                             (ours - expected).abs() <= 1e-4 * expected.abs().max(1.0),
-                            "{name}, {}: {ours} vs {expected}",
+                            "{name}, {}, {c} values: {ours} vs {expected}",
                             std::any::type_name::<W>()
                         );
                     }
                 }
             }
-            check::<f32>(|x| x);
-            check::<f16>(f16::from_f32);
-            check::<bf16>(bf16::from_f32);
+            // 300 values: blocks of four vectors, whole vectors after them and a tail; 64, an
+            // attention head: vectors but no block of bf16 pairs (4 x 32).
+            for c in [300, 64] {
+                check::<f32>(|x| x, c);
+                check::<f16>(f16::from_f32, c);
+                check::<bf16>(bf16::from_f32, c);
+            }
         }
 
         /// Each vector widening this CPU can run, for all 65536 bit patterns of f16 and bf16.
