@@ -1,12 +1,14 @@
 //! `cargo xtask speed`: nexttoken against Hugging Face transformers (and, with `--llama-cpp`,
-//! llama.cpp's `llama-bench` on the same checkpoint as GGUF f32), same machine, same thread
-//! count, runs alternating (A B A B) so that drift in the machine's speed hits every side. Each
-//! round also measures what the machine can do at that thread count ([`crate::probe`]): a
-//! decode step reads every weight once, so the memory's read bandwidth ÷ weight bytes bounds
-//! batch-1 decode; a prefill does two flops a weight per prompt token, so the cores'
-//! multiply-add rate ÷ flops per token bounds it.
+//! llama.cpp's `llama-bench` on the same checkpoint as GGUF in the same dtype), same machine,
+//! same thread count, runs alternating (A B A B) so that drift in the machine's speed hits every
+//! side, each dtype in every round. Each round also measures what the machine can do at that
+//! thread count ([`crate::probe`]): a decode step reads every weight once, so the memory's read
+//! bandwidth ÷ weight bytes bounds batch-1 decode; a float32 prefill does two flops a weight per
+//! prompt token, so the cores' multiply-add rate ÷ flops per token bounds it. This VM's memory
+//! moves by a quarter between minutes, so each round's speeds are also set against that round's
+//! own bound, and half precision against float32 and llama.cpp's f16 of the same round.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -50,10 +52,11 @@ pub struct SpeedArgs {
     /// `scripts/install-backends.sh llama-cpp` (about 20 minutes on 2 cores).
     #[arg(long)]
     llama_cpp: bool,
-    /// The weights' dtype for every side: nexttoken converts at load (`--dtype`), transformers
-    /// loads in it, llama.cpp gets a GGUF converted to it.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
-    dtype: String,
+    /// The weights' dtypes, comma-separated (f32, f16, bf16), each measured on every side in
+    /// every round: nexttoken converts at load (`--dtype`), transformers loads in it, llama.cpp
+    /// gets a GGUF converted to it.
+    #[arg(long, default_value = "f32", value_delimiter = ',', value_parser = ["f32", "f16", "bf16"])]
+    dtype: Vec<String>,
     /// Also write every measurement as JSON lines here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -76,6 +79,9 @@ pub struct Record {
     pub stddev: f64,
     samples_tokens_per_s: Vec<f64>,
     pub peak_rss_bytes: Option<u64>,
+    /// The weights' dtype (older records and llama-bench's: set by the run).
+    #[serde(default)]
+    dtype: String,
     #[serde(default)]
     round: u32,
     #[serde(default)]
@@ -86,6 +92,10 @@ fn one() -> usize {
     1
 }
 
+fn bytes_per_weight(dtype: &str) -> u64 {
+    if dtype == "f32" { 4 } else { 2 }
+}
+
 pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
     install(root, &["tch", "hf"])?;
     let python = venv_python()?;
@@ -94,20 +104,23 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         None => default_checkpoint(root)?,
     };
     let nexttoken = build_nexttoken(root, &cpu_features())?;
+    // Each dtype's GGUF, converted before any timing.
     let llama = if args.llama_cpp {
-        Some((
-            llama_cpp::binary(root, "llama-bench")?,
-            llama_cpp::gguf(root, &model, &args.dtype)?,
-        ))
+        let ggufs = args
+            .dtype
+            .iter()
+            .map(|dtype| Ok((dtype.as_str(), llama_cpp::gguf(root, &model, dtype)?)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        Some((llama_cpp::binary(root, "llama-bench")?, ggufs))
     } else {
         None
     };
-    let common = |command: &mut Command, threads: &str| {
+    let common = |command: &mut Command, threads: &str, dtype: &str| {
         command
             .arg("--model")
             .arg(&model)
             .args(["-p", &args.n_prompt, "-n", &args.n_gen])
-            .args(["--batch-size", &args.batch_size, "--dtype", &args.dtype])
+            .args(["--batch-size", &args.batch_size, "--dtype", dtype])
             .args(["-r", &args.repetitions.to_string(), "-t", threads]);
     };
     let mut records = Vec::new();
@@ -117,23 +130,27 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
             .parse()
             .with_context(|| format!("--threads: `{threads}` is not a number"))?;
         for round in 0..args.rounds {
-            let mut ours = Command::new(&nexttoken);
-            ours.args(["bench", "--json", "-b", &args.backends]);
-            common(&mut ours, threads);
-            let mut theirs = Command::new(&python);
-            theirs.current_dir(root).arg("benches/hf_bench.py");
-            common(&mut theirs, threads);
-            let mut round_records = Vec::new();
-            for command in [&mut ours, &mut theirs] {
-                round_records.extend(json_lines(command)?);
-            }
-            if let Some((llama_bench, gguf)) = &llama {
-                round_records.extend(llama_bench_records(llama_bench, gguf, args, threads)?);
-            }
-            for mut record in round_records {
-                record.round = round;
-                record.requested_threads = requested;
-                records.push(record);
+            for dtype in &args.dtype {
+                let mut ours = Command::new(&nexttoken);
+                ours.args(["bench", "--json", "-b", &args.backends]);
+                common(&mut ours, threads, dtype);
+                let mut theirs = Command::new(&python);
+                theirs.current_dir(root).arg("benches/hf_bench.py");
+                common(&mut theirs, threads, dtype);
+                let mut round_records = Vec::new();
+                for command in [&mut ours, &mut theirs] {
+                    round_records.extend(json_lines(command)?);
+                }
+                if let Some((llama_bench, ggufs)) = &llama {
+                    let gguf = &ggufs[dtype.as_str()];
+                    round_records.extend(llama_bench_records(llama_bench, gguf, args, threads)?);
+                }
+                for mut record in round_records {
+                    record.round = round;
+                    record.requested_threads = requested;
+                    record.dtype.clone_from(dtype);
+                    records.push(record);
+                }
             }
             probes.entry(requested).or_default().push(Probe {
                 read_gb_per_s: read_bandwidth(requested),
@@ -152,16 +169,13 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
     println!(
         "\nmodel: {} in {}, {}",
         model.display(),
-        args.dtype,
+        args.dtype.join(", "),
         crate::cpu_name()
     );
     print!("{}", table(&records));
-    let bytes_per_weight = if args.dtype == "f32" { 4 } else { 2 };
     if let Some(n_params) = records.iter().find_map(|r| r.n_params) {
-        print!(
-            "{}",
-            decode_bounds(&records, &probes, n_params * bytes_per_weight)
-        );
+        print!("{}", decode_bounds(&records, &probes, n_params));
+        print!("{}", half_precision(&records));
     }
     match Shape::of(&model) {
         Ok(shape) => print!("{}", prefill_bounds(&records, &probes, &shape)),
@@ -218,6 +232,7 @@ fn llama_bench_records(
                 stddev: run.stddev_ts,
                 samples_tokens_per_s: run.samples_ts,
                 peak_rss_bytes: None,
+                dtype: String::new(),
                 round: 0,
                 requested_threads: 0,
             })
@@ -231,83 +246,172 @@ struct Probe {
     gflop_per_s: f64,
 }
 
-/// For each thread count: the read bandwidth, the batch-1 decode bound it gives for these
-/// weights, and each side's batch-1 decode as a share of it.
+/// For each dtype and thread count: the read bandwidth, the batch-1 decode bound it gives for
+/// these weights, and each side's batch-1 decode as a share of it, overall and round by round.
 fn decode_bounds(
     records: &[Record],
     probes: &BTreeMap<usize, Vec<Probe>>,
-    weight_bytes: u64,
+    n_params: u64,
 ) -> String {
-    let mut out = format!(
-        "\nweights: {:.0} MB read per generated token (batch 1)\n",
-        weight_bytes as f64 / 1e6
-    );
-    for (&threads, probes) in probes {
-        let measured: Vec<f64> = probes.iter().map(|p| p.read_gb_per_s).collect();
-        let bandwidth = mean(&measured);
-        let bound = bandwidth * 1e9 / weight_bytes as f64;
-        out += &format!(
-            "{threads} thread(s): read bandwidth {bandwidth:.1} GB/s (rounds: {}), bound {bound:.1} t/s;{}\n",
-            one_decimal(&measured),
-            shares(records, threads, |test| test.starts_with("tg"), bound)
-        );
-    }
-    out
-}
-
-/// For each thread count and prompt length: the multiply-add rate, the prefill bound it gives
-/// for this model, and each side's batch-1 prefill as a share of it.
-fn prefill_bounds(
-    records: &[Record],
-    probes: &BTreeMap<usize, Vec<Probe>>,
-    shape: &Shape,
-) -> String {
-    let mut prompts: Vec<usize> = records
-        .iter()
-        .filter_map(|r| r.test.strip_prefix("pp")?.parse().ok())
-        .collect();
-    prompts.sort_unstable();
-    prompts.dedup();
+    let dtypes: BTreeSet<&str> = records.iter().map(|r| r.dtype.as_str()).collect();
     let mut out = String::new();
-    for prompt in prompts {
-        let flops = shape.prefill_flops_per_token(prompt);
+    for dtype in dtypes {
+        let weight_bytes = n_params * bytes_per_weight(dtype);
         out += &format!(
-            "\nprefill: {:.1} MFLOP per token of a {prompt}-token prompt (products, attention, the \
-             head at the last position)\n",
-            flops / 1e6
+            "\n{dtype} weights: {:.0} MB read per generated token (batch 1)\n",
+            weight_bytes as f64 / 1e6
         );
         for (&threads, probes) in probes {
-            let measured: Vec<f64> = probes.iter().map(|p| p.gflop_per_s).collect();
-            let rate = mean(&measured);
-            let bound = rate * 1e9 / flops;
-            let test = format!("pp{prompt}");
+            let measured: Vec<f64> = probes.iter().map(|p| p.read_gb_per_s).collect();
+            let bounds: Vec<f64> = measured
+                .iter()
+                .map(|gb_per_s| gb_per_s * 1e9 / weight_bytes as f64)
+                .collect();
             out += &format!(
-                "{threads} thread(s): float32 multiply-adds {rate:.1} GFLOP/s (rounds: {}), bound {bound:.0} t/s;{}\n",
+                "{threads} thread(s): read bandwidth {:.1} GB/s (rounds: {}), bound {:.1} t/s;{}\n",
+                mean(&measured),
                 one_decimal(&measured),
-                shares(records, threads, |t| t == test, bound)
+                mean(&bounds),
+                shares(
+                    records,
+                    (dtype, threads),
+                    |test| test.starts_with("tg"),
+                    &bounds
+                )
             );
         }
     }
     out
 }
 
-/// Each side's mean batch-1 tokens/s over the tests `test` picks at `threads` threads, as a
-/// share of `bound`: " flex 86% llama.cpp 88% ...".
-fn shares(records: &[Record], threads: usize, test: impl Fn(&str) -> bool, bound: f64) -> String {
-    let mut sides: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for record in records
+/// For each thread count and prompt length: the multiply-add rate, the float32 prefill bound it
+/// gives for this model, and each side's batch-1 float32 prefill as a share of it (a bf16
+/// product on AVX-512 BF16 does twice float32's multiply-adds an instruction: no bound here).
+fn prefill_bounds(
+    records: &[Record],
+    probes: &BTreeMap<usize, Vec<Probe>>,
+    shape: &Shape,
+) -> String {
+    let prompts: BTreeSet<usize> = records
         .iter()
-        .filter(|r| r.requested_threads == threads && r.batch_size == 1 && test(&r.test))
-    {
+        .filter(|r| r.dtype == "f32")
+        .filter_map(|r| r.test.strip_prefix("pp")?.parse().ok())
+        .collect();
+    let mut out = String::new();
+    for prompt in prompts {
+        let flops = shape.prefill_flops_per_token(prompt);
+        out += &format!(
+            "\nf32 prefill: {:.1} MFLOP per token of a {prompt}-token prompt (products, attention, \
+             the head at the last position)\n",
+            flops / 1e6
+        );
+        for (&threads, probes) in probes {
+            let measured: Vec<f64> = probes.iter().map(|p| p.gflop_per_s).collect();
+            let bounds: Vec<f64> = measured.iter().map(|rate| rate * 1e9 / flops).collect();
+            let test = format!("pp{prompt}");
+            out += &format!(
+                "{threads} thread(s): float32 multiply-adds {:.1} GFLOP/s (rounds: {}), bound {:.0} t/s;{}\n",
+                mean(&measured),
+                one_decimal(&measured),
+                mean(&bounds),
+                shares(records, ("f32", threads), |t| t == test, &bounds)
+            );
+        }
+    }
+    out
+}
+
+/// Each side's batch-1 tokens/s over the tests `test` picks, in this dtype at these threads, as
+/// a share of the bound: of the rounds' mean bound, then each round's of its own
+/// (`bounds[round]`): " flex 86% (rounds 84%, 88%) llama.cpp ...".
+fn shares(
+    records: &[Record],
+    (dtype, threads): (&str, usize),
+    test: impl Fn(&str) -> bool,
+    bounds: &[f64],
+) -> String {
+    let mut sides: BTreeMap<&str, BTreeMap<u32, Vec<f64>>> = BTreeMap::new();
+    for record in records.iter().filter(|r| {
+        r.requested_threads == threads && r.dtype == dtype && r.batch_size == 1 && test(&r.test)
+    }) {
         sides
             .entry(record.backend.as_str())
             .or_default()
+            .entry(record.round)
+            .or_default()
             .push(record.tokens_per_s);
     }
+    let percent = |share: f64| format!("{:.0}%", 100.0 * share);
     sides
         .iter()
-        .map(|(backend, speeds)| format!(" {backend} {:.0}%", 100.0 * mean(speeds) / bound))
+        .map(|(backend, rounds)| {
+            let all: Vec<f64> = rounds.values().flatten().copied().collect();
+            let per_round: Vec<String> = rounds
+                .iter()
+                .filter_map(|(&round, speeds)| {
+                    Some(percent(mean(speeds) / bounds.get(round as usize)?))
+                })
+                .collect();
+            format!(
+                " {backend} {} (rounds {})",
+                percent(mean(&all) / mean(bounds)),
+                per_round.join(", ")
+            )
+        })
         .collect()
+}
+
+/// Each nexttoken backend's batch-1 decode in half precision against its own float32 and
+/// llama.cpp's f16, round by round (the machine's speed moves between rounds, not within one):
+/// "tg128, 2 thread(s), flex bf16: 1.85x flex f32 (rounds 1.80x, 1.90x), ...".
+fn half_precision(records: &[Record]) -> String {
+    type Key<'a> = (usize, &'a str, &'a str, &'a str);
+    let mut groups: BTreeMap<Key, Vec<&Record>> = BTreeMap::new();
+    let decode = |r: &&Record| r.batch_size == 1 && r.test.starts_with("tg");
+    for record in records.iter().filter(decode).filter(|r| {
+        r.dtype != "f32" && !["transformers", "llama.cpp"].contains(&r.backend.as_str())
+    }) {
+        let key = (
+            record.requested_threads,
+            record.test.as_str(),
+            record.backend.as_str(),
+            record.dtype.as_str(),
+        );
+        groups.entry(key).or_default().push(record);
+    }
+    let mut out = String::new();
+    for ((threads, test, backend, dtype), group) in groups {
+        let mut line = format!("{test}, {threads} thread(s), {backend} {dtype}:");
+        for (peer, peer_dtype) in [(backend, "f32"), ("llama.cpp", "f16")] {
+            let ratios: Vec<f64> = group
+                .iter()
+                .filter_map(|ours| {
+                    let theirs = records.iter().filter(decode).find(|r| {
+                        (r.requested_threads, r.test.as_str(), r.round)
+                            == (threads, test, ours.round)
+                            && (r.backend.as_str(), r.dtype.as_str()) == (peer, peer_dtype)
+                    })?;
+                    Some(ours.tokens_per_s / theirs.tokens_per_s)
+                })
+                .collect();
+            if ratios.is_empty() {
+                continue;
+            }
+            let rounds: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
+            line += &format!(
+                " {:.2}x {peer} {peer_dtype} (rounds {}),",
+                mean(&ratios),
+                rounds.join(", ")
+            );
+        }
+        if let Some(line) = line.strip_suffix(',') {
+            out += &format!("{line}\n");
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("\nhalf-precision decode against float32 and llama.cpp's f16, same rounds:\n{out}")
 }
 
 fn mean(values: &[f64]) -> f64 {
@@ -395,13 +499,14 @@ pub fn parse_records(stdout: &str) -> Result<Vec<Record>> {
 /// One row per (threads, test, backend): the mean of the rounds' means, each round's mean ± std,
 /// the ratio to transformers' mean, and the range of the per-round ratios.
 fn table(records: &[Record]) -> String {
-    // Sorted by threads, then pp before tg, then size, then batch size, then backend.
-    type Key<'a> = (usize, bool, usize, usize, &'a str, &'a str);
+    // Sorted by threads, then dtype, then pp before tg, then size, then batch size, then backend.
+    type Key<'a> = (usize, &'a str, bool, usize, usize, &'a str, &'a str);
     let mut groups: BTreeMap<Key, Vec<&Record>> = BTreeMap::new();
     for record in records {
         let size = record.test[2..].parse().unwrap_or(0);
         let key = (
             record.requested_threads,
+            record.dtype.as_str(),
             record.test.starts_with("tg"),
             size,
             record.batch_size,
@@ -413,11 +518,11 @@ fn table(records: &[Record]) -> String {
     let mean =
         |group: &[&Record]| group.iter().map(|r| r.tokens_per_s).sum::<f64>() / group.len() as f64;
     let mut out = String::from(
-        "| threads | test | batch | backend | t/s | vs transformers | per-round ratios | rounds (mean ± std) | peak RSS |\n\
-         | ------: | ---- | ----: | ------- | --: | --------------: | ---------------: | ------------------- | -------: |\n",
+        "| threads | dtype | test | batch | backend | t/s | vs transformers | per-round ratios | rounds (mean ± std) | peak RSS |\n\
+         | ------: | ----- | ---- | ----: | ------- | --: | --------------: | ---------------: | ------------------- | -------: |\n",
     );
-    for (&(threads, is_tg, size, batch, test, backend), group) in &groups {
-        let reference = groups.get(&(threads, is_tg, size, batch, test, "transformers"));
+    for (&(threads, dtype, is_tg, size, batch, test, backend), group) in &groups {
+        let reference = groups.get(&(threads, dtype, is_tg, size, batch, test, "transformers"));
         let (ratio, range) = match reference {
             Some(reference) if backend != "transformers" => {
                 let per_round: Vec<f64> = group
@@ -446,7 +551,7 @@ fn table(records: &[Record]) -> String {
             .max()
             .map_or("-".into(), |bytes| format!("{} MiB", bytes >> 20));
         out += &format!(
-            "| {threads} | {test} | {batch} | {backend} | {:.2} | {ratio} | {range} | {} | {rss} |\n",
+            "| {threads} | {dtype} | {test} | {batch} | {backend} | {:.2} | {ratio} | {range} | {} | {rss} |\n",
             mean(group),
             rounds.join(", ")
         );
@@ -469,5 +574,63 @@ mod tests {
         // the head 2 * 768 * 50257 / 512 = 0.15M.
         let flops = shape.prefill_flops_per_token(512);
         assert!((flops - 179.48e6).abs() < 0.01e6, "{flops}");
+    }
+
+    fn decode(backend: &str, dtype: &str, round: u32, tokens_per_s: f64) -> Record {
+        Record {
+            backend: backend.into(),
+            test: "tg128".into(),
+            batch_size: 1,
+            n_params: Some(100_000_000),
+            threads: Some(2),
+            load_ms: 0.0,
+            tokens_per_s,
+            stddev: 0.0,
+            samples_tokens_per_s: vec![tokens_per_s],
+            peak_rss_bytes: None,
+            dtype: dtype.into(),
+            round,
+            requested_threads: 2,
+        }
+    }
+
+    #[test]
+    fn decode_is_set_against_each_round_s_own_bound_and_half_precision_against_the_same_round() {
+        let records = [
+            decode("flex", "f32", 0, 80.0),
+            decode("flex", "bf16", 0, 150.0),
+            decode("llama.cpp", "f16", 0, 125.0),
+            decode("flex", "f32", 1, 50.0),
+            decode("flex", "bf16", 1, 100.0),
+            decode("llama.cpp", "f16", 1, 125.0),
+        ];
+        // 400 and 200 MB a token; 40 then 25 GB/s: f32 bounds 100 and 62.5 t/s.
+        let probes = BTreeMap::from([(
+            2,
+            vec![
+                Probe {
+                    read_gb_per_s: 40.0,
+                    gflop_per_s: 100.0,
+                },
+                Probe {
+                    read_gb_per_s: 25.0,
+                    gflop_per_s: 100.0,
+                },
+            ],
+        )]);
+        let bounds = decode_bounds(&records, &probes, 100_000_000);
+        assert!(bounds.contains("f32 weights: 400 MB"), "{bounds}");
+        // f32: 65 of a mean bound of 81.25 = 80%; rounds 80 of 100 and 50 of 62.5.
+        assert!(bounds.contains("flex 80% (rounds 80%, 80%)"), "{bounds}");
+        // bf16: 125 of 162.5 = 77%; rounds 150 of 200 and 100 of 125.
+        assert!(bounds.contains("flex 77% (rounds 75%, 80%)"), "{bounds}");
+        let half = half_precision(&records);
+        assert!(
+            half.contains(
+                "tg128, 2 thread(s), flex bf16: 1.94x flex f32 (rounds 1.88x, 2.00x), \
+                 1.00x llama.cpp f16 (rounds 1.20x, 0.80x)"
+            ),
+            "{half}"
+        );
     }
 }
