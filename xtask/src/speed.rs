@@ -152,8 +152,10 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
                     records.push(record);
                 }
             }
+            let bandwidth = read_bandwidth(requested);
             probes.entry(requested).or_default().push(Probe {
-                read_gb_per_s: read_bandwidth(requested),
+                read_gb_per_s: bandwidth.best,
+                sustained_gb_per_s: bandwidth.sustained,
                 gflop_per_s: multiply_add_rate(requested),
             });
         }
@@ -240,9 +242,13 @@ fn llama_bench_records(
         .collect()
 }
 
+/// One of a [`Probe`]'s figures.
+type Reading = fn(&Probe) -> f64;
+
 /// What [`crate::probe`] measured in one round.
 struct Probe {
     read_gb_per_s: f64,
+    sustained_gb_per_s: f64,
     gflop_per_s: f64,
 }
 
@@ -262,24 +268,72 @@ fn decode_bounds(
             weight_bytes as f64 / 1e6
         );
         for (&threads, probes) in probes {
-            let measured: Vec<f64> = probes.iter().map(|p| p.read_gb_per_s).collect();
-            let bounds: Vec<f64> = measured
-                .iter()
-                .map(|gb_per_s| gb_per_s * 1e9 / weight_bytes as f64)
-                .collect();
-            out += &format!(
-                "{threads} thread(s): read bandwidth {:.1} GB/s (rounds: {}), bound {:.1} t/s;{}\n",
-                mean(&measured),
-                one_decimal(&measured),
-                mean(&bounds),
-                shares(
-                    records,
-                    (dtype, threads),
-                    |test| test.starts_with("tg"),
-                    &bounds
-                )
-            );
+            let readings: [(&str, Reading); 2] = [
+                ("read bandwidth", |p| p.read_gb_per_s),
+                ("  sustained over 3 s", |p| p.sustained_gb_per_s),
+            ];
+            for (how, read) in readings {
+                let measured: Vec<f64> = probes.iter().map(read).collect();
+                let bounds: Vec<f64> = measured
+                    .iter()
+                    .map(|gb_per_s| gb_per_s * 1e9 / weight_bytes as f64)
+                    .collect();
+                let decode = |test: &str| test.starts_with("tg");
+                out += &format!(
+                    "{threads} thread(s): {how} {:.1} GB/s (rounds: {}), bound {:.1} t/s;{}\n",
+                    mean(&measured),
+                    one_decimal(&measured),
+                    mean(&bounds),
+                    shares(records, (dtype, threads), decode, &bounds)
+                );
+            }
         }
+        out += &thread_scaling(records, probes, dtype);
+    }
+    out
+}
+
+/// From the fewest threads to each other count: how the read bandwidth grew, and each side's
+/// batch-1 decode in this dtype (more threads can only speed decode as far as the memory lets).
+fn thread_scaling(records: &[Record], probes: &BTreeMap<usize, Vec<Probe>>, dtype: &str) -> String {
+    let bandwidth =
+        |probes: &[Probe], read: Reading| mean(&probes.iter().map(read).collect::<Vec<_>>());
+    let decode = |threads: usize| {
+        let mut sides: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for record in records.iter().filter(|r| {
+            r.requested_threads == threads
+                && r.dtype == dtype
+                && r.batch_size == 1
+                && r.test.starts_with("tg")
+        }) {
+            sides
+                .entry(&record.backend)
+                .or_default()
+                .push(record.tokens_per_s);
+        }
+        sides
+    };
+    let mut counts = probes.iter();
+    let Some((&fewest, base_probes)) = counts.next() else {
+        return String::new();
+    };
+    let base = decode(fewest);
+    let mut out = String::new();
+    for (&threads, probes) in counts {
+        let sides: String = decode(threads)
+            .iter()
+            .filter_map(|(backend, speeds)| {
+                let before = base.get(backend)?;
+                Some(format!(" {backend} {:.2}x", mean(speeds) / mean(before)))
+            })
+            .collect();
+        let growth =
+            |read: fn(&Probe) -> f64| bandwidth(probes, read) / bandwidth(base_probes, read);
+        out += &format!(
+            "threads {fewest} -> {threads}: read bandwidth {:.2}x (sustained {:.2}x);{sides}\n",
+            growth(|p| p.read_gb_per_s),
+            growth(|p| p.sustained_gb_per_s)
+        );
     }
     out
 }
@@ -610,10 +664,12 @@ mod tests {
             vec![
                 Probe {
                     read_gb_per_s: 40.0,
+                    sustained_gb_per_s: 20.0,
                     gflop_per_s: 100.0,
                 },
                 Probe {
                     read_gb_per_s: 25.0,
+                    sustained_gb_per_s: 20.0,
                     gflop_per_s: 100.0,
                 },
             ],
@@ -624,6 +680,50 @@ mod tests {
         assert!(bounds.contains("flex 80% (rounds 80%, 80%)"), "{bounds}");
         // bf16: 125 of 162.5 = 77%; rounds 150 of 200 and 100 of 125.
         assert!(bounds.contains("flex 77% (rounds 75%, 80%)"), "{bounds}");
+        // Sustained 20 GB/s in both rounds: f32 bound 50 t/s, 65 of it 130%; rounds 160%, 100%.
+        assert!(
+            bounds.contains(
+                "sustained over 3 s 20.0 GB/s (rounds: 20.0, 20.0), bound 50.0 t/s; flex 130% \
+                 (rounds 160%, 100%)"
+            ),
+            "{bounds}"
+        );
+        let one_thread = [
+            decode("flex", "f32", 0, 50.0),
+            decode("flex", "f32", 1, 40.0),
+        ];
+        let probes = BTreeMap::from([
+            (
+                1,
+                vec![Probe {
+                    read_gb_per_s: 20.0,
+                    sustained_gb_per_s: 10.0,
+                    gflop_per_s: 50.0,
+                }],
+            ),
+            (
+                2,
+                vec![Probe {
+                    read_gb_per_s: 30.0,
+                    sustained_gb_per_s: 20.0,
+                    gflop_per_s: 100.0,
+                }],
+            ),
+        ]);
+        let records: Vec<Record> = one_thread
+            .into_iter()
+            .map(|r| Record {
+                requested_threads: 1,
+                ..r
+            })
+            .chain(records.iter().cloned())
+            .collect();
+        let scaling = thread_scaling(&records, &probes, "f32");
+        // 45 -> 65 t/s, 20 -> 30 GB/s.
+        assert_eq!(
+            scaling,
+            "threads 1 -> 2: read bandwidth 1.50x (sustained 2.00x); flex 1.44x\n"
+        );
         let half = half_precision(&records);
         assert!(
             half.contains(
