@@ -36,26 +36,28 @@ pub fn read_bandwidth(threads: usize) -> Bandwidth {
             values.chunks(part).nth(thread).map_or(0.0, sum)
         })
     };
-    let fastest = |times: &[f64]| times.iter().copied().fold(f64::INFINITY, f64::min);
     let (one, two) = (
         passes(sum_widest::<1>, Duration::ZERO),
         passes(sum_widest::<2>, Duration::ZERO),
     );
-    let better: fn(&[f32]) -> f32 = if fastest(&one) <= fastest(&two) {
+    let better: fn(&[f32]) -> f32 = if shortest(&one) <= shortest(&two) {
         sum_widest::<1>
     } else {
         sum_widest::<2>
     };
     let sustained = passes(better, SUSTAINED);
     Bandwidth {
-        best: gb / fastest(&one).min(fastest(&two)),
+        best: gb / shortest(&one).min(shortest(&two)),
         sustained: gb * sustained.len() as f64 / sustained.iter().sum::<f64>(),
     }
 }
 
 /// The shortest of 5 runs, in seconds, of `work(thread)` on each of `threads` threads at once.
 fn fastest_run(threads: usize, work: impl Fn(usize) -> f32 + Sync) -> f64 {
-    let times = run_times(threads, Duration::ZERO, work);
+    shortest(&run_times(threads, Duration::ZERO, work))
+}
+
+fn shortest(times: &[f64]) -> f64 {
     times.iter().copied().fold(f64::INFINITY, f64::min)
 }
 

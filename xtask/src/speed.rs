@@ -300,12 +300,7 @@ fn thread_scaling(records: &[Record], probes: &BTreeMap<usize, Vec<Probe>>, dtyp
         |probes: &[Probe], read: Reading| mean(&probes.iter().map(read).collect::<Vec<_>>());
     let decode = |threads: usize| {
         let mut sides: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        for record in records.iter().filter(|r| {
-            r.requested_threads == threads
-                && r.dtype == dtype
-                && r.batch_size == 1
-                && r.test.starts_with("tg")
-        }) {
+        for record in batch_one(records, (dtype, threads), |test| test.starts_with("tg")) {
             sides
                 .entry(&record.backend)
                 .or_default()
@@ -327,8 +322,7 @@ fn thread_scaling(records: &[Record], probes: &BTreeMap<usize, Vec<Probe>>, dtyp
                 Some(format!(" {backend} {:.2}x", mean(speeds) / mean(before)))
             })
             .collect();
-        let growth =
-            |read: fn(&Probe) -> f64| bandwidth(probes, read) / bandwidth(base_probes, read);
+        let growth = |read: Reading| bandwidth(probes, read) / bandwidth(base_probes, read);
         out += &format!(
             "threads {fewest} -> {threads}: read bandwidth {:.2}x (sustained {:.2}x);{sides}\n",
             growth(|p| p.read_gb_per_s),
@@ -375,6 +369,17 @@ fn prefill_bounds(
     out
 }
 
+/// The batch-1 records of the tests `test` picks, in this dtype at these threads.
+fn batch_one<'a>(
+    records: &'a [Record],
+    (dtype, threads): (&'a str, usize),
+    test: impl Fn(&str) -> bool + 'a,
+) -> impl Iterator<Item = &'a Record> {
+    records.iter().filter(move |r| {
+        r.requested_threads == threads && r.dtype == dtype && r.batch_size == 1 && test(&r.test)
+    })
+}
+
 /// Each side's batch-1 tokens/s over the tests `test` picks, in this dtype at these threads, as
 /// a share of the bound: of the rounds' mean bound, then each round's of its own
 /// (`bounds[round]`): " flex 86% (rounds 84%, 88%) llama.cpp ...".
@@ -385,9 +390,7 @@ fn shares(
     bounds: &[f64],
 ) -> String {
     let mut sides: BTreeMap<&str, BTreeMap<u32, Vec<f64>>> = BTreeMap::new();
-    for record in records.iter().filter(|r| {
-        r.requested_threads == threads && r.dtype == dtype && r.batch_size == 1 && test(&r.test)
-    }) {
+    for record in batch_one(records, (dtype, threads), test) {
         sides
             .entry(record.backend.as_str())
             .or_default()
