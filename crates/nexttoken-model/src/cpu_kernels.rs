@@ -10,9 +10,9 @@
 //! products: a `Linear`'s `[k, n]` weight is stored as its `[n, k]` transpose on flex
 //! ([`stored_by_output`], at load), so that each output's weights lie together, as the tied
 //! head's `[v, c]` embedding already does. A dot product reads one stream where the `[k, n]`
-//! form's row blocks read four interleaved ones and summed partial products after, and on bf16
-//! it is one `vdpbf16ps` per 32 weights (GPT-2-124M decode, alternating, 2 threads: f32 80 ->
-//! 91-94 t/s, bf16 160-165 -> 175-176; 1 thread: f32 71 -> 76-79, bf16 115 -> 137). A prompt's
+//! form's row blocks read four interleaved ones and summed partial products after (GPT-2-124M
+//! decode, alternating, 2 threads: f32 80 -> 91-94 t/s, bf16 160-165 -> 175-176; 1 thread: f32
+//! 71 -> 76-79, bf16 115 -> 137). A prompt's
 //! products are compute-bound: `gemm` on each thread's blocks of weight rows (see
 //! [`times_transposed`] for why not `gemm`'s own threads), or for bf16 on a CPU with AVX-512
 //! BF16 our own kernel, which multiplies the bf16s in pairs where `gemm` has only float32.
@@ -528,7 +528,7 @@ fn times_transposed<X: simd::Float, W: simd::Float>(
     [m, k, n]: [usize; 3],
 ) -> Vec<f32> {
     if m <= MAX_ROWS {
-        return dots_transposed(&X::as_f32(x), w, [m, k, n]);
+        return dots_transposed(x, w, [m, k, n]);
     }
     if let (Some(x), Some(w)) = (X::as_bf16(x), W::as_bf16(w))
         && simd::has_bf16_products()
@@ -553,8 +553,14 @@ fn times_transposed<X: simd::Float, W: simd::Float>(
 }
 
 /// [`times_transposed`] for a few rows: a dot product per weight row, each task streaming its
-/// own block of rows once.
-fn dots_transposed<W: simd::Float>(x: &[f32], w: &[W], [m, k, n]: [usize; 3]) -> Vec<f32> {
+/// own block of rows once. `x` goes to the tasks in the model's dtype: a half-precision model's
+/// activations are widened in registers, or taken as they are by bf16 pairs, where a float32
+/// copy of them was made for each product and a bf16 copy of that for each task.
+fn dots_transposed<X: simd::Float, W: simd::Float>(
+    x: &[X],
+    w: &[W],
+    [m, k, n]: [usize; 3],
+) -> Vec<f32> {
     let rows_per_task = rows_per_task(n);
     let mut transposed = vec![0.0; n * m]; // [n, m]: each task writes its own rows
     transposed
@@ -830,12 +836,6 @@ mod simd {
         #[cfg(target_arch = "x86_64")]
         unsafe fn load8(at: *const Self) -> __m256;
 
-        /// [`dots`] in the CPU's own arithmetic for this type, where it has some; `false`, with
-        /// nothing written, where it has none.
-        fn dots_in_hardware(_out: &mut [f32], _x: &[f32], _rows: &[Self], _c: usize) -> bool {
-            false
-        }
-
         /// The float32 `value` rounded to this type, to nearest with ties to even, as `half`
         /// rounds (inlined into the narrowing loops' tails).
         fn from_f32(value: f32) -> Self;
@@ -971,17 +971,6 @@ mod simd {
 
         fn as_bf16(values: &[bf16]) -> Option<&[bf16]> {
             Some(values)
-        }
-
-        fn dots_in_hardware(out: &mut [f32], x: &[f32], rows: &[bf16], c: usize) -> bool {
-            #[cfg(target_arch = "x86_64")]
-            if has_avx512_bf16() {
-                // SAFETY: AVX-512F and AVX-512 BF16 were detected on this CPU.
-                unsafe { avx512_bf16::dots(out, x, rows, c) };
-                return true;
-            }
-            let _ = (out, x, rows, c);
-            false
         }
     }
 
@@ -1140,10 +1129,7 @@ mod simd {
     }
 
     /// `out[j, r] = x[r, :] · rows[j, :]` for every row `j` of `rows: [.., c]`, `out: [.., m]`.
-    pub fn dots<W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
-        if W::dots_in_hardware(out, x, rows, c) {
-            return;
-        }
+    pub fn dots<X: Float, W: Float>(out: &mut [f32], x: &[X], rows: &[W], c: usize) {
         #[cfg(target_arch = "x86_64")]
         match level() {
             // SAFETY: AVX-512F was detected on this CPU.
@@ -1152,7 +1138,7 @@ mod simd {
             Level::Avx2Fma => return unsafe { avx2::dots(out, x, rows, c) },
             Level::Baseline => {}
         }
-        dispatch!(dots_with[W](out, x, rows, c))
+        dispatch!(dots_with[X, W](out, x, rows, c))
     }
 
     /// A vector register of float32s, for the kernels written for any width.
@@ -1253,9 +1239,8 @@ mod simd {
         }
     }
 
-    /// `out[j, r] = x[r, :] · rows[j, :]` (see [`dots`]) with four running sums a row, so that
-    /// the multiply-adds do not wait on each other: `step(sum, x, w)` adds the products of the
-    /// `lanes` values at `x` and `w` to `sum`'s lanes (they are there to read).
+    /// [`dots`] a register at a time, inputs and weights widened as they are loaded, with four
+    /// running sums a row, so that the multiply-adds do not wait on each other.
     ///
     /// Rows go in pairs, one from each half of `rows`: two streams from memory where one row
     /// after another is one. A single stream left a core of the AVX2-only EPYC reading well
@@ -1264,17 +1249,23 @@ mod simd {
     /// 309 MB f32 matrix, one thread, GB/s: bf16 8.1-13.8 -> 16.3-19.0, f16 10.9-15.0 ->
     /// 18.2-21.3, f32 10.4-18.3 -> 19.4-21.4; two threads ~23 -> 25-30).
     ///
+    /// bf16 weights are widened here too, not multiplied in pairs by AVX-512 BF16's
+    /// `vdpbf16ps` as a prompt's are ([`avx512_bf16::products`]): on the AVX-512 BF16 EPYC
+    /// the pairs made GPT-2 124M's bf16 decode slower in 23 of 24 pairs of runs, alternating
+    /// (one thread 0.84-0.95x this kernel's; two 0.79-0.96x, one pair 1.23x), and the products
+    /// alone read no faster (a 151 MB matrix, medians of 30 passes in one process, GB/s: one
+    /// thread 25.5-25.9 against 26.5-27.7, where a plain sum over the same bytes read
+    /// 25.4-25.8; two threads 34.1-35.3 against 34.4-35.6, the plain sum 33.4-34.5).
+    ///
     /// # Safety
-    /// The CPU has `S`'s instructions and those `step` uses.
+    /// The CPU has `V`'s instructions.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn four_sums<S: Vector, X: Float, W: Float>(
+    unsafe fn dots_by<V: Vector, X: Float, W: Float>(
         out: &mut [f32],
         x: &[X],
         rows: &[W],
         c: usize,
-        lanes: usize,
-        step: impl Fn(S, *const X, *const W) -> S,
     ) {
         let m = x.len() / c;
         let n = rows.len() / c;
@@ -1286,8 +1277,8 @@ mod simd {
             .zip(out_second.chunks_exact_mut(m));
         for ((out_a, out_b), (row_a, row_b)) in outs.zip(pairs) {
             for ((a, b), x) in out_a.iter_mut().zip(out_b).zip(x.chunks_exact(c)) {
-                // SAFETY: the CPU has S's and `step`'s instructions (the caller's promise).
-                [*a, *b] = unsafe { sums_of(x, [row_a, row_b], lanes, &step) };
+                // SAFETY: the CPU has V's instructions (the caller's promise).
+                [*a, *b] = unsafe { sums_of::<2, V, X, W>(x, [row_a, row_b]) };
             }
         }
         if n % 2 == 1 {
@@ -1296,23 +1287,26 @@ mod simd {
             let out = &mut out_second[last..];
             for (out, x) in out.iter_mut().zip(x.chunks_exact(c)) {
                 // SAFETY: as above.
-                [*out] = unsafe { sums_of(x, [row], lanes, &step) };
+                [*out] = unsafe { sums_of::<1, V, X, W>(x, [row]) };
             }
         }
     }
 
-    /// `x · row` for each of `rows`, each with four running sums (see [`four_sums`]).
+    /// `x · row` for each of `rows`, each with four running sums (see [`dots_by`]).
     ///
     /// # Safety
-    /// As [`four_sums`].
+    /// As [`dots_by`].
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn sums_of<const R: usize, S: Vector, X: Float, W: Float>(
         x: &[X],
         rows: [&[W]; R],
-        lanes: usize,
-        step: &impl Fn(S, *const X, *const W) -> S,
     ) -> [f32; R] {
+        let lanes = S::LANES;
+        // SAFETY (for each use): the CPU has S's instructions (the caller's promise), and
+        // `lanes` values are readable at `x` and at `w`.
+        let step =
+            |sum: S, x: *const X, w: *const W| unsafe { S::load(x).mul_add(S::load(w), sum) };
         let block = 4 * lanes;
         let body = x.len() / block * block;
         // SAFETY: the CPU has S's instructions (the caller's promise).
@@ -1332,8 +1326,8 @@ mod simd {
             }
             start += block;
         }
-        // What is left of whole vectors, one sum each: a bf16 head of 64 values is two of
-        // 32 and no block of 128, and went value by value.
+        // What is left of whole vectors, one sum each (a bf16 head of 64 values was two
+        // vectors of 32 pairs and no block of 128, and went value by value).
         for k in 0..4 {
             if start + lanes > x.len() {
                 break;
@@ -1358,21 +1352,6 @@ mod simd {
             *total = unsafe { a.plus(b).plus(c.plus(d)).total() } + tail;
         }
         totals
-    }
-
-    /// [`dots`] a register at a time, weights widened as they are loaded.
-    ///
-    /// # Safety
-    /// The CPU has `V`'s instructions.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn dots_by<V: Vector, W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
-        // SAFETY: `V`'s instructions (the caller's promise); `x` and `w` hold LANES values.
-        unsafe {
-            four_sums(out, x, rows, c, V::LANES, |sum: V, x, w| {
-                V::load(x).mul_add(V::load(w), sum)
-            });
-        }
     }
 
     /// The kernels above on AVX-512, written out: one load widens 16 weights of any of the
@@ -1424,9 +1403,9 @@ mod simd {
         }
 
         #[target_feature(enable = "avx512f")]
-        pub fn dots<W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
+        pub fn dots<X: Float, W: Float>(out: &mut [f32], x: &[X], rows: &[W], c: usize) {
             // SAFETY: AVX-512F (this function's).
-            unsafe { dots_by::<__m512, W>(out, x, rows, c) }
+            unsafe { dots_by::<__m512, X, W>(out, x, rows, c) }
         }
     }
 
@@ -1459,19 +1438,15 @@ mod simd {
         }
 
         #[target_feature(enable = "avx2,fma,f16c")]
-        pub fn dots<W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
+        pub fn dots<X: Float, W: Float>(out: &mut [f32], x: &[X], rows: &[W], c: usize) {
             // SAFETY: AVX2, FMA and F16C (this function's).
-            unsafe { dots_by::<__m256, W>(out, x, rows, c) }
+            unsafe { dots_by::<__m256, X, W>(out, x, rows, c) }
         }
     }
 
-    /// [`dots`] for bf16 weights with AVX-512 BF16's `vdpbf16ps`: 32 products of bf16 pairs
-    /// summed into float32 per instruction, where widening the weights takes three
-    /// instructions per 16 (a core of the project's EPYC, whose 512-bit instructions take two
-    /// passes, could not widen as fast as one thread's share of the memory delivers them). The
-    /// activations are rounded to bf16 for it, which loses nothing when they come from a bf16
-    /// model (they are bf16 values widened); the products are exact in float32, and the sums
-    /// are float32's, in another order than the other kernels'.
+    /// A prompt's bf16 products with AVX-512 BF16's `vdpbf16ps`: 32 products of bf16 pairs
+    /// summed into float32 per instruction (a decode step's, bound by memory, widen instead:
+    /// see [`dots_by`]).
     #[cfg(target_arch = "x86_64")]
     mod avx512_bf16 {
         use std::arch::x86_64::{
@@ -1480,11 +1455,6 @@ mod simd {
         };
 
         use burn::tensor::bf16;
-
-        use super::four_sums;
-
-        /// Pairs of bf16s in a 512-bit register.
-        const LANES: usize = 32;
 
         /// 32 bf16s from `at`, as `vdpbf16ps` takes them.
         ///
@@ -1513,7 +1483,7 @@ mod simd {
         /// `out[i, j] = x[i, :] · rows[j, :]` for `x: [m, k]` and `rows: [n, k]`, `out`'s rows
         /// `row_stride` apart, by `vdpbf16ps`: a float32 sum of two bf16 products per lane,
         /// twice float32's multiply-adds per instruction (the products are exact in float32;
-        /// `vdpbf16ps` flushes subnormals, as in [`dots`]). A prompt's products are
+        /// `vdpbf16ps` flushes subnormals). A prompt's products are
         /// compute-bound, and `gemm` has no bf16 arithmetic: it multiplied widened copies.
         ///
         /// Each strip of 32 weight rows, [`STRIP_INPUTS`] inputs at a time, is packed as pairs
@@ -1667,17 +1637,6 @@ mod simd {
                 }
             }
         }
-
-        #[target_feature(enable = "avx512f,avx512bf16")]
-        pub fn dots(out: &mut [f32], x: &[f32], rows: &[bf16], c: usize) {
-            let x: Vec<bf16> = x.iter().map(|&x| bf16::from_f32(x)).collect();
-            // SAFETY: AVX-512F and AVX-512 BF16 (this function's).
-            unsafe {
-                four_sums(out, &x, rows, c, LANES, |sum, x, w| {
-                    _mm512_dpbf16_ps(sum, load(x), load(w))
-                });
-            }
-        }
     }
 
     /// Whether the CPU has AVX-512F and AVX-512 BF16.
@@ -1722,10 +1681,10 @@ mod simd {
         })
     }
 
-    /// Calls `$kernel::<FUSED, $W>` (or `$kernel::<FUSED>`) inlined into a function compiled
+    /// Calls `$kernel::<FUSED, $W, ...>` (or `$kernel::<FUSED>`) inlined into a function compiled
     /// for the detected level.
     macro_rules! dispatch {
-        ($kernel:ident[$($w:ty)?]($($arg:expr),*)) => {{
+        ($kernel:ident[$($w:ty),*]($($arg:expr),*)) => {{
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,fma")]
@@ -1734,15 +1693,15 @@ mod simd {
                 fn avx2<R>(f: impl FnOnce() -> R) -> R { f() }
                 match level() {
                     // SAFETY: the level was detected on this CPU.
-                    Level::Avx512 => unsafe { avx512(|| $kernel::<true $(, $w)?>($($arg),*)) },
-                    Level::Avx2Fma => unsafe { avx2(|| $kernel::<true $(, $w)?>($($arg),*)) },
-                    Level::Baseline => $kernel::<false $(, $w)?>($($arg),*),
+                    Level::Avx512 => unsafe { avx512(|| $kernel::<true $(, $w)*>($($arg),*)) },
+                    Level::Avx2Fma => unsafe { avx2(|| $kernel::<true $(, $w)*>($($arg),*)) },
+                    Level::Baseline => $kernel::<false $(, $w)*>($($arg),*),
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
                 let _ = level();
-                $kernel::<false $(, $w)?>($($arg),*)
+                $kernel::<false $(, $w)*>($($arg),*)
             }
         }};
     }
@@ -1899,7 +1858,12 @@ mod simd {
     /// Dot products with 16 independent partial sums, so the loop vectorizes (float addition
     /// is not associative, so the compiler will not split a single sum).
     #[inline(always)]
-    fn dots_with<const FUSED: bool, W: Float>(out: &mut [f32], x: &[f32], rows: &[W], c: usize) {
+    fn dots_with<const FUSED: bool, X: Float, W: Float>(
+        out: &mut [f32],
+        x: &[X],
+        rows: &[W],
+        c: usize,
+    ) {
         const LANES: usize = 16;
         let m = x.len() / c;
         for (out, row) in out.chunks_exact_mut(m).zip(rows.chunks_exact(c)) {
@@ -1911,13 +1875,13 @@ mod simd {
                     .zip(row[..body].chunks_exact(LANES))
                 {
                     for lane in 0..LANES {
-                        sums[lane] = madd::<FUSED>(x[lane], w[lane].to_f32(), sums[lane]);
+                        sums[lane] = madd::<FUSED>(x[lane].to_f32(), w[lane].to_f32(), sums[lane]);
                     }
                 }
                 let tail: f32 = x[body..]
                     .iter()
                     .zip(&row[body..])
-                    .map(|(x, w)| x * w.to_f32())
+                    .map(|(x, w)| x.to_f32() * w.to_f32())
                     .sum();
                 *out = sums.iter().sum::<f32>() + tail;
             }
@@ -1927,29 +1891,28 @@ mod simd {
     mod tests {
         use super::*;
 
-        /// Each vector kernel this CPU can run (the CPU's own bf16 products among them), against
-        /// the plain loop, for every weight type: the same sums in another order.
+        /// Each vector kernel this CPU can run, against the plain loop, for every weight type and
+        /// inputs in float32 or in the weights' type (a half-precision model's activations): the
+        /// same sums in another order.
         #[test]
         fn every_level_s_dot_products_agree_with_the_plain_loop() {
-            fn check<W: Float>(from_f32: fn(f32) -> W, c: usize) {
-                // 2 inputs, 5 rows of weights; the inputs are bf16 values, which the bf16
-                // products take exactly.
-                let x: Vec<f32> = (0..2 * c)
-                    .map(|i| bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 25.0).to_f32())
+            fn check<X: Float, W: Float>(c: usize) {
+                // 2 inputs, 5 rows of weights; the inputs are values every type holds exactly
+                // (bf16's, and within f16's range), so the sums do not depend on their type.
+                let x: Vec<X> = (0..2 * c)
+                    .map(|i| X::from_f32(((i * 37 % 101) as f32 - 50.0) / 32.0))
                     .collect();
                 let rows: Vec<W> = (0..5 * c)
-                    .map(|i| from_f32(((i * 53 % 97) as f32 - 48.0) / 40.0))
+                    .map(|i| W::from_f32(((i * 53 % 97) as f32 - 48.0) / 40.0))
                     .collect();
                 let mut expected = vec![0.0; 10];
-                dots_with::<false, W>(&mut expected, &x, &rows, c);
-                type Dots<W> = fn(&mut [f32], &[f32], &[W], usize);
-                let mut kernels: Vec<(&str, Dots<W>)> = Vec::new();
-                let mut in_hardware = vec![f32::NAN; 10];
-                if W::dots_in_hardware(&mut in_hardware, &x, &rows, c) {
-                    kernels.push(("in hardware", |o, x, r, c| {
-                        W::dots_in_hardware(o, x, r, c);
-                    }));
-                }
+                let wide: Vec<f32> = x.iter().map(|x| x.to_f32()).collect();
+                dots_with::<false, f32, W>(&mut expected, &wide, &rows, c);
+                type Dots<X, W> = fn(&mut [f32], &[X], &[W], usize);
+                let mut kernels: Vec<(&str, Dots<X, W>)> =
+                    vec![("plain, inputs as they are", |o, x, r, c| {
+                        dots_with::<false, X, W>(o, x, r, c)
+                    })];
                 #[cfg(target_arch = "x86_64")]
                 {
                     if has_avx2_fma_f16c() {
@@ -1967,18 +1930,21 @@ mod simd {
                     for (ours, expected) in ours.iter().zip(&expected) {
                         assert!(
                             (ours - expected).abs() <= 1e-4 * expected.abs().max(1.0),
-                            "{name}, {}, {c} values: {ours} vs {expected}",
+                            "{name}, {} inputs, {} weights, {c} values: {ours} vs {expected}",
+                            std::any::type_name::<X>(),
                             std::any::type_name::<W>()
                         );
                     }
                 }
             }
             // 300 values: blocks of four vectors, whole vectors after them and a tail; 64, an
-            // attention head: vectors but no block of bf16 pairs (4 x 32).
+            // attention head: one block of 16-lane vectors, or two of 8 lanes.
             for c in [300, 64] {
-                check::<f32>(|x| x, c);
-                check::<f16>(f16::from_f32, c);
-                check::<bf16>(bf16::from_f32, c);
+                check::<f32, f32>(c);
+                check::<f32, f16>(c);
+                check::<f16, f16>(c);
+                check::<f32, bf16>(c);
+                check::<bf16, bf16>(c);
             }
         }
 
