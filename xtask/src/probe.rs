@@ -28,6 +28,11 @@ const SUSTAINED: Duration = Duration::from_secs(3);
 /// 17.6 GB/s on a core of the AVX2 EPYC whose decode, reading two, moved 20.3; two read
 /// 19.8-22.7 there), the better then read for [`SUSTAINED`].
 pub fn read_bandwidth(threads: usize) -> Bandwidth {
+    read_bandwidth_over(threads, SUSTAINED)
+}
+
+/// [`read_bandwidth`], its sustained figure read over `over`.
+pub fn read_bandwidth_over(threads: usize, over: Duration) -> Bandwidth {
     let values = vec![1.0f32; 1 << 28];
     let part = values.len().div_ceil(threads.max(1));
     let gb = size_of_val(values.as_slice()) as f64 / 1e9;
@@ -45,7 +50,7 @@ pub fn read_bandwidth(threads: usize) -> Bandwidth {
     } else {
         sum_widest::<2>
     };
-    let sustained = passes(better, SUSTAINED);
+    let sustained = passes(better, over);
     Bandwidth {
         best: gb / shortest(&one).min(shortest(&two)),
         sustained: gb * sustained.len() as f64 / sustained.iter().sum::<f64>(),

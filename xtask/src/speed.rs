@@ -6,17 +6,19 @@
 //! bandwidth ÷ weight bytes bounds batch-1 decode; a float32 prefill does two flops a weight per
 //! prompt token, so the cores' multiply-add rate ÷ flops per token bounds it. This VM's memory
 //! moves by a quarter between minutes, so each round's speeds are also set against that round's
-//! own bound, and half precision against float32 and llama.cpp's f16 of the same round.
+//! own bound, decode against the bandwidth read just before and after its own run, and half
+//! precision against float32 and llama.cpp's f16 of the same round.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::probe::{multiply_add_rate, read_bandwidth};
+use crate::probe::{multiply_add_rate, read_bandwidth, read_bandwidth_over};
 use crate::{build_nexttoken, cache_dir, cpu_features, install, llama_cpp, venv_python};
 
 #[derive(Args)]
@@ -86,6 +88,10 @@ pub struct Record {
     round: u32,
     #[serde(default)]
     requested_threads: usize,
+    /// The memory's read bandwidth sustained over [`AROUND`] just before and just after the
+    /// run that measured this, averaged, in GB/s (see [`Around`]).
+    #[serde(default)]
+    around_gb_per_s: Option<f64>,
 }
 
 fn one() -> usize {
@@ -129,6 +135,10 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         let requested: usize = threads
             .parse()
             .with_context(|| format!("--threads: `{threads}` is not a number"))?;
+        let mut around = Around {
+            threads: requested,
+            last: None,
+        };
         for round in 0..args.rounds {
             for dtype in &args.dtype {
                 let mut ours = Command::new(&nexttoken);
@@ -139,11 +149,13 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
                 common(&mut theirs, threads, dtype);
                 let mut round_records = Vec::new();
                 for command in [&mut ours, &mut theirs] {
-                    round_records.extend(json_lines(command)?);
+                    round_records.extend(around.run(|| json_lines(command))?);
                 }
                 if let Some((llama_bench, ggufs)) = &llama {
                     let gguf = &ggufs[dtype.as_str()];
-                    round_records.extend(llama_bench_records(llama_bench, gguf, args, threads)?);
+                    round_records.extend(
+                        around.run(|| llama_bench_records(llama_bench, gguf, args, threads))?,
+                    );
                 }
                 for mut record in round_records {
                     record.round = round;
@@ -237,9 +249,45 @@ fn llama_bench_records(
                 dtype: String::new(),
                 round: 0,
                 requested_threads: 0,
+                around_gb_per_s: None,
             })
         })
         .collect()
+}
+
+/// How long each of [`Around`]'s probes reads: long enough to see more than a moment, short
+/// enough to sit close to the run beside it.
+const AROUND: Duration = Duration::from_secs(1);
+
+/// The memory's sustained read bandwidth around each run: read just before and just after it
+/// (one probe between two runs serves both), so that a decode is set against the memory of its
+/// own minute. A round's probe comes after all of the round's runs, minutes after the first; on
+/// this VM two threads read 55 then 30 GB/s in rounds whose decodes moved 30-33 GB/s throughout.
+struct Around {
+    threads: usize,
+    /// The probe after the last run.
+    last: Option<f64>,
+}
+
+impl Around {
+    /// `measure`'s records, each with the mean of the probes before and after it.
+    fn run(&mut self, measure: impl FnOnce() -> Result<Vec<Record>>) -> Result<Vec<Record>> {
+        let before = match self.last {
+            Some(last) => last,
+            None => self.probe(),
+        };
+        let mut records = measure()?;
+        let after = self.probe();
+        self.last = Some(after);
+        for record in &mut records {
+            record.around_gb_per_s = Some((before + after) / 2.0);
+        }
+        Ok(records)
+    }
+
+    fn probe(&self) -> f64 {
+        read_bandwidth_over(self.threads, AROUND).sustained
+    }
 }
 
 /// One of a [`Probe`]'s figures.
@@ -278,13 +326,32 @@ fn decode_bounds(
                     .iter()
                     .map(|gb_per_s| gb_per_s * 1e9 / weight_bytes as f64)
                     .collect();
-                let decode = |test: &str| test.starts_with("tg");
                 out += &format!(
                     "{threads} thread(s): {how} {:.1} GB/s (rounds: {}), bound {:.1} t/s;{}\n",
                     mean(&measured),
                     one_decimal(&measured),
                     mean(&bounds),
-                    shares(records, (dtype, threads), decode, &bounds)
+                    shares(records, (dtype, threads), is_decode, |r| {
+                        bounds.get(r.round as usize).copied()
+                    })
+                );
+            }
+            let around: Vec<f64> = batch_one(records, (dtype, threads), is_decode)
+                .filter_map(|r| r.around_gb_per_s)
+                .collect();
+            if let (Some(lowest), Some(highest)) = (
+                around.iter().copied().reduce(f64::min),
+                around.iter().copied().reduce(f64::max),
+            ) {
+                let bound = |gb_per_s: f64| gb_per_s * 1e9 / weight_bytes as f64;
+                out += &format!(
+                    "{threads} thread(s):   around each run {:.1} GB/s \
+                     (runs: {lowest:.1}-{highest:.1}), bound {:.1} t/s;{}\n",
+                    mean(&around),
+                    bound(mean(&around)),
+                    shares(records, (dtype, threads), is_decode, |r| {
+                        r.around_gb_per_s.map(bound)
+                    })
                 );
             }
         }
@@ -300,7 +367,7 @@ fn thread_scaling(records: &[Record], probes: &BTreeMap<usize, Vec<Probe>>, dtyp
         |probes: &[Probe], read: Reading| mean(&probes.iter().map(read).collect::<Vec<_>>());
     let decode = |threads: usize| {
         let mut sides: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        for record in batch_one(records, (dtype, threads), |test| test.starts_with("tg")) {
+        for record in batch_one(records, (dtype, threads), is_decode) {
             sides
                 .entry(&record.backend)
                 .or_default()
@@ -323,8 +390,19 @@ fn thread_scaling(records: &[Record], probes: &BTreeMap<usize, Vec<Probe>>, dtyp
             })
             .collect();
         let growth = |read: Reading| bandwidth(probes, read) / bandwidth(base_probes, read);
+        let around = |threads: usize| {
+            let around: Vec<f64> = batch_one(records, (dtype, threads), is_decode)
+                .filter_map(|r| r.around_gb_per_s)
+                .collect();
+            (!around.is_empty()).then(|| mean(&around))
+        };
+        let around = match (around(fewest), around(threads)) {
+            (Some(before), Some(after)) => format!(", around the runs {:.2}x", after / before),
+            _ => String::new(),
+        };
         out += &format!(
-            "threads {fewest} -> {threads}: read bandwidth {:.2}x (sustained {:.2}x);{sides}\n",
+            "threads {fewest} -> {threads}: read bandwidth {:.2}x \
+             (sustained {:.2}x{around});{sides}\n",
             growth(|p| p.read_gb_per_s),
             growth(|p| p.sustained_gb_per_s)
         );
@@ -362,7 +440,12 @@ fn prefill_bounds(
                 mean(&measured),
                 one_decimal(&measured),
                 mean(&bounds),
-                shares(records, ("f32", threads), |t| t == test, &bounds)
+                shares(
+                    records,
+                    ("f32", threads),
+                    |t| t == test,
+                    |r| { bounds.get(r.round as usize).copied() }
+                )
             );
         }
     }
@@ -380,38 +463,45 @@ fn batch_one<'a>(
     })
 }
 
+fn is_decode(test: &str) -> bool {
+    test.starts_with("tg")
+}
+
 /// Each side's batch-1 tokens/s over the tests `test` picks, in this dtype at these threads, as
-/// a share of the bound: of the rounds' mean bound, then each round's of its own
-/// (`bounds[round]`): " flex 86% (rounds 84%, 88%) llama.cpp ...".
+/// a share of each record's `bound` (records without one left out): over all rounds, then
+/// round by round: " flex 86% (rounds 84%, 88%) llama.cpp ...".
 fn shares(
     records: &[Record],
     (dtype, threads): (&str, usize),
     test: impl Fn(&str) -> bool,
-    bounds: &[f64],
+    bound: impl Fn(&Record) -> Option<f64>,
 ) -> String {
-    let mut sides: BTreeMap<&str, BTreeMap<u32, Vec<f64>>> = BTreeMap::new();
+    /// (tokens/s, bound) of each record.
+    type Pairs = Vec<(f64, f64)>;
+    let mut sides: BTreeMap<&str, BTreeMap<u32, Pairs>> = BTreeMap::new();
     for record in batch_one(records, (dtype, threads), test) {
+        let Some(bound) = bound(record) else {
+            continue;
+        };
         sides
             .entry(record.backend.as_str())
             .or_default()
             .entry(record.round)
             .or_default()
-            .push(record.tokens_per_s);
+            .push((record.tokens_per_s, bound));
     }
-    let percent = |share: f64| format!("{:.0}%", 100.0 * share);
+    let share = |pairs: &[(f64, f64)]| {
+        let (speeds, bounds): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
+        format!("{:.0}%", 100.0 * mean(&speeds) / mean(&bounds))
+    };
     sides
         .iter()
         .map(|(backend, rounds)| {
-            let all: Vec<f64> = rounds.values().flatten().copied().collect();
-            let per_round: Vec<String> = rounds
-                .iter()
-                .filter_map(|(&round, speeds)| {
-                    Some(percent(mean(speeds) / bounds.get(round as usize)?))
-                })
-                .collect();
+            let all: Vec<(f64, f64)> = rounds.values().flatten().copied().collect();
+            let per_round: Vec<String> = rounds.values().map(|pairs| share(pairs)).collect();
             format!(
                 " {backend} {} (rounds {})",
-                percent(mean(&all) / mean(bounds)),
+                share(&all),
                 per_round.join(", ")
             )
         })
@@ -424,7 +514,7 @@ fn shares(
 fn half_precision(records: &[Record]) -> String {
     type Key<'a> = (usize, &'a str, &'a str, &'a str);
     let mut groups: BTreeMap<Key, Vec<&Record>> = BTreeMap::new();
-    let decode = |r: &&Record| r.batch_size == 1 && r.test.starts_with("tg");
+    let decode = |r: &&Record| r.batch_size == 1 && is_decode(&r.test);
     for record in records.iter().filter(decode).filter(|r| {
         r.dtype != "f32" && !["transformers", "llama.cpp"].contains(&r.backend.as_str())
     }) {
@@ -648,6 +738,7 @@ mod tests {
             dtype: dtype.into(),
             round,
             requested_threads: 2,
+            around_gb_per_s: None,
         }
     }
 
@@ -679,6 +770,8 @@ mod tests {
         )]);
         let bounds = decode_bounds(&records, &probes, 100_000_000);
         assert!(bounds.contains("f32 weights: 400 MB"), "{bounds}");
+        // Records from before the probes around each run have no line for them.
+        assert!(!bounds.contains("around"), "{bounds}");
         // f32: 65 of a mean bound of 81.25 = 80%; rounds 80 of 100 and 50 of 62.5.
         assert!(bounds.contains("flex 80% (rounds 80%, 80%)"), "{bounds}");
         // bf16: 125 of 162.5 = 77%; rounds 150 of 200 and 100 of 125.
@@ -734,6 +827,46 @@ mod tests {
                  1.00x llama.cpp f16 (rounds 1.20x, 0.80x)"
             ),
             "{half}"
+        );
+    }
+
+    #[test]
+    fn decode_is_set_against_the_bandwidth_read_around_its_own_run() {
+        let around = |record: Record, gb_per_s: f64| Record {
+            around_gb_per_s: Some(gb_per_s),
+            ..record
+        };
+        let records = [
+            around(decode("flex", "bf16", 0, 150.0), 40.0),
+            around(decode("flex", "bf16", 1, 100.0), 25.0),
+            Record {
+                requested_threads: 1,
+                ..around(decode("flex", "bf16", 0, 90.0), 26.0)
+            },
+        ];
+        let probe = || Probe {
+            read_gb_per_s: 50.0,
+            sustained_gb_per_s: 50.0,
+            gflop_per_s: 100.0,
+        };
+        let probes = BTreeMap::from([(1, vec![probe()]), (2, vec![probe(), probe()])]);
+        let bounds = decode_bounds(&records, &probes, 100_000_000);
+        // 200 MB a token: 40 and 25 GB/s bound 200 and 125 t/s; 150 and 100 of them, 125 of
+        // 162.5 over both.
+        assert!(
+            bounds.contains(
+                "2 thread(s):   around each run 32.5 GB/s (runs: 25.0-40.0), bound 162.5 t/s; \
+                 flex 77% (rounds 75%, 80%)\n"
+            ),
+            "{bounds}"
+        );
+        // 32.5 against 26 GB/s around the runs, 125 against 90 t/s.
+        assert!(
+            bounds.contains(
+                "threads 1 -> 2: read bandwidth 1.00x (sustained 1.00x, around the runs 1.25x); \
+                 flex 1.39x\n"
+            ),
+            "{bounds}"
         );
     }
 }
