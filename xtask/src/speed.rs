@@ -311,6 +311,7 @@ fn decode_bounds(
     let mut out = String::new();
     for dtype in dtypes {
         let weight_bytes = n_params * bytes_per_weight(dtype);
+        let bound = |gb_per_s: f64| gb_per_s * 1e9 / weight_bytes as f64;
         out += &format!(
             "\n{dtype} weights: {:.0} MB read per generated token (batch 1)\n",
             weight_bytes as f64 / 1e6
@@ -322,28 +323,20 @@ fn decode_bounds(
             ];
             for (how, read) in readings {
                 let measured: Vec<f64> = probes.iter().map(read).collect();
-                let bounds: Vec<f64> = measured
-                    .iter()
-                    .map(|gb_per_s| gb_per_s * 1e9 / weight_bytes as f64)
-                    .collect();
+                let bounds: Vec<f64> = measured.iter().copied().map(bound).collect();
                 out += &format!(
                     "{threads} thread(s): {how} {:.1} GB/s (rounds: {}), bound {:.1} t/s;{}\n",
                     mean(&measured),
                     one_decimal(&measured),
                     mean(&bounds),
-                    shares(records, (dtype, threads), is_decode, |r| {
-                        bounds.get(r.round as usize).copied()
-                    })
+                    shares(records, (dtype, threads), is_decode, of_round(&bounds))
                 );
             }
-            let around: Vec<f64> = batch_one(records, (dtype, threads), is_decode)
-                .filter_map(|r| r.around_gb_per_s)
-                .collect();
+            let around = around_runs(records, (dtype, threads));
             if let (Some(lowest), Some(highest)) = (
                 around.iter().copied().reduce(f64::min),
                 around.iter().copied().reduce(f64::max),
             ) {
-                let bound = |gb_per_s: f64| gb_per_s * 1e9 / weight_bytes as f64;
                 out += &format!(
                     "{threads} thread(s):   around each run {:.1} GB/s \
                      (runs: {lowest:.1}-{highest:.1}), bound {:.1} t/s;{}\n",
@@ -391,9 +384,7 @@ fn thread_scaling(records: &[Record], probes: &BTreeMap<usize, Vec<Probe>>, dtyp
             .collect();
         let growth = |read: Reading| bandwidth(probes, read) / bandwidth(base_probes, read);
         let around = |threads: usize| {
-            let around: Vec<f64> = batch_one(records, (dtype, threads), is_decode)
-                .filter_map(|r| r.around_gb_per_s)
-                .collect();
+            let around = around_runs(records, (dtype, threads));
             (!around.is_empty()).then(|| mean(&around))
         };
         let around = match (around(fewest), around(threads)) {
@@ -440,12 +431,7 @@ fn prefill_bounds(
                 mean(&measured),
                 one_decimal(&measured),
                 mean(&bounds),
-                shares(
-                    records,
-                    ("f32", threads),
-                    |t| t == test,
-                    |r| { bounds.get(r.round as usize).copied() }
-                )
+                shares(records, ("f32", threads), |t| t == test, of_round(&bounds))
             );
         }
     }
@@ -465,6 +451,18 @@ fn batch_one<'a>(
 
 fn is_decode(test: &str) -> bool {
     test.starts_with("tg")
+}
+
+/// A record's bound: its round's (`bounds[round]`).
+fn of_round(bounds: &[f64]) -> impl Fn(&Record) -> Option<f64> + '_ {
+    |record| bounds.get(record.round as usize).copied()
+}
+
+/// The bandwidth read around each batch-1 decode run in this dtype at these threads ([`Around`]).
+fn around_runs(records: &[Record], (dtype, threads): (&str, usize)) -> Vec<f64> {
+    batch_one(records, (dtype, threads), is_decode)
+        .filter_map(|r| r.around_gb_per_s)
+        .collect()
 }
 
 /// Each side's batch-1 tokens/s over the tests `test` picks, in this dtype at these threads, as
