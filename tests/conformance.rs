@@ -654,3 +654,165 @@ fn session_rows_join_and_leave_on_every_backend() {
         assert!(session.step().unwrap().tokens.is_empty(), "{backend}");
     }
 }
+
+/// `tests/goldens/scoring/prompts.json`: transformers' log-softmax at every prompt position.
+#[derive(Deserialize)]
+struct ScoredPrompts {
+    format_version: u32,
+    top: usize,
+    models: std::collections::BTreeMap<String, Vec<ScoredPrompt>>,
+}
+
+#[derive(Deserialize)]
+struct ScoredPrompt {
+    prompt: String,
+    ids: Vec<u32>,
+    logprobs: Vec<f64>,
+    top_ids: Vec<Vec<u32>>,
+    top_logprobs: Vec<Vec<f64>>,
+}
+
+fn scoring_golden<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let path = root().join("tests/goldens/scoring").join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask goldens`", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask goldens`", path.display()))
+}
+
+/// A prompt's log-probabilities (what the server's `echo` with `logprobs` reports, and what a
+/// perplexity sums) are transformers' on every backend: each id's, and the five most likely
+/// at each position.
+#[test]
+fn prompt_scores_match_hugging_face_on_every_backend() {
+    let golden: ScoredPrompts = scoring_golden("prompts.json");
+    assert_eq!(
+        golden.format_version, FORMAT_VERSION,
+        "run `cargo xtask goldens`"
+    );
+    let dirs = [
+        ("tiny-trained", "tests/fixtures/tiny-trained"),
+        (
+            "nexttoken-tiny-shakespeare",
+            "models/nexttoken-tiny-shakespeare",
+        ),
+    ];
+    assert_eq!(golden.models.len(), dirs.len());
+    let tokenizer = Gpt2Tokenizer::new();
+    for (backend, device) in backends() {
+        let tolerance = f64::from(tolerance(backend));
+        for (name, dir) in dirs {
+            let mut checkpoint = Checkpoint::open(root().join(dir)).unwrap();
+            let config = checkpoint.config().clone();
+            let generator =
+                nexttoken::generate::TextGenerator::new(checkpoint.load(&device).unwrap(), config);
+            for case in &golden.models[name] {
+                assert_eq!(tokenizer.encode(&case.prompt), case.ids);
+                let scored = generator.score(&case.ids, golden.top).unwrap();
+                assert_eq!(scored.len(), case.ids.len() - 1);
+                for (position, ours) in scored.iter().enumerate() {
+                    let context =
+                        format!("{backend}, {name}, {:?}, position {position}", case.prompt);
+                    let expected = case.logprobs[position];
+                    let got = f64::from(ours.logprob);
+                    assert!(
+                        (got - expected).abs() <= tolerance * expected.abs().max(1.0),
+                        "{context}: {got} vs transformers' {expected}"
+                    );
+                    let reference = &case.top_logprobs[position];
+                    for (rank, (&(id, logprob), &expected)) in
+                        ours.top.iter().zip(reference).enumerate()
+                    {
+                        let tie = |other: Option<&f64>| {
+                            other.is_some_and(|&o| (o - expected).abs() <= 2.0 * tolerance)
+                        };
+                        // Ids may swap only where transformers' values nearly tie.
+                        if !tie(reference.get(rank + 1))
+                            && !(rank > 0 && tie(reference.get(rank - 1)))
+                        {
+                            assert_eq!(id, case.top_ids[position][rank], "{context}, rank {rank}");
+                        }
+                        assert!(
+                            (f64::from(logprob) - expected).abs()
+                                <= tolerance * expected.abs().max(1.0),
+                            "{context}, rank {rank}: {logprob} vs {expected}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `tests/goldens/scoring/processors.json`: logits, a history and settings, and the
+/// probabilities after transformers' processors (and OpenAI's penalty formula).
+#[derive(Deserialize)]
+struct ProcessorCases {
+    format_version: u32,
+    cases: Vec<ProcessorCase>,
+}
+
+#[derive(Deserialize)]
+struct ProcessorCase {
+    settings: ProcessorSettings,
+    logits: Vec<f32>,
+    prompt: Vec<u32>,
+    generated: Vec<u32>,
+    probabilities: Vec<f64>,
+}
+
+#[derive(Deserialize, Debug)]
+struct ProcessorSettings {
+    #[serde(default)]
+    logit_bias: Vec<(u32, f32)>,
+    repeat_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    temperature: Option<f32>,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    min_p: Option<f32>,
+}
+
+/// Every sampling setting, alone and together, gives the distribution transformers' logits
+/// processors give (`SequenceBiasLogitsProcessor` for logit_bias, `RepetitionPenalty...`,
+/// `Temperature...`, `TopK...`, `TopP...`, `MinP...`), and OpenAI's formula for the presence and
+/// frequency penalties.
+#[test]
+fn sampling_settings_match_transformers_processors() {
+    let golden: ProcessorCases = scoring_golden("processors.json");
+    assert_eq!(
+        golden.format_version, FORMAT_VERSION,
+        "run `cargo xtask goldens`"
+    );
+    assert!(golden.cases.len() >= 10);
+    for case in golden.cases {
+        let settings = &case.settings;
+        let params = SamplingParams {
+            temperature: settings.temperature.unwrap_or(1.0),
+            top_k: settings.top_k,
+            top_p: settings.top_p,
+            min_p: settings.min_p,
+            repeat_penalty: settings.repeat_penalty.unwrap_or(1.0),
+            presence_penalty: settings.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: settings.frequency_penalty.unwrap_or(0.0),
+            logit_bias: settings.logit_bias.clone(),
+            ..SamplingParams::default()
+        };
+        let history: Vec<u32> = case.prompt.iter().chain(&case.generated).copied().collect();
+        let sampler = nexttoken::generate::Sampler::new(params, 0);
+        let ours = sampler.probabilities(&case.logits, &history, case.generated.len());
+        let kept = |probs: &mut dyn Iterator<Item = bool>| probs.filter(|&k| k).count();
+        assert_eq!(
+            kept(&mut ours.iter().map(|&p| p > 0.0)),
+            kept(&mut case.probabilities.iter().map(|&p| p > 0.0)),
+            "{settings:?}: a different set of ids kept"
+        );
+        for (id, (&got, &expected)) in ours.iter().zip(&case.probabilities).enumerate() {
+            assert!(
+                (f64::from(got) - expected).abs() < 1e-6,
+                "{settings:?}, id {id}: {got} vs transformers' {expected}"
+            );
+        }
+    }
+}

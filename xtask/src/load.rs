@@ -118,7 +118,28 @@ pub fn run(root: &Path, args: &LoadArgs) -> Result<()> {
     ));
     let elapsed = start.elapsed();
     let rss_after = rss_kib(pid)?;
+    let metrics = ureq::get(&format!("{url}/metrics"))
+        .call()
+        .context("reading the server's /metrics")?
+        .into_string()?;
     drop(server);
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let (peak, steps, step_rows) = (
+        metric("nexttoken_batch_size_peak"),
+        metric("nexttoken_steps_total"),
+        metric("nexttoken_step_rows_total"),
+    );
 
     let ok: Vec<&Done> = results
         .iter()
@@ -174,6 +195,10 @@ pub fn run(root: &Path, args: &LoadArgs) -> Result<()> {
         rss_after / 1024,
         growth / 1024
     );
+    println!(
+        "  batching: at most {peak} rows in a step, {:.1} on average over {steps} steps",
+        step_rows / steps.max(1.0)
+    );
     for problem in problems.iter().take(5) {
         eprintln!("  {problem}");
     }
@@ -188,6 +213,21 @@ pub fn run(root: &Path, args: &LoadArgs) -> Result<()> {
         results.len(),
         args.requests,
         args.time_limit
+    );
+    // Each client has one request out at a time: with room for all of them in the batch and
+    // the queue, a refusal is the server miscounting.
+    ensure!(
+        refused == 0 || args.clients > args.max_batch + args.max_queue,
+        "{refused} requests were refused although the {} clients fit in --max-batch {} and \
+         --max-queue {}",
+        args.clients,
+        args.max_batch,
+        args.max_queue
+    );
+    ensure!(
+        args.clients == 1 || args.max_batch == 1 || peak > 1.0,
+        "{} concurrent clients, but no step ran more than one row: requests were not batched",
+        args.clients
     );
     if growth > args.max_growth_mib * 1024 {
         bail!(

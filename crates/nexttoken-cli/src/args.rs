@@ -57,22 +57,94 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch: u32,
 
-    /// Most requests waiting for room in the batch; more get 429 with Retry-After.
+    /// Most requests waiting for room in the batch; more get 429 with Retry-After. 0: none
+    /// wait (requests that fit in the batch still run).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_queue: u32,
 
-    /// Require `Authorization: Bearer KEY` on every request but /health.
+    /// Require `Authorization: Bearer KEY` on every request but /health. Repeatable: any of
+    /// the keys is accepted.
     #[arg(
         long,
         value_name = "KEY",
         env = "NEXTTOKEN_API_KEY",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = api_key
     )]
-    pub api_key: Option<String>,
+    pub api_key: Vec<String>,
+
+    /// Read API keys from FILE, one a line (blank lines and lines starting with # skipped),
+    /// as --api-key takes them.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Let web pages from ORIGIN (e.g. https://example.com) call the server from a browser
+    /// (CORS). Repeatable.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
+
+    /// Largest request body accepted, in bytes (413 above).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_limit: u64,
+
+    /// Seconds a client may take to send a request's headers, and its body: slow clients
+    /// cannot hold connections open.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = seconds)]
+    pub read_timeout: f64,
+
+    /// A request that has generated for this many seconds ends with what it has
+    /// (finish_reason `length`). Default: no limit.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    pub request_time_limit: Option<f64>,
+
+    /// After Ctrl-C or SIGTERM, seconds running requests may take to finish before each
+    /// ends with an error; a second Ctrl-C stops at once.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = seconds)]
+    pub shutdown_grace: f64,
+
+    /// How log lines (one per request, and errors) are written to stderr; RUST_LOG filters
+    /// them (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// CPU threads for the CPU backends' kernels.
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line each.
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+/// An API key: not empty, which would lock every client out.
+fn api_key(value: &str) -> Result<String, String> {
+    let key = value.trim();
+    if key.is_empty() {
+        return Err(
+            "an empty API key would lock every client out: give a key, or unset \
+                    NEXTTOKEN_API_KEY"
+                .into(),
+        );
+    }
+    if key.chars().any(char::is_whitespace) {
+        return Err("an API key cannot hold white space".into());
+    }
+    Ok(key.to_string())
+}
+
+/// A number of seconds above 0.
+fn seconds(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds.is_finite() && seconds < 1e9 => Ok(seconds),
+        _ => Err(format!(
+            "expected a number of seconds above 0, got {value:?}"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -144,7 +216,7 @@ pub struct GenerateArgs {
 pub struct SamplingArgs {
     /// Sampling temperature; 0 is greedy. Default: 0, or 1 when --top-k, --top-p or --min-p is
     /// given.
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
     pub temperature: Option<f32>,
 
     /// Draw from the K most likely tokens only.
@@ -152,16 +224,21 @@ pub struct SamplingArgs {
     pub top_k: Option<usize>,
 
     /// Draw from the most likely tokens whose probabilities add up to P (nucleus sampling).
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
     pub top_p: Option<f32>,
 
     /// Draw from the tokens at least P times as likely as the most likely one.
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
     pub min_p: Option<f32>,
 
     /// Penalize tokens already in the text (transformers' repetition_penalty; 1 is off). Applies
     /// to greedy decoding too.
-    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     pub repeat_penalty: f32,
 
     /// The repeat penalty looks at the last N tokens only (llama.cpp's repeat_last_n). Default:
@@ -310,6 +387,41 @@ mod tests {
             longest <= 80,
             "a help line of {longest} characters:\n{help}"
         );
+    }
+
+    /// A negative value reaches the settings' own check (which names the setting), instead of
+    /// clap's hint to write `-- -1`, which would make it a prompt.
+    #[test]
+    fn negative_numbers_are_values_not_flags() {
+        let cli = Cli::try_parse_from(["nexttoken", "generate", "--temperature", "-1", "Hi"]);
+        let Ok(Cli {
+            command: Command::Generate(args),
+        }) = cli
+        else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(args.sampling.temperature, Some(-1.0));
+        assert_eq!(args.prompts, ["Hi"]);
+    }
+
+    #[test]
+    fn empty_api_keys_are_refused() {
+        for key in ["", "  "] {
+            let err = Cli::try_parse_from(["nexttoken", "serve", "--api-key", key]).unwrap_err();
+            assert!(err.to_string().contains("lock every client out"), "{err}");
+        }
+        let cli = Cli::try_parse_from(["nexttoken", "serve", "--api-key", "a", "--api-key", "b"]);
+        let Ok(Cli {
+            command: Command::Serve(args),
+        }) = cli
+        else {
+            panic!("{cli:?}");
+        };
+        assert_eq!(args.api_key, ["a", "b"]);
+        for timeout in ["0", "-1", "nan", "soon"] {
+            let parsed = Cli::try_parse_from(["nexttoken", "serve", "--read-timeout", timeout]);
+            assert!(parsed.is_err(), "{timeout}");
+        }
     }
 
     #[test]

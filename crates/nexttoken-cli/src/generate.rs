@@ -63,6 +63,8 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
         config = config.without_eos();
     }
     config.kv_cache = !args.run.no_kv_cache;
+    // A repeat penalty alone needs a sampler, but nothing is random: no seed to report.
+    let draws_at_random = sampling.as_ref().is_some_and(SamplingParams::is_random);
     config.sampling = sampling;
 
     config.logprobs = args.logprobs;
@@ -152,10 +154,7 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
             done[index] = Some(Done {
                 completion,
                 batch: finished_batches.len(),
-                seed: config
-                    .sampling
-                    .is_some()
-                    .then_some(seed.wrapping_add(index as u64)),
+                seed: draws_at_random.then_some(seed.wrapping_add(index as u64)),
             });
         }
         finished_batches.push(Batch {
@@ -173,7 +172,7 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
         }
     } else {
         print_timings(&done, &finished_batches, load_time);
-        if config.sampling.is_some() {
+        if draws_at_random {
             eprintln!("seed:      {seed} (--seed {seed} repeats this text)");
         }
     }
@@ -217,6 +216,7 @@ fn sampling_params(args: &SamplingArgs) -> Result<Option<SamplingParams>> {
         min_p: args.min_p,
         repeat_penalty: args.repeat_penalty,
         repeat_last_n: args.repeat_last_n,
+        ..SamplingParams::default()
     };
     if let Err(reason) = params.validate() {
         bail!("invalid sampling settings: {reason}");

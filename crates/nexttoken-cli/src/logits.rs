@@ -79,11 +79,39 @@ impl LogitsRecorder {
         let metadata = HashMap::from([("backend".to_string(), backend.to_string())]);
         let bytes = safetensors::serialize(&views, Some(metadata))?;
         let mut file = self.file;
+        // The temporary file is private (0600); the saved one gets the mode a new file gets
+        // (0666 less the umask), or keeps the mode of the file it replaces.
+        let mode = new_file_mode(&self.path);
         file.write_all(&bytes)
+            .and_then(|()| file.as_file().set_permissions(mode))
             .and_then(|()| file.as_file().sync_all())
             .map_err(|e| anyhow!("{e}"))
             .and_then(|()| file.persist(&self.path).map_err(|e| anyhow!("{}", e.error)))
             .with_context(|| format!("writing the logits to {}", self.path.display()))?;
         Ok(())
     }
+}
+
+/// The permissions a file written at `path` should have: those of the file there, or those a
+/// newly created file gets under this process's umask.
+fn new_file_mode(path: &Path) -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(existing) = std::fs::metadata(path) {
+        return existing.permissions();
+    }
+    std::fs::Permissions::from_mode(0o666 & !umask())
+}
+
+/// The process's umask, read from /proc (Linux 4.7+) rather than set and reset, which would
+/// race with other threads creating files; 022 where /proc does not say.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                let value = line.strip_prefix("Umask:")?.trim();
+                u32::from_str_radix(value, 8).ok()
+            })
+        })
+        .unwrap_or(0o022)
 }

@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod args;
 mod bench;
 mod generate;
+mod logging;
 mod logits;
 mod memory;
 mod model;
@@ -28,7 +29,13 @@ use crate::generate::Outcome;
 
 fn main() -> ExitCode {
     restore_default_sigpipe();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    // The server logs a line per request; elsewhere only the libraries' warnings show.
+    match &command {
+        Command::Serve(args) => logging::init(args.log_format, "info"),
+        _ => logging::init(args::LogFormat::Text, "warn"),
+    }
+    let result = match command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args).map(|()| Outcome::Finished),
         Command::Serve(args) => serve::run(args).map(|()| Outcome::Finished),

@@ -31,7 +31,8 @@ pub struct OpenedModel {
 /// if it is a Hub repo not in the cache. `quiet` keeps the download progress bar off (it is
 /// drawn only when stderr is a terminal anyway).
 pub fn open(args: &ModelArgs, quiet: bool) -> Result<OpenedModel> {
-    let Some(model) = args.model.as_deref() else {
+    // `NEXTTOKEN_MODEL=` (set but empty) means not set, as an empty variable does to most tools.
+    let Some(model) = args.model.as_deref().filter(|model| !model.is_empty()) else {
         let checkpoint =
             Checkpoint::from_bytes(BUILT_IN_NAME, BUILT_IN_WEIGHTS.to_vec(), BUILT_IN_CONFIG)
                 .context("loading the built-in model (this is a bug: please report it)")?;

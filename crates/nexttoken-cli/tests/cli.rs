@@ -1289,3 +1289,238 @@ fn dtype_converts_the_weights_at_load_and_bench_reports_it() {
         float32
     );
 }
+
+fn nexttoken_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nexttoken"));
+    command.args(args).env_remove("NEXTTOKEN_MODEL");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("the nexttoken binary runs")
+}
+
+/// A temperature too small to divide by is greedy (it gave id 0 every step: `Hi!!!!!`); a
+/// negative one reaches the settings' check instead of clap's `-- -1` hint.
+#[test]
+fn tiny_and_negative_temperatures() {
+    let model = tiny_trained();
+    let greedy = stdout_of(&[
+        "generate",
+        "-m",
+        &model,
+        "-n",
+        "8",
+        "Every effort moves you",
+    ]);
+    let tiny = stdout_of(&[
+        "generate",
+        "-m",
+        &model,
+        "-n",
+        "8",
+        "--temperature",
+        "1e-40",
+        "Every effort moves you",
+    ]);
+    assert_eq!(tiny, greedy);
+    let output = nexttoken(&["generate", "-m", &model, "--temperature", "-1", "Hi"]);
+    assert_fails_with(&output, "temperature must be 0 (greedy) or more, got -1");
+}
+
+/// A repeat penalty alone needs a sampler, but nothing is random: no seed is printed.
+#[test]
+fn greedy_with_a_repeat_penalty_prints_no_seed() {
+    let model = tiny_trained();
+    let output = nexttoken(&[
+        "generate",
+        "-m",
+        &model,
+        "-n",
+        "4",
+        "--repeat-penalty",
+        "1.3",
+        "Hi",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("seed:"), "{stderr}");
+    let output = nexttoken(&[
+        "generate",
+        "-m",
+        &model,
+        "-n",
+        "4",
+        "--temperature",
+        "0.8",
+        "Hi",
+    ]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("seed:"));
+}
+
+/// `--save-logits` writes a file with the mode any new file gets (0666 less the umask), and
+/// keeps the mode of a file it replaces, rather than its temporary file's 0600.
+#[test]
+fn saved_logits_files_get_the_usual_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh.safetensors");
+    let model = tiny_trained();
+    let save = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        // `sh -c 'umask 022; exec ...'`: the test does not depend on the caller's umask.
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg("umask 022; exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_nexttoken"))
+            .args([
+                "generate",
+                "-m",
+                &model,
+                "-n",
+                "2",
+                "--save-logits",
+                &path,
+                "Hi",
+            ])
+            .env_remove("NEXTTOKEN_MODEL")
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    };
+    save(&fresh);
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&fresh), 0o644);
+    let shared = dir.path().join("shared.safetensors");
+    std::fs::write(&shared, b"old").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o664)).unwrap();
+    save(&shared);
+    assert_eq!(mode(&shared), 0o664);
+}
+
+/// `NEXTTOKEN_MODEL=` (set but empty) means not set: the built-in model.
+#[test]
+fn an_empty_model_variable_means_the_built_in_model() {
+    let output = nexttoken_with_env(&["generate", "-n", "2", "Hi"], &[("NEXTTOKEN_MODEL", "")]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// An empty API key would lock every client out: refused before the model loads.
+#[test]
+fn an_empty_api_key_is_refused_at_start() {
+    let output = nexttoken(&["serve", "--port", "0", "--api-key", ""]);
+    assert_usage_error(&output, "lock every client out");
+    let output = nexttoken_with_env(&["serve", "--port", "0"], &[("NEXTTOKEN_API_KEY", "")]);
+    assert_fails_with(&output, "NEXTTOKEN_API_KEY is set but empty");
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# nobody yet\n").unwrap();
+    let output = nexttoken(&[
+        "serve",
+        "--port",
+        "0",
+        "--api-key-file",
+        &keys.display().to_string(),
+    ]);
+    assert_fails_with(&output, "holds no API key");
+}
+
+/// `nexttoken serve` logs one line per request on stderr (JSON with `--log-format json`), and a
+/// second Ctrl-C during the shutdown stops it at once, however long the grace.
+#[test]
+fn serve_logs_requests_and_a_second_ctrl_c_stops_it() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut server = Command::new(env!("CARGO_BIN_EXE_nexttoken"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            "--shutdown-grace",
+            "600",
+        ])
+        .env_remove("NEXTTOKEN_MODEL")
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap()).lines();
+    let address = stderr
+        .by_ref()
+        .map(Result::unwrap)
+        .find_map(|line| {
+            let rest = line.split_once("http://")?.1;
+            Some(rest.split_whitespace().next()?.to_string())
+        })
+        .expect("the server says where it listens");
+    // A long stream keeps the server busy through the shutdown.
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    let body = r#"{"prompt": "ROMEO:", "max_tokens": 200, "stream": true, "temperature": 0}"#;
+    write!(
+        stream,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Request-Id: cli-test-1\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    answer.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    // The stream is done quickly on the bundled model; the logged line follows.
+    let logged = stderr
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|line| line.contains("cli-test-1"))
+        .expect("an access-log line");
+    let logged: serde_json::Value = serde_json::from_str(&logged).unwrap();
+    assert_eq!(logged["target"], "nexttoken::access");
+    assert_eq!(logged["status"], 200);
+    assert_eq!(logged["prompt_tokens"], 3);
+    assert!(
+        logged["completion_tokens"].as_u64().unwrap() > 0,
+        "{logged}"
+    );
+    assert!(logged["ttft_ms"].as_f64().is_some(), "{logged}");
+
+    // A request held open (headers sent, no body yet) keeps the graceful shutdown waiting.
+    let mut held = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        held,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{{"
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = server.id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "stopped before the second Ctrl-C"
+    );
+    let start = std::time::Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "a second Ctrl-C did not stop the server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    drop(held);
+}

@@ -8,6 +8,12 @@ pub struct GenerationConfig {
     /// Stop a row once it produces this id (GPT-2: `<|endoftext|>`, 50256). The id is kept as
     /// the row's last token; `None` always runs `max_new_tokens` steps.
     pub eos_token_id: Option<u32>,
+    /// Further ids that stop a row (vLLM's `stop_token_ids`), kept as its last token like the
+    /// end-of-text id; the row finishes with [`FinishReason::Stop`](crate::FinishReason::Stop).
+    pub stop_token_ids: Vec<u32>,
+    /// The end-of-text id and `stop_token_ids` cannot be chosen before a row has this many
+    /// tokens (transformers' `min_new_tokens`, vLLM's `min_tokens`).
+    pub min_new_tokens: usize,
     /// Keep each layer's keys and values between steps so a step runs only the new token
     /// through the model. Off, every step recomputes the whole window: the book's loop, kept
     /// as the reference the cache is tested against. Both give the same ids. (A [`Session`]
@@ -32,6 +38,8 @@ impl GenerationConfig {
         Self {
             max_new_tokens,
             eos_token_id: Some(nexttoken_tokenizer::END_OF_TEXT),
+            stop_token_ids: Vec::new(),
+            min_new_tokens: 0,
             kv_cache: true,
             sampling: None,
             seed: 0,

@@ -22,6 +22,15 @@ pub enum GenerateError {
     #[error("invalid sampling settings: {reason}")]
     InvalidSampling { reason: String },
 
+    #[error(
+        "the model's logits for row {index} are all NaN or -inf, so no token can be chosen: \
+         the weights or the computation overflowed (try --dtype f32)"
+    )]
+    NoFiniteLogits { index: usize },
+
+    #[error("{len} tokens do not fit in the model's context of {context}: shorten the text")]
+    TooLong { len: usize, context: usize },
+
     #[error("reading the logits back from the device failed: {reason}")]
     ReadBack { reason: String },
 

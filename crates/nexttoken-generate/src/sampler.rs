@@ -1,7 +1,11 @@
 //! Choosing the next id by drawing from the logits, with the settings users know from Hugging
-//! Face transformers and llama.cpp, applied in transformers' order (its
-//! `GenerationMixin._get_logits_processor`): repetition penalty, then temperature, top-k,
-//! top-p and min-p, then a draw from the softmax of what is left.
+//! Face transformers, llama.cpp and OpenAI's API: OpenAI's `logit_bias` is added first, then
+//! transformers' order (its `GenerationMixin._get_logits_processor`) applies: repetition
+//! penalty, OpenAI's presence and frequency penalties, then temperature, top-k, top-p and min-p,
+//! then a draw from the softmax of what is left.
+//!
+//! A logit that is NaN counts as removed, and `+inf` logits share all the probability, so no
+//! draw ever reads a NaN distribution.
 //!
 //! Each [`Sampler`] owns its random stream (ChaCha8, whose output is fixed by its algorithm, so a
 //! seed gives the same draws on every platform and every version), so a row's tokens depend on
@@ -10,12 +14,16 @@
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-/// Sampling settings. The defaults change nothing: temperature 1, every filter off.
+/// Temperatures below this are greedy, as vLLM treats them (its `_SAMPLING_EPS`): dividing
+/// the logits by a tiny temperature overflows them to infinities, and the distribution to NaN.
+pub const MIN_TEMPERATURE: f32 = 1e-5;
+
+/// Sampling settings. The defaults change nothing: temperature 1, every filter and penalty off.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
-    /// Divides the logits: below 1 sharpens the distribution, above 1 flattens it. 0 is
-    /// greedy: the most likely id after the repeat penalty, as transformers' greedy search
-    /// applies its `repetition_penalty` too.
+    /// Divides the logits: below 1 sharpens the distribution, above 1 flattens it. 0 (and
+    /// anything below [`MIN_TEMPERATURE`]) is greedy: the most likely id after the penalties
+    /// and the bias, as transformers' greedy search applies its `repetition_penalty` too.
     pub temperature: f32,
     /// Keep only the `k` most likely ids (ties with the k-th kept, as transformers keeps them).
     pub top_k: Option<usize>,
@@ -29,6 +37,15 @@ pub struct SamplingParams {
     /// How many of the last ids the penalty looks at (llama.cpp's `repeat_last_n`); `None`: the
     /// whole sequence, prompt included, as transformers does.
     pub repeat_last_n: Option<usize>,
+    /// Subtracted once from the logit of every id already generated (OpenAI's
+    /// `presence_penalty`: the prompt does not count); 0 is off.
+    pub presence_penalty: f32,
+    /// Subtracted from the logit of every generated id as many times as it was generated
+    /// (OpenAI's `frequency_penalty`); 0 is off.
+    pub frequency_penalty: f32,
+    /// Added to the logits of these ids before anything else (OpenAI's `logit_bias`: -100
+    /// bans an id, 100 all but forces it). Ids past the vocabulary are ignored.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -40,15 +57,33 @@ impl Default for SamplingParams {
             min_p: None,
             repeat_penalty: 1.0,
             repeat_last_n: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
 
 impl SamplingParams {
-    /// Whether these settings pick what greedy decoding picks: temperature 0 and no repeat
-    /// penalty (the filters keep the most likely id), so a row needs no sampler.
+    /// Whether these settings pick what greedy decoding picks: a temperature below
+    /// [`MIN_TEMPERATURE`], no penalty and no bias (the filters keep the most likely id), so a
+    /// row needs no sampler.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0 && self.repeat_penalty == 1.0
+        !self.is_random() && !self.changes_logits()
+    }
+
+    /// Whether ids are drawn at random (a temperature of at least [`MIN_TEMPERATURE`]): whether
+    /// a seed changes anything.
+    pub fn is_random(&self) -> bool {
+        self.temperature >= MIN_TEMPERATURE
+    }
+
+    /// Whether a penalty or a bias changes the logits before anything is chosen.
+    fn changes_logits(&self) -> bool {
+        self.repeat_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || !self.logit_bias.is_empty()
     }
 
     /// Checks that the values mean something.
@@ -75,6 +110,19 @@ impl SamplingParams {
             return Err(format!(
                 "the repeat penalty must be greater than 0 (1 is off), got {}",
                 self.repeat_penalty
+            ));
+        }
+        for (name, value) in [
+            ("presence penalty", self.presence_penalty),
+            ("frequency penalty", self.frequency_penalty),
+        ] {
+            if !value.is_finite() {
+                return Err(format!("the {name} must be a finite number, got {value}"));
+            }
+        }
+        if let Some((id, bias)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+            return Err(format!(
+                "the logit bias of id {id} must be a finite number, got {bias}"
             ));
         }
         Ok(())
@@ -104,14 +152,13 @@ impl Sampler {
     }
 
     /// The next id, drawn from `logits` (one row, `[v]`) after the settings are applied;
-    /// `history` is the row's ids so far (prompt and generated), for the repeat penalty.
-    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        if self.params.temperature == 0.0 {
-            let mut scores = logits.to_vec();
-            self.penalize_repeats(&mut scores, history);
-            return argmax(&scores);
+    /// `history` is the row's ids so far, the last `generated` of them generated (the repeat
+    /// penalty looks at all of them, the presence and frequency penalties at the generated).
+    pub fn sample(&mut self, logits: &[f32], history: &[u32], generated: usize) -> u32 {
+        if !self.is_random() {
+            return argmax(&self.adjusted(logits, history, generated));
         }
-        let probs = self.probabilities(logits, history);
+        let probs = self.probabilities(logits, history, generated);
         // 53 random bits: a uniform draw in [0, 1).
         let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         let mut cumulative = 0.0;
@@ -129,17 +176,16 @@ impl Sampler {
         last as u32
     }
 
-    /// Whether [`Sampler::sample`] draws at random (temperature above 0) rather than picking
-    /// the most likely id.
+    /// Whether [`Sampler::sample`] draws at random (a temperature of at least
+    /// [`MIN_TEMPERATURE`]) rather than picking the most likely id.
     pub fn is_random(&self) -> bool {
-        self.params.temperature > 0.0
+        self.params.is_random()
     }
 
-    /// The distribution [`Sampler::sample`] draws from at a temperature above 0: probabilities
-    /// over the vocabulary, zero for the ids the filters removed.
-    pub fn probabilities(&self, logits: &[f32], history: &[u32]) -> Vec<f32> {
-        let mut scores = logits.to_vec();
-        self.penalize_repeats(&mut scores, history);
+    /// The distribution [`Sampler::sample`] draws from when it draws at random: probabilities
+    /// over the vocabulary, zero for the ids the filters removed (and for NaN logits).
+    pub fn probabilities(&self, logits: &[f32], history: &[u32], generated: usize) -> Vec<f32> {
+        let mut scores = self.adjusted(logits, history, generated);
         let temperature = self.params.temperature;
         if temperature != 1.0 {
             scores.iter_mut().for_each(|s| *s /= temperature);
@@ -154,6 +200,41 @@ impl Sampler {
             min_p(&mut scores, p);
         }
         softmax(&scores)
+    }
+
+    /// The logits after the bias and the penalties, NaN turned into a removed id.
+    fn adjusted(&self, logits: &[f32], history: &[u32], generated: usize) -> Vec<f32> {
+        let mut scores: Vec<f32> = logits
+            .iter()
+            .map(|&s| if s.is_nan() { f32::NEG_INFINITY } else { s })
+            .collect();
+        for &(id, bias) in &self.params.logit_bias {
+            if let Some(score) = scores.get_mut(id as usize) {
+                *score += bias;
+            }
+        }
+        self.penalize_repeats(&mut scores, history);
+        self.penalize_generated(
+            &mut scores,
+            &history[history.len().saturating_sub(generated)..],
+        );
+        scores
+    }
+
+    /// OpenAI's presence and frequency penalties: `logit[j] -= count[j] * frequency +
+    /// (count[j] > 0) * presence`, counting the generated ids.
+    fn penalize_generated(&self, scores: &mut [f32], generated: &[u32]) {
+        let (presence, frequency) = (self.params.presence_penalty, self.params.frequency_penalty);
+        if presence == 0.0 && frequency == 0.0 {
+            return;
+        }
+        let mut ids = generated.to_vec();
+        ids.sort_unstable();
+        for run in ids.chunk_by(|a, b| a == b) {
+            if let Some(score) = scores.get_mut(run[0] as usize) {
+                *score -= run.len() as f32 * frequency + presence;
+            }
+        }
     }
 
     fn penalize_repeats(&self, scores: &mut [f32], history: &[u32]) {
@@ -181,7 +262,7 @@ impl Sampler {
     }
 }
 
-/// The first index of the largest score, as `torch.argmax` picks.
+/// The first index of the largest score, as `torch.argmax` picks (the scores hold no NaN).
 fn argmax(scores: &[f32]) -> u32 {
     let mut best = 0;
     for (id, &score) in scores.iter().enumerate() {
@@ -260,9 +341,19 @@ fn min_p(scores: &mut [f32], p: f32) {
     }
 }
 
-/// Probabilities from scores, in float32 as the scores are; removed ids (−∞) get 0.
+/// Probabilities from scores (no NaN), in float32 as the scores are; removed ids (−∞) get 0.
+/// Ids at +∞ share everything. If every id is removed (a row of NaN or −∞ logits, which the
+/// session refuses before it samples), all get 0.
 fn softmax(scores: &[f32]) -> Vec<f32> {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::INFINITY || max == f32::NEG_INFINITY {
+        let top = scores.iter().filter(|&&s| s == max).count() as f32;
+        let share = if max == f32::INFINITY { 1.0 / top } else { 0.0 };
+        return scores
+            .iter()
+            .map(|&s| if s == max { share } else { 0.0 })
+            .collect();
+    }
     // A removed id's 0 without its `exp`: after top-k or top-p, most of the vocabulary.
     let exps: Vec<f32> = scores
         .iter()
@@ -315,7 +406,7 @@ mod tests {
         let mut sampler = sampler(params.clone());
         let mut counts = vec![0; expected.len()];
         for _ in 0..n {
-            counts[sampler.sample(&logits(), &[]) as usize] += 1;
+            counts[sampler.sample(&logits(), &[], 0) as usize] += 1;
         }
         let df = expected.iter().filter(|&&p| p > 0.0).count() - 1;
         // The chi-square distribution's 99.9% quantile for 1, 2 and 3 degrees of freedom (with
@@ -326,7 +417,7 @@ mod tests {
             statistic < critical,
             "{params:?}: counts {counts:?} against {expected:?}: chi-square {statistic:.2} >= {critical}"
         );
-        let probs = sampler.probabilities(&logits(), &[]);
+        let probs = sampler.probabilities(&logits(), &[], 0);
         for (p, e) in probs.iter().zip(expected) {
             assert!(
                 (f64::from(*p) - e).abs() < 1e-6,
@@ -448,7 +539,7 @@ mod tests {
         };
         let mut sampler = sampler(params);
         let logits = [0.5, 3.0, 2.9, -1.0];
-        assert!((0..1000).all(|_| sampler.sample(&logits, &[]) == 1));
+        assert!((0..1000).all(|_| sampler.sample(&logits, &[], 0) == 1));
     }
 
     #[test]
@@ -459,7 +550,7 @@ mod tests {
                 repeat_penalty,
                 ..SamplingParams::default()
             };
-            Sampler::new(params, 0).sample(&[0.5, 3.0, 2.9, -1.0], &[1])
+            Sampler::new(params, 0).sample(&[0.5, 3.0, 2.9, -1.0], &[1], 0)
         };
         assert_eq!(greedy(1.0), 1);
         // 3.0 / 1.2 = 2.5 < 2.9.
@@ -475,7 +566,7 @@ mod tests {
         let sampler = sampler(params);
         let logits = [2.0f32, -1.0, 1.0, 0.5];
         // Ids 0 and 1 were seen (0 twice): 2.0 / 2 and -1.0 x 2, once each.
-        let probs = sampler.probabilities(&logits, &[0, 1, 0]);
+        let probs = sampler.probabilities(&logits, &[0, 1, 0], 0);
         let expected = softmax(&[1.0, -2.0, 1.0, 0.5]);
         assert_eq!(probs, expected);
         // A window of the last id only: only id 0 is penalized.
@@ -487,8 +578,129 @@ mod tests {
             },
             42,
         );
-        let probs = windowed.probabilities(&logits, &[0, 1, 0]);
+        let probs = windowed.probabilities(&logits, &[0, 1, 0], 0);
         assert_eq!(probs, softmax(&[1.0, -1.0, 1.0, 0.5]));
+    }
+
+    /// vLLM's reading of a tiny temperature: greedy. Dividing by 1e-40 made every logit
+    /// infinite, every probability NaN, and the draw id 0 every step.
+    #[test]
+    fn a_tiny_temperature_is_greedy() {
+        for temperature in [1e-40f32, 1e-20, 1e-6] {
+            let params = SamplingParams {
+                temperature,
+                ..SamplingParams::default()
+            };
+            assert!(params.is_greedy(), "{temperature}");
+            let mut sampler = sampler(params);
+            assert!(!sampler.is_random());
+            let logits = [0.5, 3.0, 2.9, -1.0];
+            assert!((0..100).all(|_| sampler.sample(&logits, &[], 0) == 1));
+        }
+        let just_above = SamplingParams {
+            temperature: MIN_TEMPERATURE,
+            ..SamplingParams::default()
+        };
+        assert!(!just_above.is_greedy());
+        assert!(sampler(just_above).is_random());
+    }
+
+    /// NaN logits are never drawn and never spread NaN into the others; `+inf` logits take
+    /// all the probability, shared; `-inf` ones none.
+    #[test]
+    fn nan_and_infinite_logits_give_a_distribution() {
+        let cases: [(&[f32], &[f64]); 4] = [
+            (&[f32::NAN, 0.0, f32::NAN, 0.0], &[0.0, 0.5, 0.0, 0.5]),
+            (
+                &[1.0, f32::INFINITY, 2.0, f32::INFINITY],
+                &[0.0, 0.5, 0.0, 0.5],
+            ),
+            (
+                &[f32::NEG_INFINITY, 0.0, 0.0, f32::NEG_INFINITY],
+                &[0.0, 0.5, 0.0, 0.5],
+            ),
+            (
+                &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0],
+                &[0.0, 1.0, 0.0, 0.0],
+            ),
+        ];
+        for temperature in [0.5, 1.0] {
+            for (logits, expected) in cases {
+                let params = SamplingParams {
+                    temperature,
+                    top_p: Some(0.99),
+                    min_p: Some(0.01),
+                    ..SamplingParams::default()
+                };
+                let mut sampler = sampler(params);
+                let probs = sampler.probabilities(logits, &[], 0);
+                assert!(probs.iter().all(|p| p.is_finite()), "{logits:?}: {probs:?}");
+                for (p, e) in probs.iter().zip(expected) {
+                    assert!((f64::from(*p) - e).abs() < 1e-6, "{logits:?}: {probs:?}");
+                }
+                for _ in 0..200 {
+                    let id = sampler.sample(logits, &[], 0) as usize;
+                    assert!(expected[id] > 0.0, "{logits:?}: drew {id}");
+                }
+            }
+        }
+        // Greedy never picks a NaN, wherever it stands.
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            repeat_penalty: 1.5,
+            ..SamplingParams::default()
+        };
+        let mut sampler = sampler(greedy);
+        assert_eq!(sampler.sample(&[f32::NAN, -3.0, -2.0, f32::NAN], &[], 0), 2);
+    }
+
+    /// OpenAI's formula: `logit[j] -= count[j] * frequency + (count[j] > 0) * presence`, over
+    /// the generated ids only (the prompt's do not count).
+    #[test]
+    fn presence_and_frequency_penalties_follow_openai() {
+        let params = SamplingParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.25,
+            ..SamplingParams::default()
+        };
+        let sampler = sampler(params);
+        let logits = [2.0f32, -1.0, 1.0, 0.5];
+        // History: a prompt of [3, 3], then generated [0, 2, 0].
+        let history = [3, 3, 0, 2, 0];
+        let probs = sampler.probabilities(&logits, &history, 3);
+        let expected = softmax(&[2.0 - 2.0 * 0.25 - 0.5, -1.0, 1.0 - 0.25 - 0.5, 0.5]);
+        assert_eq!(probs, expected);
+        // A negative penalty rewards repeats.
+        let rewarding = Sampler::new(
+            SamplingParams {
+                temperature: 0.0,
+                frequency_penalty: -4.0,
+                ..SamplingParams::default()
+            },
+            0,
+        );
+        let mut rewarding = rewarding;
+        assert_eq!(rewarding.sample(&logits, &[3, 3, 1], 1), 1);
+        assert_eq!(rewarding.sample(&logits, &[3, 3, 1], 0), 0);
+    }
+
+    /// OpenAI's logit_bias: added before everything, so -100 bans an id and 100 forces one,
+    /// greedy or not; ids past the vocabulary are ignored.
+    #[test]
+    fn logit_bias_is_added_first() {
+        let logits = [2.0f32, -1.0, 1.0, 0.5];
+        let biased = |temperature, bias: Vec<(u32, f32)>| SamplingParams {
+            temperature,
+            logit_bias: bias,
+            ..SamplingParams::default()
+        };
+        let mut greedy = sampler(biased(0.0, vec![(0, -100.0), (99, 5.0)]));
+        assert!(!biased(0.0, vec![(0, -100.0)]).is_greedy());
+        assert_eq!(greedy.sample(&logits, &[], 0), 2);
+        let mut forced = sampler(biased(1.0, vec![(1, 100.0)]));
+        assert!((0..500).all(|_| forced.sample(&logits, &[], 0) == 1));
+        let probs = sampler(biased(1.0, vec![(3, 1.5)])).probabilities(&logits, &[], 0);
+        assert_eq!(probs, softmax(&[2.0, -1.0, 1.0, 2.0]));
     }
 
     #[test]
@@ -497,7 +709,7 @@ mod tests {
         let draw = |seed| {
             let mut sampler = Sampler::new(params.clone(), seed);
             (0..50)
-                .map(|_| sampler.sample(&logits(), &[]))
+                .map(|_| sampler.sample(&logits(), &[], 0))
                 .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
@@ -541,6 +753,27 @@ mod tests {
                     ..SamplingParams::default()
                 },
                 "repeat penalty",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: f32::NAN,
+                    ..SamplingParams::default()
+                },
+                "presence penalty",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: f32::INFINITY,
+                    ..SamplingParams::default()
+                },
+                "frequency penalty",
+            ),
+            (
+                SamplingParams {
+                    logit_bias: vec![(7, f32::NAN)],
+                    ..SamplingParams::default()
+                },
+                "logit bias of id 7",
             ),
         ];
         for (params, name) in cases {

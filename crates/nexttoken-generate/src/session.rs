@@ -101,6 +101,8 @@ pub struct Session<'m> {
     cache: KvCache,
     added: u64,
     stats: GenerationStats,
+    /// Only ids below this are chosen (see [`Session::choosing_below`]).
+    choosable: usize,
 }
 
 #[derive(Debug)]
@@ -110,9 +112,24 @@ struct Row {
     ids: Vec<u32>,
     generated: usize,
     max_new_tokens: usize,
+    min_new_tokens: usize,
     eos_token_id: Option<u32>,
+    stop_token_ids: Vec<u32>,
     sampler: Option<Sampler>,
     logprobs: Option<usize>,
+}
+
+impl Row {
+    /// Whether the row may not end yet: its end-of-text and stop ids are banned this step.
+    fn bans_stopping(&self) -> bool {
+        self.generated < self.min_new_tokens
+            && (self.eos_token_id.is_some() || !self.stop_token_ids.is_empty())
+    }
+
+    /// Whether its id is chosen on the host, from the logits read back.
+    fn chooses_on_host(&self) -> bool {
+        self.sampler.is_some() || self.logprobs.is_some() || self.bans_stopping()
+    }
 }
 
 impl<'m> Session<'m> {
@@ -125,7 +142,16 @@ impl<'m> Session<'m> {
             cache: KvCache::new(),
             added: 0,
             stats: GenerationStats::default(),
+            choosable: model.vocab_size(),
         }
+    }
+
+    /// Chooses only ids below `ids`: a checkpoint whose vocabulary is padded past its
+    /// tokenizer's (50304 rows for GPT-2's 50257 ids, for faster matrix products) has logits
+    /// for ids no tokenizer can decode. Log-probabilities are over the same ids.
+    pub fn choosing_below(mut self, ids: usize) -> Self {
+        self.choosable = ids.clamp(1, self.model.vocab_size());
+        self
     }
 
     /// Reads every row's whole window every step instead of keeping a KV cache: the book's
@@ -171,7 +197,9 @@ impl<'m> Session<'m> {
             ids: prompt,
             generated: 0,
             max_new_tokens: config.max_new_tokens,
+            min_new_tokens: config.min_new_tokens,
             eos_token_id: config.eos_token_id,
+            stop_token_ids: config.stop_token_ids.clone(),
             sampler: config
                 .sampling
                 .clone()
@@ -332,31 +360,34 @@ impl<'m> Session<'m> {
 
     /// Picks every row's next id from `logits` (`[rows, v]`, in row order) and appends it.
     async fn select(&mut self, logits: &Tensor<2>) -> Result<Vec<RowToken>, GenerateError> {
+        let vocab = self.model.vocab_size();
+        let choosable = self.choosable;
+        let logits = if choosable < vocab {
+            logits.clone().slice([0..self.rows.len(), 0..choosable])
+        } else {
+            logits.clone()
+        };
         // Greedy rows take the device's argmax, as they always have; the host reads the
-        // logits only when some row samples or reports log-probabilities.
-        let any_greedy = self.rows.iter().any(|row| row.sampler.is_none());
+        // logits only when some row samples, bans ids or reports log-probabilities.
+        let any_greedy = self.rows.iter().any(|row| !row.chooses_on_host());
         let greedy = match any_greedy {
             true => Some(read_ids(greedy_ids(logits.clone())).await?),
             false => None,
         };
-        let any_on_host = self
-            .rows
-            .iter()
-            .any(|r| r.sampler.is_some() || r.logprobs.is_some());
+        let any_on_host = self.rows.iter().any(Row::chooses_on_host);
         let host = match any_on_host {
-            true => Some(read_back(logits.clone()).await?),
+            true => Some(read_back(logits).await?),
             false => None,
         };
-        let vocab = self.model.vocab_size();
         let mut tokens = Vec::with_capacity(self.rows.len());
         for (index, row) in self.rows.iter_mut().enumerate() {
             let scores = host
                 .as_ref()
-                .map(|host| &host[index * vocab..(index + 1) * vocab]);
-            let id = match (&mut row.sampler, scores, &greedy) {
-                (Some(sampler), Some(scores), _) => sampler.sample(scores, &row.ids),
-                (_, _, Some(greedy)) => greedy[index],
-                _ => unreachable!("a row without a sampler has the device's argmax"),
+                .map(|host| &host[index * choosable..(index + 1) * choosable]);
+            let id = match (row.chooses_on_host(), scores, &greedy) {
+                (true, Some(scores), _) => choose_on_host(row, scores)?,
+                (false, _, Some(greedy)) => greedy[index],
+                _ => unreachable!("every row has the logits it chooses from"),
             };
             let logprobs = row
                 .logprobs
@@ -366,6 +397,8 @@ impl<'m> Session<'m> {
             row.generated += 1;
             let finish = if Some(id) == row.eos_token_id {
                 Some(FinishReason::Eos)
+            } else if row.stop_token_ids.contains(&id) {
+                Some(FinishReason::Stop)
             } else if row.generated == row.max_new_tokens {
                 Some(FinishReason::Length)
             } else {
@@ -406,8 +439,44 @@ impl<'m> Session<'m> {
     }
 }
 
+/// A row's next id from its logits on the host: its sampler's choice, or the most likely id,
+/// after banning its stop ids while it is shorter than its `min_new_tokens`.
+fn choose_on_host(row: &mut Row, scores: &[f32]) -> Result<u32, GenerateError> {
+    if scores.iter().all(|&s| s.is_nan() || s == f32::NEG_INFINITY) {
+        return Err(GenerateError::NoFiniteLogits {
+            index: row.id.0 as usize,
+        });
+    }
+    let mut banned;
+    let scores = if row.bans_stopping() {
+        banned = scores.to_vec();
+        for &id in row.eos_token_id.iter().chain(&row.stop_token_ids) {
+            if let Some(score) = banned.get_mut(id as usize) {
+                *score = f32::NEG_INFINITY;
+            }
+        }
+        &banned[..]
+    } else {
+        scores
+    };
+    let id = match &mut row.sampler {
+        Some(sampler) => sampler.sample(scores, &row.ids, row.generated),
+        // The first of the largest, as the device's argmax picks; NaN never wins.
+        None => {
+            let mut best = 0;
+            for (id, &score) in scores.iter().enumerate() {
+                if score > scores[best] || scores[best].is_nan() {
+                    best = id;
+                }
+            }
+            best as u32
+        }
+    };
+    Ok(id)
+}
+
 /// A tensor's values on the host, as float32.
-async fn read_back(tensor: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
+pub(crate) async fn read_back(tensor: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
     let data = tensor.into_data_async().await.map_err(read_error)?;
     data.try_into_vec_as::<f32>().map_err(read_error)
 }
@@ -424,7 +493,7 @@ fn read_error(error: impl std::fmt::Debug) -> GenerateError {
 }
 
 /// The log-softmax of `scores` at `id`, and its `n` largest entries.
-fn logprobs(scores: &[f32], id: u32, n: usize) -> Logprobs {
+pub(crate) fn logprobs(scores: &[f32], id: u32, n: usize) -> Logprobs {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = scores.iter().map(|&s| f64::from(s - max).exp()).sum();
     let log_normalizer = max + sum.ln() as f32;
@@ -472,7 +541,130 @@ pub(crate) fn in_row_order(
 
 #[cfg(test)]
 mod tests {
+    use burn::tensor::Device;
+
     use super::*;
+    use crate::{SamplingParams, tiny_config};
+
+    /// Runs one row of `prompt` to its end; its tokens.
+    fn run(session: &mut Session, prompt: Vec<u32>, config: &GenerationConfig) -> Vec<RowToken> {
+        session.add(prompt, config).unwrap();
+        let mut tokens = Vec::new();
+        while !session.is_finished() {
+            tokens.extend(session.step().unwrap().tokens);
+        }
+        tokens
+    }
+
+    /// A padded vocabulary's extra ids are never chosen, sampled or greedy: the tokenizer
+    /// cannot decode them (a sampled one failed every running request of the server).
+    #[test]
+    fn ids_past_the_choosable_ones_are_never_chosen() {
+        let model = tiny_config(64).init(&Device::flex());
+        let hot = GenerationConfig {
+            sampling: Some(SamplingParams {
+                temperature: 50.0,
+                ..SamplingParams::default()
+            }),
+            seed: 3,
+            logprobs: Some(20),
+            ..GenerationConfig::new(60).without_eos()
+        };
+        let ids = |limit: usize, config: &GenerationConfig| -> Vec<RowToken> {
+            let mut session = Session::new(&model).choosing_below(limit);
+            run(&mut session, vec![1, 2, 3], config)
+        };
+        assert!(
+            ids(16, &hot).iter().any(|t| t.id >= 12),
+            "the test needs draws of 12..16"
+        );
+        for token in ids(12, &hot) {
+            assert!(token.id < 12, "{token:?}");
+            let logprobs = token.logprobs.unwrap();
+            assert_eq!(logprobs.top.len(), 12);
+            assert!(logprobs.top.iter().all(|&(id, _)| id < 12));
+        }
+        // Greedy: the most likely of the ids below the limit.
+        let greedy = GenerationConfig::new(1).without_eos();
+        let mut session = Session::new(&model);
+        session.add(vec![1, 2, 3], &greedy).unwrap();
+        let step = session.step().unwrap();
+        let first = step.tokens[0].id as usize;
+        let logits: Vec<f32> = step.logits.into_data().try_to_vec().unwrap();
+        let limit = if first == 0 { 16 } else { first };
+        let expected = (0..limit)
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+            .unwrap() as u32;
+        let chosen = ids(limit, &greedy)[0].id;
+        assert_eq!(chosen, expected, "logits {logits:?}");
+    }
+
+    /// `min_new_tokens` bans the end-of-text and stop ids until the row is that long; a stop
+    /// id ends a row as end-of-text does, with [`FinishReason::Stop`].
+    #[test]
+    fn min_new_tokens_and_stop_ids() {
+        let model = tiny_config(64).init(&Device::flex());
+        let free = run(
+            &mut Session::new(&model),
+            vec![4, 5],
+            &GenerationConfig::new(12).without_eos(),
+        );
+        let free: Vec<u32> = free.iter().map(|t| t.id).collect();
+        let eos = free[0];
+        let stopping = GenerationConfig {
+            eos_token_id: Some(eos),
+            ..GenerationConfig::new(12)
+        };
+        let tokens = run(&mut Session::new(&model), vec![4, 5], &stopping);
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(tokens[0].finish, Some(FinishReason::Eos));
+        for min in [1, 3, 12] {
+            let config = GenerationConfig {
+                min_new_tokens: min,
+                ..stopping.clone()
+            };
+            let tokens = run(&mut Session::new(&model), vec![4, 5], &config);
+            assert!(tokens.len() >= min.min(12), "{min}: {tokens:?}");
+            assert!(tokens[..min.min(tokens.len())].iter().all(|t| t.id != eos));
+            if tokens.len() < 12 {
+                assert_eq!(tokens.last().unwrap().id, eos);
+            }
+        }
+        let stop_at = free[2];
+        let config = GenerationConfig {
+            stop_token_ids: vec![stop_at],
+            ..GenerationConfig::new(12).without_eos()
+        };
+        let tokens = run(&mut Session::new(&model), vec![4, 5], &config);
+        let at = free.iter().position(|&id| id == stop_at).unwrap();
+        assert_eq!(tokens.len(), at + 1);
+        assert_eq!(tokens.last().unwrap().finish, Some(FinishReason::Stop));
+    }
+
+    /// A row whose logits are all NaN cannot choose: an error naming the row, not id 0.
+    #[test]
+    fn a_row_of_nan_logits_is_an_error() {
+        let mut row = Row {
+            id: RowId(7),
+            ids: vec![1],
+            generated: 0,
+            max_new_tokens: 4,
+            min_new_tokens: 0,
+            eos_token_id: None,
+            stop_token_ids: Vec::new(),
+            sampler: None,
+            logprobs: Some(1),
+        };
+        let error = choose_on_host(&mut row, &[f32::NAN, f32::NEG_INFINITY]).unwrap_err();
+        assert!(
+            matches!(error, GenerateError::NoFiniteLogits { index: 7 }),
+            "{error}"
+        );
+        assert_eq!(
+            choose_on_host(&mut row, &[f32::NAN, -3.0, 1.0, f32::NAN]).unwrap(),
+            2
+        );
+    }
 
     #[test]
     fn logprobs_are_the_log_softmax_and_its_largest_entries() {

@@ -1,11 +1,11 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
-use burn::tensor::Tensor;
-use nexttoken_model::{Gpt2, Gpt2Config};
-use nexttoken_tokenizer::{Gpt2Tokenizer, StreamDecoder};
+use burn::tensor::{Tensor, try_read_sync};
+use nexttoken_model::{Gpt2, Gpt2Config, token_tensor};
+use nexttoken_tokenizer::{Gpt2Tokenizer, StreamDecoder, VOCAB_SIZE};
 
-use crate::session::in_row_order;
+use crate::session::{in_row_order, logprobs, read_back};
 use crate::{
     FinishReason, GenerateError, GenerationConfig, GenerationStats, Logprobs, RowId, Session,
     SessionStep, Step,
@@ -55,9 +55,10 @@ impl TextGenerator {
         }
     }
 
-    /// A [`TextSession`] on this generator, with a KV cache as `kv_cache` says.
+    /// A [`TextSession`] on this generator, with a KV cache as `kv_cache` says. It chooses
+    /// only ids the tokenizer can decode.
     pub fn session(&self, kv_cache: bool) -> TextSession<'_> {
-        let session = Session::new(&self.model);
+        let session = Session::new(&self.model).choosing_below(VOCAB_SIZE as usize);
         TextSession {
             session: if kv_cache {
                 session
@@ -67,6 +68,58 @@ impl TextGenerator {
             tokenizer: &self.tokenizer,
             rows: HashMap::new(),
         }
+    }
+
+    /// Each id's log-probability given the ids before it, from one forward pass over `ids`
+    /// (teacher-forced), with the `top` most likely ids at each position: `ids.len() - 1`
+    /// entries, since the first id has nothing before it. This is what OpenAI's completions API
+    /// reports for a prompt with `echo` and `logprobs`, and what a perplexity sums. Over the ids
+    /// the tokenizer can decode, as generation chooses.
+    ///
+    /// # Errors
+    /// [`GenerateError::EmptyPrompt`], [`GenerateError::TooLong`] past the model's context,
+    /// [`GenerateError::TokenOutOfRange`], or a failed read-back.
+    pub fn score(&self, ids: &[u32], top: usize) -> Result<Vec<Logprobs>, GenerateError> {
+        let context = self.model.context_length();
+        let vocab_size = self.model.vocab_size();
+        if ids.is_empty() {
+            return Err(GenerateError::EmptyPrompt { index: 0 });
+        }
+        if ids.len() > context {
+            return Err(GenerateError::TooLong {
+                len: ids.len(),
+                context,
+            });
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(GenerateError::TokenOutOfRange {
+                index: 0,
+                id,
+                vocab_size,
+            });
+        }
+        let t = ids.len();
+        if t == 1 {
+            return Ok(Vec::new());
+        }
+        let choosable = vocab_size.min(VOCAB_SIZE as usize);
+        let device = self.model.wte.weight.device();
+        // Position i's logits predict id i + 1; the last position predicts nothing here.
+        let logits = self
+            .model
+            .forward(token_tensor(&[ids], &device))
+            .reshape([t, vocab_size])
+            .slice([0..t - 1, 0..choosable]);
+        let host = try_read_sync(read_back(logits)).unwrap_or_else(|| {
+            Err(GenerateError::ReadBack {
+                reason: "the device's results cannot be waited for here".into(),
+            })
+        })?;
+        Ok(host
+            .chunks(choosable)
+            .zip(&ids[1..])
+            .map(|(scores, &next)| logprobs(scores, next, top))
+            .collect())
     }
 
     /// Generates a continuation for each prompt, run as one batch (prompts of any lengths;
@@ -172,7 +225,8 @@ struct TextRow {
     stop: Vec<String>,
     /// Decoded text not given out yet: it may be the start of a stop string.
     held: String,
-    eos_token_id: Option<u32>,
+    /// The ids that end the row without text: end-of-text and the stop ids.
+    silent_ids: Vec<u32>,
 }
 
 /// What one row got from a [`TextSession::step`].
@@ -228,7 +282,12 @@ impl<'g> TextSession<'g> {
                 stream: self.tokenizer.stream(),
                 stop: stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
                 held: String::new(),
-                eos_token_id: config.eos_token_id,
+                silent_ids: config
+                    .eos_token_id
+                    .iter()
+                    .chain(&config.stop_token_ids)
+                    .copied()
+                    .collect(),
             },
         );
         Ok(row)
@@ -280,7 +339,7 @@ impl<'g> TextSession<'g> {
                 unreachable!("every session row was added through the text session")
             };
             let mut finish = token.finish;
-            if Some(token.id) != row.eos_token_id {
+            if !(token.finish.is_some() && row.silent_ids.contains(&token.id)) {
                 row.held.push_str(&row.stream.next_token(token.id)?);
             }
             if finish.is_some() {

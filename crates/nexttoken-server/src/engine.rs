@@ -1,12 +1,13 @@
 //! The generation thread: one [`TextSession`] that every request's rows join and leave
-//! (continuous batching). Requests come in over a channel; each row's tokens go back over its
-//! request's own channel, and a request whose channel is closed (the client went away) is
-//! cancelled before the next step.
+//! (continuous batching). Requests come in over a channel with their place
+//! ([`crate::admission`]); each row's tokens go back over its request's own channel, and a
+//! request whose channel is closed (the client went away) leaves before the next step, from the
+//! batch or from the queue.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use nexttoken_generate::{FinishReason, Logprobs, RowId, TextGenerator, TextSession};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::admission::{Admission, Place};
 use crate::api::Job;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Outcome};
@@ -21,6 +23,12 @@ use crate::metrics::{Metrics, Outcome};
 /// What a request hears from the engine.
 #[derive(Debug)]
 pub enum Event {
+    /// Choice `choice`'s prompt, scored: each token's log-probability after those before it
+    /// (one fewer than the prompt's tokens).
+    Prompt {
+        choice: usize,
+        logprobs: Vec<Logprobs>,
+    },
     /// Choice `choice` got a token and the text it completed (possibly empty).
     Token {
         choice: usize,
@@ -29,14 +37,37 @@ pub enum Event {
         logprobs: Option<Logprobs>,
         finish: Option<FinishReason>,
     },
-    /// The request could not run; nothing more follows.
+    /// Choice `choice` ended without a token: it only scored its prompt, or it ran out of time.
+    Ended { choice: usize, reason: Ended },
+    /// The request could not run or go on; nothing more follows.
     Failed(ApiError),
+}
+
+/// Why a choice ended without a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// `max_tokens` 0: the prompt was scored and nothing generated.
+    Scored,
+    /// It generated for longer than `--request-time-limit`.
+    TimeLimit,
 }
 
 pub struct Submission {
     pub job: Job,
+    pub place: Place,
     pub events: UnboundedSender<Event>,
     pub arrived: Instant,
+}
+
+/// The engine's settings and the state it shares with the handlers.
+pub struct Shared {
+    pub admission: Arc<Admission>,
+    pub metrics: Arc<Metrics>,
+    /// Set while the generation thread runs: `/health` answers 503 once it has stopped.
+    pub alive: Arc<AtomicBool>,
+    /// Set when the shutdown grace has run out: running and waiting requests end now.
+    pub abort: Arc<AtomicBool>,
+    pub time_limit: Option<Duration>,
 }
 
 /// The handle requests are submitted through; dropping every clone stops the thread once its
@@ -47,16 +78,26 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the generation thread on `generator`, running at most `max_batch` rows at once.
+    /// Starts the generation thread on `generator`.
     pub fn start(
         generator: TextGenerator,
-        max_batch: usize,
-        metrics: Arc<Metrics>,
+        shared: Shared,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (submissions, incoming) = channel();
+        shared.alive.store(true, Ordering::Release);
         let thread = std::thread::Builder::new()
             .name("nexttoken-engine".into())
-            .spawn(move || run(&generator, &incoming, max_batch, &metrics))?;
+            .spawn(move || {
+                // Cleared however the thread ends, a panic outside a step included.
+                struct Alive(Arc<AtomicBool>);
+                impl Drop for Alive {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::Release);
+                    }
+                }
+                let _alive = Alive(shared.alive.clone());
+                run(&generator, &incoming, &shared);
+            })?;
         Ok((Self { submissions }, thread))
     }
 
@@ -72,23 +113,25 @@ struct Running {
     rows: Vec<RowId>,
     unfinished: usize,
     arrived: Instant,
+    started: Instant,
     answered: bool,
 }
 
-fn run(
-    generator: &TextGenerator,
-    incoming: &Receiver<Submission>,
-    max_batch: usize,
-    metrics: &Metrics,
-) {
+fn run(generator: &TextGenerator, incoming: &Receiver<Submission>, shared: &Shared) {
+    let metrics = &shared.metrics;
+    let admission = &shared.admission;
     let mut session = generator.session(true);
     let mut waiting: VecDeque<Submission> = VecDeque::new();
     let mut running: HashMap<u64, Running> = HashMap::new();
     let mut owners: HashMap<RowId, (u64, usize)> = HashMap::new();
     let mut next_request = 0u64;
     loop {
-        // Idle: wait for work (waking now and then, so a closed channel is noticed).
+        // Idle: wait for work (waking now and then, so a closed channel or the end of the
+        // shutdown grace is noticed).
         if running.is_empty() && waiting.is_empty() {
+            if shared.abort.load(Ordering::Acquire) {
+                return;
+            }
             match incoming.recv_timeout(Duration::from_millis(200)) {
                 Ok(submission) => waiting.push_back(submission),
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -97,73 +140,121 @@ fn run(
         }
         waiting.extend(incoming.try_iter());
 
-        // Admit waiting requests while their rows fit (a request larger than the batch runs
-        // alone rather than never).
-        while let Some(next) = waiting.front() {
-            let live = session.live_rows();
-            if live > 0 && live + next.job.choices.len() > max_batch {
-                break;
+        if shared.abort.load(Ordering::Acquire) {
+            let error = ApiError::unavailable(
+                "the server is shutting down and its grace period for running requests ended",
+            );
+            for submission in waiting.drain(..) {
+                if submission.place == Place::Queue {
+                    admission.leave_queue();
+                } else {
+                    admission.release(submission.job.rows());
+                }
+                let _ = submission.events.send(Event::Failed(error.clone()));
+                finish(metrics, Outcome::Failed);
             }
-            let Some(submission) = waiting.pop_front() else {
-                break;
-            };
-            metrics.queued.fetch_sub(1, Ordering::Relaxed);
-            if submission.events.is_closed() {
+            for (_, request) in running.drain() {
+                for row in &request.rows {
+                    session.cancel(*row);
+                }
+                admission.release(request.unfinished);
+                let _ = request.events.send(Event::Failed(error.clone()));
+                finish(metrics, Outcome::Failed);
+            }
+            return;
+        }
+
+        // Queued requests whose client went away give their place back now, not when they
+        // reach the head of the queue.
+        waiting.retain(|submission| {
+            let gone = submission.events.is_closed();
+            if gone {
+                if submission.place == Place::Queue {
+                    admission.leave_queue();
+                    metrics.abandoned_in_queue.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    admission.release(submission.job.rows());
+                }
                 finish(metrics, Outcome::Cancelled);
+            }
+            !gone
+        });
+
+        // Admit, in order: requests that took a place in the batch, and queued requests while
+        // their rows fit.
+        let mut index = 0;
+        while index < waiting.len() {
+            let submission = &waiting[index];
+            let admitted = match submission.place {
+                Place::Batch => true,
+                // Only the first queued request may move up: no overtaking.
+                Place::Queue => {
+                    let first_queued = waiting
+                        .iter()
+                        .position(|s| s.place == Place::Queue)
+                        .is_some_and(|first| first == index);
+                    first_queued && admission.promote(submission.job.rows())
+                }
+            };
+            if !admitted {
+                index += 1;
                 continue;
             }
+            let Some(submission) = waiting.remove(index) else {
+                break;
+            };
             let id = next_request;
             next_request += 1;
-            match admit(&mut session, &submission.job) {
-                Ok(rows) => {
-                    for (choice, row) in rows.iter().enumerate() {
+            let rows = submission.job.rows();
+            match admit(generator, &mut session, submission, metrics) {
+                Some(request) if request.unfinished == 0 => finish(metrics, Outcome::Completed),
+                Some(request) => {
+                    for (choice, row) in request.rows.iter().enumerate() {
                         owners.insert(*row, (id, choice));
                     }
-                    let prompt_tokens: usize = submission
-                        .job
-                        .choices
-                        .iter()
-                        .map(|c| c.prompt_ids.len())
-                        .sum();
-                    metrics
-                        .prompt_tokens
-                        .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-                    running.insert(
-                        id,
-                        Running {
-                            events: submission.events,
-                            unfinished: rows.len(),
-                            rows,
-                            arrived: submission.arrived,
-                            answered: false,
-                        },
-                    );
+                    running.insert(id, request);
                 }
-                Err(error) => {
-                    let _ = submission.events.send(Event::Failed(error));
-                    finish(metrics, Outcome::Invalid);
-                }
+                None => admission.release(rows),
             }
         }
 
-        // A request whose client went away leaves before the next step.
-        let gone: Vec<u64> = running
+        // A request whose client went away, or that ran out of time, leaves before the next
+        // step.
+        let leaving: Vec<(u64, bool)> = running
             .iter()
-            .filter(|(_, request)| request.events.is_closed())
-            .map(|(&id, _)| id)
+            .filter_map(|(&id, request)| {
+                let gone = request.events.is_closed();
+                let late = shared
+                    .time_limit
+                    .is_some_and(|limit| request.started.elapsed() > limit);
+                (gone || late).then_some((id, gone))
+            })
             .collect();
-        for id in gone {
-            if let Some(request) = running.remove(&id) {
-                for row in &request.rows {
+        for (id, gone) in leaving {
+            let Some(request) = running.remove(&id) else {
+                continue;
+            };
+            for row in &request.rows {
+                if let Some((_, choice)) = owners.remove(row) {
                     session.cancel(*row);
-                    owners.remove(row);
+                    let _ = request.events.send(Event::Ended {
+                        choice,
+                        reason: Ended::TimeLimit,
+                    });
                 }
-                finish(metrics, Outcome::Cancelled);
             }
+            admission.release(request.unfinished);
+            finish(
+                metrics,
+                if gone {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Completed
+                },
+            );
         }
-        metrics
-            .batch_rows
-            .store(session.live_rows() as u64, Ordering::Relaxed);
+        let rows = session.live_rows();
+        metrics.batch_rows.store(rows as u64, Ordering::Relaxed);
         if running.is_empty() {
             continue;
         }
@@ -174,13 +265,13 @@ fn run(
             failure => {
                 let message = match failure {
                     Ok(Err(e)) => format!("the generation failed: {e}"),
-                    _ => {
-                        "the generation failed (a panic in the engine; see the server's log)".into()
-                    }
+                    _ => "the generation failed (a panic in the engine; the server's log has it)"
+                        .into(),
                 };
                 tracing::error!("{message}");
                 // The session may be inconsistent: fail what runs and start a fresh one.
                 for (_, request) in running.drain() {
+                    admission.release(request.unfinished);
                     let _ = request
                         .events
                         .send(Event::Failed(ApiError::internal(message.clone())));
@@ -192,6 +283,7 @@ fn run(
             }
         };
         metrics.token_latency.observe(start.elapsed());
+        metrics.step(rows);
         metrics
             .generated_tokens
             .fetch_add(step.chunks.len() as u64, Ordering::Relaxed);
@@ -209,6 +301,10 @@ fn run(
                     .observe(request.arrived.elapsed());
             }
             let finished = chunk.finish.is_some();
+            if finished {
+                // Given back before the client hears of it: its next request finds the room.
+                admission.release(1);
+            }
             // A closed channel is noticed before the next step.
             let _ = request.events.send(Event::Token {
                 choice,
@@ -231,21 +327,87 @@ fn run(
     }
 }
 
-/// Adds every choice of `job` to the session; on an error, takes back what was added.
-fn admit(session: &mut TextSession, job: &Job) -> Result<Vec<RowId>, ApiError> {
+/// Scores the prompts that ask for it, then adds every generating choice to the session. On
+/// an error the request has been told, and whatever was added is taken back.
+fn admit(
+    generator: &TextGenerator,
+    session: &mut TextSession,
+    submission: Submission,
+    metrics: &Metrics,
+) -> Option<Running> {
+    let Submission {
+        job,
+        events,
+        arrived,
+        ..
+    } = submission;
+    let fail = |error: ApiError, outcome| {
+        let _ = events.send(Event::Failed(error));
+        finish(metrics, outcome);
+    };
+    metrics
+        .prompt_tokens
+        .fetch_add(job.prompt_tokens() as u64, Ordering::Relaxed);
+    if job.score_prompt {
+        let mut scored: Option<(&Vec<u32>, Vec<Logprobs>)> = None;
+        for (choice, entry) in job.choices.iter().enumerate() {
+            let top = entry.config.logprobs.unwrap_or(0);
+            if scored
+                .as_ref()
+                .is_none_or(|(ids, _)| *ids != &entry.prompt_ids)
+            {
+                let score =
+                    catch_unwind(AssertUnwindSafe(|| generator.score(&entry.prompt_ids, top)));
+                match score {
+                    Ok(Ok(logprobs)) => scored = Some((&entry.prompt_ids, logprobs)),
+                    failure => {
+                        let message = match failure {
+                            Ok(Err(e)) => format!("scoring the prompt failed: {e}"),
+                            _ => "scoring the prompt failed (a panic in the engine)".into(),
+                        };
+                        tracing::error!("{message}");
+                        fail(ApiError::internal(message), Outcome::Failed);
+                        return None;
+                    }
+                }
+            }
+            if let Some((_, logprobs)) = &scored {
+                let _ = events.send(Event::Prompt {
+                    choice,
+                    logprobs: logprobs.clone(),
+                });
+            }
+        }
+    }
     let mut rows = Vec::with_capacity(job.choices.len());
-    for choice in &job.choices {
-        match session.add_ids(choice.prompt_ids.clone(), &choice.config, &job.stop) {
+    for (choice, entry) in job.choices.iter().enumerate() {
+        if entry.config.max_new_tokens == 0 {
+            let _ = events.send(Event::Ended {
+                choice,
+                reason: Ended::Scored,
+            });
+            continue;
+        }
+        match session.add_ids(entry.prompt_ids.clone(), &entry.config, &job.stop) {
             Ok(row) => rows.push(row),
             Err(e) => {
                 for row in rows {
                     session.cancel(row);
                 }
-                return Err(ApiError::invalid(None, e.to_string()));
+                fail(ApiError::invalid(None, e.to_string()), Outcome::Invalid);
+                return None;
             }
         }
     }
-    Ok(rows)
+    let now = Instant::now();
+    Some(Running {
+        events,
+        unfinished: rows.len(),
+        rows,
+        arrived,
+        started: now,
+        answered: false,
+    })
 }
 
 fn finish(metrics: &Metrics, outcome: Outcome) {

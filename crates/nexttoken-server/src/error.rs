@@ -2,6 +2,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// The endpoints, for the messages of 404 and 405.
+const ENDPOINTS: &str = "POST /v1/completions, GET /v1/models, POST /tokenize, POST /detokenize, \
+                         GET /health, GET /metrics";
+
 /// An error as OpenAI's API reports one: the status, and a body of
 /// `{"error": {"message", "type", "param", "code"}}` that its clients parse.
 #[derive(Debug, Clone, PartialEq)]
@@ -9,7 +13,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub kind: &'static str,
-    pub param: Option<&'static str>,
+    /// The request field at fault, as OpenAI's `param`.
+    pub param: Option<String>,
     pub code: Option<&'static str>,
     /// Seconds a client should wait before trying again (429 and 503).
     pub retry_after: Option<u64>,
@@ -31,12 +36,12 @@ struct Inner<'a> {
 
 impl ApiError {
     /// 400: the request is wrong; `param` names the field at fault.
-    pub fn invalid(param: Option<&'static str>, message: impl Into<String>) -> Self {
+    pub fn invalid(param: Option<&str>, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
             kind: "invalid_request_error",
-            param,
+            param: param.map(str::to_string),
             code: None,
             retry_after: None,
         }
@@ -45,8 +50,8 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,
-            message: "missing or wrong API key: send `Authorization: Bearer <key>` with the key \
-                      the server was started with (--api-key)"
+            message: "missing or wrong API key: send `Authorization: Bearer <key>` with a key \
+                      the server was started with (--api-key, --api-key-file)"
                 .into(),
             kind: "invalid_request_error",
             param: None,
@@ -63,7 +68,7 @@ impl ApiError {
                  (GET /v1/models lists it)"
             ),
             kind: "invalid_request_error",
-            param: Some("model"),
+            param: Some("model".into()),
             code: Some("model_not_found"),
             retry_after: None,
         }
@@ -80,13 +85,35 @@ impl ApiError {
         }
     }
 
-    /// 429: the queue is full; the client should retry later.
-    pub fn busy(queue: usize) -> Self {
+    /// 404 for a path no route serves.
+    pub fn no_route(method: &str, path: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no such endpoint: {method} {path} (see {ENDPOINTS})"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("not_found"),
+            retry_after: None,
+        }
+    }
+
+    /// 405 for a known path asked with another method.
+    pub fn wrong_method(method: &str, path: &str) -> Self {
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("{path} does not take {method} (see {ENDPOINTS})"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("method_not_allowed"),
+            retry_after: None,
+        }
+    }
+
+    /// 429: the batch and the queue are full; the client should retry later.
+    pub fn busy(message: String) -> Self {
         Self {
             status: StatusCode::TOO_MANY_REQUESTS,
-            message: format!(
-                "the server is at capacity ({queue} requests running or waiting): retry later"
-            ),
+            message,
             kind: "server_overloaded",
             param: None,
             code: None,
@@ -117,13 +144,25 @@ impl ApiError {
         }
     }
 
+    /// 408: the request's body did not arrive in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
     /// The JSON body alone, as a streamed response's last event carries it.
     pub fn body(&self) -> String {
         serde_json::to_string(&Body {
             error: Inner {
                 message: &self.message,
                 kind: self.kind,
-                param: self.param,
+                param: self.param.as_deref(),
                 code: self.code,
             },
         })
@@ -139,6 +178,11 @@ impl IntoResponse for ApiError {
             self.body(),
         )
             .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

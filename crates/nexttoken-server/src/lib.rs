@@ -1,7 +1,9 @@
 //! An OpenAI-compatible completions server on a nexttoken generator (`nexttoken serve`).
 //!
-//! `POST /v1/completions` (OpenAI's completions API, streamed as server-sent events or not),
-//! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus). One generation thread runs a
+//! `POST /v1/completions` (OpenAI's completions API, streamed as server-sent events or not, with
+//! prompt scoring through `echo` and `logprobs`), `GET /v1/models`, `POST /tokenize` and
+//! `POST /detokenize` (vLLM's shapes), `GET /health`, `GET /metrics` (Prometheus). Every request
+//! gets an `X-Request-Id` and one access-log line through `tracing`. One generation thread runs a
 //! [`TextSession`](nexttoken_generate::TextSession) that every request joins at the next step and
 //! leaves when it finishes or its client goes away (continuous batching); greedy results are
 //! those of the same prompt generated alone. The server keeps no state between requests, so
@@ -11,6 +13,7 @@
 //! # async fn run(generator: nexttoken_generate::TextGenerator) -> std::io::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! let options = nexttoken_server::ServerOptions::new("gpt2");
+//! options.check().expect("the defaults are valid");
 //! nexttoken_server::serve(listener, generator, options, async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! })
@@ -18,6 +21,8 @@
 //! # }
 //! ```
 
+mod access;
+mod admission;
 mod api;
 mod engine;
 mod error;
@@ -25,13 +30,17 @@ mod metrics;
 mod routes;
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use nexttoken_generate::TextGenerator;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 pub use error::ApiError;
 
@@ -42,14 +51,28 @@ pub struct ServerOptions {
     pub model_name: String,
     /// Most rows (choices of all requests) generated at once.
     pub max_batch: usize,
-    /// Most requests waiting for room in the batch; more get 429 with `Retry-After`.
+    /// Most requests waiting for room in the batch; more get 429 with `Retry-After`. 0: none
+    /// wait (requests that fit in the batch still run).
     pub max_queue: usize,
-    /// Requests must send `Authorization: Bearer <key>` (all but `/health`).
-    pub api_key: Option<String>,
+    /// Requests must send `Authorization: Bearer <key>` with one of these (all but `/health`);
+    /// none: no key needed.
+    pub api_keys: Vec<String>,
+    /// Browser origins allowed to call the server (CORS), e.g. `https://example.com`.
+    pub cors_origins: Vec<String>,
     /// Largest request body accepted (413 above).
     pub body_limit: usize,
-    /// After a shutdown signal, how long running requests may take to finish.
+    /// How long a client may take to send a request's headers (the connection is closed
+    /// after), and its body (408 after): slow clients cannot hold connections open.
+    pub read_timeout: Duration,
+    /// A request that has generated for this long ends with what it has (`finish_reason`
+    /// `length`); none: no limit.
+    pub request_time_limit: Option<Duration>,
+    /// After a shutdown signal, how long running requests may take to finish; then each gets
+    /// an error event (streams) or a 503 and the server stops.
     pub shutdown_grace: Duration,
+    /// How often a stream with nothing to send (waiting in the queue) gets an SSE comment, so
+    /// that proxies and clients do not take it for dead.
+    pub keep_alive: Duration,
 }
 
 impl ServerOptions {
@@ -58,24 +81,70 @@ impl ServerOptions {
             model_name: model_name.into(),
             max_batch: 16,
             max_queue: 64,
-            api_key: None,
+            api_keys: Vec::new(),
+            cors_origins: Vec::new(),
             body_limit: 1 << 20,
+            read_timeout: Duration::from_secs(30),
+            request_time_limit: None,
             shutdown_grace: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(15),
         }
+    }
+
+    /// Checks that the options can run a server.
+    ///
+    /// # Errors
+    /// The option at fault and what it takes.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_batch == 0 {
+            return Err("the batch must hold at least 1 row (--max-batch)".into());
+        }
+        if self.api_keys.iter().any(|key| key.trim().is_empty()) {
+            return Err(
+                "an API key is empty: it would lock every client out (give a key, or \
+                        no --api-key at all)"
+                    .into(),
+            );
+        }
+        if let Some(key) = self
+            .api_keys
+            .iter()
+            .find(|key| key.chars().any(char::is_whitespace))
+        {
+            return Err(format!(
+                "an API key holds white space ({} characters): clients send keys without it",
+                key.chars().count()
+            ));
+        }
+        if let Some(origin) = self
+            .cors_origins
+            .iter()
+            .find(|origin| HeaderValue::from_str(origin).is_err() || origin.is_empty())
+        {
+            return Err(format!(
+                "{origin:?} is not an origin (like https://example.com)"
+            ));
+        }
+        if self.read_timeout.is_zero() || self.keep_alive.is_zero() {
+            return Err("the read timeout and the keep-alive interval must be above 0".into());
+        }
+        Ok(())
     }
 }
 
-/// Serves until `shutdown` completes, then stops accepting connections and lets running
-/// requests finish (at most `options.shutdown_grace`).
-///
-/// # Errors
-/// If the listener fails or the generation thread cannot start.
-pub async fn serve(
-    listener: TcpListener,
-    generator: TextGenerator,
-    options: ServerOptions,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+/// The router and the generation thread behind it.
+struct App {
+    router: axum::Router,
+    /// Set when the shutdown grace has run out: the engine ends what runs.
+    abort: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the generation thread and builds the routes on it.
+fn app(generator: TextGenerator, options: &ServerOptions) -> std::io::Result<App> {
+    options
+        .check()
+        .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
     let limits = api::ModelLimits {
         name: options.model_name.clone(),
         context_length: generator.config.n_positions,
@@ -85,38 +154,214 @@ pub async fn serve(
     };
     let tokenizer = generator.tokenizer;
     let metrics = Arc::new(metrics::Metrics::default());
-    let (engine, thread) = engine::Engine::start(generator, options.max_batch, metrics.clone())?;
+    let admission = Arc::new(admission::Admission::new(
+        options.max_batch,
+        options.max_queue,
+    ));
+    let alive = Arc::new(AtomicBool::new(false));
+    let abort = Arc::new(AtomicBool::new(false));
+    let (engine, thread) = engine::Engine::start(
+        generator,
+        engine::Shared {
+            admission: admission.clone(),
+            metrics: metrics.clone(),
+            alive: alive.clone(),
+            abort: abort.clone(),
+            time_limit: options.request_time_limit,
+        },
+    )?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let state = routes::AppState {
         engine,
         limits: Arc::new(limits),
         tokenizer,
         metrics,
-        api_key: options.api_key.map(Arc::from),
-        max_queue: options.max_queue as u64,
+        admission,
+        api_keys: options.api_keys.clone().into(),
         body_limit: options.body_limit,
+        body_timeout: options.read_timeout,
+        keep_alive: options.keep_alive,
+        tokenizing: Arc::new(tokio::sync::Semaphore::new(cores)),
+        alive,
         started: routes::unix_time(),
-        next_id: Arc::new(AtomicU64::new(0)),
     };
-    let stopping = Arc::new(Notify::new());
-    let signal = {
-        let stopping = stopping.clone();
-        async move {
-            shutdown.await;
-            stopping.notify_one();
+    let origins: Vec<HeaderValue> = options
+        .cors_origins
+        .iter()
+        .filter_map(|origin| HeaderValue::from_str(origin).ok())
+        .collect();
+    Ok(App {
+        router: routes::router(state, &origins),
+        abort,
+        thread,
+    })
+}
+
+/// Serves until `shutdown` completes, then stops accepting connections and lets running
+/// requests finish (at most `options.shutdown_grace`, after which each ends with an error).
+///
+/// # Errors
+/// Invalid options ([`ServerOptions::check`], as `InvalidInput`), or the generation thread
+/// cannot start.
+pub async fn serve(
+    listener: TcpListener,
+    generator: TextGenerator,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let App {
+        router: app,
+        abort,
+        thread,
+    } = app(generator, &options)?;
+
+    // hyper's own connection loop rather than `axum::serve`, for the header read timeout
+    // (slowloris) that needs a timer.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(options.read_timeout);
+    let connections = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, say: try again shortly rather than spin.
+                        tracing::warn!("accepting a connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
         }
-    };
-    let server = axum::serve(listener, routes::router(state)).with_graceful_shutdown(signal);
+    }
+    drop(listener);
+    drop(app);
     let grace = options.shutdown_grace;
-    let outcome = tokio::select! {
-        served = server => served,
-        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("requests still running {grace:?} after the shutdown signal: stopping anyway");
-            Ok(())
+    let closed = connections.shutdown();
+    let mut closed = pin!(closed);
+    tokio::select! {
+        () = &mut closed => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(
+                "requests still running {grace:?} after the shutdown signal: ending them"
+            );
+            abort.store(true, std::sync::atomic::Ordering::Release);
+            // Long enough for the engine's next loop and the streams' last events.
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut closed).await;
         }
-    };
+    }
     // The router (and with it the engine's handle) is gone: the thread ends once idle.
     tokio::task::spawn_blocking(move || {
         let _ = thread.join();
     });
-    outcome
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use burn::tensor::Device;
+    use nexttoken_model::Gpt2Config;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// Once the generation thread has stopped, `/health` says so (a load balancer then takes
+    /// the replica out) and completions get 503, not 200 and a hang.
+    #[tokio::test]
+    async fn health_follows_the_generation_thread() {
+        let config = Gpt2Config {
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 8,
+            n_positions: 32,
+            ..Gpt2Config::gpt2()
+        };
+        let generator = TextGenerator::new(config.init(&Device::flex()), config);
+        let app = app(generator, &ServerOptions::new("tiny")).unwrap();
+        let call = |request: Request<Body>| {
+            let router = app.router.clone();
+            async move { router.oneshot(request).await.unwrap().status() }
+        };
+        let health = || Request::get("/health").body(Body::empty()).unwrap();
+        assert_eq!(call(health()).await, StatusCode::OK);
+        // The engine ends as it does when the shutdown grace runs out.
+        app.abort.store(true, Ordering::Release);
+        let start = Instant::now();
+        while !app.thread.is_finished() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the engine did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(call(health()).await, StatusCode::SERVICE_UNAVAILABLE);
+        let completion = Request::post("/v1/completions")
+            .body(Body::from(r#"{"prompt": "Hi", "max_tokens": 2}"#))
+            .unwrap();
+        assert_eq!(call(completion).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn options_that_cannot_serve_are_refused() {
+        let base = ServerOptions::new("m");
+        assert_eq!(base.check(), Ok(()));
+        let cases = [
+            (
+                ServerOptions {
+                    api_keys: vec![String::new()],
+                    ..base.clone()
+                },
+                "empty",
+            ),
+            (
+                ServerOptions {
+                    api_keys: vec!["a b".into()],
+                    ..base.clone()
+                },
+                "white space",
+            ),
+            (
+                ServerOptions {
+                    max_batch: 0,
+                    ..base.clone()
+                },
+                "--max-batch",
+            ),
+            (
+                ServerOptions {
+                    cors_origins: vec!["bad\norigin".into()],
+                    ..base.clone()
+                },
+                "origin",
+            ),
+            (
+                ServerOptions {
+                    read_timeout: Duration::ZERO,
+                    ..base.clone()
+                },
+                "above 0",
+            ),
+        ];
+        for (options, expected) in cases {
+            let error = options.check().unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
 }

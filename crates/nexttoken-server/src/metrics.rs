@@ -4,6 +4,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::admission::Counts;
+
 /// How a request ended, for `nexttoken_requests_total{outcome=...}`.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome {
@@ -29,10 +31,15 @@ pub struct Metrics {
     pub generated_tokens: AtomicU64,
     /// Requests accepted and not yet finished: waiting or running.
     pub in_flight: AtomicU64,
-    /// Requests waiting for room in the batch.
-    pub queued: AtomicU64,
     /// Rows in the running batch.
     pub batch_rows: AtomicU64,
+    /// Requests whose client went away while they waited in the queue.
+    pub abandoned_in_queue: AtomicU64,
+    /// Generation steps, and rows they generated for: their ratio is the mean batch.
+    steps: AtomicU64,
+    step_rows: AtomicU64,
+    /// The most rows one step generated for.
+    peak_batch_rows: AtomicU64,
     pub time_to_first_token: Histogram,
     /// The time of each generation step, which every running row waits for per token.
     pub token_latency: Histogram,
@@ -82,7 +89,16 @@ impl Metrics {
         self.requests[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self) -> String {
+    /// One generation step for `rows` rows.
+    pub fn step(&self, rows: usize) {
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        self.step_rows.fetch_add(rows as u64, Ordering::Relaxed);
+        self.peak_batch_rows
+            .fetch_max(rows as u64, Ordering::Relaxed);
+    }
+
+    /// The text of `/metrics`, with the admission's counts as they are now.
+    pub fn render(&self, admission: Counts) -> String {
         let mut out = String::new();
         out += "# HELP nexttoken_requests_total Completion requests by how they ended.\n\
                 # TYPE nexttoken_requests_total counter\n";
@@ -121,12 +137,23 @@ impl Metrics {
             "gauge",
             &self.in_flight,
         );
-        counter(
+        let gauge = |out: &mut String, name: &str, help: &str, value: usize| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
             &mut out,
             "nexttoken_queue_depth",
             "Requests waiting for room in the batch.",
-            "gauge",
-            &self.queued,
+            admission.waiting,
+        );
+        gauge(
+            &mut out,
+            "nexttoken_batch_rows_taken",
+            "Rows of the batch taken: generating, or accepted to join at the next step.",
+            admission.rows,
         );
         counter(
             &mut out,
@@ -134,6 +161,34 @@ impl Metrics {
             "Rows in the running batch.",
             "gauge",
             &self.batch_rows,
+        );
+        counter(
+            &mut out,
+            "nexttoken_batch_size_peak",
+            "The most rows one generation step has run.",
+            "gauge",
+            &self.peak_batch_rows,
+        );
+        counter(
+            &mut out,
+            "nexttoken_steps_total",
+            "Generation steps run.",
+            "counter",
+            &self.steps,
+        );
+        counter(
+            &mut out,
+            "nexttoken_step_rows_total",
+            "Rows generated for, summed over the steps (over nexttoken_steps_total: the mean batch).",
+            "counter",
+            &self.step_rows,
+        );
+        counter(
+            &mut out,
+            "nexttoken_queue_abandoned_total",
+            "Requests whose client went away while they waited; their place was freed at once.",
+            "counter",
+            &self.abandoned_in_queue,
         );
         self.time_to_first_token.render(
             &mut out,

@@ -1,29 +1,39 @@
+//! The HTTP side: routes, the API key, request ids and the access log, and turning the engine's
+//! events into OpenAI's responses and stream chunks.
+
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use futures_util::stream::{self, Stream};
+use nexttoken_generate::Logprobs;
 use nexttoken_tokenizer::Gpt2Tokenizer;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::access::{AccessLog, Logged};
+use crate::admission::{Admission, Place};
 use crate::api::{
-    ChoiceLogprobs, Completion, CompletionChoice, CompletionRequest, Job, ModelCard, ModelLimits,
-    ModelList, Usage, finish_reason,
+    Checked, ChoiceLogprobs, Completion, CompletionChoice, CompletionRequest, DetokenizeRequest,
+    DetokenizeResponse, Job, ModelCard, ModelLimits, ModelList, TokenizeRequest, TokenizeResponse,
+    Usage, finish_reason,
 };
-use crate::engine::{Engine, Event, Submission};
+use crate::engine::{Ended, Engine, Event, Submission};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Outcome};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[derive(Clone)]
 pub struct AppState {
@@ -31,32 +41,50 @@ pub struct AppState {
     pub limits: Arc<ModelLimits>,
     pub tokenizer: Gpt2Tokenizer,
     pub metrics: Arc<Metrics>,
-    pub api_key: Option<Arc<str>>,
-    pub max_queue: u64,
+    pub admission: Arc<Admission>,
+    pub api_keys: Arc<[String]>,
     pub body_limit: usize,
+    /// How long a request's body may take to arrive (408 after).
+    pub body_timeout: Duration,
+    /// How often an idle stream gets a comment.
+    pub keep_alive: Duration,
+    /// Tokenizing runs on blocking threads, at most this many at once.
+    pub tokenizing: Arc<Semaphore>,
+    pub alive: Arc<std::sync::atomic::AtomicBool>,
     pub started: u64,
-    pub next_id: Arc<AtomicU64>,
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
     let body_limit = state.body_limit;
     let protected = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     let routes = Router::new()
         .merge(protected)
         .route("/health", get(health))
-        .fallback(|| async {
-            ApiError {
-                status: StatusCode::NOT_FOUND,
-                ..ApiError::invalid(
-                    None,
-                    "no such endpoint: POST /v1/completions, GET /v1/models, /health, /metrics",
-                )
-            }
-        });
+        .fallback(|method: Method, uri: Uri| async move {
+            ApiError::no_route(method.as_str(), uri.path())
+        })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            ApiError::wrong_method(method.as_str(), uri.path())
+        })
+        .layer(middleware::from_fn(trace_request));
+    let routes = if cors_origins.is_empty() {
+        routes
+    } else {
+        // Outermost, so that a browser's preflight (OPTIONS, no key) is answered here.
+        routes.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(cors_origins.iter().cloned()))
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, REQUEST_ID])
+                .expose_headers([REQUEST_ID]),
+        )
+    };
     harden(routes, body_limit).with_state(state)
 }
 
@@ -66,34 +94,107 @@ fn harden<S: Clone + Send + Sync + 'static>(router: Router<S>, body_limit: usize
     router
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::internal("the server failed on this request (a panic; see its log)")
+            tracing::error!("a handler panicked");
+            ApiError::internal("the server failed on this request (a panic; its log has it)")
                 .into_response()
         }))
 }
 
-/// `--api-key`: every request but `/health` (a load balancer's readiness probe) carries it.
+/// The request's id: the client's `X-Request-Id` when it is a sane one, else a new one. It goes
+/// back in the response's `X-Request-Id`, and every log line of the request carries it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    fn of(request: &Request) -> Self {
+        let given = request
+            .headers()
+            .get(&REQUEST_ID)
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()));
+        Self(given.map_or_else(new_id, str::to_string))
+    }
+}
+
+/// 32 random hex digits: ids that do not repeat across restarts and replicas.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Gives every request its id, and logs one line for every request that its handler does not
+/// log itself (the completions' lines carry tokens and timings).
+async fn trace_request(mut request: Request, next: Next) -> Response {
+    let id = RequestId::of(&request);
+    let start = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    request.extensions_mut().insert(id.clone());
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id.0) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    if response.extensions().get::<Logged>().is_none() {
+        let status = response.status().as_u16();
+        let millis = start.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(
+            target: "nexttoken::access",
+            request_id = %id.0, %method, path, status, duration_ms = millis,
+            "request"
+        );
+    }
+    response
+}
+
+/// `--api-key`: every request but `/health` (a load balancer's readiness probe) carries one of
+/// the keys, as `Authorization: Bearer KEY` (the scheme in any case, as RFC 7235 has it).
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(key) = &state.api_key {
+    if !state.api_keys.is_empty() {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        if given != Some(key) {
+            .and_then(|value| value.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim());
+        let known = given.is_some_and(|given| {
+            // Every key compared in full: the time says nothing of which key was close.
+            state.api_keys.iter().fold(false, |found, key| {
+                found | same_bytes(key.as_bytes(), given.as_bytes())
+            })
+        });
+        if !known {
             return ApiError::unauthorized().into_response();
         }
     }
     next.run(request).await
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// Equality whose time depends on the lengths only, not on where the bytes first differ.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for index in 0..a.len().max(b.len()) {
+        let x = a.get(index).copied().unwrap_or(0);
+        let y = b.get(index).copied().unwrap_or(0);
+        difference |= usize::from(x ^ y);
+    }
+    std::hint::black_box(difference) == 0
+}
+
+/// 200 while the generation thread runs; 503 once it has stopped, so that a load balancer
+/// takes the replica out instead of sending it requests that fail.
+async fn health(State(state): State<AppState>) -> Response {
+    if state.alive.load(std::sync::atomic::Ordering::Acquire) {
+        Json(serde_json::json!({"status": "ok"})).into_response()
+    } else {
+        ApiError::unavailable("the generation thread has stopped: restart the server")
+            .into_response()
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.metrics.render(state.admission.counts()),
     )
         .into_response()
 }
@@ -106,91 +207,216 @@ async fn models(State(state): State<AppState>) -> Json<ModelList> {
             object: "model",
             created: state.started,
             owned_by: "nexttoken",
+            max_model_len: state.limits.context_length,
         }],
     })
 }
 
-async fn completions(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let metrics = state.metrics.clone();
-    match accept(&state, body) {
+/// The body, read within the body timeout and the size limit.
+async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError> {
+    let limit = state.body_limit;
+    let body = request.into_body();
+    match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::timeout(format!(
+            "the request body did not arrive within {} s",
+            state.body_timeout.as_secs_f64()
+        ))),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::invalid(None, format!("reading the request body failed: {e}"))
+            })
+        }
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+/// JSON into `T`; the error names the field at fault as `param`.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        if e.inner().is_syntax() || e.inner().is_eof() {
+            return ApiError::invalid(None, format!("the body is not valid JSON: {}", e.inner()));
+        }
+        let field = e.path().iter().find_map(|segment| match segment {
+            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+            _ => None,
+        });
+        let message = match &field {
+            Some(field) => format!("{field}: {}", e.inner()),
+            None => format!("the request does not match the API: {}", e.inner()),
+        };
+        ApiError::invalid(field.as_deref(), message)
+    })
+}
+
+/// Runs `work` on a blocking thread, at most as many at once as the machine has cores, so that
+/// a flood of long prompts neither stalls the async runtime nor crowds out the engine.
+async fn on_blocking_thread<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = state
+        .tokenizing
+        .acquire()
+        .await
+        .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ApiError::internal("tokenizing failed (a panic; the server's log has it)"))
+}
+
+async fn tokenize(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let body = read_body(&state, request).await?;
+    let request: TokenizeRequest = parse(&body)?;
+    check_model(&state, request.model.as_deref())?;
+    let tokenizer = state.tokenizer;
+    let tokens = on_blocking_thread(&state, move || tokenizer.encode(&request.prompt)).await?;
+    Ok(Json(TokenizeResponse {
+        count: tokens.len(),
+        max_model_len: state.limits.context_length,
+        tokens,
+    })
+    .into_response())
+}
+
+async fn detokenize(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let body = read_body(&state, request).await?;
+    let request: DetokenizeRequest = parse(&body)?;
+    check_model(&state, request.model.as_deref())?;
+    let tokenizer = state.tokenizer;
+    let prompt = on_blocking_thread(&state, move || tokenizer.decode(&request.tokens))
+        .await?
+        .map_err(|e| ApiError::invalid(Some("tokens"), e.to_string()))?;
+    Ok(Json(DetokenizeResponse { prompt }).into_response())
+}
+
+fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        Some(model) if model != state.limits.name => {
+            Err(ApiError::model_not_found(model, &state.limits.name))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn completions(State(state): State<AppState>, request: Request) -> Response {
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .cloned()
+        .unwrap_or_else(|| RequestId(new_id()));
+    let mut log = AccessLog::new(id.0);
+    let response = match accept(&state, request, &mut log).await {
         Ok((job, events)) => {
-            let id = format!("cmpl-{}", state.next_id.fetch_add(1, Ordering::Relaxed));
             let header = Header {
-                id,
+                id: format!("cmpl-{}", new_id()),
                 created: unix_time(),
                 model: state.limits.name.clone(),
             };
             if job.stream {
-                stream_response(header, job, events, state.tokenizer).into_response()
+                log.status(StatusCode::OK);
+                let body = stream_response(header, job, events, state.tokenizer, log)
+                    .keep_alive(KeepAlive::new().interval(state.keep_alive));
+                body.into_response()
             } else {
-                match collect(&header, &job, events, &state.tokenizer).await {
-                    Ok(completion) => Json(completion).into_response(),
-                    Err(error) => error.into_response(),
+                let answer = collect(&header, &job, events, &state.tokenizer, &mut log).await;
+                match answer {
+                    Ok(completion) => {
+                        log.status(StatusCode::OK);
+                        log.complete();
+                        Json(completion).into_response()
+                    }
+                    Err(error) => {
+                        log.error(&error);
+                        error.into_response()
+                    }
                 }
             }
         }
         Err((error, outcome)) => {
-            metrics.finished(outcome);
+            state.metrics.finished(outcome);
+            log.error(&error);
             error.into_response()
+        }
+    };
+    let mut response = response;
+    response.extensions_mut().insert(Logged);
+    response
+}
+
+/// A place in the batch or the queue, given back if the request never reaches the engine
+/// (its prompt fails a check, its client goes away while it is tokenized).
+struct Reservation<'a> {
+    admission: &'a Admission,
+    place: Option<Place>,
+    rows: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        match self.place {
+            Some(Place::Batch) => self.admission.release(self.rows),
+            Some(Place::Queue) => self.admission.leave_queue(),
+            None => {}
         }
     }
 }
 
-/// Parses, checks and queues a request.
-fn accept(
+/// Reads, checks and queues a request: the cheap checks first, then a place in the batch or
+/// the queue, then the prompts tokenized on a blocking thread and checked against the context.
+async fn accept(
     state: &AppState,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
+    log: &mut AccessLog,
 ) -> Result<(Job, UnboundedReceiver<Event>), (ApiError, Outcome)> {
-    let body = body.map_err(|rejection| {
-        let error = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(state.body_limit)
-        } else {
-            ApiError::invalid(None, rejection.body_text())
-        };
-        (error, Outcome::Invalid)
-    })?;
-    let mut json = serde_json::Deserializer::from_slice(&body);
-    let request: CompletionRequest = serde_path_to_error::deserialize(&mut json).map_err(|e| {
-        let message = if e.inner().is_syntax() || e.inner().is_eof() {
-            format!("the body is not valid JSON: {}", e.inner())
-        } else {
-            // The path names the field at fault: `max_tokens: invalid type: ...`.
-            format!("the request does not match the completions API: {e}")
-        };
-        (ApiError::invalid(None, message), Outcome::Invalid)
-    })?;
-    let job = request
-        .into_job(&state.limits, &state.tokenizer)
-        .map_err(|e| (e, Outcome::Invalid))?;
-    // Room in the queue, or a clean refusal the client can retry.
-    let metrics = &state.metrics;
-    if metrics
-        .queued
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-            (queued < state.max_queue).then_some(queued + 1)
-        })
-        .is_err()
-    {
-        return Err((ApiError::busy(state.max_queue as usize), Outcome::Rejected));
-    }
-    metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let invalid = |error| (error, Outcome::Invalid);
+    let body = read_body(state, request).await.map_err(invalid)?;
+    let request: CompletionRequest = parse(&body).map_err(invalid)?;
+    drop(body);
+    let checked: Checked = request.check(&state.limits).map_err(invalid)?;
+    let rows = checked.rows();
+    let place = state
+        .admission
+        .enter(rows)
+        .map_err(|e| (e, Outcome::Rejected))?;
+    let mut reservation = Reservation {
+        admission: &state.admission,
+        place: Some(place),
+        rows,
+    };
+    let (limits, tokenizer) = (state.limits.clone(), state.tokenizer);
+    let job = on_blocking_thread(state, move || checked.into_job(&limits, &tokenizer))
+        .await
+        .map_err(|e| (e, Outcome::Failed))?
+        .map_err(invalid)?;
+    log.prompt_tokens(job.prompt_tokens());
+    state
+        .metrics
+        .in_flight
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (events, receiver) = unbounded_channel();
     let submission = Submission {
         job: job.clone(),
+        place,
         events,
         arrived: Instant::now(),
     };
     if state.engine.submit(submission).is_err() {
-        metrics.queued.fetch_sub(1, Ordering::Relaxed);
-        metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        state
+            .metrics
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         return Err((
-            ApiError::unavailable("the server is shutting down"),
+            ApiError::unavailable("the generation thread has stopped: the server is shutting down"),
             Outcome::Rejected,
         ));
     }
+    // The engine gives the place back from now on.
+    reservation.place = None;
     Ok((job, receiver))
 }
 
@@ -200,46 +426,105 @@ struct Header {
     model: String,
 }
 
-/// One choice's text and log-probabilities, as its tokens arrive.
-struct ChoiceState {
-    text: String,
-    completion_tokens: usize,
-    logprobs: Option<ChoiceLogprobs>,
-    finish: Option<&'static str>,
+/// One choice's progress, turning the engine's events into the pieces of text and
+/// log-probabilities a client gets, streamed or all at once.
+struct ChoiceProgress {
+    /// Characters of the choice's text so far, for `text_offset`.
+    chars: usize,
+    /// Whether the prompt has been put in front (`echo`).
+    echoed: bool,
 }
 
-impl ChoiceState {
-    fn new(job: &Job, choice: usize) -> Self {
-        Self {
-            text: if job.echo {
-                job.choices[choice].prompt.clone()
-            } else {
-                String::new()
-            },
-            completion_tokens: 0,
-            logprobs: job.choices[choice]
-                .config
-                .logprobs
-                .map(|_| ChoiceLogprobs::default()),
-            finish: None,
+impl ChoiceProgress {
+    /// The piece of choice `index` that `event` adds, and whether it was a generated token.
+    fn piece(
+        &mut self,
+        job: &Job,
+        index: usize,
+        event: Event,
+        tokenizer: &Gpt2Tokenizer,
+    ) -> CompletionChoice {
+        let choice = &job.choices[index];
+        let wants_logprobs = choice.config.logprobs.is_some();
+        let mut text = String::new();
+        let mut logprobs = wants_logprobs.then(ChoiceLogprobs::default);
+        if job.echo && !self.echoed {
+            self.echoed = true;
+            if let (
+                Event::Prompt {
+                    logprobs: scored, ..
+                },
+                Some(all),
+            ) = (&event, logprobs.as_mut())
+            {
+                self.push_prompt(all, &choice.prompt_ids, scored, tokenizer);
+            }
+            text.push_str(&choice.prompt);
+            self.chars = choice.prompt.chars().count();
+        }
+        let finish = match event {
+            Event::Token {
+                id,
+                text: piece,
+                logprobs: token_logprobs,
+                finish,
+                ..
+            } => {
+                if let (Some(all), Some(token_logprobs)) = (logprobs.as_mut(), &token_logprobs) {
+                    all.push(tokenizer, id, Some(token_logprobs), self.chars);
+                }
+                self.chars += piece.chars().count();
+                text.push_str(&piece);
+                finish.map(finish_reason)
+            }
+            Event::Ended {
+                reason: Ended::Scored | Ended::TimeLimit,
+                ..
+            } => Some("length"),
+            Event::Prompt { .. } | Event::Failed(_) => None,
+        };
+        CompletionChoice {
+            text,
+            index,
+            logprobs,
+            finish_reason: finish,
+        }
+    }
+
+    /// A scored prompt's tokens: the first with `null`s, the rest with their log-probabilities.
+    fn push_prompt(
+        &self,
+        all: &mut ChoiceLogprobs,
+        ids: &[u32],
+        scored: &[Logprobs],
+        tokenizer: &Gpt2Tokenizer,
+    ) {
+        let mut stream = tokenizer.stream();
+        let mut offset = 0;
+        for (position, &id) in ids.iter().enumerate() {
+            let logprobs = position.checked_sub(1).and_then(|i| scored.get(i));
+            all.push(tokenizer, id, logprobs, offset);
+            offset += stream.next_token(id).map_or(0, |text| text.chars().count());
         }
     }
 }
 
 fn usage(job: &Job, completion_tokens: usize) -> Usage {
-    // Each distinct prompt counts once, however many choices it has (as OpenAI counts `n`).
-    let mut prompt_tokens = 0;
-    let mut previous: Option<&Vec<u32>> = None;
-    for choice in &job.choices {
-        if previous != Some(&choice.prompt_ids) {
-            prompt_tokens += choice.prompt_ids.len();
-        }
-        previous = Some(&choice.prompt_ids);
-    }
+    let prompt_tokens = job.prompt_tokens();
     Usage {
         prompt_tokens,
         completion_tokens,
         total_tokens: prompt_tokens + completion_tokens,
+    }
+}
+
+/// The choice an event is for, or the error it reports.
+fn choice_of(event: &Event) -> Result<usize, &ApiError> {
+    match event {
+        Event::Prompt { choice, .. }
+        | Event::Token { choice, .. }
+        | Event::Ended { choice, .. } => Ok(*choice),
+        Event::Failed(error) => Err(error),
     }
 }
 
@@ -248,51 +533,54 @@ async fn collect(
     job: &Job,
     mut events: UnboundedReceiver<Event>,
     tokenizer: &Gpt2Tokenizer,
+    log: &mut AccessLog,
 ) -> Result<Completion, ApiError> {
-    let mut choices: Vec<ChoiceState> = (0..job.choices.len())
-        .map(|i| ChoiceState::new(job, i))
+    let mut progress: Vec<ChoiceProgress> = (0..job.choices.len())
+        .map(|_| ChoiceProgress {
+            chars: 0,
+            echoed: false,
+        })
         .collect();
+    let mut choices: Vec<CompletionChoice> = (0..job.choices.len())
+        .map(|index| CompletionChoice {
+            text: String::new(),
+            index,
+            logprobs: job.choices[index]
+                .config
+                .logprobs
+                .map(|_| ChoiceLogprobs::default()),
+            finish_reason: None,
+        })
+        .collect();
+    let mut completion_tokens = 0;
     while let Some(event) = events.recv().await {
-        match event {
-            Event::Failed(error) => return Err(error),
-            Event::Token {
-                choice,
-                id,
-                text,
-                logprobs,
-                finish,
-            } => {
-                let state = &mut choices[choice];
-                if let (Some(all), Some(logprobs)) = (state.logprobs.as_mut(), logprobs.as_ref()) {
-                    all.push(tokenizer, id, logprobs, state.text.len());
-                }
-                state.text.push_str(&text);
-                state.completion_tokens += 1;
-                state.finish = finish.map(finish_reason);
-            }
+        let index = choice_of(&event).map_err(Clone::clone)?;
+        if matches!(event, Event::Token { .. }) {
+            completion_tokens += 1;
+            log.token();
+        }
+        let piece = progress[index].piece(job, index, event, tokenizer);
+        let choice = &mut choices[index];
+        choice.text.push_str(&piece.text);
+        if let (Some(all), Some(more)) = (choice.logprobs.as_mut(), piece.logprobs) {
+            all.extend(more);
+        }
+        if let Some(reason) = piece.finish_reason {
+            choice.finish_reason = Some(reason);
+            log.finish(reason);
         }
     }
-    if choices.iter().any(|c| c.finish.is_none()) {
+    if choices.iter().any(|c| c.finish_reason.is_none()) {
         return Err(ApiError::internal(
             "the generation ended before every choice finished",
         ));
     }
-    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
     Ok(Completion {
         id: header.id.clone(),
         object: "text_completion",
         created: header.created,
         model: header.model.clone(),
-        choices: choices
-            .into_iter()
-            .enumerate()
-            .map(|(index, choice)| CompletionChoice {
-                text: choice.text,
-                index,
-                logprobs: choice.logprobs,
-                finish_reason: choice.finish,
-            })
-            .collect(),
+        choices,
         usage: Some(usage(job, completion_tokens)),
     })
 }
@@ -304,29 +592,38 @@ fn stream_response(
     job: Job,
     events: UnboundedReceiver<Event>,
     tokenizer: Gpt2Tokenizer,
+    log: AccessLog,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     struct Streaming {
         header: Header,
         job: Job,
         events: Option<UnboundedReceiver<Event>>,
         tokenizer: Gpt2Tokenizer,
-        /// Per choice: text sent so far (for logprobs' offsets) and whether it has started.
-        sent: Vec<(usize, bool)>,
+        progress: Vec<ChoiceProgress>,
         completion_tokens: usize,
         done: bool,
+        /// Logs the request's line when the stream ends or its client goes away.
+        log: AccessLog,
     }
-    let sent = vec![(0, false); job.choices.len()];
+    let progress = (0..job.choices.len())
+        .map(|_| ChoiceProgress {
+            chars: 0,
+            echoed: false,
+        })
+        .collect();
     let state = Streaming {
         header,
         job,
         events: Some(events),
         tokenizer,
-        sent,
+        progress,
         completion_tokens: 0,
         done: false,
+        log,
     };
     let chunks = stream::unfold(state, |mut s| async move {
         if s.done {
+            s.log.complete();
             return None;
         }
         let Some(events) = s.events.as_mut() else {
@@ -334,40 +631,22 @@ fn stream_response(
             return Some((Ok(SseEvent::default().data("[DONE]")), s));
         };
         let event = match events.recv().await {
-            Some(Event::Token {
-                choice,
-                id,
-                text,
-                logprobs,
-                finish,
-            }) => {
-                s.completion_tokens += 1;
-                let (offset, started) = s.sent[choice];
-                let mut piece = String::new();
-                if !started && s.job.echo {
-                    piece.push_str(&s.job.choices[choice].prompt);
-                }
-                let logprobs = logprobs.map(|logprobs| {
-                    let mut all = ChoiceLogprobs::default();
-                    all.push(&s.tokenizer, id, &logprobs, offset + piece.len());
-                    all
-                });
-                piece.push_str(&text);
-                s.sent[choice] = (offset + piece.len(), true);
-                chunk(
-                    &s.header,
-                    vec![CompletionChoice {
-                        text: piece,
-                        index: choice,
-                        logprobs,
-                        finish_reason: finish.map(finish_reason),
-                    }],
-                    None,
-                )
-            }
             Some(Event::Failed(error)) => {
                 s.events = None;
+                s.log.error(&error);
                 SseEvent::default().data(error.body())
+            }
+            Some(event) => {
+                let index = choice_of(&event).unwrap_or_default();
+                if matches!(event, Event::Token { .. }) {
+                    s.completion_tokens += 1;
+                    s.log.token();
+                }
+                let piece = s.progress[index].piece(&s.job, index, event, &s.tokenizer);
+                if let Some(reason) = piece.finish_reason {
+                    s.log.finish(reason);
+                }
+                chunk(&s.header, vec![piece], None)
             }
             None => {
                 s.events = None;
@@ -405,9 +684,18 @@ pub fn unix_time() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The body of a response, for tests.
+#[cfg(test)]
+pub async fn body_text(response: Response) -> String {
+    let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap_or_default();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
-    use axum::body::{Body, to_bytes};
+    use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
 
@@ -417,8 +705,7 @@ mod tests {
         let request = Request::get(path).body(Body::empty()).unwrap();
         let response = router.clone().oneshot(request).await.unwrap();
         let status = response.status();
-        let body = to_bytes(response.into_body(), 1 << 16).await.unwrap();
-        (status, String::from_utf8_lossy(&body).into_owned())
+        (status, body_text(response).await)
     }
 
     async fn a_bug() -> &'static str {
@@ -448,5 +735,14 @@ mod tests {
             call(&router, "/boom").await.0,
             StatusCode::INTERNAL_SERVER_ERROR
         );
+    }
+
+    #[test]
+    fn keys_compare_equal_only_when_equal() {
+        assert!(same_bytes(b"sesame", b"sesame"));
+        for other in [&b"sesamE"[..], b"sesam", b"sesame!", b"", b"Sesame"] {
+            assert!(!same_bytes(b"sesame", other), "{other:?}");
+        }
+        assert!(same_bytes(b"", b""));
     }
 }

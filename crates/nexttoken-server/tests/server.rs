@@ -355,15 +355,31 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
 #[test]
 fn an_api_key_is_required_when_set() {
     let server = Server::start(|o| ServerOptions {
-        api_key: Some("sesame".into()),
+        api_keys: vec!["sesame".into(), "open-sesame".into()],
         ..o
     });
     let body = json!({"prompt": "Hi", "max_tokens": 2}).to_string();
     let (status, answer, _) = server.post_raw(&body, None);
     assert_eq!(status, 401);
     assert_eq!(answer["error"]["code"], "invalid_api_key");
-    assert_eq!(server.post_raw(&body, Some("wrong")).0, 401);
+    for wrong in ["wrong", "sesam", "sesame2", ""] {
+        assert_eq!(server.post_raw(&body, Some(wrong)).0, 401, "{wrong}");
+    }
     assert_eq!(server.post_raw(&body, Some("sesame")).0, 200);
+    assert_eq!(server.post_raw(&body, Some("open-sesame")).0, 200);
+    // RFC 7235: the scheme is case-insensitive; a 401 says which scheme to use.
+    for header in ["bearer sesame", "BEARER sesame", "Bearer  sesame "] {
+        let answer = ureq::post(&server.url("/v1/completions"))
+            .set("Authorization", header)
+            .send_string(&body);
+        assert!(answer.is_ok(), "{header}: {answer:?}");
+    }
+    match ureq::post(&server.url("/v1/completions")).send_string(&body) {
+        Err(ureq::Error::Status(401, response)) => {
+            assert_eq!(response.header("WWW-Authenticate"), Some("Bearer"));
+        }
+        other => panic!("{other:?}"),
+    }
     // A load balancer's readiness probe needs no key.
     assert!(server.get("/health").contains("ok"));
     assert!(matches!(
@@ -500,4 +516,584 @@ fn shutdown_lets_running_requests_finish() {
         ureq::get(&server.url("/health")).call().is_err(),
         "still accepting"
     );
+}
+
+/// The requests of issue 31, each once: what a server one can expose must answer.
+#[test]
+fn request_fields_are_checked_with_their_param() {
+    let server = Server::start(|o| ServerOptions { max_batch: 4, ..o });
+    let cases: Vec<(Value, u16, &str, &str)> = vec![
+        // `ids.len() + max_tokens` wrapped in a release build and generated forever.
+        (
+            json!({"prompt": "Hi", "max_tokens": 9223372036854775807i64, "temperature": 0, "n": 2}),
+            400,
+            "max_tokens",
+            "maximum context length is 64",
+        ),
+        (
+            json!({"prompt": "Hi", "max_tokens": 1e30}),
+            400,
+            "max_tokens",
+            "max_tokens",
+        ),
+        (
+            json!({"prompt": "Hi", "max_tokens": -5}),
+            400,
+            "max_tokens",
+            "at least 1",
+        ),
+        (
+            json!({"prompt": "Hi", "n": 4294967295u64}),
+            400,
+            "n",
+            "at most 4 at once",
+        ),
+        (
+            json!({"prompt": ["a", "b", "c"], "n": 2}),
+            400,
+            "n",
+            "at most 4 at once",
+        ),
+        (json!({"prompt": "Hi", "top_p": 1.5}), 400, "top_p", "top-p"),
+        (
+            json!({"prompt": "Hi", "temperature": -1}),
+            400,
+            "temperature",
+            "temperature",
+        ),
+        (
+            json!({"prompt": "Hi", "repetition_penalty": 0}),
+            400,
+            "repetition_penalty",
+            "repeat penalty",
+        ),
+        (
+            json!({"prompt": "Hi", "presence_penalty": 3}),
+            400,
+            "presence_penalty",
+            "between -2 and 2",
+        ),
+        (
+            json!({"prompt": "Hi", "logit_bias": {"50300": 1}}),
+            400,
+            "logit_bias",
+            "token ids below 50257",
+        ),
+        (
+            json!({"prompt": "Hi", "logit_bias": {"7": 101}}),
+            400,
+            "logit_bias",
+            "between -100 and 100",
+        ),
+        (
+            json!({"prompt": "Hi", "stop": "x".repeat(257)}),
+            400,
+            "stop",
+            "at most 256 characters",
+        ),
+        (
+            json!({"prompt": "Hi", "stop": ["a", "b", "c", "d", "e"]}),
+            400,
+            "stop",
+            "at most 4 stop",
+        ),
+        (
+            json!({"prompt": "Hi", "stop_token_ids": [70000]}),
+            400,
+            "stop_token_ids",
+            "past the vocabulary",
+        ),
+        (
+            json!({"prompt": "Hi", "min_tokens": 9, "max_tokens": 4}),
+            400,
+            "min_tokens",
+            "more than max_tokens",
+        ),
+        (
+            json!({"prompt": 5}),
+            400,
+            "prompt",
+            "a string, a list of strings, a list of token ids, or a list of lists",
+        ),
+        (
+            json!({"prompt": [1, "a"]}),
+            400,
+            "prompt",
+            "token ids are whole numbers",
+        ),
+        (
+            json!({"max_tokens": 3}),
+            400,
+            "prompt",
+            "a prompt is required",
+        ),
+        (
+            json!({"prompt": "Hi", "stream": "yes"}),
+            400,
+            "stream",
+            "invalid type",
+        ),
+        (
+            json!({"prompt": "Hi", "suffix": "!"}),
+            400,
+            "suffix",
+            "not supported",
+        ),
+    ];
+    for (body, status, param, message) in cases {
+        let (got, answer) = server.post(body.clone());
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(answer["error"]["param"], param, "{body}: {answer}");
+        let text = answer["error"]["message"].as_str().unwrap();
+        assert!(text.contains(message), "{body}: {text}");
+    }
+    // Nulls are defaults, as OpenAI's clients send them.
+    let (status, answer) = server.post(json!({
+        "prompt": "Hi", "max_tokens": 2, "stream": null, "echo": null, "temperature": null,
+        "top_p": null, "n": null, "stop": null, "logprobs": null, "seed": null, "user": "u1"
+    }));
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// A temperature too small to divide by is greedy, not id 0 every step.
+#[test]
+fn a_tiny_temperature_is_greedy() {
+    let server = Server::start(|o| o);
+    let prompt = "Every effort moves you";
+    let (status, answer) =
+        server.post(json!({"prompt": prompt, "max_tokens": 12, "temperature": 1e-40}));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["choices"][0]["text"],
+        offline(&generator(), prompt, 12)
+    );
+}
+
+/// Unknown paths and methods get OpenAI's error object, not an empty body.
+#[test]
+fn unknown_routes_and_methods_get_error_objects() {
+    let server = Server::start(|o| o);
+    for (method, path, status) in [
+        ("GET", "/v2/nothing", 404),
+        ("GET", "/v1/completions", 405),
+        ("DELETE", "/v1/models", 405),
+    ] {
+        match ureq::request(method, &server.url(path)).call() {
+            Err(ureq::Error::Status(got, response)) => {
+                assert_eq!(got, status, "{method} {path}");
+                let body: Value = serde_json::from_str(&response.into_string().unwrap()).unwrap();
+                let message = body["error"]["message"].as_str().unwrap();
+                assert!(message.contains(path), "{message}");
+                assert_eq!(body["error"]["type"], "invalid_request_error");
+            }
+            other => panic!("{method} {path}: {other:?}"),
+        }
+    }
+}
+
+/// Every response carries an `X-Request-Id` (the client's, or a new one), and completion ids
+/// do not repeat across servers (replicas, restarts) the way `cmpl-0, cmpl-1, ...` did.
+#[test]
+fn request_ids_and_completion_ids_are_unique() {
+    let first = Server::start(|o| o);
+    let second = Server::start(|o| o);
+    let body = json!({"prompt": "Hi", "max_tokens": 1, "temperature": 0}).to_string();
+    let mut ids = std::collections::HashSet::new();
+    for server in [&first, &second, &first, &second] {
+        let response = ureq::post(&server.url("/v1/completions"))
+            .set("X-Request-Id", "client-chosen-42")
+            .send_string(&body)
+            .unwrap();
+        assert_eq!(response.header("X-Request-Id"), Some("client-chosen-42"));
+        let answer: Value = serde_json::from_str(&response.into_string().unwrap()).unwrap();
+        let id = answer["id"].as_str().unwrap().to_string();
+        assert!(id.starts_with("cmpl-") && id.len() == 5 + 32, "{id}");
+        assert!(ids.insert(id.clone()), "{id} repeated");
+    }
+    let made = ureq::get(&first.url("/health")).call().unwrap();
+    let made = made.header("X-Request-Id").unwrap();
+    assert!(
+        made.len() == 32 && made.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{made}"
+    );
+}
+
+/// `--max-queue 0` serves what fits in the batch; the 429 says what is running and waiting.
+#[test]
+fn without_a_queue_what_fits_runs_and_the_refusal_says_why() {
+    let options = ServerOptions {
+        max_batch: 1,
+        max_queue: 0,
+        ..ServerOptions::new(MODEL)
+    };
+    let server = Server::start_with(slow_generator(), options);
+    let (status, answer) = server.post(json!({"prompt": "Hi", "max_tokens": 2, "temperature": 0}));
+    assert_eq!(status, 200, "{answer}");
+    let long = json!({"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": true});
+    let response = ureq::post(&server.url("/v1/completions"))
+        .send_string(&long.to_string())
+        .unwrap();
+    let mut lines = BufReader::new(response.into_reader()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+    let (status, answer, retry_after) =
+        server.post_raw(&json!({"prompt": "Hi", "max_tokens": 2}).to_string(), None);
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1 of 1 rows generating") && message.contains("0 of 0 requests waiting"),
+        "{message}"
+    );
+}
+
+/// Sends a request on a raw connection and returns it, so that a test can drop it (a client
+/// that goes away) at a moment of its choosing.
+fn raw_request(server: &Server, body: &Value) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(server.address).unwrap();
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
+}
+
+/// Clients that leave while their request waits give their place in the queue back at once,
+/// not when the request reaches the head of the queue: 64 such requests used to make everyone
+/// else get 429.
+#[test]
+fn a_client_that_leaves_the_queue_frees_its_place() {
+    let options = ServerOptions {
+        max_batch: 1,
+        max_queue: 3,
+        ..ServerOptions::new(MODEL)
+    };
+    let server = Server::start_with(slow_generator(), options);
+    let long = json!({"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": true});
+    let response = ureq::post(&server.url("/v1/completions"))
+        .send_string(&long.to_string())
+        .unwrap();
+    let mut lines = BufReader::new(response.into_reader()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+
+    let waiting: Vec<_> = (0..3)
+        .map(|i| {
+            let stream = i % 2 == 0;
+            raw_request(
+                &server,
+                &json!({"prompt": "Hi", "max_tokens": 5, "stream": stream}),
+            )
+        })
+        .collect();
+    server.wait_for("three queued", |s| s.metric("nexttoken_queue_depth") == 3.0);
+    let (status, _, _) =
+        server.post_raw(&json!({"prompt": "Hi", "max_tokens": 2}).to_string(), None);
+    assert_eq!(status, 429);
+    drop(waiting);
+    server.wait_for("the queue to empty", |s| {
+        s.metric("nexttoken_queue_depth") == 0.0
+            && s.metric("nexttoken_queue_abandoned_total") == 3.0
+    });
+    // The long request still runs, and a new one finds a place in the queue.
+    let queued = raw_request(&server, &json!({"prompt": "Hi", "max_tokens": 2}));
+    server.wait_for("a new one queued", |s| {
+        s.metric("nexttoken_queue_depth") == 1.0
+    });
+    drop(queued);
+    drop(lines);
+}
+
+/// A stream that waits in the queue gets SSE comments, so that proxies do not cut it.
+#[test]
+fn a_queued_stream_gets_keep_alive_comments() {
+    let options = ServerOptions {
+        max_batch: 1,
+        keep_alive: Duration::from_millis(100),
+        ..ServerOptions::new(MODEL)
+    };
+    let server = Server::start_with(slow_generator(), options);
+    let long = json!({"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": true});
+    let running = ureq::post(&server.url("/v1/completions"))
+        .send_string(&long.to_string())
+        .unwrap();
+    let mut running = BufReader::new(running.into_reader()).lines();
+    assert!(running.next().unwrap().unwrap().starts_with("data: "));
+    let queued = json!({"prompt": "Hi", "max_tokens": 2, "stream": true});
+    let response = ureq::post(&server.url("/v1/completions"))
+        .send_string(&queued.to_string())
+        .unwrap();
+    let mut lines = BufReader::new(response.into_reader()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with(':'), "{first}");
+    drop(running);
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert_eq!(
+        rest.iter()
+            .filter(|l| l.starts_with("data: "))
+            .last()
+            .map(String::as_str),
+        Some("data: [DONE]")
+    );
+}
+
+/// `--request-time-limit`: a request ends with what it has once it has generated for that long.
+#[test]
+fn a_request_past_its_time_limit_ends_with_length() {
+    let options = ServerOptions {
+        request_time_limit: Some(Duration::from_millis(300)),
+        ..ServerOptions::new(MODEL)
+    };
+    let server = Server::start_with(slow_generator(), options);
+    let (status, answer) =
+        server.post(json!({"prompt": "The", "max_tokens": 1000, "temperature": 0}));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["finish_reason"], "length");
+    let tokens = answer["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(tokens < 1000, "{tokens} tokens");
+}
+
+/// Slow clients cannot hold connections: headers must arrive within the read timeout (the
+/// connection is closed) and so must the body (408).
+#[test]
+fn slow_clients_are_cut_off() {
+    use std::io::Write;
+    let server = Server::start(|o| ServerOptions {
+        read_timeout: Duration::from_millis(300),
+        ..o
+    });
+    let mut slow = std::net::TcpStream::connect(server.address).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let start = Instant::now();
+    let _ = slow.read_to_end(&mut answer);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the connection stayed open"
+    );
+
+    let mut slow_body = std::net::TcpStream::connect(server.address).unwrap();
+    slow_body
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow_body
+        .write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pro")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = slow_body.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+}
+
+/// A browser page from an allowed origin may call the server; its preflight needs no key.
+#[test]
+fn cors_allows_the_configured_origins() {
+    let server = Server::start(|o| ServerOptions {
+        cors_origins: vec!["https://chat.example".into()],
+        api_keys: vec!["sesame".into()],
+        ..o
+    });
+    let preflight = ureq::request("OPTIONS", &server.url("/v1/completions"))
+        .set("Origin", "https://chat.example")
+        .set("Access-Control-Request-Method", "POST")
+        .set(
+            "Access-Control-Request-Headers",
+            "authorization,content-type",
+        )
+        .call()
+        .unwrap();
+    assert_eq!(
+        preflight.header("Access-Control-Allow-Origin"),
+        Some("https://chat.example")
+    );
+    let other = ureq::request("OPTIONS", &server.url("/v1/completions"))
+        .set("Origin", "https://evil.example")
+        .set("Access-Control-Request-Method", "POST")
+        .call();
+    let allowed = match other {
+        Ok(response) => response
+            .header("Access-Control-Allow-Origin")
+            .map(str::to_string),
+        Err(ureq::Error::Status(_, response)) => response
+            .header("Access-Control-Allow-Origin")
+            .map(str::to_string),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(allowed, None);
+}
+
+/// vLLM's /tokenize and /detokenize, so clients can fit prompts to the context.
+#[test]
+fn tokenize_and_detokenize() {
+    let server = Server::start(|o| o);
+    let post = |path: &str, body: Value| -> (u16, Value) {
+        let response = match ureq::post(&server.url(path)).send_string(&body.to_string()) {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(e) => panic!("{e}"),
+        };
+        let status = response.status();
+        (
+            status,
+            serde_json::from_str(&response.into_string().unwrap()).unwrap(),
+        )
+    };
+    let (status, answer) = post("/tokenize", json!({"prompt": "Every effort moves you"}));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["tokens"], json!([6109, 3626, 6100, 345]));
+    assert_eq!(answer["count"], 4);
+    assert_eq!(answer["max_model_len"], 64);
+    let (status, answer) = post("/detokenize", json!({"tokens": [6109, 3626, 6100, 345]}));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["prompt"], "Every effort moves you");
+    let (status, answer) = post("/detokenize", json!({"tokens": [99999]}));
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["param"], "tokens");
+    let (status, _) = post("/tokenize", json!({"prompt": "Hi", "model": "gpt-4"}));
+    assert_eq!(status, 404);
+}
+
+/// An ordered view of a JSON object's entries, as the client received them.
+struct Ordered(Vec<(String, f64)>);
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of numbers")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, f64>()? {
+                    entries.push(entry);
+                }
+                Ok(Ordered(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
+}
+
+/// `top_logprobs` lists the most likely first (OpenAI's order, not the keys' alphabetical one);
+/// `echo` with `logprobs` scores the prompt (its first token `null`), and `max_tokens` 0 returns
+/// the scored prompt alone, as lm-evaluation-harness asks; offsets count characters.
+#[test]
+fn logprobs_are_ordered_and_echo_scores_the_prompt() {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        choices: Vec<AnswerChoice>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AnswerChoice {
+        text: String,
+        logprobs: AnswerLogprobs,
+    }
+    #[derive(serde::Deserialize)]
+    struct AnswerLogprobs {
+        tokens: Vec<String>,
+        token_logprobs: Vec<Option<f64>>,
+        top_logprobs: Vec<Option<Ordered>>,
+        text_offset: Vec<usize>,
+    }
+    let server = Server::start(|o| o);
+    // transformers' log-probabilities of a prompt with characters of 2 to 4 bytes, one of them
+    // split across tokens (scripts/make_scoring_goldens.py).
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/goldens/scoring/prompts.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let case = &golden["models"][MODEL][2];
+    let prompt = case["prompt"].as_str().unwrap();
+    let prompt_ids: Vec<u64> = serde_json::from_value(case["ids"].clone()).unwrap();
+    let scored: Vec<f64> = serde_json::from_value(case["logprobs"].clone()).unwrap();
+    for max_tokens in [0, 4] {
+        let body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                          "echo": true, "logprobs": 3});
+        let response = ureq::post(&server.url("/v1/completions"))
+            .send_string(&body.to_string())
+            .unwrap();
+        let answer: Answer = serde_json::from_str(&response.into_string().unwrap()).unwrap();
+        let choice = &answer.choices[0];
+        let logprobs = &choice.logprobs;
+        assert!(choice.text.starts_with(prompt), "{}", choice.text);
+        assert_eq!(logprobs.tokens.len(), prompt_ids.len() + max_tokens);
+        assert_eq!(logprobs.token_logprobs[0], None);
+        assert!(logprobs.top_logprobs[0].is_none());
+        for (position, expected) in scored.iter().enumerate() {
+            let got = logprobs.token_logprobs[position + 1].unwrap();
+            assert!(
+                (got - expected).abs() < 1e-4,
+                "{got} vs transformers' {expected}"
+            );
+        }
+        assert!(
+            logprobs.tokens.iter().any(|t| t.starts_with("bytes:")),
+            "{:?}",
+            logprobs.tokens
+        );
+        for top in logprobs.top_logprobs.iter().flatten() {
+            assert_eq!(top.0.len(), 3);
+            assert!(top.0.windows(2).all(|w| w[0].1 >= w[1].1), "{:?}", top.0);
+        }
+        // Offsets are characters of the choice's text.
+        let chars: Vec<char> = choice.text.chars().collect();
+        for (index, offset) in logprobs.text_offset.iter().enumerate() {
+            assert!(*offset <= chars.len());
+            if index > 0 {
+                assert!(*offset >= logprobs.text_offset[index - 1]);
+            }
+        }
+        // Each whole token's text stands at its offset, counted in characters (in bytes, every
+        // token after "Ü" and "é" would be off).
+        for (token, &offset) in logprobs.tokens.iter().zip(&logprobs.text_offset) {
+            if token.starts_with("bytes:") {
+                continue;
+            }
+            let at: String = chars[offset..].iter().take(token.chars().count()).collect();
+            assert_eq!(&at, token, "offsets {:?}", logprobs.text_offset);
+        }
+    }
+}
+
+/// Past the shutdown grace, a running stream ends with an error event and `[DONE]` instead of
+/// being cut mid-stream, and `serve` returns.
+#[test]
+fn past_the_shutdown_grace_streams_get_a_final_event() {
+    let options = ServerOptions {
+        shutdown_grace: Duration::from_millis(300),
+        ..ServerOptions::new(MODEL)
+    };
+    let mut server = Server::start_with(slow_generator(), options);
+    let long = json!({"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": true});
+    let response = ureq::post(&server.url("/v1/completions"))
+        .send_string(&long.to_string())
+        .unwrap();
+    let mut lines = BufReader::new(response.into_reader()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+    let _ = server.stop.take().unwrap().send(());
+    let data: Vec<String> = lines
+        .map(Result::unwrap)
+        .filter_map(|line| line.strip_prefix("data: ").map(str::to_string))
+        .collect();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    let message = last["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("shutting down"), "{last}");
+    assert!(data.len() < 1000, "the stream ran to its end");
+    let served = server.thread.take().unwrap().join().unwrap();
+    assert!(served.is_ok(), "{served:?}");
 }
