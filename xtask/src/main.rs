@@ -238,14 +238,16 @@ impl CpuBackend {
 /// The crates whose `debug_assert!`s and overflow checks the test suite turns on: every
 /// workspace member, and clap's builder, whose `Command::debug_assert` (the CLI's `verify_cli`
 /// test) checks nothing without them.
-const CHECKED_CRATES: [&str; 9] = [
+const CHECKED_CRATES: [&str; 11] = [
     "nexttoken",
     "nexttoken-backend",
     "nexttoken-cli",
     "nexttoken-generate",
     "nexttoken-hub",
     "nexttoken-model",
+    "nexttoken-server",
     "nexttoken-tokenizer",
+    "nexttoken-web",
     "xtask",
     "clap_builder",
 ];

@@ -61,15 +61,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
 /// The server's options from the flags, checked before the model loads.
 fn options(args: &ServeArgs, model_name: String) -> Result<ServerOptions> {
-    // clap reads NEXTTOKEN_API_KEY only when it holds something; set but empty is a mistake
-    // that would otherwise leave the server open.
-    if std::env::var_os("NEXTTOKEN_API_KEY").is_some_and(|key| key.is_empty())
-        && args.api_key.is_empty()
-    {
-        bail!(
-            "NEXTTOKEN_API_KEY is set but empty: give it a key, or unset it to serve without one"
-        );
-    }
     let mut api_keys = args.api_key.clone();
     if let Some(file) = &args.api_key_file {
         api_keys.extend(read_keys(file)?);

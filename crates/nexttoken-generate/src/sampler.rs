@@ -617,7 +617,7 @@ mod tests {
             ),
             (
                 &[f32::NEG_INFINITY, 0.0, 0.0, f32::NEG_INFINITY],
-                &[0.0, 0.5, 0.0, 0.5],
+                &[0.0, 0.5, 0.5, 0.0],
             ),
             (
                 &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0],

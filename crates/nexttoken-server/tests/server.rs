@@ -821,7 +821,13 @@ fn a_queued_stream_gets_keep_alive_comments() {
         .send_string(&long.to_string())
         .unwrap();
     let mut running = BufReader::new(running.into_reader()).lines();
-    assert!(running.next().unwrap().unwrap().starts_with("data: "));
+    // Comments may come first: this stream waits for its first step too.
+    assert!(
+        running
+            .by_ref()
+            .map(Result::unwrap)
+            .any(|line| line.starts_with("data: "))
+    );
     let queued = json!({"prompt": "Hi", "max_tokens": 2, "stream": true});
     let response = ureq::post(&server.url("/v1/completions"))
         .send_string(&queued.to_string())
@@ -1096,4 +1102,45 @@ fn past_the_shutdown_grace_streams_get_a_final_event() {
     assert!(data.len() < 1000, "the stream ran to its end");
     let served = server.thread.take().unwrap().join().unwrap();
     assert!(served.is_ok(), "{served:?}");
+}
+
+/// Prompts of up to the body limit are tokenized off the async runtime (and after the cheap
+/// checks): a flood of them leaves `/health` answering at once.
+#[test]
+fn health_stays_fast_under_a_flood_of_long_prompts() {
+    let server = Server::start(|o| o);
+    let prompt = "Every effort moves you, ".repeat(40_000);
+    let flooding = std::sync::atomic::AtomicBool::new(true);
+    let slowest = std::thread::scope(|scope| {
+        let floods: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    for _ in 0..3 {
+                        let body = json!({"prompt": prompt, "max_tokens": 4}).to_string();
+                        let (status, answer, _) = server.post_raw(&body, None);
+                        assert_eq!(status, 400, "{answer}");
+                        assert_eq!(answer["error"]["param"], "max_tokens");
+                    }
+                })
+            })
+            .collect();
+        let probe = scope.spawn(|| {
+            let mut slowest = Duration::ZERO;
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                let start = Instant::now();
+                assert!(server.get("/health").contains("ok"));
+                slowest = slowest.max(start.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            slowest
+        });
+        for flood in floods {
+            flood.join().unwrap();
+        }
+        flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+        probe.join().unwrap()
+    });
+    // Tokenizing one of these prompts takes most of a second; on the runtime's two threads,
+    // 24 of them held /health back for seconds.
+    assert!(slowest < Duration::from_secs(1), "/health took {slowest:?}");
 }
