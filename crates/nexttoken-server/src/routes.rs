@@ -348,20 +348,39 @@ async fn completions(State(state): State<AppState>, request: Request) -> Respons
     response
 }
 
-/// A place in the batch or the queue, given back if the request never reaches the engine
-/// (its prompt fails a check, its client goes away while it is tokenized).
+/// A place in the batch or the queue, held from admission until the request reaches the
+/// engine, and given back if it never does.
 struct Reservation<'a> {
     admission: &'a Admission,
+    metrics: &'a Metrics,
     place: Option<Place>,
     rows: usize,
 }
 
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        match self.place {
+impl Reservation<'_> {
+    /// Gives the place back (the request failed a check); the place it was.
+    fn release(&mut self) -> Option<Place> {
+        let place = self.place.take();
+        match place {
             Some(Place::Batch) => self.admission.release(self.rows),
             Some(Place::Queue) => self.admission.leave_queue(),
             None => {}
+        }
+        place
+    }
+}
+
+impl Drop for Reservation<'_> {
+    /// Still held when dropped: the client went away while its prompt was tokenized (the
+    /// handler's future was dropped), which counts as a cancellation.
+    fn drop(&mut self) {
+        if let Some(place) = self.release() {
+            self.metrics.finished(Outcome::Cancelled);
+            if place == Place::Queue {
+                self.metrics
+                    .abandoned_in_queue
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }
@@ -385,19 +404,26 @@ async fn accept(
         .map_err(|e| (e, Outcome::Rejected))?;
     let mut reservation = Reservation {
         admission: &state.admission,
+        metrics: &state.metrics,
         place: Some(place),
         rows,
     };
     let (limits, tokenizer) = (state.limits.clone(), state.tokenizer);
-    let job = on_blocking_thread(state, move || checked.into_job(&limits, &tokenizer))
-        .await
-        .map_err(|e| (e, Outcome::Failed))?
-        .map_err(invalid)?;
+    let tokenized = on_blocking_thread(state, move || checked.into_job(&limits, &tokenizer)).await;
+    let job = match tokenized {
+        Ok(Ok(job)) => job,
+        Ok(Err(error)) => {
+            reservation.release();
+            return Err((error, Outcome::Invalid));
+        }
+        Err(error) => {
+            reservation.release();
+            return Err((error, Outcome::Failed));
+        }
+    };
     log.prompt_tokens(job.prompt_tokens());
-    state
-        .metrics
-        .in_flight
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let in_flight = &state.metrics.in_flight;
+    in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (events, receiver) = unbounded_channel();
     let submission = Submission {
         job: job.clone(),
@@ -406,10 +432,8 @@ async fn accept(
         arrived: Instant::now(),
     };
     if state.engine.submit(submission).is_err() {
-        state
-            .metrics
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        reservation.release();
         return Err((
             ApiError::unavailable("the generation thread has stopped: the server is shutting down"),
             Outcome::Rejected,

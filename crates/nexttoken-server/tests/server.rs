@@ -119,7 +119,8 @@ impl Server {
         while !check(self) {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "timed out waiting for {what}"
+                "timed out waiting for {what}; /metrics:\n{}",
+                self.get("/metrics")
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -789,7 +790,10 @@ fn a_client_that_leaves_the_queue_frees_its_place() {
             )
         })
         .collect();
-    server.wait_for("three queued", |s| s.metric("nexttoken_queue_depth") == 3.0);
+    // Queued in the engine (not still being tokenized): one running, three waiting.
+    server.wait_for("three queued", |s| {
+        s.metric("nexttoken_queue_depth") == 3.0 && s.metric("nexttoken_requests_in_flight") == 4.0
+    });
     let (status, _, _) =
         server.post_raw(&json!({"prompt": "Hi", "max_tokens": 2}).to_string(), None);
     assert_eq!(status, 429);
