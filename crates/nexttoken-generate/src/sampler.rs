@@ -346,7 +346,7 @@ fn min_p(scores: &mut [f32], p: f32) {
 /// session refuses before it samples), all get 0.
 fn softmax(scores: &[f32]) -> Vec<f32> {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::INFINITY || max == f32::NEG_INFINITY {
+    if max.is_infinite() {
         let top = scores.iter().filter(|&&s| s == max).count() as f32;
         let share = if max == f32::INFINITY { 1.0 / top } else { 0.0 };
         return scores

@@ -284,7 +284,7 @@ impl CompletionRequest {
         if prompts == 0 {
             return Err(invalid("prompt", "the prompt list is empty"));
         }
-        let rows = prompts.checked_mul(n as usize).unwrap_or(usize::MAX);
+        let rows = prompts.saturating_mul(n as usize);
         if rows > limits.max_batch {
             return Err(invalid(
                 if n > 1 { "n" } else { "prompt" },

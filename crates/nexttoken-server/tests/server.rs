@@ -843,8 +843,7 @@ fn a_queued_stream_gets_keep_alive_comments() {
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     assert_eq!(
         rest.iter()
-            .filter(|l| l.starts_with("data: "))
-            .last()
+            .rfind(|l| l.starts_with("data: "))
             .map(String::as_str),
         Some("data: [DONE]")
     );
