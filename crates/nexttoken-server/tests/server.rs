@@ -113,6 +113,24 @@ impl Server {
             .unwrap_or_else(|| panic!("no {sample} in /metrics"))
     }
 
+    /// Starts a greedy stream of 1000 tokens and reads up to its first token: a request that
+    /// holds its row while a test does other things. The rest of its lines.
+    fn long_stream(&self) -> std::io::Lines<BufReader<Box<dyn Read + Send + Sync + 'static>>> {
+        let long = json!({"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": true});
+        let response = ureq::post(&self.url("/v1/completions"))
+            .send_string(&long.to_string())
+            .unwrap();
+        let mut lines = BufReader::new(response.into_reader()).lines();
+        // Keep-alive comments may come first.
+        assert!(
+            lines
+                .by_ref()
+                .map(Result::unwrap)
+                .any(|line| line.starts_with("data: "))
+        );
+        lines
+    }
+
     /// Waits until `check` holds (at most 20 s).
     fn wait_for(&self, what: &str, check: impl Fn(&Self) -> bool) {
         let start = Instant::now();
@@ -420,13 +438,7 @@ fn a_client_that_disconnects_is_cancelled_and_a_full_queue_says_retry() {
         ..ServerOptions::new(MODEL)
     };
     let server = Server::start_with(slow_generator(), options);
-    let long = json!({"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": true});
-    let response = ureq::post(&server.url("/v1/completions"))
-        .send_string(&long.to_string())
-        .unwrap();
-    let mut lines = BufReader::new(response.into_reader()).lines();
-    // The first chunk: the request is running.
-    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+    let lines = server.long_stream();
 
     let waiting = std::thread::scope(|scope| {
         let waiting = scope
@@ -730,12 +742,7 @@ fn without_a_queue_what_fits_runs_and_the_refusal_says_why() {
     let server = Server::start_with(slow_generator(), options);
     let (status, answer) = server.post(json!({"prompt": "Hi", "max_tokens": 2, "temperature": 0}));
     assert_eq!(status, 200, "{answer}");
-    let long = json!({"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": true});
-    let response = ureq::post(&server.url("/v1/completions"))
-        .send_string(&long.to_string())
-        .unwrap();
-    let mut lines = BufReader::new(response.into_reader()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+    let _running = server.long_stream();
     let (status, answer, retry_after) =
         server.post_raw(&json!({"prompt": "Hi", "max_tokens": 2}).to_string(), None);
     assert_eq!(status, 429, "{answer}");
@@ -774,12 +781,7 @@ fn a_client_that_leaves_the_queue_frees_its_place() {
         ..ServerOptions::new(MODEL)
     };
     let server = Server::start_with(slow_generator(), options);
-    let long = json!({"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": true});
-    let response = ureq::post(&server.url("/v1/completions"))
-        .send_string(&long.to_string())
-        .unwrap();
-    let mut lines = BufReader::new(response.into_reader()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+    let lines = server.long_stream();
 
     let waiting: Vec<_> = (0..3)
         .map(|i| {
@@ -820,18 +822,7 @@ fn a_queued_stream_gets_keep_alive_comments() {
         ..ServerOptions::new(MODEL)
     };
     let server = Server::start_with(slow_generator(), options);
-    let long = json!({"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": true});
-    let running = ureq::post(&server.url("/v1/completions"))
-        .send_string(&long.to_string())
-        .unwrap();
-    let mut running = BufReader::new(running.into_reader()).lines();
-    // Comments may come first: this stream waits for its first step too.
-    assert!(
-        running
-            .by_ref()
-            .map(Result::unwrap)
-            .any(|line| line.starts_with("data: "))
-    );
+    let running = server.long_stream();
     let queued = json!({"prompt": "Hi", "max_tokens": 2, "stream": true});
     let response = ureq::post(&server.url("/v1/completions"))
         .send_string(&queued.to_string())
@@ -1087,12 +1078,7 @@ fn past_the_shutdown_grace_streams_get_a_final_event() {
         ..ServerOptions::new(MODEL)
     };
     let mut server = Server::start_with(slow_generator(), options);
-    let long = json!({"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": true});
-    let response = ureq::post(&server.url("/v1/completions"))
-        .send_string(&long.to_string())
-        .unwrap();
-    let mut lines = BufReader::new(response.into_reader()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("data: "));
+    let lines = server.long_stream();
     let _ = server.stop.take().unwrap().send(());
     let data: Vec<String> = lines
         .map(Result::unwrap)
