@@ -118,7 +118,9 @@ pub fn run(root: &Path, args: &LoadArgs) -> Result<()> {
     ));
     let elapsed = start.elapsed();
     let rss_after = rss_kib(pid)?;
-    let metrics = ureq::get(&format!("{url}/metrics"))
+    // `url` is the completions endpoint; /metrics sits at the server's root.
+    let root = url.trim_end_matches("/v1/completions");
+    let metrics = ureq::get(&format!("{root}/metrics"))
         .call()
         .context("reading the server's /metrics")?
         .into_string()?;
