@@ -76,6 +76,16 @@ pub enum Prompt {
     IdLists(Vec<Vec<u32>>),
 }
 
+impl Prompt {
+    /// How many prompts it holds.
+    fn len(&self) -> usize {
+        match self {
+            Prompt::Texts(texts) => texts.len(),
+            Prompt::IdLists(lists) => lists.len(),
+        }
+    }
+}
+
 const PROMPT_SHAPES: &str =
     "a string, a list of strings, a list of token ids, or a list of lists of token ids";
 
@@ -277,10 +287,7 @@ impl CompletionRequest {
         if n == 0 {
             return Err(invalid("n", "n must be at least 1"));
         }
-        let prompts = match &prompt {
-            Prompt::Texts(texts) => texts.len(),
-            Prompt::IdLists(lists) => lists.len(),
-        };
+        let prompts = prompt.len();
         if prompts == 0 {
             return Err(invalid("prompt", "the prompt list is empty"));
         }
@@ -480,10 +487,7 @@ impl Checked {
     /// Rows the request generates: one per choice, none when it only scores its prompts
     /// (`max_tokens` 0), as [`Job::rows`] counts them.
     pub fn rows(&self) -> usize {
-        let prompts = match &self.prompt {
-            Prompt::Texts(texts) => texts.len(),
-            Prompt::IdLists(lists) => lists.len(),
-        };
+        let prompts = self.prompt.len();
         if self.max_tokens == 0 {
             0
         } else {

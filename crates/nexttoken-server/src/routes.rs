@@ -452,6 +452,7 @@ struct Header {
 
 /// One choice's progress, turning the engine's events into the pieces of text and
 /// log-probabilities a client gets, streamed or all at once.
+#[derive(Default)]
 struct ChoiceProgress {
     /// Characters of the choice's text so far, for `text_offset`.
     chars: usize,
@@ -560,10 +561,7 @@ async fn collect(
     log: &mut AccessLog,
 ) -> Result<Completion, ApiError> {
     let mut progress: Vec<ChoiceProgress> = (0..job.choices.len())
-        .map(|_| ChoiceProgress {
-            chars: 0,
-            echoed: false,
-        })
+        .map(|_| ChoiceProgress::default())
         .collect();
     let mut choices: Vec<CompletionChoice> = (0..job.choices.len())
         .map(|index| CompletionChoice {
@@ -630,10 +628,7 @@ fn stream_response(
         log: AccessLog,
     }
     let progress = (0..job.choices.len())
-        .map(|_| ChoiceProgress {
-            chars: 0,
-            echoed: false,
-        })
+        .map(|_| ChoiceProgress::default())
         .collect();
     let state = Streaming {
         header,
