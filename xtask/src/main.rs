@@ -238,12 +238,14 @@ impl CpuBackend {
 /// The crates whose `debug_assert!`s and overflow checks the test suite turns on: every
 /// workspace member, and clap's builder, whose `Command::debug_assert` (the CLI's `verify_cli`
 /// test) checks nothing without them.
-const CHECKED_CRATES: [&str; 11] = [
+const CHECKED_CRATES: [&str; 13] = [
     "nexttoken",
     "nexttoken-backend",
     "nexttoken-cli",
+    "nexttoken-cpu",
     "nexttoken-generate",
     "nexttoken-hub",
+    "nexttoken-layout",
     "nexttoken-model",
     "nexttoken-server",
     "nexttoken-tokenizer",

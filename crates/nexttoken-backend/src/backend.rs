@@ -85,8 +85,8 @@ impl Backend {
 
     /// A device, after checking the backend really computes here: it runs one element-wise
     /// kernel and reads the result back. Not a matmul: on wgpu a fresh process picks and compiles
-    /// a matmul's kernels for the probe's shape alone, which on lavapipe took 5-9 s of every
-    /// run's start even with warm caches (a 64-token generation 13.9-17.5 s -> 8.4-8.9 s).
+    /// a matmul's kernels for the probe's shape alone, which on lavapipe took seconds of every
+    /// run's start even with warm caches (docs/backends.md).
     /// Backends fail in different ways when their libraries or drivers are missing, some by
     /// panicking deep inside; this turns every such failure into an error.
     ///

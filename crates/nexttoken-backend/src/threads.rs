@@ -10,17 +10,9 @@ use crate::{Backend, BackendError};
 /// # Errors
 /// [`BackendError::Threads`] if `threads` is 0 or rayon's pool has already started.
 pub fn set_cpu_threads(threads: usize) -> Result<(), BackendError> {
-    if threads == 0 {
-        return Err(BackendError::Threads {
-            reason: "the thread count must be at least 1".into(),
-        });
-    }
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .map_err(|e| BackendError::Threads {
-            reason: format!("{e}; set the thread count before running anything"),
-        })?;
+    nexttoken_cpu::set_threads(threads).map_err(|e| BackendError::Threads {
+        reason: e.to_string(),
+    })?;
     #[cfg(feature = "tch")]
     tch::set_num_threads(threads as i32);
     Ok(())

@@ -1,8 +1,8 @@
 //! `nexttoken`: GPT-2 text generation from the command line.
 
 /// Every step allocates and frees tensors of a few MB; glibc's malloc hands such blocks back to
-/// the kernel and takes page faults to get them again, which cost a fifth of GPT-2 124M's decode
-/// time on flex (42 -> 54 tokens/s with mimalloc, which keeps them).
+/// the kernel and takes page faults to get them again, a fifth of GPT-2 124M's decode time on
+/// flex (docs/performance.md); mimalloc keeps them.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -8,9 +8,9 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Runs `load` with freed memory handed back to the kernel at once. Loading frees a copy of
 /// nearly every tensor (the bytes read from the file, a matrix before it is laid out); within
-/// mimalloc's delay they piled up beside the model: GPT-2 124M's f32 file peaked at 1.17x its
-/// size, 1.14x this way, and its bf16 copy at 1.28x -> 1.20x. A generation's own steps keep
-/// the delay, whose reuse of freed blocks they need (prefill at 0.6-0.7x speed without it).
+/// mimalloc's delay they piled up beside the model (docs/performance.md, "Memory"). A
+/// generation's own steps keep the delay, whose reuse of freed blocks they need: prefill is far
+/// slower without it.
 pub fn returning_freed_memory<R>(load: impl FnOnce() -> R) -> R {
     let delay = purge_delay();
     set_purge_delay(0);

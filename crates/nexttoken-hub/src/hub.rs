@@ -5,7 +5,7 @@ use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 use sha2::{Digest, Sha256};
 
-use nexttoken_model::layout::{self, CONFIG, INDEX, PYTORCH_WEIGHTS, WEIGHTS};
+use nexttoken_layout::{self as layout, CONFIG, INDEX, PYTORCH_WEIGHTS, WEIGHTS};
 
 use crate::HubError;
 

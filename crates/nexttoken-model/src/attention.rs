@@ -5,7 +5,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::cache::{CachedStep, KeyValue};
-use crate::cpu_kernels::{cached_attention, laid_out_linear, linear, linear_onto};
+use crate::flex::{cached_attention, laid_out_linear, linear, linear_onto};
 
 /// Multi-head causal self-attention: the only layer that mixes information across positions.
 ///

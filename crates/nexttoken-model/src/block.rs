@@ -4,7 +4,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::attention::CausalSelfAttention;
 use crate::cache::{CachedStep, KeyValue};
-use crate::cpu_kernels::layer_norm;
+use crate::flex::layer_norm;
 use crate::mlp::Mlp;
 
 pub(crate) struct BlockConfig {

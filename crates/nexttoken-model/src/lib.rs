@@ -34,15 +34,15 @@ mod block;
 mod cache;
 mod checkpoint;
 mod config;
-mod cpu_kernels;
 mod error;
-pub mod layout;
+mod flex;
 mod mlp;
 mod model;
 
 pub use cache::KvCache;
 pub use checkpoint::Checkpoint;
 pub use config::Gpt2Config;
-pub use cpu_kernels::softmax;
 pub use error::ModelError;
+pub use flex::softmax;
 pub use model::{Gpt2, token_tensor};
+pub use nexttoken_layout as layout;

@@ -5,7 +5,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
-use crate::cpu_kernels::{self, laid_out_linear, linear, linear_onto};
+use crate::flex::{self, laid_out_linear, linear, linear_onto};
 
 /// The position-wise feed-forward network: widen 4x, GELU, project back.
 #[derive(Module, Debug)]
@@ -30,7 +30,7 @@ impl Mlp {
     /// - x, residual: `[b, t, c]` -> `[b, t, c]`
     pub(crate) fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
         let x = linear(&self.c_fc, x);
-        let x = cpu_kernels::gelu_new(&x).unwrap_or_else(|| gelu_new(x));
+        let x = flex::gelu_new(&x).unwrap_or_else(|| gelu_new(x));
         linear_onto(&self.c_proj, x, residual)
     }
 }
@@ -42,7 +42,7 @@ impl Mlp {
 /// It is computed as `x σ(2 √(2/π) (x + 0.044715 x³))`, the same function since
 /// `(1 + tanh u) / 2 = σ(2u)`: burn's `gelu_approximate` takes x³ through `powf` and calls
 /// `tanh`, which on the CPU backends cost a fifth of a 512-token prefill; two products and a
-/// sigmoid cost a fraction of that. On flex, `cpu_kernels::gelu_new` computes the same in one
+/// sigmoid cost a fraction of that. On flex, `flex::gelu_new` computes the same in one
 /// vectorised pass.
 fn gelu_new<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     // 2u = x (k + k·0.044715 x²), k = 2√(2/π): six passes over the tensor.
@@ -74,7 +74,7 @@ mod tests {
         // -12..12 over more values than one task takes, so that two threads share them.
         let values: Vec<f32> = (-24_000..=24_000).map(|i| i as f32 / 2000.0).collect();
         let x = Tensor::<1>::from_floats(values.as_slice(), &device);
-        let ours = cpu_kernels::gelu_new(&x).expect("flex, float32");
+        let ours = flex::gelu_new(&x).expect("flex, float32");
         ours.into_data()
             .assert_approx_eq::<f32>(&gelu_approximate(x).into_data(), Tolerance::absolute(1e-6));
     }

@@ -4,7 +4,7 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::block::Block;
 use crate::cache::KvCache;
-use crate::cpu_kernels::{self, layer_norm};
+use crate::flex::{self, layer_norm};
 
 /// GPT-2: token and position embeddings, `n_layer` blocks, a final layer norm, and an output
 /// head tied to the token embedding (GPT-2 has no separate `lm_head` weight).
@@ -32,7 +32,7 @@ impl Gpt2 {
     /// If `t` exceeds [`Gpt2::context_length`] (crop the input first) or an id is not below
     /// [`Gpt2::vocab_size`].
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        cpu_kernels::in_cpu_pool(&ids.device(), || {
+        flex::in_cpu_pool(&ids.device(), || {
             let x = self.hidden_states(ids, None);
             let [b, t, c] = x.dims();
             self.head(x.reshape([b * t, c]))
@@ -49,7 +49,7 @@ impl Gpt2 {
     /// # Panics
     /// As [`Gpt2::forward`].
     pub fn forward_last(&self, ids: Tensor<2, Int>) -> Tensor<2> {
-        cpu_kernels::in_cpu_pool(&ids.device(), || {
+        flex::in_cpu_pool(&ids.device(), || {
             self.last_logits(self.hidden_states(ids, None))
         })
     }
@@ -68,7 +68,7 @@ impl Gpt2 {
     /// the cropped window instead), the cache holds a different batch size, or an id is not
     /// below [`Gpt2::vocab_size`].
     pub fn forward_cached(&self, ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<2> {
-        cpu_kernels::in_cpu_pool(&ids.device(), || {
+        flex::in_cpu_pool(&ids.device(), || {
             self.last_logits(self.hidden_states(ids, Some(cache)))
         })
     }
@@ -165,7 +165,7 @@ impl Gpt2 {
     /// - x: `[n, c]` -> `[n, v]`
     fn head(&self, x: Tensor<2>) -> Tensor<2> {
         let embedding = self.wte.weight.val();
-        if let Some(logits) = cpu_kernels::tied_head(&embedding, &x) {
+        if let Some(logits) = flex::tied_head(&embedding, &x) {
             return logits;
         }
         // Selection works on float32 logits whatever the model computes in.

@@ -1,5 +1,5 @@
-//! The files of a Hugging Face checkpoint folder, for [`Checkpoint`](crate::Checkpoint) and for
-//! code that fetches them (the Hub client).
+//! The files of a Hugging Face checkpoint folder, for the model crate's `Checkpoint` and for
+//! code that fetches them (the Hub client), which need not know anything else of the model.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,0 +1,269 @@
+//! Rows of activations times a weight stored by output (`[n, k]`, each output's weights
+//! together): the products of every `Linear` and of the tied output head.
+//!
+//! A decode step's few rows read each weight once and do two flops per value read: bound by
+//! memory bandwidth, which one core cannot saturate. Each thread streams its own contiguous
+//! share of the weight's rows in dot products ([`dots`]). More rows make the product
+//! compute-bound, and it goes to [`matmul`](crate::matmul) a block of weight rows per task.
+
+use rayon::prelude::*;
+
+use crate::Float;
+use crate::arch::portable::{self, rows_times_block as portable_rows_times_block};
+#[cfg(target_arch = "x86_64")]
+use crate::arch::x86;
+use crate::arch::{Level, dispatch, level};
+use crate::matmul::{Rhs, bf16_products, has_bf16_products, matmul_into};
+use crate::pool::{SharedOut, rows_per_task};
+
+/// Most rows (batch rows × new positions) the dot products take: past this, a weight value (or
+/// a cached key) read once feeds enough multiply-adds that blocked matrix products win.
+pub const MAX_FEW_ROWS: usize = 8;
+
+/// `x · wᵀ` for `x: [m, k]` and `w: [n, k]`, as float32 `[m, n]`, on every thread of the
+/// current pool, each over its own blocks of `w`'s rows: in dot products for up to
+/// [`MAX_FEW_ROWS`] rows; otherwise, where both are bf16 and the CPU multiplies bf16 pairs
+/// (AVX-512 BF16), by our own kernel for them, or else by `gemm` in float32 (a half-precision
+/// block widened first, in its task's cache).
+///
+/// `gemm` packs `[n, k]` weights where it reads `[k, n]` ones in place: threaded by `gemm`
+/// itself, packing dominated a prompt's products; a block per task packs each block once.
+///
+/// # Panics
+/// If `x` or `w` holds fewer than `m * k` or `n * k` values.
+pub fn times_transposed<X: Float, W: Float>(x: &[X], w: &[W], [m, k, n]: [usize; 3]) -> Vec<f32> {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k,
+        "x: [{m}, {k}], w: [{n}, {k}]"
+    );
+    let (x, w) = (&x[..m * k], &w[..n * k]);
+    if m <= MAX_FEW_ROWS {
+        return dots_transposed(x, w, [m, k, n]);
+    }
+    if let (Some(x), Some(w)) = (X::as_bf16(x), W::as_bf16(w))
+        && has_bf16_products()
+    {
+        // SAFETY: the kernel writes every value of its block's columns.
+        return unsafe {
+            by_weight_blocks(w, [m, k, n], |out, rows, dims| {
+                // SAFETY: as `by_weight_blocks` promises; the CPU has the kernel's instructions.
+                bf16_products(out, n, x, rows, dims)
+            })
+        };
+    }
+    let x = X::as_f32(x);
+    // SAFETY: `gemm` writes every value of its block's columns.
+    unsafe {
+        by_weight_blocks(w, [m, k, n], |out, rows, dims| {
+            let rows = W::as_f32(rows);
+            // SAFETY: as `by_weight_blocks` promises.
+            matmul_into(out, n, &x, &rows, dims, Rhs::Transposed)
+        })
+    }
+}
+
+/// [`times_transposed`] for a few rows: a dot product per weight row, each task streaming its
+/// own block of rows once. `x` goes to the tasks in its own type: half-precision activations
+/// are widened in registers, not copied to float32 for each product.
+fn dots_transposed<X: Float, W: Float>(x: &[X], w: &[W], [m, k, n]: [usize; 3]) -> Vec<f32> {
+    let rows_per_task = rows_per_task(n);
+    let mut transposed = vec![0.0; n * m]; // [n, m]: each task writes its own rows
+    transposed
+        .par_chunks_mut(rows_per_task * m)
+        .zip(w.par_chunks(rows_per_task * k))
+        .for_each(|(out, rows)| dots(out, x, rows, k));
+    if m == 1 {
+        return transposed;
+    }
+    (0..m)
+        .flat_map(|row| transposed.iter().skip(row).step_by(m).copied())
+        .collect()
+}
+
+/// The `[m, n]` product of `[m, k]` rows with `w: [n, k]`'s transpose, a task per block of
+/// `w`'s rows: `block(out, rows, [m, k, rows.len() / k])` writes the block's `[m, rows]` output
+/// columns, row after row `n` values apart from `out`, where they are the task's alone. Not
+/// zeroed first: the blocks write every value without reading it, and the zeroing ran on one
+/// thread while the others waited.
+///
+/// # Safety
+/// `block` writes every one of its block's `[m, rows]` output values.
+unsafe fn by_weight_blocks<W: Sync>(
+    w: &[W],
+    [m, k, n]: [usize; 3],
+    block: impl Fn(*mut f32, &[W], [usize; 3]) + Sync,
+) -> Vec<f32> {
+    let rows_per_task = rows_per_task(n);
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    let shared = SharedOut::new(&mut out);
+    w.par_chunks(rows_per_task * k)
+        .enumerate()
+        .for_each(|(index, rows)| {
+            // The block's output columns, `first..first + rows.len() / k` of `out`'s `n`, exist
+            // (`w` has `n` rows).
+            let first = index * rows_per_task;
+            block(shared.at(first), rows, [m, k, rows.len() / k]);
+        });
+    // SAFETY: the blocks' columns cover all `n`, each written in every one of `m` rows (the
+    // caller's promise).
+    unsafe { out.set_len(m * n) };
+    out
+}
+
+/// `out[j, r] = x[r, :] · rows[j, :]` for every row `j` of `rows: [.., c]`, `out: [.., m]`, on
+/// the calling thread.
+pub fn dots<X: Float, W: Float>(out: &mut [f32], x: &[X], rows: &[W], c: usize) {
+    match level() {
+        // SAFETY: AVX-512F was detected on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { x86::avx512::dots(out, x, rows, c) },
+        // SAFETY: AVX2, FMA and F16C were detected on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2Fma => unsafe { x86::avx2::dots(out, x, rows, c) },
+        Level::Baseline => portable::dots::<false, X, W>(out, x, rows, c),
+    }
+}
+
+/// `partial[r, :] += x[r, :] · rows` for `x: [m, i]` and a block of rows `[i, n]` (attention's
+/// weights times the cached values), on the calling thread.
+pub fn rows_times_block<W: Float>(partial: &mut [f32], x: &[f32], rows: &[W], n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Level::Avx512 = level() {
+        // SAFETY: AVX-512F was detected on this CPU.
+        return unsafe { x86::avx512::rows_times_block(partial, x, rows, n) };
+    }
+    dispatch!(portable_rows_times_block[W](partial, x, rows, n))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use half::{bf16, f16};
+
+    use super::*;
+
+    /// Values every float type holds exactly (bf16's, and within f16's range), spread as a
+    /// model's are, so that sums do not depend on the type they are stored in.
+    pub(crate) fn values<W: Float>(count: usize, seed: usize) -> Vec<W> {
+        (0..count)
+            .map(|i| W::from_f32(((i * seed % 101) as f32 - 50.0) / 32.0))
+            .collect()
+    }
+
+    /// `x · wᵀ` in float64, value by value: the reference.
+    fn reference<X: Float, W: Float>(x: &[X], w: &[W], [m, k, n]: [usize; 3]) -> Vec<f64> {
+        let mut out = Vec::with_capacity(m * n);
+        for row in x.chunks_exact(k).take(m) {
+            for column in w.chunks_exact(k).take(n) {
+                let products = row.iter().zip(column);
+                out.push(
+                    products
+                        .map(|(x, w)| f64::from(x.to_f32()) * f64::from(w.to_f32()))
+                        .sum(),
+                );
+            }
+        }
+        out
+    }
+
+    fn assert_close(ours: &[f32], reference: &[f64], what: &str) {
+        assert_eq!(ours.len(), reference.len(), "{what}");
+        for (i, (ours, exact)) in ours.iter().zip(reference).enumerate() {
+            let bound = 1e-4 * exact.abs().max(1.0);
+            assert!(
+                (f64::from(*ours) - exact).abs() <= bound,
+                "{what} [{i}]: {ours} vs {exact}"
+            );
+        }
+    }
+
+    /// Each vector kernel this CPU can run, and the portable loop, against the reference, for
+    /// every weight type and inputs in float32 or in the weights' type.
+    #[test]
+    fn every_level_s_dot_products_match_the_reference() {
+        fn check<X: Float, W: Float>(c: usize) {
+            // 2 inputs, 5 rows of weights.
+            let (x, rows) = (values::<X>(2 * c, 37), values::<W>(5 * c, 53));
+            // `dots` writes `[rows, inputs]`: the reference's transpose.
+            let expected = reference(&rows, &x, [5, c, 2]);
+            type Dots<X, W> = fn(&mut [f32], &[X], &[W], usize);
+            let mut kernels: Vec<(&str, Dots<X, W>)> = vec![
+                ("portable", portable::dots::<false, X, W>),
+                ("portable, fused", portable::dots::<true, X, W>),
+                ("dispatched", dots),
+            ];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if x86::has_avx2_fma_f16c() {
+                    // SAFETY: detected just above.
+                    kernels.push(("avx2", |o, x, r, c| unsafe { x86::avx2::dots(o, x, r, c) }));
+                }
+                if is_x86_feature_detected!("avx512f") {
+                    // SAFETY: detected just above.
+                    kernels.push(("avx512", |o, x, r, c| unsafe {
+                        x86::avx512::dots(o, x, r, c)
+                    }));
+                }
+            }
+            for (name, kernel) in kernels {
+                let mut ours = vec![f32::NAN; 10];
+                kernel(&mut ours, &x, &rows, c);
+                let what = format!(
+                    "{name}, {} inputs, {} weights, {c} values",
+                    std::any::type_name::<X>(),
+                    std::any::type_name::<W>()
+                );
+                assert_close(&ours, &expected, &what);
+            }
+        }
+        // 300 values: blocks of four vectors, whole vectors after them and a tail; 64, an
+        // attention head: one block of 16-lane vectors, or two of 8 lanes.
+        for c in [300, 64] {
+            check::<f32, f32>(c);
+            check::<f32, f16>(c);
+            check::<f16, f16>(c);
+            check::<f32, bf16>(c);
+            check::<bf16, bf16>(c);
+        }
+    }
+
+    #[test]
+    fn products_match_the_reference_for_every_row_count_and_type() {
+        fn check<X: Float, W: Float>() {
+            // 37 outputs: several tasks' rows and a partial one; 300 inputs: the dot products'
+            // vector blocks and a tail.
+            let [k, n] = [300, 37];
+            for m in [1, 3, MAX_FEW_ROWS, MAX_FEW_ROWS + 1, 70] {
+                let (x, w) = (values::<X>(m * k, 37), values::<W>(n * k, 53));
+                let what = format!("{m} rows, {}", std::any::type_name::<W>());
+                let expected = reference(&x, &w, [m, k, n]);
+                assert_close(&times_transposed(&x, &w, [m, k, n]), &expected, &what);
+            }
+        }
+        check::<f32, f32>();
+        check::<f32, f16>();
+        check::<f16, f16>();
+        check::<bf16, bf16>();
+    }
+
+    #[test]
+    fn attention_s_weighted_values_match_the_reference() {
+        // 3 queries' weights over 5 positions, times the positions' 19-wide values: 16-lane
+        // vectors and a tail.
+        let (x, rows) = (values::<f32>(3 * 5, 7), values::<bf16>(5 * 19, 11));
+        let expected = reference(&x, &transpose(&rows, 19), [3, 5, 19]);
+        let mut ours = vec![1.0; 3 * 19];
+        rows_times_block(&mut ours, &x, &rows, 19);
+        let expected: Vec<f64> = expected.iter().map(|e| e + 1.0).collect();
+        assert_close(&ours, &expected, "onto ones");
+        let mut plain = vec![1.0; 3 * 19];
+        portable::rows_times_block::<false, bf16>(&mut plain, &x, &rows, 19);
+        assert_close(&plain, &expected, "portable");
+    }
+
+    fn transpose<W: Float>(values: &[W], columns: usize) -> Vec<W> {
+        let rows = values.len() / columns;
+        (0..columns)
+            .flat_map(|j| (0..rows).map(move |i| values[i * columns + j]))
+            .collect()
+    }
+}
