@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use nexttoken::generate::{GenerationConfig, SamplingParams, TextGenerator};
+use nexttoken::generate::{GenerationConfig, SamplingParams, Selection, TextGenerator};
 use nexttoken::hub::{Hub, HubOptions};
 use nexttoken::model::Checkpoint;
 
@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let generator = TextGenerator::new(checkpoint.load(&Device::flex())?, config);
 
     let sampled = GenerationConfig {
-        sampling: Some(SamplingParams {
+        selection: Selection::Sample(SamplingParams {
             temperature: 0.8,
             top_p: Some(0.95),
             ..SamplingParams::default()
@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: 7,
         ..generator.generation_config(60)
     };
-    let mut session = generator.session(true);
+    let mut session = generator.session();
     let streamed = session.add(&prompt, &sampled, &["\n\n".to_string()])?;
     let cancelled = session.add("JULIET:", &generator.generation_config(60), &[])?;
 

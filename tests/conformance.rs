@@ -14,7 +14,7 @@ mod common;
 
 use burn::tensor::{DType, Device};
 use nexttoken::backend::Backend;
-use nexttoken::generate::{GenerationConfig, RowId, SamplingParams, Session, generate};
+use nexttoken::generate::{GenerationConfig, RowId, SamplingParams, Selection, Session, generate};
 use nexttoken::model::{Checkpoint, Gpt2, ModelError, token_tensor};
 use nexttoken::tokenizer::Gpt2Tokenizer;
 use serde::Deserialize;
@@ -535,17 +535,18 @@ fn assert_cache_matches_plain(
     prompts: &[Vec<u32>],
     new_tokens: usize,
 ) {
-    let run = |config: GenerationConfig| {
+    let config = GenerationConfig::new(new_tokens).without_eos();
+    let run = |session: Session| {
         let mut logits = Vec::new();
-        let out = generate(model, prompts, &config.without_eos(), |step| {
+        let out = generate(session, prompts, &config, |step| {
             logits.push(step.logits.clone().into_data().try_to_vec::<f32>().unwrap());
             ControlFlow::Continue(())
         })
         .unwrap();
         (out.tokens, logits)
     };
-    let (cached_ids, cached_logits) = run(GenerationConfig::new(new_tokens));
-    let (plain_ids, plain_logits) = run(GenerationConfig::new(new_tokens).without_kv_cache());
+    let (cached_ids, cached_logits) = run(Session::new(model));
+    let (plain_ids, plain_logits) = run(Session::new(model).without_kv_cache());
     assert_eq!(cached_logits.len(), new_tokens, "{label}");
     assert_eq!(plain_logits.len(), new_tokens, "{label}");
     for (step, (cached, plain)) in cached_logits.iter().zip(&plain_logits).enumerate() {
@@ -565,7 +566,7 @@ fn assert_cache_matches_plain(
 fn sampling_with_a_seed_gives_the_same_ids_on_every_backend() {
     let (golden, prompts) = tiny_trained_batch_of_two();
     let config = GenerationConfig {
-        sampling: Some(SamplingParams {
+        selection: Selection::Sample(SamplingParams {
             temperature: 0.9,
             top_k: Some(40),
             top_p: Some(0.95),
@@ -628,26 +629,30 @@ fn session_rows_join_and_leave_on_every_backend() {
         };
         let mut session = Session::new(&model);
         let mut got: Vec<Vec<u32>> = vec![Vec::new(); 3];
-        let first = session.add(prompts[0].to_vec(), &config).unwrap();
-        let cancelled = session.add(prompts[1].to_vec(), &config).unwrap();
+        let mut rows = vec![session.add(prompts[0].to_vec(), &config).unwrap()];
+        rows.push(session.add(prompts[1].to_vec(), &config).unwrap());
+        let row_of = |rows: &[RowId], id: RowId| rows.iter().position(|&row| row == id).unwrap();
         for step in 0..12 {
             if step == 3 {
                 // Longer than every row in the cache: the running rows get more padding.
-                session.add(prompts[2].to_vec(), &config).unwrap();
+                rows.push(session.add(prompts[2].to_vec(), &config).unwrap());
             }
             if step == 6 {
-                assert!(session.cancel(cancelled));
+                assert!(session.cancel(rows[1]));
             }
             for token in session.step().unwrap().tokens {
-                got[token.row.0 as usize].push(token.id);
+                got[row_of(&rows, token.row)].push(token.id);
             }
         }
         while !session.is_finished() {
             for token in session.step().unwrap().tokens {
-                got[token.row.0 as usize].push(token.id);
+                got[row_of(&rows, token.row)].push(token.id);
             }
         }
-        assert_eq!(first, RowId(0));
+        assert!(
+            rows[0] < rows[1] && rows[1] < rows[2],
+            "row ids order as rows were added"
+        );
         assert_eq!(got[0], alone(prompts[0], 12), "{backend}: the first row");
         assert_eq!(got[1], alone(prompts[1], 6), "{backend}: the cancelled row");
         assert_eq!(got[2], alone(prompts[2], 12), "{backend}: the joining row");
@@ -800,7 +805,7 @@ fn sampling_settings_match_transformers_processors() {
             ..SamplingParams::default()
         };
         let history: Vec<u32> = case.prompt.iter().chain(&case.generated).copied().collect();
-        let sampler = nexttoken::generate::Sampler::new(params, 0);
+        let sampler = nexttoken::generate::Sampler::new(params, 0).expect("valid settings");
         let ours = sampler.probabilities(&case.logits, &history, case.generated.len());
         let kept = |probs: &mut dyn Iterator<Item = bool>| probs.filter(|&k| k).count();
         assert_eq!(

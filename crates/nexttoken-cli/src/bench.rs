@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use nexttoken_backend::dtype_name;
-use nexttoken_generate::{GenerationConfig, TextGenerator, generate};
+use nexttoken_generate::{GenerationConfig, Session, TextGenerator, generate};
 use serde::Serialize;
 
 use crate::args::BenchArgs;
@@ -58,16 +58,17 @@ impl Test {
         seed: u64,
     ) -> Result<f64> {
         let (prompt_len, new_tokens) = self.shape();
-        let vocab = generator.model.vocab_size();
+        let vocab = generator.model().vocab_size();
         let prompts: Vec<Vec<u32>> = (0..batch as u64)
             .map(|row| random_ids(seed.wrapping_mul(1 << 16) | row, prompt_len, vocab))
             .collect();
-        let mut config = GenerationConfig::new(new_tokens).without_eos();
-        config.kv_cache = kv_cache;
+        let config = GenerationConfig::new(new_tokens).without_eos();
+        let mut session = Session::new(generator.model());
+        if !kv_cache {
+            session = session.without_kv_cache();
+        }
         let start = Instant::now();
-        generate(&generator.model, &prompts, &config, |_| {
-            ControlFlow::Continue(())
-        })?;
+        generate(session, &prompts, &config, |_| ControlFlow::Continue(()))?;
         let (Test::Prompt(n) | Test::Generation(n)) = self;
         Ok((batch * n) as f64 / start.elapsed().as_secs_f64())
     }
@@ -204,7 +205,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 model: &model_name,
                 n_params: config.num_parameters(),
                 backend: backend.name(),
-                dtype: dtype_name(generator.model.dtype()),
+                dtype: dtype_name(generator.model().dtype()),
                 threads: backend.cpu_threads(),
                 kv_cache,
                 test: test.name(),

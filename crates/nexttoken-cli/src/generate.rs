@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use nexttoken_generate::{Completion, FinishReason, GenerationStats, Logprobs, SamplingParams};
+use nexttoken_generate::{
+    Completion, FinishReason, GenerationStats, Logprobs, SamplingParams, Selection, random_seed,
+};
 use serde::Serialize;
 
 use crate::args::{GenerateArgs, SamplingArgs};
@@ -46,7 +48,7 @@ struct Batch {
 
 pub fn run(args: GenerateArgs) -> Result<Outcome> {
     let prompts = read_prompts(&args)?;
-    let sampling = sampling_params(&args.sampling)?;
+    let selection = selection(&args.sampling)?;
     let seed = args.sampling.seed.unwrap_or_else(random_seed);
     apply(&args.run)?;
     let mut opened = model::open(&args.model, args.json)?;
@@ -62,16 +64,15 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
     if args.ignore_eos {
         config = config.without_eos();
     }
-    config.kv_cache = !args.run.no_kv_cache;
     // A repeat penalty alone needs a sampler, but nothing is random: no seed to report.
-    let draws_at_random = sampling.as_ref().is_some_and(SamplingParams::is_random);
-    config.sampling = sampling;
+    let draws_at_random = selection.is_random();
+    config.selection = selection;
 
     config.logprobs = args.logprobs;
 
-    let context = generator.config.n_positions;
+    let context = generator.config().n_positions;
     for (index, prompt) in prompts.iter().enumerate() {
-        let tokens = generator.tokenizer.encode(prompt).len();
+        let tokens = generator.tokenizer().encode(prompt).len();
         if tokens > context {
             eprintln!(
                 "warning: prompt {} is {}; the model sees only the last {context} (its context \
@@ -109,7 +110,12 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
         // command.
         let mut write_failure = Ok(());
         let mut record_failure = Ok(());
-        let (completions, stats) = generator.generate_text(
+        let session = if args.run.no_kv_cache {
+            generator.session().without_kv_cache()
+        } else {
+            generator.session()
+        };
+        let (completions, stats) = session.generate(
             &texts,
             &config,
             &args.stop,
@@ -204,8 +210,8 @@ fn catch_ctrl_c() -> Arc<AtomicBool> {
     interrupted
 }
 
-/// The sampling settings of the flags: `None` for plain greedy decoding.
-fn sampling_params(args: &SamplingArgs) -> Result<Option<SamplingParams>> {
+/// How the flags choose each id.
+fn selection(args: &SamplingArgs) -> Result<Selection> {
     let filtering = args.top_k.is_some() || args.top_p.is_some() || args.min_p.is_some();
     let params = SamplingParams {
         temperature: args
@@ -218,17 +224,7 @@ fn sampling_params(args: &SamplingArgs) -> Result<Option<SamplingParams>> {
         repeat_last_n: args.repeat_last_n,
         ..SamplingParams::default()
     };
-    if let Err(reason) = params.validate() {
-        bail!("invalid sampling settings: {reason}");
-    }
-    Ok((!params.is_greedy()).then_some(params))
-}
-
-/// A seed for a run without `--seed`.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    // The standard library seeds RandomState from the OS's random source.
-    RandomState::new().hash_one(std::time::SystemTime::now())
+    Selection::new(params).context("invalid sampling settings")
 }
 
 /// The prompts from the arguments, `-` (stdin) and `-f FILE`s, in that order; stdin alone

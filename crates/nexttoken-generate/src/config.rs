@@ -1,4 +1,4 @@
-use crate::SamplingParams;
+use crate::Selection;
 
 /// How long to generate, how to choose each id, and when to stop.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,18 +14,10 @@ pub struct GenerationConfig {
     /// The end-of-text id and `stop_token_ids` cannot be chosen before a row has this many
     /// tokens (transformers' `min_new_tokens`, vLLM's `min_tokens`).
     pub min_new_tokens: usize,
-    /// Keep each layer's keys and values between steps so a step runs only the new token
-    /// through the model. Off, every step recomputes the whole window: the book's loop, kept
-    /// as the reference the cache is tested against. Both give the same ids. (A [`Session`]
-    /// decides this for all its rows: [`Session::without_kv_cache`].)
-    ///
-    /// [`Session`]: crate::Session
-    /// [`Session::without_kv_cache`]: crate::Session::without_kv_cache
-    pub kv_cache: bool,
-    /// How ids are chosen: `None` is greedy (the argmax, taken on the device); otherwise a
+    /// How ids are chosen: greedily (the argmax, taken on the device), or by a
     /// [`Sampler`](crate::Sampler) per row, row `r` seeded with `seed + r`.
-    pub sampling: Option<SamplingParams>,
-    /// The seed of row 0's random stream (see `sampling`).
+    pub selection: Selection,
+    /// The seed of row 0's random stream (see `selection`).
     pub seed: u64,
     /// Report each generated token's log-probability and this many most likely alternatives
     /// (see [`Logprobs`](crate::Logprobs)); `None` reports nothing.
@@ -40,8 +32,7 @@ impl GenerationConfig {
             eos_token_id: Some(nexttoken_tokenizer::END_OF_TEXT),
             stop_token_ids: Vec::new(),
             min_new_tokens: 0,
-            kv_cache: true,
-            sampling: None,
+            selection: Selection::Greedy,
             seed: 0,
             logprobs: None,
         }
@@ -58,12 +49,6 @@ impl GenerationConfig {
     /// Never stops early, as the book's `generate_text_simple` does.
     pub fn without_eos(mut self) -> Self {
         self.eos_token_id = None;
-        self
-    }
-
-    /// Recomputes the whole window every step instead of keeping a KV cache.
-    pub fn without_kv_cache(mut self) -> Self {
-        self.kv_cache = false;
         self
     }
 }

@@ -1,5 +1,7 @@
 use nexttoken_tokenizer::TokenizerError;
 
+use crate::SamplingError;
+
 /// Why generation could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -19,8 +21,8 @@ pub enum GenerateError {
         vocab_size: usize,
     },
 
-    #[error("invalid sampling settings: {reason}")]
-    InvalidSampling { reason: String },
+    #[error("invalid sampling settings: {0}")]
+    InvalidSampling(#[from] SamplingError),
 
     #[error(
         "the model's logits for row {index} are all NaN or -inf, so no token can be chosen: \

@@ -1,10 +1,11 @@
 use std::ops::ControlFlow;
 
 use burn::tensor::Tensor;
-use nexttoken_model::Gpt2;
 
 use crate::session::in_row_order;
-use crate::{FinishReason, GenerateError, GenerationConfig, GenerationStats, Logprobs, Session};
+use crate::{
+    FinishReason, GenerateError, GenerationConfig, GenerationStats, Logprobs, RowToken, Session,
+};
 
 /// What [`generate`] produced.
 #[derive(Debug, Clone)]
@@ -31,33 +32,32 @@ pub struct Step<'a> {
 }
 
 /// Extends each prompt of a batch by up to `config.max_new_tokens` ids: greedily, or drawn as
-/// `config.sampling` says (row `r` seeded with `config.seed + r`).
+/// `config.selection` says (row `r` seeded with `config.seed + r`), on `session`: a model (with
+/// a KV cache) or a [`Session`] set up as wanted, such as
+/// `Session::new(&model).without_kv_cache()` for the plain loop.
 ///
 /// `on_step` is called after every step (see [`Step`]), so callers can stream text as it is
 /// made; returning [`ControlFlow::Break`] ends the generation there (the reader went away, the
 /// user pressed Ctrl-C), and what was generated so far is returned.
 ///
-/// The prompts may have any lengths: they run as one batch of a [`Session`], left-padded, and
-/// each row gets the ids it would get alone. A row stops at its end-of-text id and leaves the
-/// batch. Prompts and generations longer than the context see only their last
-/// `context_length` ids, as in the book's loop.
+/// The prompts may have any lengths: they run as one batch, left-padded, and each row gets the
+/// ids it would get alone. A row stops at its end-of-text id and leaves the batch. Prompts and
+/// generations longer than the context see only their last `context_length` ids, as in the
+/// book's loop.
 ///
 /// # Errors
 /// [`GenerateError`] for `max_new_tokens == 0`, no prompts, an empty prompt, an id outside the
 /// model's vocabulary or invalid sampling settings.
-pub fn generate(
-    model: &Gpt2,
+pub fn generate<'m>(
+    session: impl Into<Session<'m>>,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
-    mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
+    on_step: impl FnMut(&Step) -> ControlFlow<()>,
 ) -> Result<Generation, GenerateError> {
     if prompts.is_empty() {
         return Err(GenerateError::NoPrompts);
     }
-    let mut session = Session::new(model);
-    if !config.kv_cache {
-        session = session.without_kv_cache();
-    }
+    let mut session = session.into();
     for (row, prompt) in prompts.iter().enumerate() {
         session.add(prompt.clone(), &config.for_row(row))?;
     }
@@ -65,27 +65,16 @@ pub fn generate(
     let mut tokens = vec![Vec::new(); b];
     let mut finish_reasons = vec![None; b];
     let mut logprobs = vec![Vec::new(); b];
-    while !session.is_finished() {
-        let step = session.step()?;
-        let mut given = Vec::with_capacity(step.tokens.len());
-        for token in step.tokens {
-            // Rows are numbered in the order they were added: the prompts' order.
-            let row = token.row.0 as usize;
-            tokens[row].push(token.id);
-            finish_reasons[row] = token.finish;
-            logprobs[row].extend(token.logprobs);
-            given.push((row, token.id));
-        }
-        let (ids, logits) = in_row_order(b, &given, step.logits);
-        if on_step(&Step {
-            ids: &ids,
-            logits: &logits,
-        })
-        .is_break()
-        {
-            break;
-        }
-    }
+    let step =
+        || (!session.is_finished()).then(|| session.step().map(|step| (step.tokens, step.logits)));
+    let on_token = |token: RowToken| {
+        let row = token.row.number();
+        tokens[row].push(token.id);
+        finish_reasons[row] = token.finish;
+        logprobs[row].extend(token.logprobs);
+        (row, token.id, ControlFlow::Continue(()))
+    };
+    drive(b, step, on_token, on_step)?;
     Ok(Generation {
         tokens,
         finish_reasons,
@@ -94,12 +83,60 @@ pub fn generate(
     })
 }
 
+/// The outer loop of [`generate`] and [`TextSession::generate`](crate::TextSession::generate):
+/// takes `step`s until it gives `None` (no row left), hands each step's tokens to `on_token`,
+/// which files them and says which of the `rows` rows each went to (rows are numbered in the
+/// order they were added: the prompts' order), then the step to `on_step`. A `Break` from
+/// either ends the loop after that step.
+pub(crate) fn drive<T>(
+    rows: usize,
+    mut step: impl FnMut() -> Option<Result<(Vec<T>, Tensor<2>), GenerateError>>,
+    mut on_token: impl FnMut(T) -> (usize, u32, ControlFlow<()>),
+    mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
+) -> Result<(), GenerateError> {
+    while let Some(taken) = step() {
+        let (tokens, logits) = taken?;
+        let mut flow = ControlFlow::Continue(());
+        let mut given = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            let (row, id, token_flow) = on_token(token);
+            given.push((row, id));
+            if token_flow.is_break() {
+                flow = token_flow;
+            }
+        }
+        let (ids, logits) = in_row_order(rows, &given, logits);
+        let step_flow = on_step(&Step {
+            ids: &ids,
+            logits: &logits,
+        });
+        if step_flow.is_break() || flow.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::{Device, TensorData, Tolerance};
-    use nexttoken_model::token_tensor;
+    use nexttoken_model::{Gpt2, token_tensor};
 
     use super::*;
+
+    /// The plain loop: every step reads every row's whole window.
+    fn plain(model: &Gpt2) -> Session<'_> {
+        Session::new(model).without_kv_cache()
+    }
+
+    fn cached(model: &Gpt2) -> Session<'_> {
+        Session::new(model)
+    }
+
+    type NewSession = fn(&Gpt2) -> Session<'_>;
+
+    /// A session with the KV cache and one without, which must give the same ids.
+    const SESSIONS: [(&str, NewSession); 2] = [("cached", cached), ("plain", plain)];
 
     fn tiny_model() -> Gpt2 {
         crate::tiny_config(6).init(&Device::flex())
@@ -127,13 +164,14 @@ mod tests {
     fn batch_rows_match_the_plain_loop_past_the_context_length() {
         let model = tiny_model();
         let prompts = vec![vec![1, 2, 3, 4], vec![9, 8, 7, 6]];
-        for config in [
-            GenerationConfig::new(10).without_eos(),
-            GenerationConfig::new(10).without_eos().without_kv_cache(),
-        ] {
-            let out = generate(&model, &prompts, &config, |_| ControlFlow::Continue(())).unwrap();
+        let config = GenerationConfig::new(10).without_eos();
+        for (name, session) in SESSIONS {
+            let out = generate(session(&model), &prompts, &config, |_| {
+                ControlFlow::Continue(())
+            });
+            let out = out.unwrap();
             for (prompt, tokens) in prompts.iter().zip(&out.tokens) {
-                assert_eq!(tokens, &reference(&model, prompt, 10), "{config:?}");
+                assert_eq!(tokens, &reference(&model, prompt, 10), "{name}");
             }
             assert_eq!(out.stats.decode_steps.len(), 9);
             assert_eq!(out.stats.decode_tokens, 18);
@@ -146,17 +184,18 @@ mod tests {
     fn the_kv_cache_gives_the_plain_loops_logits() {
         let model = tiny_model();
         let prompts = vec![vec![1, 2], vec![9, 8]];
-        let logits = |config: GenerationConfig| {
+        let logits = |session: Session<'_>| {
             let mut steps = Vec::new();
-            generate(&model, &prompts, &config.without_eos(), |step| {
+            let config = GenerationConfig::new(20).without_eos();
+            generate(session, &prompts, &config, |step| {
                 steps.push(step.logits.clone().into_data());
                 ControlFlow::Continue(())
             })
             .unwrap();
             steps
         };
-        let cached = logits(GenerationConfig::new(20));
-        let plain = logits(GenerationConfig::new(20).without_kv_cache());
+        let cached = logits(Session::new(&model));
+        let plain = logits(plain(&model));
         assert_eq!(cached.len(), 20);
         for (cached, plain) in cached.iter().zip(&plain) {
             cached.assert_approx_eq::<f32>(plain, burn::tensor::Tolerance::default());
@@ -209,12 +248,12 @@ mod tests {
 
     /// Every row's logits at every step, in prompt order, and the ids.
     fn run(
-        model: &Gpt2,
+        session: Session<'_>,
         prompts: &[Vec<u32>],
         config: &GenerationConfig,
     ) -> (Generation, Vec<Vec<Vec<f32>>>) {
         let mut logits = vec![Vec::new(); prompts.len()];
-        let out = generate(model, prompts, config, |step| {
+        let out = generate(session, prompts, config, |step| {
             let values: Vec<f32> = step.logits.clone().into_data().try_to_vec().unwrap();
             let vocab = values.len() / step.ids.iter().flatten().count();
             let rows = step.ids.iter().enumerate().filter(|(_, id)| id.is_some());
@@ -235,14 +274,13 @@ mod tests {
     fn ragged_rows_match_each_row_alone_across_the_context() {
         let model = tiny_model();
         let prompts = vec![vec![5, 6, 7, 8, 9], vec![1], vec![9, 8, 7]];
-        for config in [
-            GenerationConfig::new(9).without_eos(),
-            GenerationConfig::new(9).without_eos().without_kv_cache(),
-        ] {
-            let (batch, batch_logits) = run(&model, &prompts, &config);
+        let config = GenerationConfig::new(9).without_eos();
+        for (name, session) in SESSIONS {
+            let (batch, batch_logits) = run(session(&model), &prompts, &config);
             for (row, prompt) in prompts.iter().enumerate() {
-                let (alone, alone_logits) = run(&model, std::slice::from_ref(prompt), &config);
-                assert_eq!(batch.tokens[row], alone.tokens[0], "row {row}, {config:?}");
+                let (alone, alone_logits) =
+                    run(session(&model), std::slice::from_ref(prompt), &config);
+                assert_eq!(batch.tokens[row], alone.tokens[0], "row {row}, {name}");
                 assert_eq!(batch.tokens[row], reference(&model, prompt, 9));
                 assert_eq!(batch_logits[row].len(), 9);
                 for (ours, theirs) in batch_logits[row].iter().zip(&alone_logits[0]) {

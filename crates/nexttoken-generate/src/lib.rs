@@ -3,13 +3,15 @@
 //! Each step crops the ids to the model's context length, runs the model, takes the logits of
 //! the last position, turns them into probabilities with a softmax and picks the most likely id
 //! (greedy decoding), then appends it. This is the loop of `generate_text_simple` in *Build a
-//! Large Language Model (From Scratch)*, and Hugging Face's `generate(do_sample=False)`. With
-//! [`GenerationConfig::sampling`] set, each row draws its id instead, through its own
-//! [`Sampler`] (transformers' repetition penalty, temperature, top-k, top-p and min-p).
+//! Large Language Model (From Scratch)*, and Hugging Face's `generate(do_sample=False)`;
+//! `examples/greedy_loop.rs` writes it out on the public API. With
+//! [`GenerationConfig::selection`] set to [`Selection::Sample`], each row draws its id instead,
+//! through its own [`Sampler`] (transformers' repetition penalty, temperature, top-k, top-p and
+//! min-p).
 //!
-//! By default the loop keeps a KV cache ([`nexttoken_model::KvCache`]): the prompt is processed
-//! once and each later step runs only the new token through the model. The output is the plain
-//! loop's ([`GenerationConfig::without_kv_cache`]), which the tests check on every backend.
+//! A [`Session`] keeps a KV cache ([`nexttoken_model::KvCache`]): the prompt is processed once
+//! and each later step runs only the new token through the model. The output is the plain
+//! loop's ([`Session::without_kv_cache`]), which the tests check on every backend.
 //!
 //! ```
 //! use std::ops::ControlFlow;
@@ -42,8 +44,9 @@ mod text;
 pub use config::GenerationConfig;
 pub use error::GenerateError;
 pub use generate::{Generation, Step, generate};
-pub use sampler::{Sampler, SamplingParams};
-pub use sampling::select_greedy;
+pub use sampler::{
+    MIN_TEMPERATURE, Sampler, SamplingError, SamplingParams, Selection, random_seed,
+};
 pub use session::{FinishReason, Logprobs, RowId, RowToken, Session, SessionStep};
 pub use stats::GenerationStats;
 pub use text::{Chunks, Completion, TextChunk, TextGenerator, TextSession, TextStep};

@@ -68,13 +68,12 @@ impl SamplingParams {
     /// Whether these settings pick what greedy decoding picks: a temperature below
     /// [`MIN_TEMPERATURE`], no penalty and no bias (the filters keep the most likely id), so a
     /// row needs no sampler.
-    pub fn is_greedy(&self) -> bool {
+    fn is_greedy(&self) -> bool {
         !self.is_random() && !self.changes_logits()
     }
 
-    /// Whether ids are drawn at random (a temperature of at least [`MIN_TEMPERATURE`]): whether
-    /// a seed changes anything.
-    pub fn is_random(&self) -> bool {
+    /// Whether ids are drawn at random (a temperature of at least [`MIN_TEMPERATURE`]).
+    fn is_random(&self) -> bool {
         self.temperature >= MIN_TEMPERATURE
     }
 
@@ -89,44 +88,95 @@ impl SamplingParams {
     /// Checks that the values mean something.
     ///
     /// # Errors
-    /// The setting at fault and what it takes.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The first setting at fault, with what it takes.
+    pub fn validate(&self) -> Result<(), SamplingError> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(format!(
-                "temperature must be 0 (greedy) or more, got {}",
-                self.temperature
-            ));
+            return Err(SamplingError::Temperature(self.temperature));
         }
         if self.top_k == Some(0) {
-            return Err("top-k must be at least 1".into());
+            return Err(SamplingError::TopK);
         }
         if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
-            return Err(format!("top-p must be in (0, 1], got {p}"));
+            return Err(SamplingError::TopP(p));
         }
         if let Some(p) = self.min_p.filter(|p| !(0.0..=1.0).contains(p)) {
-            return Err(format!("min-p must be in [0, 1], got {p}"));
+            return Err(SamplingError::MinP(p));
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            return Err(format!(
-                "the repeat penalty must be greater than 0 (1 is off), got {}",
-                self.repeat_penalty
-            ));
+            return Err(SamplingError::RepeatPenalty(self.repeat_penalty));
         }
-        for (name, value) in [
-            ("presence penalty", self.presence_penalty),
-            ("frequency penalty", self.frequency_penalty),
-        ] {
-            if !value.is_finite() {
-                return Err(format!("the {name} must be a finite number, got {value}"));
-            }
+        if !self.presence_penalty.is_finite() {
+            return Err(SamplingError::PresencePenalty(self.presence_penalty));
         }
-        if let Some((id, bias)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
-            return Err(format!(
-                "the logit bias of id {id} must be a finite number, got {bias}"
-            ));
+        if !self.frequency_penalty.is_finite() {
+            return Err(SamplingError::FrequencyPenalty(self.frequency_penalty));
+        }
+        if let Some(&(id, bias)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+            return Err(SamplingError::LogitBias { id, bias });
         }
         Ok(())
     }
+}
+
+/// A sampling setting that means nothing, and what it takes.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SamplingError {
+    #[error("temperature must be 0 (greedy) or more, got {0}")]
+    Temperature(f32),
+    #[error("top-k must be at least 1")]
+    TopK,
+    #[error("top-p must be in (0, 1], got {0}")]
+    TopP(f32),
+    #[error("min-p must be in [0, 1], got {0}")]
+    MinP(f32),
+    #[error("the repeat penalty must be greater than 0 (1 is off), got {0}")]
+    RepeatPenalty(f32),
+    #[error("the presence penalty must be a finite number, got {0}")]
+    PresencePenalty(f32),
+    #[error("the frequency penalty must be a finite number, got {0}")]
+    FrequencyPenalty(f32),
+    #[error("the logit bias of id {id} must be a finite number, got {bias}")]
+    LogitBias { id: u32, bias: f32 },
+}
+
+/// How a row chooses its next id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Selection {
+    /// The most likely id: the argmax of the softmax, taken on the device.
+    #[default]
+    Greedy,
+    /// Through a [`Sampler`] with these settings, seeded per row.
+    Sample(SamplingParams),
+}
+
+impl Selection {
+    /// The selection `params` make, checked: [`Selection::Greedy`] where they pick what greedy
+    /// decoding picks (a temperature below [`MIN_TEMPERATURE`], no penalty, no bias; the filters
+    /// keep the most likely id), else [`Selection::Sample`]. The CLI, the server and the page
+    /// all build their settings through this.
+    ///
+    /// # Errors
+    /// [`SamplingError`]: the first setting at fault.
+    pub fn new(params: SamplingParams) -> Result<Self, SamplingError> {
+        params.validate()?;
+        Ok(if params.is_greedy() {
+            Self::Greedy
+        } else {
+            Self::Sample(params)
+        })
+    }
+
+    /// Whether ids are drawn at random, so that a seed changes them.
+    pub fn is_random(&self) -> bool {
+        matches!(self, Self::Sample(params) if params.is_random())
+    }
+}
+
+/// A seed for a request that names none: a fresh one each call, from the operating system's
+/// random source (through the standard library's hasher keys).
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 /// Draws ids for one row: its settings and its own random stream.
@@ -139,23 +189,21 @@ pub struct Sampler {
 impl Sampler {
     /// A sampler whose draws are fixed by `seed`.
     ///
-    /// # Panics
-    /// If `params` are invalid ([`SamplingParams::validate`] says why): check them first.
-    pub fn new(params: SamplingParams, seed: u64) -> Self {
-        if let Err(reason) = params.validate() {
-            panic!("invalid sampling settings: {reason}");
-        }
-        Self {
+    /// # Errors
+    /// [`SamplingError`] if a setting means nothing.
+    pub fn new(params: SamplingParams, seed: u64) -> Result<Self, SamplingError> {
+        params.validate()?;
+        Ok(Self {
             params,
             rng: ChaCha8Rng::seed_from_u64(seed),
-        }
+        })
     }
 
     /// The next id, drawn from `logits` (one row, `[v]`) after the settings are applied;
     /// `history` is the row's ids so far, the last `generated` of them generated (the repeat
     /// penalty looks at all of them, the presence and frequency penalties at the generated).
     pub fn sample(&mut self, logits: &[f32], history: &[u32], generated: usize) -> u32 {
-        if !self.is_random() {
+        if !self.params.is_random() {
             return argmax(&self.adjusted(logits, history, generated));
         }
         let probs = self.probabilities(logits, history, generated);
@@ -174,12 +222,6 @@ impl Sampler {
         }
         // Rounding left the sum just below 1 and u above it: the last possible id.
         last as u32
-    }
-
-    /// Whether [`Sampler::sample`] draws at random (a temperature of at least
-    /// [`MIN_TEMPERATURE`]) rather than picking the most likely id.
-    pub fn is_random(&self) -> bool {
-        self.params.is_random()
     }
 
     /// The distribution [`Sampler::sample`] draws from when it draws at random: probabilities
@@ -353,16 +395,9 @@ fn softmax(scores: &[f32]) -> Vec<f32> {
             .map(|&s| if s == max { share } else { 0.0 })
             .collect();
     }
-    // A removed id's 0 without its `exp`: after top-k or top-p, most of the vocabulary.
-    let exps: Vec<f32> = scores
-        .iter()
-        .map(|&s| match s {
-            f32::NEG_INFINITY => 0.0,
-            s => (s - max).exp(),
-        })
-        .collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
+    let mut probabilities = scores.to_vec();
+    nexttoken_cpu::softmax_in_place(&mut probabilities);
+    probabilities
 }
 
 #[cfg(test)]
@@ -375,7 +410,7 @@ mod tests {
     }
 
     fn sampler(params: SamplingParams) -> Sampler {
-        Sampler::new(params, 42)
+        Sampler::new(params, 42).expect("valid settings")
     }
 
     /// Pearson's chi-square statistic of `counts` against `expected` probabilities over `n`
@@ -549,7 +584,9 @@ mod tests {
                 repeat_penalty,
                 ..SamplingParams::default()
             };
-            Sampler::new(params, 0).sample(&[0.5, 3.0, 2.9, -1.0], &[1], 0)
+            Sampler::new(params, 0)
+                .unwrap()
+                .sample(&[0.5, 3.0, 2.9, -1.0], &[1], 0)
         };
         assert_eq!(greedy(1.0), 1);
         // 3.0 / 1.2 = 2.5 < 2.9.
@@ -576,7 +613,8 @@ mod tests {
                 ..SamplingParams::default()
             },
             42,
-        );
+        )
+        .unwrap();
         let probs = windowed.probabilities(&logits, &[0, 1, 0], 0);
         assert_eq!(probs, softmax(&[1.0, -1.0, 1.0, 0.5]));
     }
@@ -590,9 +628,8 @@ mod tests {
                 temperature,
                 ..SamplingParams::default()
             };
-            assert!(params.is_greedy(), "{temperature}");
+            assert_eq!(Selection::new(params.clone()), Ok(Selection::Greedy));
             let mut sampler = sampler(params);
-            assert!(!sampler.is_random());
             let logits = [0.5, 3.0, 2.9, -1.0];
             assert!((0..100).all(|_| sampler.sample(&logits, &[], 0) == 1));
         }
@@ -600,8 +637,7 @@ mod tests {
             temperature: MIN_TEMPERATURE,
             ..SamplingParams::default()
         };
-        assert!(!just_above.is_greedy());
-        assert!(sampler(just_above).is_random());
+        assert!(Selection::new(just_above).unwrap().is_random());
     }
 
     /// NaN logits are never drawn and never spread NaN into the others; `+inf` logits take
@@ -678,7 +714,7 @@ mod tests {
             },
             0,
         );
-        let mut rewarding = rewarding;
+        let mut rewarding = rewarding.unwrap();
         assert_eq!(rewarding.sample(&logits, &[3, 3, 1], 1), 1);
         assert_eq!(rewarding.sample(&logits, &[3, 3, 1], 0), 0);
     }
@@ -706,7 +742,7 @@ mod tests {
     fn a_seed_fixes_the_draws() {
         let params = SamplingParams::default();
         let draw = |seed| {
-            let mut sampler = Sampler::new(params.clone(), seed);
+            let mut sampler = Sampler::new(params.clone(), seed).unwrap();
             (0..50)
                 .map(|_| sampler.sample(&logits(), &[], 0))
                 .collect::<Vec<_>>()
@@ -776,8 +812,12 @@ mod tests {
             ),
         ];
         for (params, name) in cases {
-            let err = params.validate().unwrap_err();
+            let err = Selection::new(params.clone()).unwrap_err().to_string();
             assert!(err.contains(name), "{err}");
+            assert!(
+                Sampler::new(params, 0).is_err(),
+                "{name}: no panic, an error"
+            );
         }
     }
 }

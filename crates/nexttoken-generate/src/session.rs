@@ -4,12 +4,18 @@ use nexttoken_model::{Gpt2, KvCache, token_tensor};
 use web_time::Instant;
 
 use crate::sampling::{greedy_ids, ids_of};
-use crate::{GenerateError, GenerationConfig, GenerationStats, Sampler};
+use crate::{GenerateError, GenerationConfig, GenerationStats, Sampler, Selection};
 
-/// A row of a [`Session`], as [`Session::add`] named it. Rows are numbered from 0 in the order
-/// they were added.
+/// A row of a [`Session`], as [`Session::add`] named it. Ids order as their rows were added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RowId(pub u64);
+pub struct RowId(u64);
+
+impl RowId {
+    /// The row's place in the order rows were added, from 0: a batch's prompt index.
+    pub(crate) fn number(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// Why a row stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +138,20 @@ impl Row {
     }
 }
 
+/// How a step runs its rows (see [`Session::plan`]): the first `cached` continue from the
+/// cache, the rest read their windows, and the first `joining` of those join the cache.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    cached: usize,
+    joining: usize,
+}
+
+impl<'m> From<&'m Gpt2> for Session<'m> {
+    fn from(model: &'m Gpt2) -> Self {
+        Session::new(model)
+    }
+}
+
 impl<'m> Session<'m> {
     /// An empty session on `model`, with a KV cache.
     pub fn new(model: &'m Gpt2) -> Self {
@@ -176,9 +196,10 @@ impl<'m> Session<'m> {
         if config.max_new_tokens == 0 {
             return Err(GenerateError::ZeroMaxNewTokens);
         }
-        if let Some(reason) = config.sampling.as_ref().and_then(|p| p.validate().err()) {
-            return Err(GenerateError::InvalidSampling { reason });
-        }
+        let sampler = match &config.selection {
+            Selection::Greedy => None,
+            Selection::Sample(params) => Some(Sampler::new(params.clone(), config.seed)?),
+        };
         if prompt.is_empty() {
             return Err(GenerateError::EmptyPrompt { index });
         }
@@ -200,10 +221,7 @@ impl<'m> Session<'m> {
             min_new_tokens: config.min_new_tokens,
             eos_token_id: config.eos_token_id,
             stop_token_ids: config.stop_token_ids.clone(),
-            sampler: config
-                .sampling
-                .clone()
-                .map(|params| Sampler::new(params, config.seed)),
+            sampler,
             logprobs: config.logprobs,
         });
         Ok(id)
@@ -256,19 +274,33 @@ impl<'m> Session<'m> {
     /// As [`Session::step`].
     pub async fn step_async(&mut self) -> Result<SessionStep, GenerateError> {
         let start = Instant::now();
-        let model = self.model;
-        let device = model.wte.weight.device();
-        let context = model.context_length();
         if self.rows.is_empty() {
+            let device = self.model.wte.weight.device();
             return Ok(SessionStep {
                 tokens: Vec::new(),
-                logits: Tensor::zeros([0, model.vocab_size()], &device),
+                logits: Tensor::zeros([0, self.model.vocab_size()], &device),
             });
         }
         let prefill = self.rows.iter().any(|row| row.generated == 0);
+        let plan = self.plan();
+        let logits = self.forward(plan).await?;
+        let tokens = self.select(&logits).await?;
+        self.stats.record(prefill, start.elapsed(), tokens.len());
+        let finished: Vec<usize> = tokens
+            .iter()
+            .enumerate()
+            .filter_map(|(index, token)| token.finish.map(|_| index))
+            .collect();
+        self.remove(&finished);
+        Ok(SessionStep { tokens, logits })
+    }
 
-        // Cached rows whose next id would pass the context leave the cache; so do all rows
-        // when there is no cache. What is left continues from the cache.
+    /// Who runs how this step, with the rows put in that order: cached rows whose next id
+    /// would pass the context leave the cache (all rows do when there is no cache); the rest
+    /// of the cache continues from it; the rows left read their whole window, those that can
+    /// go on from a cache first (they join it).
+    fn plan(&mut self) -> Plan {
+        let context = self.model.context_length();
         let cached = self.cache.batch_size();
         let leaving: Vec<usize> = (0..cached)
             .filter(|&index| !self.kv_cache || self.rows[index].ids.len() > context)
@@ -279,13 +311,26 @@ impl<'m> Session<'m> {
             self.rows.extend(moved.into_iter().rev());
         }
         let cached = self.cache.batch_size();
-        // The rest read their window: those that can go on from a cache first.
-        self.rows[cached..].sort_by_key(|row| !(self.kv_cache && row.ids.len() < context));
+        let kv_cache = self.kv_cache;
+        let joins = |row: &Row| kv_cache && row.ids.len() < context;
+        self.rows[cached..].sort_by_key(|row| !joins(row));
         let joining = self.rows[cached..]
             .iter()
-            .take_while(|row| self.kv_cache && row.ids.len() < context)
+            .take_while(|row| joins(row))
             .count();
+        Plan { cached, joining }
+    }
 
+    /// One forward pass for every live row, as `plan` orders them: the cached rows' last ids
+    /// through the cache, the others' windows from scratch (those joining written into the
+    /// cache). The last position's logits, `[rows, v]`, in row order.
+    async fn forward(
+        &mut self,
+        Plan { cached, joining }: Plan,
+    ) -> Result<Tensor<2>, GenerateError> {
+        let model = self.model;
+        let device = model.wte.weight.device();
+        let context = model.context_length();
         let mut logits = Vec::with_capacity(2);
         if cached > 0 {
             let last: Vec<[u32; 1]> = self.rows[..cached]
@@ -324,38 +369,21 @@ impl<'m> Session<'m> {
                 }
             }
         }
-        let logits = if logits.len() == 1 {
-            logits.remove(0)
-        } else {
-            // Joined on the host: on wgpu, `Tensor::cat` of the two groups' logits gave rows of
-            // another step's values under some of cubecl's autotuned kernels (a cache of its
-            // choices from one CI run made it happen every time). This runs only on the steps
-            // rows join or start sliding.
-            let mut host = Vec::with_capacity(self.rows.len() * model.vocab_size());
-            for part in logits {
-                host.extend(read_back(part).await?);
-            }
-            Tensor::from_data(
-                TensorData::new(host, [self.rows.len(), model.vocab_size()]),
-                &device,
-            )
-        };
-
-        let tokens = self.select(&logits).await?;
-        let elapsed = start.elapsed();
-        if prefill {
-            self.stats.prefill += elapsed;
-        } else {
-            self.stats.decode_steps.push(elapsed);
-            self.stats.decode_tokens += tokens.len();
+        if logits.len() == 1 {
+            return Ok(logits.remove(0));
         }
-        let finished: Vec<usize> = tokens
-            .iter()
-            .enumerate()
-            .filter_map(|(index, token)| token.finish.map(|_| index))
-            .collect();
-        self.remove(&finished);
-        Ok(SessionStep { tokens, logits })
+        // Joined on the host: on wgpu, `Tensor::cat` of the two groups' logits gave rows of
+        // another step's values under some of cubecl's autotuned kernels (a cache of its
+        // choices from one CI run made it happen every time). This runs only on the steps rows
+        // join or start sliding.
+        let mut host = Vec::with_capacity(self.rows.len() * model.vocab_size());
+        for part in logits {
+            host.extend(read_back(part).await?);
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(host, [self.rows.len(), model.vocab_size()]),
+            &device,
+        ))
     }
 
     /// Picks every row's next id from `logits` (`[rows, v]`, in row order) and appends it.
@@ -562,7 +590,7 @@ mod tests {
     fn ids_past_the_choosable_ones_are_never_chosen() {
         let model = tiny_config(64).init(&Device::flex());
         let hot = GenerationConfig {
-            sampling: Some(SamplingParams {
+            selection: Selection::Sample(SamplingParams {
                 temperature: 50.0,
                 ..SamplingParams::default()
             }),

@@ -29,6 +29,17 @@ impl GenerationStats {
     pub fn generated_tokens_per_s(&self) -> f64 {
         per_second(self.decode_tokens, self.decode())
     }
+
+    /// Counts a step that took `elapsed` and made `tokens`: a step where some row read its
+    /// prompt counts as prefill, any other as a decode step.
+    pub(crate) fn record(&mut self, prefill: bool, elapsed: Duration, tokens: usize) {
+        if prefill {
+            self.prefill += elapsed;
+        } else {
+            self.decode_steps.push(elapsed);
+            self.decode_tokens += tokens;
+        }
+    }
 }
 
 fn per_second(tokens: usize, time: Duration) -> f64 {

@@ -5,7 +5,8 @@ use burn::tensor::{Tensor, try_read_sync};
 use nexttoken_model::{Gpt2, Gpt2Config, token_tensor};
 use nexttoken_tokenizer::{Gpt2Tokenizer, StreamDecoder, VOCAB_SIZE};
 
-use crate::session::{in_row_order, logprobs, read_back};
+use crate::generate::drive;
+use crate::session::{logprobs, read_back};
 use crate::{
     FinishReason, GenerateError, GenerationConfig, GenerationStats, Logprobs, RowId, Session,
     SessionStep, Step,
@@ -31,9 +32,9 @@ pub struct Completion {
 /// A model and GPT-2's tokenizer: text in, text out.
 #[derive(Debug)]
 pub struct TextGenerator {
-    pub model: Gpt2,
-    pub config: Gpt2Config,
-    pub tokenizer: Gpt2Tokenizer,
+    model: Gpt2,
+    config: Gpt2Config,
+    tokenizer: Gpt2Tokenizer,
 }
 
 impl TextGenerator {
@@ -46,6 +47,19 @@ impl TextGenerator {
         }
     }
 
+    pub fn model(&self) -> &Gpt2 {
+        &self.model
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &Gpt2Tokenizer {
+        &self.tokenizer
+    }
+
     /// Settings for up to `max_new_tokens` per prompt, stopping at the model's end-of-text id
     /// (`eos_token_id` of its `config.json`).
     pub fn generation_config(&self, max_new_tokens: usize) -> GenerationConfig {
@@ -55,16 +69,12 @@ impl TextGenerator {
         }
     }
 
-    /// A [`TextSession`] on this generator, with a KV cache as `kv_cache` says. It chooses
-    /// only ids the tokenizer can decode.
-    pub fn session(&self, kv_cache: bool) -> TextSession<'_> {
-        let session = Session::new(&self.model).choosing_below(VOCAB_SIZE as usize);
+    /// A [`TextSession`] on this generator, with a KV cache
+    /// ([`TextSession::without_kv_cache`] for the plain loop). It chooses only ids the
+    /// tokenizer can decode.
+    pub fn session(&self) -> TextSession<'_> {
         TextSession {
-            session: if kv_cache {
-                session
-            } else {
-                session.without_kv_cache()
-            },
+            session: Session::new(&self.model).choosing_below(VOCAB_SIZE as usize),
             tokenizer: &self.tokenizer,
             rows: HashMap::new(),
         }
@@ -121,73 +131,6 @@ impl TextGenerator {
             .map(|(scores, &next)| logprobs(scores, next, top))
             .collect())
     }
-
-    /// Generates a continuation for each prompt, run as one batch (prompts of any lengths;
-    /// prompt `i` draws with seed `config.seed + i`). Each row stops at its end-of-text id, its
-    /// `max_new_tokens` or the first of `stop` its text reaches.
-    ///
-    /// `on_text(row, text)` receives each row's new text as soon as it forms whole characters
-    /// that cannot be the start of a stop string; `on_step` sees every step's ids and logits,
-    /// as [`crate::generate`]'s callback does. Either returning [`ControlFlow::Break`] ends the
-    /// generation after that step; the completions then hold what was generated so far.
-    ///
-    /// # Errors
-    /// As [`crate::generate`].
-    pub fn generate_text(
-        &self,
-        prompts: &[&str],
-        config: &GenerationConfig,
-        stop: &[String],
-        mut on_text: impl FnMut(usize, &str) -> ControlFlow<()>,
-        mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
-    ) -> Result<(Vec<Completion>, GenerationStats), GenerateError> {
-        if prompts.is_empty() {
-            return Err(GenerateError::NoPrompts);
-        }
-        let mut session = self.session(config.kv_cache);
-        let mut completions = Vec::with_capacity(prompts.len());
-        for (row, prompt) in prompts.iter().enumerate() {
-            let prompt_ids = self.tokenizer.encode(prompt);
-            session.add_ids(prompt_ids.clone(), &config.for_row(row), stop)?;
-            completions.push(Completion {
-                prompt: prompt.to_string(),
-                prompt_ids,
-                ids: Vec::new(),
-                text: String::new(),
-                finish_reason: None,
-                logprobs: Vec::new(),
-            });
-        }
-        while !session.is_finished() {
-            let step = session.step()?;
-            let mut given = Vec::with_capacity(step.chunks.len());
-            let mut flow = ControlFlow::Continue(());
-            for chunk in step.chunks {
-                // Rows are numbered in the order they were added: the prompts' order.
-                let row = chunk.row.0 as usize;
-                let completion = &mut completions[row];
-                given.push((row, chunk.id));
-                completion.ids.push(chunk.id);
-                completion.text.push_str(&chunk.text);
-                completion.logprobs.extend(chunk.logprobs);
-                completion.finish_reason = chunk.finish;
-                if !chunk.text.is_empty() && on_text(row, &chunk.text).is_break() {
-                    flow = ControlFlow::Break(());
-                }
-            }
-            let (ids, logits) = in_row_order(prompts.len(), &given, step.logits);
-            if on_step(&Step {
-                ids: &ids,
-                logits: &logits,
-            })
-            .is_break()
-                || flow.is_break()
-            {
-                break;
-            }
-        }
-        Ok((completions, session.stats().clone()))
-    }
 }
 
 /// A [`Session`] in text: prompts in, each row's new text out as it forms, cut at the row's
@@ -200,7 +143,7 @@ impl TextGenerator {
 ///
 /// let config = Gpt2Config { n_layer: 2, n_head: 2, n_embd: 8, n_positions: 16, ..Gpt2Config::gpt2() };
 /// let generator = TextGenerator::new(config.init(&Device::flex()), config);
-/// let mut session = generator.session(true);
+/// let mut session = generator.session();
 /// let row = session.add("Hello", &generator.generation_config(8), &["\n".to_string()])?;
 /// let mut text = String::new();
 /// while !session.is_finished() {
@@ -251,6 +194,68 @@ pub struct TextStep {
 }
 
 impl<'g> TextSession<'g> {
+    /// Generates a continuation for each prompt, run as one batch (prompts of any lengths;
+    /// prompt `i` draws with seed `config.seed + i`). Each row stops at its end-of-text id, its
+    /// `max_new_tokens` or the first of `stop` its text reaches.
+    ///
+    /// `on_text(row, text)` receives each row's new text as soon as it forms whole characters
+    /// that cannot be the start of a stop string; `on_step` sees every step's ids and logits,
+    /// as [`crate::generate`]'s callback does. Either returning [`ControlFlow::Break`] ends the
+    /// generation after that step; the completions then hold what was generated so far.
+    ///
+    /// # Errors
+    /// As [`crate::generate`].
+    pub fn generate(
+        mut self,
+        prompts: &[&str],
+        config: &GenerationConfig,
+        stop: &[String],
+        mut on_text: impl FnMut(usize, &str) -> ControlFlow<()>,
+        on_step: impl FnMut(&Step) -> ControlFlow<()>,
+    ) -> Result<(Vec<Completion>, GenerationStats), GenerateError> {
+        if prompts.is_empty() {
+            return Err(GenerateError::NoPrompts);
+        }
+        let mut completions = Vec::with_capacity(prompts.len());
+        for (row, prompt) in prompts.iter().enumerate() {
+            let prompt_ids = self.tokenizer.encode(prompt);
+            self.add_ids(prompt_ids.clone(), &config.for_row(row), stop)?;
+            completions.push(Completion {
+                prompt: prompt.to_string(),
+                prompt_ids,
+                ids: Vec::new(),
+                text: String::new(),
+                finish_reason: None,
+                logprobs: Vec::new(),
+            });
+        }
+        let step =
+            || (!self.is_finished()).then(|| self.step().map(|step| (step.chunks, step.logits)));
+        let on_chunk = |chunk: TextChunk| {
+            let row = chunk.row.number();
+            let completion = &mut completions[row];
+            completion.ids.push(chunk.id);
+            completion.text.push_str(&chunk.text);
+            completion.logprobs.extend(chunk.logprobs);
+            completion.finish_reason = chunk.finish;
+            let flow = match chunk.text.is_empty() {
+                true => ControlFlow::Continue(()),
+                false => on_text(row, &chunk.text),
+            };
+            (row, chunk.id, flow)
+        };
+        drive(prompts.len(), step, on_chunk, on_step)?;
+        let stats = self.stats().clone();
+        Ok((completions, stats))
+    }
+
+    /// Reads every row's whole window every step instead of keeping a KV cache: the book's
+    /// loop, kept as the reference the cache is tested against.
+    pub fn without_kv_cache(mut self) -> Self {
+        self.session = self.session.without_kv_cache();
+        self
+    }
+
     /// Adds a row continuing `prompt`; it joins the batch at the next step and stops at the
     /// first of `stop` its text reaches (empty strings are ignored).
     ///
@@ -387,13 +392,13 @@ impl<'g> TextSession<'g> {
     ///
     /// ```
     /// # use burn::tensor::Device;
-    /// # use nexttoken_generate::{GenerationConfig, SamplingParams, TextGenerator};
+    /// # use nexttoken_generate::{GenerationConfig, SamplingParams, Selection, TextGenerator};
     /// # use nexttoken_model::Gpt2Config;
     /// # let config = Gpt2Config { n_layer: 2, n_head: 2, n_embd: 8, n_positions: 16, ..Gpt2Config::gpt2() };
     /// # let generator = TextGenerator::new(config.init(&Device::flex()), config);
-    /// let mut session = generator.session(true);
+    /// let mut session = generator.session();
     /// let sampled = GenerationConfig {
-    ///     sampling: Some(SamplingParams { temperature: 0.8, top_p: Some(0.95), ..SamplingParams::default() }),
+    ///     selection: Selection::Sample(SamplingParams { temperature: 0.8, top_p: Some(0.95), ..SamplingParams::default() }),
     ///     seed: 42,
     ///     ..generator.generation_config(10)
     /// };
@@ -403,8 +408,9 @@ impl<'g> TextSession<'g> {
     /// let mut texts = [String::new(), String::new()];
     /// while let Some(chunk) = chunks.next() {
     ///     let chunk = chunk?;
-    ///     texts[chunk.row.0 as usize].push_str(&chunk.text);
-    ///     if chunk.row == long && texts[1].len() > 5 {
+    ///     let text = &mut texts[usize::from(chunk.row == long)];
+    ///     text.push_str(&chunk.text);
+    ///     if chunk.row == long && text.len() > 5 {
     ///         chunks.cancel(long); // as a server does when its client goes away
     ///     }
     /// }
@@ -493,7 +499,8 @@ mod tests {
         let config = generator.generation_config(12).without_eos();
         let mut streamed = vec![String::new(); prompts.len()];
         let (completions, _) = generator
-            .generate_text(
+            .session()
+            .generate(
                 prompts,
                 &config,
                 stop,

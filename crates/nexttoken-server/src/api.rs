@@ -8,7 +8,9 @@
 
 use std::fmt;
 
-use nexttoken_generate::{FinishReason, GenerationConfig, Logprobs, SamplingParams};
+use nexttoken_generate::{
+    FinishReason, GenerationConfig, Logprobs, SamplingError, SamplingParams, Selection, random_seed,
+};
 use nexttoken_tokenizer::Gpt2Tokenizer;
 use serde::de::{self, Deserializer, Visitor};
 use serde::ser::{SerializeMap, Serializer};
@@ -370,49 +372,19 @@ impl CompletionRequest {
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             logit_bias,
         };
-        // Each setting alone, so the error names the field at fault.
-        let alone = [
-            (
-                "temperature",
-                SamplingParams {
-                    temperature: sampling.temperature,
-                    ..Default::default()
-                },
-            ),
-            (
-                "top_k",
-                SamplingParams {
-                    top_k: sampling.top_k,
-                    ..Default::default()
-                },
-            ),
-            (
-                "top_p",
-                SamplingParams {
-                    top_p: sampling.top_p,
-                    ..Default::default()
-                },
-            ),
-            (
-                "min_p",
-                SamplingParams {
-                    min_p: sampling.min_p,
-                    ..Default::default()
-                },
-            ),
-            (
-                penalty_param,
-                SamplingParams {
-                    repeat_penalty,
-                    ..Default::default()
-                },
-            ),
-        ];
-        for (param, params) in alone {
-            if let Err(reason) = params.validate() {
-                return Err(invalid(param, format!("invalid {param}: {reason}")));
-            }
-        }
+        let selection = Selection::new(sampling).map_err(|error| {
+            let param = match error {
+                SamplingError::Temperature(_) => "temperature",
+                SamplingError::TopK => "top_k",
+                SamplingError::TopP(_) => "top_p",
+                SamplingError::MinP(_) => "min_p",
+                SamplingError::RepeatPenalty(_) => penalty_param,
+                SamplingError::PresencePenalty(_) => "presence_penalty",
+                SamplingError::FrequencyPenalty(_) => "frequency_penalty",
+                SamplingError::LogitBias { .. } => "logit_bias",
+            };
+            invalid(param, format!("invalid {param}: {error}"))
+        })?;
         let min_tokens = self.min_tokens.unwrap_or(0) as usize;
         if min_tokens > max_tokens {
             return Err(invalid(
@@ -420,7 +392,6 @@ impl CompletionRequest {
                 format!("min_tokens ({min_tokens}) is more than max_tokens ({max_tokens})"),
             ));
         }
-        let greedy = sampling.is_greedy();
         let ignore_eos = self.ignore_eos.unwrap_or(false);
         Ok(Checked {
             prompt,
@@ -432,8 +403,7 @@ impl CompletionRequest {
                 eos_token_id: (!ignore_eos).then_some(limits.eos_token_id),
                 stop_token_ids,
                 min_new_tokens: min_tokens,
-                kv_cache: true,
-                sampling: (!greedy).then_some(sampling),
+                selection,
                 seed: 0,
                 logprobs: self.logprobs.map(|n| n as usize),
             },
@@ -572,11 +542,6 @@ impl Checked {
             score_prompt: self.echo && self.config.logprobs.is_some(),
         })
     }
-}
-
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 /// OpenAI's name for a finish reason: end-of-text and stop sequences are both `stop`.

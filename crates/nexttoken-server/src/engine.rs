@@ -120,7 +120,7 @@ struct Running {
 fn run(generator: &TextGenerator, incoming: &Receiver<Submission>, shared: &Shared) {
     let metrics = &shared.metrics;
     let admission = &shared.admission;
-    let mut session = generator.session(true);
+    let mut session = generator.session();
     let mut waiting: VecDeque<Submission> = VecDeque::new();
     let mut running: HashMap<u64, Running> = HashMap::new();
     let mut owners: HashMap<RowId, (u64, usize)> = HashMap::new();
@@ -278,7 +278,7 @@ fn run(generator: &TextGenerator, incoming: &Receiver<Submission>, shared: &Shar
                     finish(metrics, Outcome::Failed);
                 }
                 owners.clear();
-                session = generator.session(true);
+                session = generator.session();
                 continue;
             }
         };

@@ -147,12 +147,12 @@ fn app(generator: TextGenerator, options: &ServerOptions) -> std::io::Result<App
         .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
     let limits = api::ModelLimits {
         name: options.model_name.clone(),
-        context_length: generator.config.n_positions,
-        vocab_size: generator.config.vocab_size,
-        eos_token_id: generator.config.eos_token_id,
+        context_length: generator.config().n_positions,
+        vocab_size: generator.config().vocab_size,
+        eos_token_id: generator.config().eos_token_id,
         max_batch: options.max_batch,
     };
-    let tokenizer = generator.tokenizer;
+    let tokenizer = *generator.tokenizer();
     let metrics = Arc::new(metrics::Metrics::default());
     let admission = Arc::new(admission::Admission::new(
         options.max_batch,

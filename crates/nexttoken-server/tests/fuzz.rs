@@ -318,7 +318,8 @@ fn random_bodies_never_break_the_server() {
     assert_eq!(health.status(), 200);
     let generator = generator();
     let (completions, _) = generator
-        .generate_text(
+        .session()
+        .generate(
             &["Every effort moves you"],
             &generator.generation_config(12),
             &[],

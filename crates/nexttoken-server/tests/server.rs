@@ -159,7 +159,8 @@ impl Drop for Server {
 /// The greedy text of `prompt` generated alone, offline.
 fn offline(generator: &TextGenerator, prompt: &str, max_tokens: usize) -> String {
     let (completions, _) = generator
-        .generate_text(
+        .session()
+        .generate(
             &[prompt],
             &generator.generation_config(max_tokens),
             &[],

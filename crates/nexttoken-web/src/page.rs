@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use burn::tensor::{DType, Device};
-use nexttoken_generate::{GenerationConfig, SamplingParams, TextGenerator, TextSession};
+use nexttoken_generate::{GenerationConfig, SamplingParams, Selection, TextGenerator, TextSession};
 use nexttoken_model::{Checkpoint, Gpt2Config};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -73,13 +73,13 @@ impl Generator {
     /// The model's number of parameters.
     #[wasm_bindgen(getter)]
     pub fn parameters(&self) -> f64 {
-        self.inner.config.num_parameters() as f64
+        self.inner.config().num_parameters() as f64
     }
 
     /// The model's context length, in tokens.
     #[wasm_bindgen(getter)]
     pub fn context_length(&self) -> usize {
-        self.inner.config.n_positions
+        self.inner.config().n_positions
     }
 
     /// Generates a continuation of `prompt`. `options` is the JSON of [`Options`] (greedy
@@ -151,10 +151,9 @@ async fn generate(
         repeat_penalty: options.repeat_penalty.unwrap_or(1.0),
         ..SamplingParams::default()
     };
-    sampling.validate().map_err(|e| JsError::new(&e))?;
-    config.sampling = (!sampling.is_greedy()).then_some(sampling);
-    let prompt_ids = generator.tokenizer.encode(prompt);
-    let mut session: TextSession<'_> = generator.session(true);
+    config.selection = Selection::new(sampling).map_err(|e| JsError::new(&e.to_string()))?;
+    let prompt_ids = generator.tokenizer().encode(prompt);
+    let mut session: TextSession<'_> = generator.session();
     session.add_ids(prompt_ids.clone(), &config, &[])?;
     let mut ids = Vec::new();
     let mut text = String::new();
