@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nexttoken_generate::{FinishReason, Logprobs, RowId, TextGenerator, TextSession};
+use nexttoken_generate::{FinishReason, Logprobs, RowId, TextChunk, TextGenerator, TextSession};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::admission::{Admission, Place};
@@ -118,55 +118,100 @@ struct Running {
 }
 
 fn run(generator: &TextGenerator, incoming: &Receiver<Submission>, shared: &Shared) {
-    let metrics = &shared.metrics;
-    let admission = &shared.admission;
-    let mut session = generator.session();
-    let mut waiting: VecDeque<Submission> = VecDeque::new();
-    let mut running: HashMap<u64, Running> = HashMap::new();
-    let mut owners: HashMap<RowId, (u64, usize)> = HashMap::new();
-    let mut next_request = 0u64;
+    let mut batch = Batch::new(generator, shared);
     loop {
-        // Idle: wait for work (waking now and then, so a closed channel or the end of the
-        // shutdown grace is noticed).
-        if running.is_empty() && waiting.is_empty() {
-            if shared.abort.load(Ordering::Acquire) {
-                return;
-            }
-            match incoming.recv_timeout(Duration::from_millis(200)) {
-                Ok(submission) => waiting.push_back(submission),
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        }
-        waiting.extend(incoming.try_iter());
-
-        if shared.abort.load(Ordering::Acquire) {
-            let error = ApiError::unavailable(
-                "the server is shutting down and its grace period for running requests ended",
-            );
-            for submission in waiting.drain(..) {
-                if submission.place == Place::Queue {
-                    admission.leave_queue();
-                } else {
-                    admission.release(submission.job.rows());
-                }
-                let _ = submission.events.send(Event::Failed(error.clone()));
-                finish(metrics, Outcome::Failed);
-            }
-            for (_, request) in running.drain() {
-                for row in &request.rows {
-                    session.cancel(*row);
-                }
-                admission.release(request.unfinished);
-                let _ = request.events.send(Event::Failed(error.clone()));
-                finish(metrics, Outcome::Failed);
-            }
+        if batch.is_idle() && !batch.wait_for_work(incoming) {
             return;
         }
+        batch.waiting.extend(incoming.try_iter());
+        if shared.abort.load(Ordering::Acquire) {
+            batch.fail_everything();
+            return;
+        }
+        batch.drop_abandoned_in_queue();
+        batch.admit_waiting();
+        batch.drop_leaving();
+        batch.step();
+    }
+}
 
-        // Queued requests whose client went away give their place back now, not when they
-        // reach the head of the queue.
-        waiting.retain(|submission| {
+/// The generation thread's state: the session every running request's rows are in, the
+/// requests waiting for a place, and which request and choice each row answers.
+struct Batch<'g> {
+    generator: &'g TextGenerator,
+    shared: &'g Shared,
+    session: TextSession<'g>,
+    waiting: VecDeque<Submission>,
+    running: HashMap<u64, Running>,
+    owners: HashMap<RowId, (u64, usize)>,
+    next_request: u64,
+}
+
+impl<'g> Batch<'g> {
+    fn new(generator: &'g TextGenerator, shared: &'g Shared) -> Self {
+        Self {
+            generator,
+            shared,
+            session: generator.session(),
+            waiting: VecDeque::new(),
+            running: HashMap::new(),
+            owners: HashMap::new(),
+            next_request: 0,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    /// Waits for a request, waking now and then so that a closed channel or the end of the
+    /// shutdown grace is noticed; false when the thread should end.
+    fn wait_for_work(&mut self, incoming: &Receiver<Submission>) -> bool {
+        loop {
+            if self.shared.abort.load(Ordering::Acquire) {
+                return false;
+            }
+            match incoming.recv_timeout(Duration::from_millis(200)) {
+                Ok(submission) => {
+                    self.waiting.push_back(submission);
+                    return true;
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// The shutdown grace ran out: every waiting and running request ends with an error.
+    fn fail_everything(&mut self) {
+        let (admission, metrics) = (&self.shared.admission, &self.shared.metrics);
+        let error = ApiError::unavailable(
+            "the server is shutting down and its grace period for running requests ended",
+        );
+        for submission in self.waiting.drain(..) {
+            if submission.place == Place::Queue {
+                admission.leave_queue();
+            } else {
+                admission.release(submission.job.rows());
+            }
+            let _ = submission.events.send(Event::Failed(error.clone()));
+            finish(metrics, Outcome::Failed);
+        }
+        for (_, request) in self.running.drain() {
+            for row in &request.rows {
+                self.session.cancel(*row);
+            }
+            admission.release(request.unfinished);
+            let _ = request.events.send(Event::Failed(error.clone()));
+            finish(metrics, Outcome::Failed);
+        }
+    }
+
+    /// Waiting requests whose client went away give their place back now, not when they reach
+    /// the head of the queue.
+    fn drop_abandoned_in_queue(&mut self) {
+        let (admission, metrics) = (&self.shared.admission, &self.shared.metrics);
+        self.waiting.retain(|submission| {
             let gone = submission.events.is_closed();
             if gone {
                 if submission.place == Place::Queue {
@@ -179,17 +224,20 @@ fn run(generator: &TextGenerator, incoming: &Receiver<Submission>, shared: &Shar
             }
             !gone
         });
+    }
 
-        // Admit, in order: requests that took a place in the batch, and queued requests while
-        // their rows fit.
+    /// Admits, in order, the requests that took a place in the batch, and queued requests
+    /// while their rows fit: only the first queued request may move up, so none overtakes.
+    fn admit_waiting(&mut self) {
+        let (admission, metrics) = (&self.shared.admission, &self.shared.metrics);
         let mut index = 0;
-        while index < waiting.len() {
-            let submission = &waiting[index];
+        while index < self.waiting.len() {
+            let submission = &self.waiting[index];
             let admitted = match submission.place {
                 Place::Batch => true,
-                // Only the first queued request may move up: no overtaking.
                 Place::Queue => {
-                    let first_queued = waiting
+                    let first_queued = self
+                        .waiting
                         .iter()
                         .position(|s| s.place == Place::Queue)
                         .is_some_and(|first| first == index);
@@ -200,43 +248,46 @@ fn run(generator: &TextGenerator, incoming: &Receiver<Submission>, shared: &Shar
                 index += 1;
                 continue;
             }
-            let Some(submission) = waiting.remove(index) else {
+            let Some(submission) = self.waiting.remove(index) else {
                 break;
             };
-            let id = next_request;
-            next_request += 1;
+            let id = self.next_request;
+            self.next_request += 1;
             let rows = submission.job.rows();
-            match admit(generator, &mut session, submission, metrics) {
+            match admit(self.generator, &mut self.session, submission, metrics) {
                 Some(request) if request.unfinished == 0 => finish(metrics, Outcome::Completed),
                 Some(request) => {
                     for (choice, row) in request.rows.iter().enumerate() {
-                        owners.insert(*row, (id, choice));
+                        self.owners.insert(*row, (id, choice));
                     }
-                    running.insert(id, request);
+                    self.running.insert(id, request);
                 }
                 None => admission.release(rows),
             }
         }
+    }
 
-        // A request whose client went away, or that ran out of time, leaves before the next
-        // step.
-        let leaving: Vec<(u64, bool)> = running
+    /// A running request whose client went away, or that ran out of time, leaves before the
+    /// next step.
+    fn drop_leaving(&mut self) {
+        let (admission, metrics) = (&self.shared.admission, &self.shared.metrics);
+        let time_limit = self.shared.time_limit;
+        let leaving: Vec<(u64, bool)> = self
+            .running
             .iter()
             .filter_map(|(&id, request)| {
                 let gone = request.events.is_closed();
-                let late = shared
-                    .time_limit
-                    .is_some_and(|limit| request.started.elapsed() > limit);
+                let late = time_limit.is_some_and(|limit| request.started.elapsed() > limit);
                 (gone || late).then_some((id, gone))
             })
             .collect();
         for (id, gone) in leaving {
-            let Some(request) = running.remove(&id) else {
+            let Some(request) = self.running.remove(&id) else {
                 continue;
             };
             for row in &request.rows {
-                if let Some((_, choice)) = owners.remove(row) {
-                    session.cancel(*row);
+                if let Some((_, choice)) = self.owners.remove(row) {
+                    self.session.cancel(*row);
                     let _ = request.events.send(Event::Ended {
                         choice,
                         reason: Ended::TimeLimit,
@@ -244,23 +295,26 @@ fn run(generator: &TextGenerator, incoming: &Receiver<Submission>, shared: &Shar
                 }
             }
             admission.release(request.unfinished);
-            finish(
-                metrics,
-                if gone {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::Completed
-                },
-            );
+            let outcome = if gone {
+                Outcome::Cancelled
+            } else {
+                Outcome::Completed
+            };
+            finish(metrics, outcome);
         }
-        let rows = session.live_rows();
-        metrics.batch_rows.store(rows as u64, Ordering::Relaxed);
-        if running.is_empty() {
-            continue;
-        }
+    }
 
+    /// One step of every running row, each chunk sent to its request. A failed or panicking
+    /// step fails what runs and starts a fresh session (the old one may be inconsistent).
+    fn step(&mut self) {
+        let metrics = &self.shared.metrics;
+        let rows = self.session.live_rows();
+        metrics.batch_rows.store(rows as u64, Ordering::Relaxed);
+        if self.running.is_empty() {
+            return;
+        }
         let start = Instant::now();
-        let step = match catch_unwind(AssertUnwindSafe(|| session.step())) {
+        let step = match catch_unwind(AssertUnwindSafe(|| self.session.step())) {
             Ok(Ok(step)) => step,
             failure => {
                 let message = match failure {
@@ -269,17 +323,16 @@ fn run(generator: &TextGenerator, incoming: &Receiver<Submission>, shared: &Shar
                         .into(),
                 };
                 tracing::error!("{message}");
-                // The session may be inconsistent: fail what runs and start a fresh one.
-                for (_, request) in running.drain() {
-                    admission.release(request.unfinished);
+                for (_, request) in self.running.drain() {
+                    self.shared.admission.release(request.unfinished);
                     let _ = request
                         .events
                         .send(Event::Failed(ApiError::internal(message.clone())));
                     finish(metrics, Outcome::Failed);
                 }
-                owners.clear();
-                session = generator.session();
-                continue;
+                self.owners.clear();
+                self.session = self.generator.session();
+                return;
             }
         };
         metrics.token_latency.observe(start.elapsed());
@@ -288,40 +341,47 @@ fn run(generator: &TextGenerator, incoming: &Receiver<Submission>, shared: &Shar
             .generated_tokens
             .fetch_add(step.chunks.len() as u64, Ordering::Relaxed);
         for chunk in step.chunks {
-            let Some(&(id, choice)) = owners.get(&chunk.row) else {
-                continue;
-            };
-            let Some(request) = running.get_mut(&id) else {
-                continue;
-            };
-            if !request.answered {
-                request.answered = true;
-                metrics
-                    .time_to_first_token
-                    .observe(request.arrived.elapsed());
-            }
-            let finished = chunk.finish.is_some();
-            if finished {
-                // Given back before the client hears of it: its next request finds the room.
-                admission.release(1);
-            }
-            // A closed channel is noticed before the next step.
-            let _ = request.events.send(Event::Token {
-                choice,
-                id: chunk.id,
-                text: chunk.text,
-                logprobs: chunk.logprobs,
-                finish: chunk.finish,
-            });
-            if finished {
-                owners.remove(&chunk.row);
-                request.unfinished -= 1;
-                if request.unfinished == 0 {
-                    // Counted before the channel closes: the client may read /metrics as soon as
-                    // its answer is complete.
-                    finish(metrics, Outcome::Completed);
-                    running.remove(&id);
-                }
+            self.dispatch(chunk);
+        }
+    }
+
+    /// Sends `chunk` to the request whose row it is, and ends the choice (and the request,
+    /// after its last) where the row finished.
+    fn dispatch(&mut self, chunk: TextChunk) {
+        let metrics = &self.shared.metrics;
+        let Some(&(id, choice)) = self.owners.get(&chunk.row) else {
+            return;
+        };
+        let Some(request) = self.running.get_mut(&id) else {
+            return;
+        };
+        if !request.answered {
+            request.answered = true;
+            metrics
+                .time_to_first_token
+                .observe(request.arrived.elapsed());
+        }
+        let finished = chunk.finish.is_some();
+        if finished {
+            // Given back before the client hears of it: its next request finds the room.
+            self.shared.admission.release(1);
+        }
+        // A closed channel is noticed before the next step.
+        let _ = request.events.send(Event::Token {
+            choice,
+            id: chunk.id,
+            text: chunk.text,
+            logprobs: chunk.logprobs,
+            finish: chunk.finish,
+        });
+        if finished {
+            self.owners.remove(&chunk.row);
+            request.unfinished -= 1;
+            if request.unfinished == 0 {
+                // Counted before the channel closes: the client may read /metrics as soon as
+                // its answer is complete.
+                finish(metrics, Outcome::Completed);
+                self.running.remove(&id);
             }
         }
     }

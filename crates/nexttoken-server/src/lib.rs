@@ -27,6 +27,7 @@ mod api;
 mod engine;
 mod error;
 mod metrics;
+mod respond;
 mod routes;
 
 use std::future::Future;
@@ -183,7 +184,7 @@ fn app(generator: TextGenerator, options: &ServerOptions) -> std::io::Result<App
         keep_alive: options.keep_alive,
         tokenizing: Arc::new(tokio::sync::Semaphore::new(cores)),
         alive,
-        started: routes::unix_time(),
+        started: respond::unix_time(),
     };
     let origins: Vec<HeaderValue> = options
         .cors_origins
