@@ -257,13 +257,14 @@ fn invalid(param: &str, message: impl Into<String>) -> ApiError {
 
 impl CompletionRequest {
     /// Checks every field but the prompts' token counts, which need tokenizing; the error
-    /// names the first field at fault.
-    pub fn check(self, limits: &ModelLimits) -> Result<Checked, ApiError> {
+    /// names the first field at fault, the fields taken in this order.
+    pub fn check(mut self, limits: &ModelLimits) -> Result<Checked, ApiError> {
         if let Some(model) = self.model.as_deref().filter(|m| *m != limits.name) {
             return Err(ApiError::model_not_found(model, &limits.name));
         }
         let prompt = self
             .prompt
+            .take()
             .ok_or_else(|| invalid("prompt", format!("a prompt is required: {PROMPT_SHAPES}")))?;
         if self.best_of.is_some_and(|b| b > 1) {
             return Err(invalid("best_of", "best_of is not supported"));
@@ -272,6 +273,52 @@ impl CompletionRequest {
             return Err(invalid("suffix", "suffix is not supported by GPT-2"));
         }
         let echo = self.echo.unwrap_or(false);
+        let max_tokens = self.max_tokens(echo)?;
+        let n = self.choices(prompt.len(), limits.max_batch)?;
+        if let Some(logprobs) = self.logprobs.filter(|&l| l > MAX_LOGPROBS) {
+            return Err(invalid(
+                "logprobs",
+                format!("logprobs is at most {MAX_LOGPROBS}, got {logprobs}"),
+            ));
+        }
+        let stop = self.stop_strings()?;
+        let stop_token_ids = self.stop_token_ids(limits.ids())?;
+        let selection = self.selection(limits.ids())?;
+        let min_tokens = self.min_tokens.unwrap_or(0) as usize;
+        if min_tokens > max_tokens {
+            return Err(invalid(
+                "min_tokens",
+                format!("min_tokens ({min_tokens}) is more than max_tokens ({max_tokens})"),
+            ));
+        }
+        let ignore_eos = self.ignore_eos.unwrap_or(false);
+        Ok(Checked {
+            prompt,
+            n,
+            max_tokens,
+            seed: self.seed.unwrap_or_else(random_seed),
+            config: GenerationConfig {
+                max_new_tokens: max_tokens,
+                eos_token_id: (!ignore_eos).then_some(limits.eos_token_id),
+                stop_token_ids,
+                min_new_tokens: min_tokens,
+                selection,
+                seed: 0,
+                logprobs: self.logprobs.map(|n| n as usize),
+            },
+            stop,
+            stream: self.stream.unwrap_or(false),
+            include_usage: self
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+            echo,
+        })
+    }
+
+    /// `max_tokens`: at least 1, or 0 with `echo` (the prompt scored alone). Anything past the
+    /// context fails the context check once the prompt is known.
+    fn max_tokens(&self, echo: bool) -> Result<usize, ApiError> {
         let max_tokens = self.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
         let least = if echo { 0 } else { 1 };
         if max_tokens < least {
@@ -283,34 +330,35 @@ impl CompletionRequest {
                 ),
             ));
         }
-        // Anything past the context fails the context check once the prompt is known.
-        let max_tokens = usize::try_from(max_tokens).unwrap_or(usize::MAX);
+        Ok(usize::try_from(max_tokens).unwrap_or(usize::MAX))
+    }
+
+    /// `n`, the choices per prompt: at least 1, and all of the request's rows within the batch.
+    fn choices(&self, prompts: usize, max_batch: usize) -> Result<usize, ApiError> {
         let n = self.n.unwrap_or(1);
         if n == 0 {
             return Err(invalid("n", "n must be at least 1"));
         }
-        let prompts = prompt.len();
         if prompts == 0 {
             return Err(invalid("prompt", "the prompt list is empty"));
         }
         let rows = prompts.saturating_mul(n as usize);
-        if rows > limits.max_batch {
+        if rows > max_batch {
             return Err(invalid(
                 if n > 1 { "n" } else { "prompt" },
                 format!(
                     "{prompts} prompts x n {n} completions in one request; this server runs at \
-                     most {} at once (--max-batch)",
-                    limits.max_batch
+                     most {max_batch} at once (--max-batch)"
                 ),
             ));
         }
-        if let Some(logprobs) = self.logprobs.filter(|&l| l > MAX_LOGPROBS) {
-            return Err(invalid(
-                "logprobs",
-                format!("logprobs is at most {MAX_LOGPROBS}, got {logprobs}"),
-            ));
-        }
-        let stop = self.stop.map_or_else(Vec::new, |stop| stop.0);
+        Ok(n as usize)
+    }
+
+    /// `stop`, each string short enough to scan every step (how many there are was checked
+    /// while parsing).
+    fn stop_strings(&mut self) -> Result<Vec<String>, ApiError> {
+        let stop = self.stop.take().map_or_else(Vec::new, |stop| stop.0);
         if let Some(long) = stop.iter().find(|s| s.chars().count() > MAX_STOP_CHARS) {
             return Err(invalid(
                 "stop",
@@ -320,8 +368,12 @@ impl CompletionRequest {
                 ),
             ));
         }
-        let ids = limits.ids();
-        let stop_token_ids = self.stop_token_ids.unwrap_or_default();
+        Ok(stop)
+    }
+
+    /// `stop_token_ids`: a bounded list of ids in the vocabulary.
+    fn stop_token_ids(&mut self, ids: u32) -> Result<Vec<u32>, ApiError> {
+        let stop_token_ids = self.stop_token_ids.take().unwrap_or_default();
         if stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
             return Err(invalid(
                 "stop_token_ids",
@@ -337,7 +389,13 @@ impl CompletionRequest {
                 format!("stop token id {id} is past the vocabulary's {ids} ids"),
             ));
         }
-        let logit_bias = logit_bias(self.logit_bias.unwrap_or_default(), ids)?;
+        Ok(stop_token_ids)
+    }
+
+    /// The sampling fields, OpenAI's ranges checked here and the rest by
+    /// [`Selection::new`], whose error is turned into the field it names.
+    fn selection(&mut self, ids: u32) -> Result<Selection, ApiError> {
+        let logit_bias = logit_bias(self.logit_bias.take().unwrap_or_default(), ids)?;
         for (param, value) in [
             ("presence_penalty", self.presence_penalty),
             ("frequency_penalty", self.frequency_penalty),
@@ -372,7 +430,7 @@ impl CompletionRequest {
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             logit_bias,
         };
-        let selection = Selection::new(sampling).map_err(|error| {
+        Selection::new(sampling).map_err(|error| {
             let param = match error {
                 SamplingError::Temperature(_) => "temperature",
                 SamplingError::TopK => "top_k",
@@ -384,36 +442,6 @@ impl CompletionRequest {
                 SamplingError::LogitBias { .. } => "logit_bias",
             };
             invalid(param, format!("invalid {param}: {error}"))
-        })?;
-        let min_tokens = self.min_tokens.unwrap_or(0) as usize;
-        if min_tokens > max_tokens {
-            return Err(invalid(
-                "min_tokens",
-                format!("min_tokens ({min_tokens}) is more than max_tokens ({max_tokens})"),
-            ));
-        }
-        let ignore_eos = self.ignore_eos.unwrap_or(false);
-        Ok(Checked {
-            prompt,
-            n: n as usize,
-            max_tokens,
-            seed: self.seed.unwrap_or_else(random_seed),
-            config: GenerationConfig {
-                max_new_tokens: max_tokens,
-                eos_token_id: (!ignore_eos).then_some(limits.eos_token_id),
-                stop_token_ids,
-                min_new_tokens: min_tokens,
-                selection,
-                seed: 0,
-                logprobs: self.logprobs.map(|n| n as usize),
-            },
-            stop,
-            stream: self.stream.unwrap_or(false),
-            include_usage: self
-                .stream_options
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
-            echo,
         })
     }
 }
