@@ -6,21 +6,23 @@
 //! stderr: each prompt's own token counts, then each batch's times, split as llama.cpp splits
 //! them.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::Write;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use nexttoken_generate::{
-    Completion, FinishReason, GenerationStats, Logprobs, SamplingParams, Selection, random_seed,
-};
-use serde::Serialize;
+use anyhow::{Context, Result};
+use nexttoken_generate::{SamplingParams, Selection, random_seed};
 
 use crate::args::{GenerateArgs, SamplingArgs};
 use crate::logits::LogitsRecorder;
 use crate::{apply, load_generator, model, plural};
+
+mod prompts;
+mod report;
+
+use prompts::{echoed, read_prompts};
+use report::{Batch, Done, JsonLine, print_timings};
 
 /// The exit status of a generation stopped by Ctrl-C (128 + SIGINT), as shells report it.
 pub const INTERRUPTED: u8 = 130;
@@ -30,20 +32,6 @@ pub enum Outcome {
     Finished,
     /// Ctrl-C stopped it; what was generated so far was printed.
     Interrupted,
-}
-
-/// One prompt's result, and the batch it ran in.
-struct Done {
-    completion: Completion,
-    batch: usize,
-    /// The seed of the prompt's random draws, when sampling.
-    seed: Option<u64>,
-}
-
-/// One batch's prompts (as indices into the prompt list) and timings.
-struct Batch {
-    prompts: Vec<usize>,
-    stats: GenerationStats,
 }
 
 pub fn run(args: GenerateArgs) -> Result<Outcome> {
@@ -225,225 +213,4 @@ fn selection(args: &SamplingArgs) -> Result<Selection> {
         ..SamplingParams::default()
     };
     Selection::new(params).context("invalid sampling settings")
-}
-
-/// The prompts from the arguments, `-` (stdin) and `-f FILE`s, in that order; stdin alone
-/// when there are none and it is not a terminal. One trailing newline is dropped from stdin
-/// and files, as llama-cli drops it, since an editor or `echo` adds it.
-fn read_prompts(args: &GenerateArgs) -> Result<Vec<String>> {
-    let stdin = || -> Result<String> {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading the prompt from stdin")?;
-        Ok(without_final_newline(text))
-    };
-    if args.prompts.iter().filter(|p| *p == "-").count() > 1 {
-        bail!("`-` (stdin) is given more than once: stdin holds one prompt");
-    }
-    let mut prompts = Vec::new();
-    for prompt in &args.prompts {
-        prompts.push(if prompt == "-" {
-            stdin()?
-        } else {
-            prompt.clone()
-        });
-    }
-    for file in &args.prompt_files {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading the prompt file {}", file.display()))?;
-        prompts.push(without_final_newline(text));
-    }
-    if prompts.is_empty() {
-        if std::io::stdin().is_terminal() {
-            bail!(
-                "no prompt: give one as an argument, from a file with -f FILE, or on stdin \
-                 (`echo \"Hello\" | nexttoken generate`)"
-            );
-        }
-        prompts.push(stdin()?);
-    }
-    if let Some(index) = prompts.iter().position(String::is_empty) {
-        bail!(
-            "prompt {} is empty: give it at least one character of text",
-            index + 1
-        );
-    }
-    Ok(prompts)
-}
-
-/// The prompt as printed before its continuation: nothing under `--no-echo`.
-fn echoed(prompt: &str, no_echo: bool) -> &str {
-    if no_echo { "" } else { prompt }
-}
-
-fn without_final_newline(mut text: String) -> String {
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
-    }
-    text
-}
-
-/// One prompt: its batch's times, as llama.cpp prints them. Several: each prompt's own token
-/// counts, labelled, then each batch's times apart.
-fn print_timings(done: &[Option<Done>], batches: &[Batch], load_time: Duration) {
-    eprintln!("load:      {:>8.1} ms", ms(load_time));
-    if let [Some(_)] = done {
-        print_batch(&batches[0].stats, "");
-        return;
-    }
-    for (index, item) in done.iter().enumerate() {
-        let Some(item) = item else { continue };
-        eprintln!(
-            "prompt {}:  {} in, {} out{} (batch {})",
-            index + 1,
-            plural(item.completion.prompt_ids.len(), "token"),
-            plural(item.completion.ids.len(), "token"),
-            match item.completion.finish_reason {
-                Some(FinishReason::Eos) => ", stopped at end of text",
-                Some(FinishReason::Stop) => ", stopped at a stop string",
-                _ => "",
-            },
-            item.batch + 1
-        );
-    }
-    for (number, batch) in batches.iter().enumerate() {
-        eprintln!(
-            "batch {} ({}):",
-            number + 1,
-            plural(batch.prompts.len(), "prompt")
-        );
-        print_batch(&batch.stats, "  ");
-    }
-}
-
-fn print_batch(stats: &GenerationStats, indent: &str) {
-    eprintln!(
-        "{indent}prompt:    {:>8.1} ms, {:>12}, {:>8.1} tokens/s",
-        ms(stats.prefill),
-        plural(stats.prompt_tokens, "token"),
-        stats.prompt_tokens_per_s()
-    );
-    eprintln!(
-        "{indent}generated: {:>8.1} ms, {:>12}, {:>8.1} tokens/s",
-        ms(stats.decode()),
-        plural(stats.decode_tokens, "token"),
-        stats.generated_tokens_per_s()
-    );
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e3
-}
-
-/// One `--json` line.
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    prompt: &'a str,
-    prompt_ids: &'a [u32],
-    ids: &'a [u32],
-    text: &'a str,
-    /// "eos" (end of text), "stop" (a stop string) or "length" (max new tokens); null when
-    /// Ctrl-C ended the generation first.
-    finish_reason: Option<&'static str>,
-    /// With --logprobs: one entry per generated id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    logprobs: Option<Vec<TokenLogprobs>>,
-    /// The seed of this prompt's draws (`--seed` + its index); absent when greedy.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<u64>,
-    timings: Timings,
-}
-
-/// A generated id's log-probability and the most likely alternatives at its step, as
-/// OpenAI's completions API reports `logprobs`.
-#[derive(Serialize)]
-struct TokenLogprobs {
-    id: u32,
-    logprob: f32,
-    top_logprobs: Vec<Alternative>,
-}
-
-#[derive(Serialize)]
-struct Alternative {
-    id: u32,
-    logprob: f32,
-}
-
-impl TokenLogprobs {
-    fn new(id: u32, logprobs: &Logprobs) -> Self {
-        Self {
-            id,
-            logprob: logprobs.logprob,
-            top_logprobs: logprobs
-                .top
-                .iter()
-                .map(|&(id, logprob)| Alternative { id, logprob })
-                .collect(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Timings {
-    load_ms: f64,
-    /// This prompt's tokens.
-    prompt_tokens: usize,
-    /// This prompt's generated tokens.
-    generated_tokens: usize,
-    /// The batch this prompt ran in: its size and times, all its rows together.
-    batch: BatchTimings,
-}
-
-#[derive(Serialize)]
-struct BatchTimings {
-    prompts: usize,
-    prompt_tokens: usize,
-    prefill_ms: f64,
-    prompt_tokens_per_s: f64,
-    decode_ms: f64,
-    decode_tokens: usize,
-    generated_tokens_per_s: f64,
-    /// Each decode step, in order: the per-token latency.
-    decode_step_ms: Vec<f64>,
-}
-
-impl<'a> JsonLine<'a> {
-    fn new(item: &'a Done, batch: &Batch, load_time: Duration, logprobs: bool) -> Self {
-        let stats = &batch.stats;
-        Self {
-            prompt: &item.completion.prompt,
-            prompt_ids: &item.completion.prompt_ids,
-            ids: &item.completion.ids,
-            text: &item.completion.text,
-            finish_reason: item.completion.finish_reason.map(FinishReason::as_str),
-            logprobs: logprobs.then(|| {
-                item.completion
-                    .ids
-                    .iter()
-                    .zip(&item.completion.logprobs)
-                    .map(|(&id, logprobs)| TokenLogprobs::new(id, logprobs))
-                    .collect()
-            }),
-            seed: item.seed,
-            timings: Timings {
-                load_ms: ms(load_time),
-                prompt_tokens: item.completion.prompt_ids.len(),
-                generated_tokens: item.completion.ids.len(),
-                batch: BatchTimings {
-                    prompts: batch.prompts.len(),
-                    prompt_tokens: stats.prompt_tokens,
-                    prefill_ms: ms(stats.prefill),
-                    prompt_tokens_per_s: stats.prompt_tokens_per_s(),
-                    decode_ms: ms(stats.decode()),
-                    decode_tokens: stats.decode_tokens,
-                    generated_tokens_per_s: stats.generated_tokens_per_s(),
-                    decode_step_ms: stats.decode_steps.iter().copied().map(ms).collect(),
-                },
-            },
-        }
-    }
 }
