@@ -7,7 +7,6 @@
 //! repetitions after a warm-up, peak RSS). Every run is its own process, so each backend's peak
 //! memory is its own.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,9 +14,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::chart::{self, Bar, Panel};
+mod agreement;
+mod report;
+
+use agreement::{Agreement, agreement};
+use report::write_outputs;
+
 use crate::speed::{Record, parse_records};
-use crate::{Backends, CpuBackend, append_to, build_nexttoken, target_dir, torch_lib_dir, venv};
+use crate::{Backends, CpuBackend, build_nexttoken, target_dir, torch_lib_dir, venv};
 
 /// Prompts of different token lengths, so that both batching paths run (one prompt alone, and
 /// prompts of equal length as one batch).
@@ -103,28 +107,6 @@ struct BackendReport {
     outputs: Option<Agreement>,
     #[serde(skip_serializing_if = "Option::is_none")]
     speed: Option<Speed>,
-}
-
-/// How one backend's generations compare with the reference's.
-#[derive(Debug, Serialize, PartialEq)]
-struct Agreement {
-    ids_identical: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    first_difference: Option<Difference>,
-    logits_max_abs: f32,
-    logits_mean_abs: f32,
-    logits_max_relative: f32,
-    /// Logits within the tolerance wherever they are comparable. An id can then differ only
-    /// where the reference's top two were closer than the logits' noise (a near-tie).
-    agrees: bool,
-}
-
-/// Where the ids first differ, and by how much the reference preferred its own pick there.
-#[derive(Debug, Serialize, PartialEq)]
-struct Difference {
-    prompt: usize,
-    step: usize,
-    reference_margin: f32,
 }
 
 #[derive(Serialize)]
@@ -379,58 +361,6 @@ fn read_generated(stdout: &str, logits: &Path) -> Result<Vec<Generated>> {
         .collect()
 }
 
-/// `ours` against `reference`, prompt by prompt, up to and including the first step whose ids
-/// differ (the logits of later steps come from different inputs).
-fn agreement(reference: &[Generated], ours: &[Generated], tolerance: f32) -> Agreement {
-    let mut same_shape = reference.len() == ours.len();
-    let (mut max_abs, mut max_relative, mut sum, mut count) = (0f32, 0f32, 0f64, 0usize);
-    let mut first_difference = None;
-    for (prompt, (theirs, ours)) in reference.iter().zip(ours).enumerate() {
-        if theirs.ids.len() != ours.ids.len() || theirs.logits.len() != ours.logits.len() {
-            same_shape = false;
-            continue;
-        }
-        let vocab = theirs.logits.len() / theirs.ids.len().max(1);
-        let differs_at = theirs.ids.iter().zip(&ours.ids).position(|(a, b)| a != b);
-        let compared = differs_at.map_or(theirs.ids.len(), |step| step + 1) * vocab;
-        for (&want, &got) in theirs.logits[..compared]
-            .iter()
-            .zip(&ours.logits[..compared])
-        {
-            // f32::max skips NaN: a NaN logit must count as the worst difference instead.
-            let diff = match (got - want).abs() {
-                diff if diff.is_nan() => f32::INFINITY,
-                diff => diff,
-            };
-            max_abs = max_abs.max(diff);
-            max_relative = max_relative.max(diff / want.abs().max(1.0));
-            sum += f64::from(diff);
-            count += 1;
-        }
-        if let (Some(step), None) = (differs_at, &first_difference) {
-            let row = &theirs.logits[step * vocab..(step + 1) * vocab];
-            let logit = |id: u32| row.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
-            first_difference = Some(Difference {
-                prompt,
-                step,
-                reference_margin: logit(theirs.ids[step]) - logit(ours.ids[step]),
-            });
-        }
-    }
-    Agreement {
-        ids_identical: same_shape && first_difference.is_none(),
-        first_difference,
-        logits_max_abs: max_abs,
-        logits_mean_abs: if count == 0 {
-            0.0
-        } else {
-            (sum / count as f64) as f32
-        },
-        logits_max_relative: max_relative,
-        agrees: same_shape && max_relative <= tolerance,
-    }
-}
-
 /// Load time, the ppN and tgN results, and the peak memory of `nexttoken bench`'s records.
 fn speed(records: &[Record]) -> Speed {
     let measure = |kind: &str| {
@@ -448,232 +378,5 @@ fn speed(records: &[Record]) -> Speed {
         prompt: measure("pp"),
         generation: measure("tg"),
         peak_rss_bytes: records.iter().filter_map(|r| r.peak_rss_bytes).max(),
-    }
-}
-
-/// Prints the table and writes compare.json, compare.md and compare.svg into `out`, and the
-/// table to the end of `summary`.
-fn write_outputs(
-    report: &Report,
-    out: &Path,
-    repetitions: u32,
-    summary: Option<&Path>,
-) -> Result<()> {
-    let table = table(report);
-    println!("{table}");
-    if let Some(path) = summary {
-        append_to(path, &format!("### cargo xtask compare\n\n{table}\n"))?;
-    }
-    let write = |name: &str, contents: String| {
-        let path = out.join(name);
-        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
-    };
-    write("compare.md", table)?;
-    write("compare.json", serde_json::to_string_pretty(report)? + "\n")?;
-
-    let panel = |pick: fn(&Speed) -> &Option<Measure>| {
-        let mut title = String::new();
-        let bars = report
-            .backends
-            .iter()
-            .filter_map(|b| {
-                let measure = pick(b.speed.as_ref()?).as_ref()?;
-                title.clone_from(&measure.test);
-                let color = CpuBackend::value_variants()
-                    .iter()
-                    .position(|backend| backend.name() == b.backend)
-                    .unwrap_or_default();
-                Some(Bar {
-                    label: b.backend.to_string(),
-                    color,
-                    mean: measure.tokens_per_s,
-                    stddev: measure.stddev,
-                })
-            })
-            .collect();
-        Panel { title, bars }
-    };
-    let panels = [panel(|s| &s.prompt), panel(|s| &s.generation)];
-    let model = report.model.file_name().unwrap_or(report.model.as_os_str());
-    let skipped = report.skipped();
-    let mut caption = format!(
-        "{}: tokens/s per backend (mean ± std of {repetitions} runs)",
-        model.to_string_lossy()
-    );
-    if !skipped.is_empty() {
-        let _ = write!(caption, "; skipped: {}", skipped.join(", "));
-    }
-    chart::write_svg(&out.join("compare.svg"), &caption, &panels)?;
-    eprintln!(
-        "wrote compare.json, compare.md and compare.svg to {}",
-        out.display()
-    );
-    Ok(())
-}
-
-/// The report as a markdown table, with a line saying what was compared.
-fn table(report: &Report) -> String {
-    let test_name = |pick: fn(&Speed) -> &Option<Measure>, default: &str| {
-        report
-            .backends
-            .iter()
-            .find_map(|b| Some(pick(b.speed.as_ref()?).as_ref()?.test.clone()))
-            .unwrap_or_else(|| default.to_string())
-    };
-    let mut out = format!(
-        "model: {}; {} prompts × {} ids, greedy; logits tolerance {:e} (relative); threads: {}\n\n",
-        report.model.display(),
-        report.prompts.len(),
-        report.new_tokens,
-        report.tolerance,
-        report
-            .threads
-            .map_or("each backend's default".to_string(), |t| t.to_string()),
-    );
-    let _ = writeln!(
-        out,
-        "| backend | ids vs {} | logits max abs | logits mean abs | agrees | load | {} t/s | {} t/s | peak RSS |",
-        report.reference,
-        test_name(|s| &s.prompt, "pp"),
-        test_name(|s| &s.generation, "tg"),
-    );
-    out += "| ------- | ---------- | -------------: | --------------: | ------ | ---: | ------: | ------: | -------: |\n";
-    for backend in &report.backends {
-        let (Some(outputs), Some(speed)) = (&backend.outputs, &backend.speed) else {
-            let reason = backend.skipped.as_deref().unwrap_or("did not run");
-            let _ = writeln!(
-                out,
-                "| {} | skipped: {} | | | | | | | |",
-                backend.backend,
-                reason.replace('|', "\\|")
-            );
-            continue;
-        };
-        let ids = match &outputs.first_difference {
-            _ if backend.backend == report.reference => "(reference)".to_string(),
-            None if outputs.ids_identical => "identical".to_string(),
-            None => "different lengths".to_string(),
-            Some(d) => format!(
-                "differ at prompt {}, step {} (margin {:.1e})",
-                d.prompt, d.step, d.reference_margin
-            ),
-        };
-        let measure = |m: &Option<Measure>| {
-            m.as_ref().map_or("-".to_string(), |m| {
-                format!("{:.1} ± {:.1}", m.tokens_per_s, m.stddev)
-            })
-        };
-        let difference = |value: f32| match value {
-            0.0 => "0".to_string(),
-            value => format!("{value:.1e}"),
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {ids} | {} | {} | {} | {:.0} ms | {} | {} | {} |",
-            backend.backend,
-            difference(outputs.logits_max_abs),
-            difference(outputs.logits_mean_abs),
-            if outputs.agrees { "yes" } else { "**no**" },
-            speed.load_ms,
-            measure(&speed.prompt),
-            measure(&speed.generation),
-            speed
-                .peak_rss_bytes
-                .map_or("-".to_string(), |bytes| format!("{} MiB", bytes >> 20)),
-        );
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One prompt over a 4-id vocabulary: `rows` of logits, the ids their argmax.
-    fn generated(rows: &[[f32; 4]]) -> Vec<Generated> {
-        let ids = rows
-            .iter()
-            .map(|row| {
-                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
-                best.map_or(0, |(id, _)| id as u32)
-            })
-            .collect();
-        vec![Generated {
-            ids,
-            logits: rows.concat(),
-        }]
-    }
-
-    const REFERENCE: [[f32; 4]; 3] = [
-        [1.0, 5.0, 2.0, 0.0],
-        [3.0, 1.0, 2.0, 9.0],
-        [0.5, 0.4, 8.0, 1.0],
-    ];
-
-    #[test]
-    fn identical_outputs_agree() {
-        let reference = generated(&REFERENCE);
-        let result = agreement(&reference, &generated(&REFERENCE), 1e-3);
-        assert!(result.ids_identical && result.agrees);
-        assert_eq!(result.logits_max_abs, 0.0);
-    }
-
-    #[test]
-    fn small_logit_noise_agrees_and_is_measured() {
-        let mut noisy = REFERENCE;
-        noisy[1][3] += 4e-3; // 9.0: relative 4.4e-4
-        let result = agreement(&generated(&REFERENCE), &generated(&noisy), 1e-3);
-        assert!(result.ids_identical && result.agrees, "{result:?}");
-        assert!((result.logits_max_abs - 4e-3).abs() < 1e-6);
-        assert!((result.logits_mean_abs - 4e-3 / 12.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn logits_beyond_the_tolerance_disagree_even_with_the_same_ids() {
-        let mut off = REFERENCE;
-        off[2][0] += 0.1;
-        let result = agreement(&generated(&REFERENCE), &generated(&off), 1e-3);
-        assert!(result.ids_identical);
-        assert!(!result.agrees);
-    }
-
-    #[test]
-    fn a_flip_at_a_near_tie_agrees_and_names_the_step() {
-        let mut tie = REFERENCE;
-        tie[1] = [3.0, 1.0, 8.99995, 9.0];
-        let mut flipped = tie;
-        flipped[1][2] = 9.00005;
-        // After the flip the inputs differ: later logits are not compared.
-        flipped[2] = [7.0, 0.0, 0.0, 0.0];
-        let result = agreement(&generated(&tie), &generated(&flipped), 1e-3);
-        assert!(!result.ids_identical);
-        assert!(result.agrees, "{result:?}");
-        let difference = result.first_difference.unwrap();
-        assert_eq!((difference.prompt, difference.step), (0, 1));
-        assert!((difference.reference_margin - 5e-5).abs() < 1e-6);
-    }
-
-    #[test]
-    fn a_flip_with_logits_far_off_disagrees() {
-        let mut wrong = REFERENCE;
-        wrong[0][3] = 6.0;
-        let result = agreement(&generated(&REFERENCE), &generated(&wrong), 1e-3);
-        assert!(!result.ids_identical && !result.agrees);
-        assert_eq!(result.first_difference.unwrap().reference_margin, 5.0);
-    }
-
-    #[test]
-    fn nan_logits_disagree() {
-        let mut nan = REFERENCE;
-        nan[2][1] = f32::NAN;
-        let result = agreement(&generated(&REFERENCE), &generated(&nan), 1e-3);
-        assert!(!result.agrees);
-        assert_eq!(result.logits_max_abs, f32::INFINITY);
-    }
-
-    #[test]
-    fn fewer_ids_disagree() {
-        let result = agreement(&generated(&REFERENCE), &generated(&REFERENCE[..2]), 1e-3);
-        assert!(!result.ids_identical && !result.agrees);
     }
 }
