@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut checkpoint = Checkpoint::open(&path)?;
     let config = checkpoint.config().clone();
-    let generator = TextGenerator::new(checkpoint.load(&Device::flex())?, config);
+    let generator = TextGenerator::new(checkpoint.load(&Device::flex())?, config)?;
 
     let sampled = GenerationConfig {
         selection: Selection::Sample(SamplingParams {

@@ -710,7 +710,8 @@ fn prompt_scores_match_hugging_face_on_every_backend() {
             let mut checkpoint = Checkpoint::open(root().join(dir)).unwrap();
             let config = checkpoint.config().clone();
             let generator =
-                nexttoken::generate::TextGenerator::new(checkpoint.load(&device).unwrap(), config);
+                nexttoken::generate::TextGenerator::new(checkpoint.load(&device).unwrap(), config)
+                    .unwrap();
             for case in &golden.models[name] {
                 assert_eq!(tokenizer.encode(&case.prompt), case.ids);
                 let scored = generator.score(&case.ids, golden.top).unwrap();

@@ -94,7 +94,7 @@ fn load_generator(
     })?;
     let load_time = start.elapsed();
     Ok((
-        TextGenerator::new(model, checkpoint.config().clone()),
+        TextGenerator::new(model, checkpoint.config().clone())?,
         load_time,
     ))
 }

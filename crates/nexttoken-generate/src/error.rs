@@ -33,6 +33,16 @@ pub enum GenerateError {
     #[error("{len} tokens do not fit in the model's context of {context}: shorten the text")]
     TooLong { len: usize, context: usize },
 
+    #[error(
+        "the config's {field} is {config} but the model's is {model}: pass the config the model \
+         was built from (its checkpoint's)"
+    )]
+    ConfigMismatch {
+        field: &'static str,
+        config: usize,
+        model: usize,
+    },
+
     #[error("reading the logits back from the device failed: {reason}")]
     ReadBack { reason: String },
 

@@ -39,12 +39,31 @@ pub struct TextGenerator {
 
 impl TextGenerator {
     /// A generator for `model`, built from `config` (see [`nexttoken_model::Checkpoint`]).
-    pub fn new(model: Gpt2, config: Gpt2Config) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// [`GenerateError::ConfigMismatch`] if `config` describes another shape than `model`'s:
+    /// its context length, vocabulary, width and depth must be the model's, since generation
+    /// reads them from the config.
+    pub fn new(model: Gpt2, config: Gpt2Config) -> Result<Self, GenerateError> {
+        let [vocab_size, n_embd] = model.wte.weight.dims();
+        let shapes = [
+            ("n_positions", config.n_positions, model.context_length()),
+            ("vocab_size", config.vocab_size, vocab_size),
+            ("n_embd", config.n_embd, n_embd),
+            ("n_layer", config.n_layer, model.h.len()),
+        ];
+        if let Some((field, config, model)) = shapes.into_iter().find(|(_, c, m)| c != m) {
+            return Err(GenerateError::ConfigMismatch {
+                field,
+                config,
+                model,
+            });
+        }
+        Ok(Self {
             model,
             config,
             tokenizer: Gpt2Tokenizer::new(),
-        }
+        })
     }
 
     pub fn model(&self) -> &Gpt2 {
@@ -142,7 +161,7 @@ impl TextGenerator {
 /// use nexttoken_model::Gpt2Config;
 ///
 /// let config = Gpt2Config { n_layer: 2, n_head: 2, n_embd: 8, n_positions: 16, ..Gpt2Config::gpt2() };
-/// let generator = TextGenerator::new(config.init(&Device::flex()), config);
+/// let generator = TextGenerator::new(config.init(&Device::flex()), config)?;
 /// let mut session = generator.session();
 /// let row = session.add("Hello", &generator.generation_config(8), &["\n".to_string()])?;
 /// let mut text = String::new();
@@ -395,7 +414,7 @@ impl<'g> TextSession<'g> {
     /// # use nexttoken_generate::{GenerationConfig, SamplingParams, Selection, TextGenerator};
     /// # use nexttoken_model::Gpt2Config;
     /// # let config = Gpt2Config { n_layer: 2, n_head: 2, n_embd: 8, n_positions: 16, ..Gpt2Config::gpt2() };
-    /// # let generator = TextGenerator::new(config.init(&Device::flex()), config);
+    /// # let generator = TextGenerator::new(config.init(&Device::flex()), config)?;
     /// let mut session = generator.session();
     /// let sampled = GenerationConfig {
     ///     selection: Selection::Sample(SamplingParams { temperature: 0.8, top_p: Some(0.95), ..SamplingParams::default() }),
@@ -488,7 +507,53 @@ mod tests {
 
     fn tiny_generator() -> TextGenerator {
         let config = crate::tiny_config(16);
-        TextGenerator::new(config.init(&burn::tensor::Device::flex()), config)
+        TextGenerator::new(config.init(&burn::tensor::Device::flex()), config).unwrap()
+    }
+
+    /// Generation reads the context length, vocabulary and eos id from the config: one of
+    /// another model is refused, naming the first field that differs.
+    #[test]
+    fn a_config_of_another_model_is_refused() {
+        let config = crate::tiny_config(16);
+        let model = config.init(&burn::tensor::Device::flex());
+        let cases = [
+            (
+                "n_positions",
+                Gpt2Config {
+                    n_positions: 32,
+                    ..config.clone()
+                },
+            ),
+            (
+                "vocab_size",
+                Gpt2Config {
+                    vocab_size: 50257,
+                    ..config.clone()
+                },
+            ),
+            (
+                "n_embd",
+                Gpt2Config {
+                    n_embd: 16,
+                    ..config.clone()
+                },
+            ),
+            (
+                "n_layer",
+                Gpt2Config {
+                    n_layer: 3,
+                    ..config.clone()
+                },
+            ),
+        ];
+        for (field, other) in cases {
+            let error = TextGenerator::new(model.clone(), other).unwrap_err();
+            assert!(
+                matches!(error, GenerateError::ConfigMismatch { field: f, .. } if f == field),
+                "{field}: {error}"
+            );
+        }
+        assert!(TextGenerator::new(model, config).is_ok());
     }
 
     fn generate(

@@ -294,7 +294,7 @@ mod tests {
             n_positions: 32,
             ..Gpt2Config::gpt2()
         };
-        let generator = TextGenerator::new(config.init(&Device::flex()), config);
+        let generator = TextGenerator::new(config.init(&Device::flex()), config).unwrap();
         let app = app(generator, &ServerOptions::new("tiny")).unwrap();
         let call = |request: Request<Body>| {
             let router = app.router.clone();

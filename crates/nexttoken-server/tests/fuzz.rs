@@ -20,7 +20,7 @@ fn generator() -> TextGenerator {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-trained");
     let mut checkpoint = Checkpoint::open(path).expect("the tiny-trained fixture");
     let config = checkpoint.config().clone();
-    TextGenerator::new(checkpoint.load(&Device::flex()).unwrap(), config)
+    TextGenerator::new(checkpoint.load(&Device::flex()).unwrap(), config).unwrap()
 }
 
 /// xorshift64*: a fixed stream of cases, so that a failure repeats.

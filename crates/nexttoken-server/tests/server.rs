@@ -20,7 +20,7 @@ fn generator() -> TextGenerator {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-trained");
     let mut checkpoint = Checkpoint::open(path).expect("the tiny-trained fixture");
     let config = checkpoint.config().clone();
-    TextGenerator::new(checkpoint.load(&Device::flex()).unwrap(), config)
+    TextGenerator::new(checkpoint.load(&Device::flex()).unwrap(), config).unwrap()
 }
 
 /// A server on an ephemeral port, stopped (gracefully) when dropped.
@@ -37,7 +37,7 @@ fn slow_generator() -> TextGenerator {
         n_layer: 2,
         ..Gpt2Config::gpt2()
     };
-    TextGenerator::new(config.init(&Device::flex()), config)
+    TextGenerator::new(config.init(&Device::flex()), config).unwrap()
 }
 
 impl Server {

@@ -59,7 +59,9 @@ impl Generator {
             .map_err(|e| named_error("ModelError", e))?;
         let config = checkpoint.config().clone();
         Ok(Generator {
-            inner: Rc::new(TextGenerator::new(model, config)),
+            inner: Rc::new(
+                TextGenerator::new(model, config).map_err(|e| named_error("ModelError", e))?,
+            ),
             backend: description,
         })
     }
