@@ -263,8 +263,8 @@ const AROUND: Duration = Duration::from_secs(1);
 
 /// The memory's sustained read bandwidth around each run: read just before and just after it
 /// (one probe between two runs serves both), so that a decode is set against the memory of its
-/// own minute. A round's probe comes after all of the round's runs, minutes after the first; on
-/// this VM two threads read 55 then 30 GB/s in rounds whose decodes moved 30-33 GB/s throughout.
+/// own minute. A round's probe comes after all of the round's runs, minutes after the first,
+/// and a shared VM's memory speed moves between minutes more than the sides differ.
 struct Around {
     threads: usize,
     /// The probe after the last run.
