@@ -5,7 +5,9 @@ use crate::arch::dispatch;
 use crate::arch::portable::madd;
 
 /// `e^(s - max) / Σ e^(s - max)` for every score, in place, on the calling thread. Scores of
-/// `-inf` (masked) get 0; a row of nothing but `-inf` gets NaNs, as PyTorch's softmax does.
+/// `-inf` (masked) get 0, as do scores more than 87 below the largest (float32's `e^-87` is
+/// its smallest normal). A row of nothing but `-inf` comes out uniform, where PyTorch's gives
+/// NaNs: callers that can meet one check for it first (generation refuses such a row).
 pub fn softmax_in_place(scores: &mut [f32]) {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let normaliser = exp_minus(scores, max).recip();

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use burn::tensor::Tensor;
@@ -34,7 +35,8 @@ pub struct Step<'a> {
 /// Extends each prompt of a batch by up to `config.max_new_tokens` ids: greedily, or drawn as
 /// `config.selection` says (row `r` seeded with `config.seed + r`), on `session`: a model (with
 /// a KV cache) or a [`Session`] set up as wanted, such as
-/// `Session::new(&model).without_kv_cache()` for the plain loop.
+/// `Session::new(&model).without_kv_cache()` for the plain loop. Rows already in the session
+/// run alongside until they finish; only the prompts' rows are returned.
 ///
 /// `on_step` is called after every step (see [`Step`]), so callers can stream text as it is
 /// made; returning [`ControlFlow::Break`] ends the generation there (the reader went away, the
@@ -58,8 +60,9 @@ pub fn generate<'m>(
         return Err(GenerateError::NoPrompts);
     }
     let mut session = session.into();
-    for (row, prompt) in prompts.iter().enumerate() {
-        session.add(prompt.clone(), &config.for_row(row))?;
+    let mut rows = HashMap::with_capacity(prompts.len());
+    for (index, prompt) in prompts.iter().enumerate() {
+        rows.insert(session.add(prompt.clone(), &config.for_row(index))?, index);
     }
     let b = prompts.len();
     let mut tokens = vec![Vec::new(); b];
@@ -68,11 +71,11 @@ pub fn generate<'m>(
     let step =
         || (!session.is_finished()).then(|| session.step().map(|step| (step.tokens, step.logits)));
     let on_token = |token: RowToken| {
-        let row = token.row.number();
+        let row = *rows.get(&token.row)?;
         tokens[row].push(token.id);
         finish_reasons[row] = token.finish;
         logprobs[row].extend(token.logprobs);
-        (row, token.id, ControlFlow::Continue(()))
+        Some((row, token.id, ControlFlow::Continue(())))
     };
     drive(b, step, on_token, on_step)?;
     Ok(Generation {
@@ -85,13 +88,13 @@ pub fn generate<'m>(
 
 /// The outer loop of [`generate`] and [`TextSession::generate`](crate::TextSession::generate):
 /// takes `step`s until it gives `None` (no row left), hands each step's tokens to `on_token`,
-/// which files them and says which of the `rows` rows each went to (rows are numbered in the
-/// order they were added: the prompts' order), then the step to `on_step`. A `Break` from
+/// which files them and says which of the `rows` rows (the prompts, in order) each went to
+/// (`None` for a row that is not one of them), then the step to `on_step`. A `Break` from
 /// either ends the loop after that step.
 pub(crate) fn drive<T>(
     rows: usize,
     mut step: impl FnMut() -> Option<Result<(Vec<T>, Tensor<2>), GenerateError>>,
-    mut on_token: impl FnMut(T) -> (usize, u32, ControlFlow<()>),
+    mut on_token: impl FnMut(T) -> Option<(usize, u32, ControlFlow<()>)>,
     mut on_step: impl FnMut(&Step) -> ControlFlow<()>,
 ) -> Result<(), GenerateError> {
     while let Some(taken) = step() {
@@ -99,7 +102,9 @@ pub(crate) fn drive<T>(
         let mut flow = ControlFlow::Continue(());
         let mut given = Vec::with_capacity(tokens.len());
         for token in tokens {
-            let (row, id, token_flow) = on_token(token);
+            let Some((row, id, token_flow)) = on_token(token) else {
+                continue;
+            };
             given.push((row, id));
             if token_flow.is_break() {
                 flow = token_flow;
@@ -123,6 +128,24 @@ mod tests {
     use nexttoken_model::{Gpt2, token_tensor};
 
     use super::*;
+
+    /// A session that already holds a row: it runs alongside, and the result holds the
+    /// prompts' rows alone, in their order, each as it would be generated alone.
+    #[test]
+    fn rows_already_in_the_session_run_alongside_and_are_not_returned() {
+        let model = tiny_model();
+        let config = GenerationConfig::new(6).without_eos();
+        let mut session = Session::new(&model);
+        session
+            .add(vec![3, 3, 3], &GenerationConfig::new(9))
+            .unwrap();
+        let prompts = vec![vec![1, 2], vec![9, 8, 7]];
+        let out = generate(session, &prompts, &config, |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(out.tokens.len(), 2);
+        for (prompt, tokens) in prompts.iter().zip(&out.tokens) {
+            assert_eq!(tokens, &reference(&model, prompt, 6));
+        }
+    }
 
     /// The plain loop: every step reads every row's whole window.
     fn plain(model: &Gpt2) -> Session<'_> {

@@ -10,13 +10,6 @@ use crate::{GenerateError, GenerationConfig, GenerationStats, Sampler, Selection
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RowId(u64);
 
-impl RowId {
-    /// The row's place in the order rows were added, from 0: a batch's prompt index.
-    pub(crate) fn number(self) -> usize {
-        self.0 as usize
-    }
-}
-
 /// Why a row stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {

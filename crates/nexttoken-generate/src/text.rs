@@ -215,7 +215,8 @@ pub struct TextStep {
 impl<'g> TextSession<'g> {
     /// Generates a continuation for each prompt, run as one batch (prompts of any lengths;
     /// prompt `i` draws with seed `config.seed + i`). Each row stops at its end-of-text id, its
-    /// `max_new_tokens` or the first of `stop` its text reaches.
+    /// `max_new_tokens` or the first of `stop` its text reaches. Rows already in the session run
+    /// alongside until they finish; only the prompts' completions are returned.
     ///
     /// `on_text(row, text)` receives each row's new text as soon as it forms whole characters
     /// that cannot be the start of a stop string; `on_step` sees every step's ids and logits,
@@ -236,9 +237,13 @@ impl<'g> TextSession<'g> {
             return Err(GenerateError::NoPrompts);
         }
         let mut completions = Vec::with_capacity(prompts.len());
-        for (row, prompt) in prompts.iter().enumerate() {
+        let mut rows = HashMap::with_capacity(prompts.len());
+        for (index, prompt) in prompts.iter().enumerate() {
             let prompt_ids = self.tokenizer.encode(prompt);
-            self.add_ids(prompt_ids.clone(), &config.for_row(row), stop)?;
+            rows.insert(
+                self.add_ids(prompt_ids.clone(), &config.for_row(index), stop)?,
+                index,
+            );
             completions.push(Completion {
                 prompt: prompt.to_string(),
                 prompt_ids,
@@ -251,7 +256,7 @@ impl<'g> TextSession<'g> {
         let step =
             || (!self.is_finished()).then(|| self.step().map(|step| (step.chunks, step.logits)));
         let on_chunk = |chunk: TextChunk| {
-            let row = chunk.row.number();
+            let row = *rows.get(&chunk.row)?;
             let completion = &mut completions[row];
             completion.ids.push(chunk.id);
             completion.text.push_str(&chunk.text);
@@ -261,7 +266,7 @@ impl<'g> TextSession<'g> {
                 true => ControlFlow::Continue(()),
                 false => on_text(row, &chunk.text),
             };
-            (row, chunk.id, flow)
+            Some((row, chunk.id, flow))
         };
         drive(prompts.len(), step, on_chunk, on_step)?;
         let stats = self.stats().clone();

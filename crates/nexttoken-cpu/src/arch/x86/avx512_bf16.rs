@@ -175,9 +175,14 @@ impl Tile<'_> {
         for (row, sums) in sums.iter().enumerate() {
             for (half, sum) in sums.iter().enumerate() {
                 let columns = self.columns.saturating_sub(half * 16).min(16);
+                if columns == 0 {
+                    // A strip of 16 rows or fewer: its second half has no outputs, and its
+                    // place may be past the output's end.
+                    continue;
+                }
                 let mask: __mmask16 = ((1u32 << columns) - 1) as u16;
                 // SAFETY: the tile's first `columns` outputs of this half (the
-                // caller's promise).
+                // caller's promise), `columns > 0` of them, so `at` is within the output.
                 unsafe {
                     let at = out.add(row * row_stride + half * 16);
                     let sum = if self.accumulate {
