@@ -258,7 +258,16 @@ mod tests {
         y
     }
 
-    fn check<W: Float>(tolerance: f64) {
+    /// How a step's queries are kept from later positions: by [`Attention::causal`] (each block
+    /// of queries meets only the keys it may see), or by the bias alone, as a padded batch's mask
+    /// does it (every query meets every written key).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Causality {
+        Flag,
+        Mask,
+    }
+
+    fn check<W: Float>(tolerance: f64, causality: Causality) {
         let [heads, head_size, rows, capacity] = [3, 8, 2, 80];
         let c = heads * head_size;
         let layer = rows * heads * capacity * head_size;
@@ -271,7 +280,10 @@ mod tests {
             let written = start + t;
             let bias: Vec<f32> = (0..rows * t * written)
                 .map(|i| {
-                    if i / (t * written) == 1 && i % written < 2 {
+                    let (row, query, column) = (i / (t * written), i / written % t, i % written);
+                    if causality == Causality::Mask && column > start + query {
+                        f32::NEG_INFINITY
+                    } else if row == 1 && column < 2 {
                         -2.5
                     } else {
                         0.0
@@ -284,7 +296,7 @@ mod tests {
                 positions: t,
                 capacity,
                 start,
-                causal: t > 1,
+                causal: causality == Causality::Flag && t > 1,
                 bias: Some(ScoreBias {
                     values: &bias,
                     columns: written,
@@ -324,8 +336,10 @@ mod tests {
 
     #[test]
     fn attention_matches_its_definition_with_padding_causality_and_half_precision() {
-        check::<f32>(1e-4);
-        check::<f16>(1e-3);
-        check::<bf16>(1e-3);
+        for causality in [Causality::Flag, Causality::Mask] {
+            check::<f32>(1e-4, causality);
+            check::<f16>(1e-3, causality);
+            check::<bf16>(1e-3, causality);
+        }
     }
 }
