@@ -88,3 +88,29 @@ impl Float for f16 {
         f16::from_f32(value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// float32 passes through unchanged; only bf16 offers its values to the bf16-pair kernel
+    /// (which CPUs without AVX-512 BF16 never reach, so the products' tests cannot see this).
+    #[test]
+    fn float32_is_itself_and_only_bf16_is_offered_as_bf16() {
+        for value in [
+            0.0f32,
+            -1.5,
+            3.25e-3,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            f32::INFINITY,
+        ] {
+            assert_eq!(<f32 as Float>::from_f32(value).to_bits(), value.to_bits());
+            assert_eq!(Float::to_f32(value).to_bits(), value.to_bits());
+        }
+        let brains = [bf16::from_f32(1.5), bf16::from_f32(-2.0)];
+        assert_eq!(<bf16 as Float>::as_bf16(&brains), Some(&brains[..]));
+        assert!(<f32 as Float>::as_bf16(&[1.0]).is_none());
+        assert!(<f16 as Float>::as_bf16(&[f16::ONE]).is_none());
+    }
+}
