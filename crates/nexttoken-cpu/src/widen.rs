@@ -146,6 +146,7 @@ mod tests {
                 narrowings.push(("avx2", ours));
             }
             for (name, narrow) in narrowings {
+                assert_eq!(narrow.len(), wide.len(), "{name}: every value, once");
                 for (wide, ours) in wide.iter().zip(&narrow) {
                     assert_eq!(
                         to_bits(*ours),
