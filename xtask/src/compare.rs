@@ -21,7 +21,7 @@ use agreement::{Agreement, agreement};
 use report::write_outputs;
 
 use crate::speed::{Record, parse_records};
-use crate::{Backends, CpuBackend, build_nexttoken, target_dir, torch_lib_dir, venv};
+use crate::{Backends, Build, CpuBackend, build_nexttoken, target_dir, torch_lib_dir, venv};
 
 /// Prompts of different token lengths, so that both batching paths run (one prompt alone, and
 /// prompts of equal length as one batch).
@@ -150,8 +150,9 @@ pub fn run(root: &Path, args: &CompareArgs) -> Result<()> {
     );
 
     // Every CPU backend that can be built here is, whichever were asked for: the build is then
-    // the test suite's and speed's, with nothing left to compile after them. A backend whose
-    // build needs something missing is left out and reported as skipped.
+    // the test suite's (checked: debug assertions and overflow checks in nexttoken's crates, so
+    // its speeds are a little below `cargo xtask speed`'s), with nothing left to compile after
+    // it. A backend whose build needs something missing is left out and reported as skipped.
     let blockers: Vec<(CpuBackend, Option<String>)> = CpuBackend::value_variants()
         .iter()
         .map(|&backend| (backend, build_blocker(backend)))
@@ -161,7 +162,7 @@ pub fn run(root: &Path, args: &CompareArgs) -> Result<()> {
         .filter(|(_, blocker)| blocker.is_none())
         .filter_map(|(backend, _)| backend.feature())
         .collect();
-    let nexttoken = build_nexttoken(root, &features.join(","))?;
+    let nexttoken = build_nexttoken(root, &features.join(","), Build::Checked)?;
     let out = match &args.out {
         Some(out) => out.clone(),
         None => target_dir(root)?.join("compare"),

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::{build_nexttoken, cpu_features};
+use crate::{Build, build_nexttoken, cpu_features};
 
 #[derive(Args)]
 pub struct LoadArgs {
@@ -72,7 +72,7 @@ impl Drop for ServerProcess {
 }
 
 pub fn run(root: &Path, args: &LoadArgs) -> Result<()> {
-    let nexttoken = build_nexttoken(root, &cpu_features())?;
+    let nexttoken = build_nexttoken(root, &cpu_features(), Build::Checked)?;
     let model = args
         .model
         .clone()

@@ -121,17 +121,23 @@ fn main() -> Result<()> {
             if let Some(python) = venv_python().ok().filter(|p| p.exists()) {
                 command.env("NEXTTOKEN_PYTHON", python);
             }
-            command.args(checked_build());
+            command.args(checked_build(&root)?);
             let features = backends.features();
             if !features.is_empty() {
                 command.args(["--features", &features.join(",")]);
+            }
+            // A test that cannot run here is `#[ignore]`d with the reason (a backend not
+            // compiled in, a tool not installed), so a plain `cargo test` shows it as ignored,
+            // not passed. With every backend in and the tools installed, all of them must run.
+            if backends.chosen() == CpuBackend::value_variants() && !no_setup {
+                command.args(["--", "--include-ignored"]);
             }
             run(&mut command)?;
             // The examples are built by the tests; this runs the library's streaming example
             // on the bundled model, so that it keeps working (same build: nothing recompiles).
             let mut example = cargo(&root);
             example.args(["run", "--release", "--example", "stream"]);
-            example.args(checked_build());
+            example.args(checked_build(&root)?);
             if !features.is_empty() {
                 example.args(["--features", &features.join(",")]);
             }
@@ -235,37 +241,22 @@ impl CpuBackend {
     }
 }
 
-/// The crates whose `debug_assert!`s and overflow checks the test suite turns on: every
-/// workspace member, and clap's builder, whose `Command::debug_assert` (the CLI's `verify_cli`
-/// test) checks nothing without them.
-const CHECKED_CRATES: [&str; 13] = [
-    "nexttoken",
-    "nexttoken-backend",
-    "nexttoken-cli",
-    "nexttoken-cpu",
-    "nexttoken-generate",
-    "nexttoken-hub",
-    "nexttoken-layout",
-    "nexttoken-model",
-    "nexttoken-server",
-    "nexttoken-tokenizer",
-    "nexttoken-web",
-    "xtask",
-    "clap_builder",
-];
-
-/// `--config` arguments that build [`CHECKED_CRATES`] with debug assertions and overflow
-/// checks, optimized as in release. Only those crates change, so burn and the other
-/// dependencies are the release build's, compiled once for tests, benchmarks and the binary
-/// (a profile of its own would compile them all again: half an hour on CI's two cores).
-fn checked_build() -> Vec<String> {
-    CHECKED_CRATES
+/// `--config` arguments that build every workspace member (and clap's builder, whose
+/// `Command::debug_assert`, the CLI's `verify_cli` test, checks nothing without them) with debug
+/// assertions and overflow checks, optimized as in release. Only those crates change, so burn
+/// and the other dependencies are the release build's, compiled once for tests, benchmarks and
+/// the binary (a profile of its own would compile them all again: half an hour on CI's two
+/// cores).
+fn checked_build(root: &Path) -> Result<Vec<String>> {
+    let mut crates = metadata(root)?.workspace_members;
+    crates.push("clap_builder".into());
+    Ok(crates
         .iter()
         .flat_map(|name| {
             ["debug-assertions", "overflow-checks"]
                 .map(|setting| format!("--config=profile.release.package.{name}.{setting}=true"))
         })
-        .collect()
+        .collect())
 }
 
 /// The features of every CPU backend, for the builds that cover them all (lint, bench, speed).
@@ -408,13 +399,25 @@ fn prepend(dir: PathBuf, variable: &str) -> OsString {
 
 include!("../../build/torch_lib_dir.rs");
 
+/// How a binary a task runs is built.
+#[derive(Clone, Copy)]
+enum Build {
+    /// As the test suite builds it, with [`checked_build`]'s debug assertions and overflow
+    /// checks: for the tasks that check outputs (compare, web, load), and after `cargo xtask
+    /// test` with the same features there is nothing to compile.
+    Checked,
+    /// Plain release, for the tasks that measure speed.
+    Release,
+}
+
 /// Builds the `nexttoken` binary in release mode with `features` (comma-separated); its path.
-///
-/// The workspace is built, as the test suite builds it, so that after `cargo xtask test` this
-/// has nothing to do when the features are the same.
-fn build_nexttoken(root: &Path, features: &str) -> Result<PathBuf> {
+/// The whole workspace is built, as the test suite builds it.
+fn build_nexttoken(root: &Path, features: &str, build: Build) -> Result<PathBuf> {
     let mut command = cargo(root);
     command.args(["build", "--release", "--workspace"]);
+    if let Build::Checked = build {
+        command.args(checked_build(root)?);
+    }
     if !features.is_empty() {
         command.args(["--features", features]);
     }
@@ -422,11 +425,23 @@ fn build_nexttoken(root: &Path, features: &str) -> Result<PathBuf> {
     Ok(target_dir(root)?.join("release/nexttoken"))
 }
 
-/// Where cargo puts build outputs (CARGO_TARGET_DIR or the workspace's `target/`).
-fn target_dir(root: &Path) -> Result<PathBuf> {
+/// What `cargo metadata` says of the workspace.
+struct Metadata {
+    /// Where cargo puts build outputs (CARGO_TARGET_DIR or the workspace's `target/`).
+    target_directory: PathBuf,
+    /// The names of the workspace's packages.
+    workspace_members: Vec<String>,
+}
+
+fn metadata(root: &Path) -> Result<Metadata> {
     #[derive(serde::Deserialize)]
-    struct Metadata {
+    struct Package {
+        name: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Output {
         target_directory: PathBuf,
+        packages: Vec<Package>,
     }
     let output = cargo(root)
         .args(["metadata", "--format-version", "1", "--no-deps"])
@@ -438,7 +453,16 @@ fn target_dir(root: &Path) -> Result<PathBuf> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(serde_json::from_slice::<Metadata>(&output.stdout)?.target_directory)
+    let output: Output = serde_json::from_slice(&output.stdout)?;
+    Ok(Metadata {
+        target_directory: output.target_directory,
+        workspace_members: output.packages.into_iter().map(|p| p.name).collect(),
+    })
+}
+
+/// Where cargo puts build outputs (CARGO_TARGET_DIR or the workspace's `target/`).
+fn target_dir(root: &Path) -> Result<PathBuf> {
+    Ok(metadata(root)?.target_directory)
 }
 
 /// Appends `text` to the file at `path` (a CI job summary), creating it if needed.

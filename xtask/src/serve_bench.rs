@@ -18,7 +18,7 @@ use clap::Args;
 
 use crate::llama_cpp::{self, LlamaServer};
 use crate::load::{Done, PROMPTS, percentile, request_model, start_server};
-use crate::{build_nexttoken, cpu_features, speed};
+use crate::{Build, build_nexttoken, cpu_features, speed};
 
 #[derive(Args)]
 pub struct ServeBenchArgs {
@@ -66,7 +66,7 @@ struct Level {
 }
 
 pub fn run(root: &std::path::Path, args: &ServeBenchArgs) -> Result<()> {
-    let nexttoken = build_nexttoken(root, &cpu_features())?;
+    let nexttoken = build_nexttoken(root, &cpu_features(), Build::Release)?;
     let model = match &args.model {
         Some(model) => model.clone(),
         None => speed::default_checkpoint(root)?,

@@ -25,7 +25,7 @@ use bounds::{Probe, Shape, decode_bounds, half_precision, prefill_bounds};
 use table::table;
 
 use crate::probe::{multiply_add_rate, read_bandwidth, read_bandwidth_over};
-use crate::{build_nexttoken, cache_dir, cpu_features, install, llama_cpp, venv_python};
+use crate::{Build, build_nexttoken, cache_dir, cpu_features, install, llama_cpp, venv_python};
 
 #[derive(Args)]
 pub struct SpeedArgs {
@@ -111,7 +111,7 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         Some(model) => model.clone(),
         None => default_checkpoint(root)?,
     };
-    let nexttoken = build_nexttoken(root, &cpu_features())?;
+    let nexttoken = build_nexttoken(root, &cpu_features(), Build::Release)?;
     // Each dtype's GGUF, converted before any timing.
     let llama = if args.llama_cpp {
         let ggufs = args

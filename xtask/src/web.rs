@@ -52,14 +52,16 @@ pub fn run_web(root: &Path, args: &WebArgs) -> Result<()> {
 fn build(root: &Path) -> Result<PathBuf> {
     require_wasm_target()?;
     let bindgen = wasm_bindgen_cli(root)?;
-    run(cargo(root).args([
-        "build",
-        "--release",
-        "--target",
-        TARGET,
-        "-p",
-        "nexttoken-web",
-    ]))?;
+    run(cargo(root)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            TARGET,
+            "-p",
+            "nexttoken-web",
+        ])
+        .args(crate::checked_build(root)?))?;
     let target = target_dir(root)?;
     let wasm = target.join(TARGET).join("release/nexttoken_web.wasm");
     let site = target.join("web");
@@ -95,7 +97,7 @@ fn build(root: &Path) -> Result<PathBuf> {
 fn test(root: &Path, site: &Path, screenshot: &Path) -> Result<()> {
     install(root, &["web"])?;
     // The build `cargo xtask compare` makes (every CPU backend): no second build of burn.
-    let nexttoken = crate::build_nexttoken(root, &crate::cpu_features())?;
+    let nexttoken = crate::build_nexttoken(root, &crate::cpu_features(), crate::Build::Checked)?;
     let python = venv_python()?;
     run(Command::new(&python)
         .current_dir(root)

@@ -56,7 +56,7 @@ pub(super) fn write_outputs(
     let model = report.model.file_name().unwrap_or(report.model.as_os_str());
     let skipped = report.skipped();
     let mut caption = format!(
-        "{}: tokens/s per backend (mean ± std of {repetitions} runs)",
+        "{}: tokens/s per backend (mean ± std of {repetitions} runs; checked build)",
         model.to_string_lossy()
     );
     if !skipped.is_empty() {
