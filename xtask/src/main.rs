@@ -131,6 +131,13 @@ fn main() -> Result<()> {
             // not passed. With every backend in and the tools installed, all of them must run.
             if backends.chosen() == CpuBackend::value_variants() && !no_setup {
                 command.args(["--", "--include-ignored"]);
+                for (instructions, tests) in instruction_sets_missing() {
+                    eprintln!(
+                        "NOT TESTED on this CPU: the {instructions} kernels (no {instructions} \
+                         here; `cargo xtask test` on a CPU that has it runs them)"
+                    );
+                    command.args(["--skip", tests]);
+                }
             }
             run(&mut command)?;
             // The examples are built by the tests; this runs the library's streaming example
@@ -257,6 +264,21 @@ fn checked_build(root: &Path) -> Result<Vec<String>> {
                 .map(|setting| format!("--config=profile.release.package.{name}.{setting}=true"))
         })
         .collect())
+}
+
+/// The instruction sets whose hand-written kernels this CPU cannot run, with the name part that
+/// picks their tests (`--skip`): the only tests CI leaves out, and it says so.
+fn instruction_sets_missing() -> Vec<(&'static str, &'static str)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return vec![("AVX-512", "avx512")];
+        }
+        if !std::arch::is_x86_feature_detected!("avx512bf16") {
+            return vec![("AVX-512 BF16", "avx512_bf16")];
+        }
+    }
+    Vec::new()
 }
 
 /// The features of every CPU backend, for the builds that cover them all (lint, bench, speed).

@@ -113,7 +113,13 @@ mod tests {
 
     #[test]
     fn products_match_the_reference_either_way_round() {
-        let [m, k, n] = [5, 7, 3];
+        // Tiny, then a prompt chunk at GPT-2 small's width with odd tails everywhere.
+        for shape in [[5, 7, 3], [37, 768 + 3, 67]] {
+            check_either_way_round(shape);
+        }
+    }
+
+    fn check_either_way_round([m, k, n]: [usize; 3]) {
         let (a, b) = (values::<f32>(m * k, 37), values::<f32>(k * n, 53));
         let transposed: Vec<f32> = (0..n)
             .flat_map(|j| b.iter().skip(j).step_by(n).copied())
@@ -123,12 +129,12 @@ mod tests {
             matmul(&mut out, &a, b, [m, k, n], rhs);
             for (index, ours) in out.iter().enumerate() {
                 let (i, j) = (index / n, index % n);
-                let exact: f32 = (0..k)
-                    .map(|p| a[i * k + p] * b_at(b, rhs, [k, n], p, j))
+                let exact: f64 = (0..k)
+                    .map(|p| f64::from(a[i * k + p]) * f64::from(b_at(b, rhs, [k, n], p, j)))
                     .sum();
                 assert!(
-                    (ours - exact).abs() < 1e-4,
-                    "{rhs:?} [{i}, {j}]: {ours} vs {exact}"
+                    (f64::from(*ours) - exact).abs() < 1e-4 * exact.abs().max(1.0),
+                    "{rhs:?}, {m}×{k}×{n} [{i}, {j}]: {ours} vs {exact}"
                 );
             }
         }
@@ -141,14 +147,41 @@ mod tests {
         }
     }
 
+    type Products = fn(&[bf16], &[bf16], [usize; 3]) -> Vec<f32>;
+
     /// A prompt's bf16 products, by the bf16 kernel where the CPU has AVX-512 BF16 (`gemm` on
-    /// widened copies elsewhere): tiles of 8 rows and single rows, strips of 32 weight rows and
-    /// a partial one, inputs over three packed strips with an odd tail.
+    /// widened copies elsewhere).
     #[test]
     fn bf16_prompt_products_are_float32_sums_of_exact_products() {
-        let [m, k, n] = [29, 2 * 256 + 45, 37];
+        check_bf16_products(times_transposed);
+    }
+
+    /// The AVX-512 BF16 kernel itself.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[ignore = "needs an AVX-512 BF16 CPU: cargo test -- --ignored avx512_bf16 (cargo xtask test runs it there)"]
+    fn avx512_bf16_products_are_float32_sums_of_exact_products() {
+        assert!(has_bf16_products(), "this CPU has no AVX-512 BF16");
+        check_bf16_products(|x, w, [m, k, n]| {
+            let mut out = vec![f32::NAN; m * n];
+            // SAFETY: the CPU has the instructions (asserted above); `out` holds `m` rows of
+            // `n` values, `n` apart, and nothing else touches it.
+            unsafe { bf16_products(out.as_mut_ptr(), n, x, w, [m, k, n]) };
+            out
+        });
+    }
+
+    /// Tiles of 8 rows and single rows, strips of 32 weight rows and a partial one, inputs over
+    /// three packed strips with an odd tail; then a prompt chunk at GPT-2 small's width.
+    fn check_bf16_products(products: Products) {
+        for shape in [[29, 2 * 256 + 45, 37], [17, 768, 64 + 5]] {
+            check_bf16_shape(products, shape);
+        }
+    }
+
+    fn check_bf16_shape(products: Products, [m, k, n]: [usize; 3]) {
         let (x, w) = (values::<bf16>(m * k, 37), values::<bf16>(n * k, 53));
-        let out = times_transposed(&x, &w, [m, k, n]);
+        let out = products(&x, &w, [m, k, n]);
         for (i, out) in out.chunks_exact(n).enumerate() {
             for (j, &ours) in out.iter().enumerate() {
                 let products = x[i * k..][..k]

@@ -176,35 +176,56 @@ pub(crate) mod tests {
         }
     }
 
-    /// Each vector kernel this CPU can run, and the portable loop, against the reference, for
-    /// every weight type and inputs in float32 or in the weights' type.
-    #[test]
-    fn every_level_s_dot_products_match_the_reference() {
-        fn check<X: Float, W: Float>(c: usize) {
-            // 2 inputs, 5 rows of weights.
-            let (x, rows) = (values::<X>(2 * c, 37), values::<W>(5 * c, 53));
-            // `dots` writes `[rows, inputs]`: the reference's transpose.
-            let expected = reference(&rows, &x, [5, c, 2]);
-            type Dots<X, W> = fn(&mut [f32], &[X], &[W], usize);
-            let mut kernels: Vec<(&str, Dots<X, W>)> = vec![
-                ("portable", portable::dots::<false, X, W>),
-                ("portable, fused", portable::dots::<true, X, W>),
-                ("dispatched", dots),
-            ];
-            #[cfg(target_arch = "x86_64")]
-            {
+    type Dots<X, W> = fn(&mut [f32], &[X], &[W], usize);
+
+    /// Which kernels a test runs: the portable loops, the dispatched one and AVX2's where the
+    /// CPU has it; or AVX-512's, on a CPU that must have it.
+    #[derive(Clone, Copy)]
+    enum Kernels {
+        Everyday,
+        #[cfg(target_arch = "x86_64")]
+        Avx512,
+    }
+
+    fn dot_kernels<X: Float, W: Float>(set: Kernels) -> Vec<(&'static str, Dots<X, W>)> {
+        match set {
+            Kernels::Everyday => {
+                #[allow(unused_mut)]
+                let mut kernels: Vec<(&str, Dots<X, W>)> = vec![
+                    ("portable", portable::dots::<false, X, W>),
+                    ("portable, fused", portable::dots::<true, X, W>),
+                    ("dispatched", dots),
+                ];
+                #[cfg(target_arch = "x86_64")]
                 if x86::has_avx2_fma_f16c() {
                     // SAFETY: detected just above.
                     kernels.push(("avx2", |o, x, r, c| unsafe { x86::avx2::dots(o, x, r, c) }));
                 }
-                if is_x86_feature_detected!("avx512f") {
-                    // SAFETY: detected just above.
-                    kernels.push(("avx512", |o, x, r, c| unsafe {
-                        x86::avx512::dots(o, x, r, c)
-                    }));
-                }
+                kernels
             }
-            for (name, kernel) in kernels {
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => {
+                assert!(
+                    is_x86_feature_detected!("avx512f"),
+                    "this CPU has no AVX-512F"
+                );
+                // SAFETY: asserted just above.
+                vec![("avx512", |o, x, r, c| unsafe {
+                    x86::avx512::dots(o, x, r, c)
+                })]
+            }
+        }
+    }
+
+    /// The kernels of `set` against the reference, for every weight type and inputs in float32
+    /// or in the weights' type.
+    fn check_dot_products(set: Kernels) {
+        fn check<X: Float, W: Float>(c: usize, set: Kernels) {
+            // 2 inputs, 5 rows of weights.
+            let (x, rows) = (values::<X>(2 * c, 37), values::<W>(5 * c, 53));
+            // `dots` writes `[rows, inputs]`: the reference's transpose.
+            let expected = reference(&rows, &x, [5, c, 2]);
+            for (name, kernel) in dot_kernels::<X, W>(set) {
                 let mut ours = vec![f32::NAN; 10];
                 kernel(&mut ours, &x, &rows, c);
                 let what = format!(
@@ -216,27 +237,41 @@ pub(crate) mod tests {
             }
         }
         // 300 values: blocks of four vectors, whole vectors after them and a tail; 64, an
-        // attention head: one block of 16-lane vectors, or two of 8 lanes.
-        for c in [300, 64] {
-            check::<f32, f32>(c);
-            check::<f32, f16>(c);
-            check::<f16, f16>(c);
-            check::<f32, bf16>(c);
-            check::<bf16, bf16>(c);
+        // attention head: one block of 16-lane vectors, or two of 8 lanes; GPT-2's widths
+        // (small, medium, large, XL, and the MLP's 4 × 768), and two of them with odd tails.
+        for c in [300, 64, 768, 1024, 1280, 1600, 3072, 771, 1603] {
+            check::<f32, f32>(c, set);
+            check::<f32, f16>(c, set);
+            check::<f16, f16>(c, set);
+            check::<f32, bf16>(c, set);
+            check::<bf16, bf16>(c, set);
         }
+    }
+
+    #[test]
+    fn every_level_s_dot_products_match_the_reference() {
+        check_dot_products(Kernels::Everyday);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[ignore = "needs an AVX-512 CPU: cargo test -- --ignored avx512 (cargo xtask test runs it there)"]
+    fn avx512_dot_products_match_the_reference() {
+        check_dot_products(Kernels::Avx512);
     }
 
     #[test]
     fn products_match_the_reference_for_every_row_count_and_type() {
         fn check<X: Float, W: Float>() {
             // 37 outputs: several tasks' rows and a partial one; 300 inputs: the dot products'
-            // vector blocks and a tail.
-            let [k, n] = [300, 37];
-            for m in [1, 3, MAX_FEW_ROWS, MAX_FEW_ROWS + 1, 70] {
-                let (x, w) = (values::<X>(m * k, 37), values::<W>(n * k, 53));
-                let what = format!("{m} rows, {}", std::any::type_name::<W>());
-                let expected = reference(&x, &w, [m, k, n]);
-                assert_close(&times_transposed(&x, &w, [m, k, n]), &expected, &what);
+            // vector blocks and a tail; GPT-2 small's width and its MLP's, one with a tail.
+            for [k, n] in [[300, 37], [768, 37], [3072 + 7, 21]] {
+                for m in [1, 3, MAX_FEW_ROWS, MAX_FEW_ROWS + 1, 70] {
+                    let (x, w) = (values::<X>(m * k, 37), values::<W>(n * k, 53));
+                    let what = format!("{m} rows, {k} inputs, {}", std::any::type_name::<W>());
+                    let expected = reference(&x, &w, [m, k, n]);
+                    assert_close(&times_transposed(&x, &w, [m, k, n]), &expected, &what);
+                }
             }
         }
         check::<f32, f32>();

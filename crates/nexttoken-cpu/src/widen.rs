@@ -73,30 +73,37 @@ mod tests {
 
     use super::*;
 
-    /// Each widening this CPU can run, for all 65536 bit patterns of f16 and bf16, bit for bit
+    type Widen<W> = fn(&mut [f32], &[W]);
+
+    /// The portable loop, the dispatched one, the pool's and AVX2's where the CPU has it.
+    fn everyday_widenings<W: Float>() -> Vec<(&'static str, Widen<W>)> {
+        #[allow(unused_mut)]
+        let mut widenings: Vec<(&str, Widen<W>)> = vec![
+            ("portable", portable::widen),
+            ("dispatched", widen),
+            ("every core", |w, v| w.copy_from_slice(&widened(v))),
+            ("as_f32", |w, v| w.copy_from_slice(&W::as_f32(v))),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        if x86::has_avx2_fma_f16c() {
+            // SAFETY: detected just above.
+            widenings.push(("avx2", |w, v| unsafe { x86::avx2::widen(w, v) }));
+        }
+        widenings
+    }
+
+    /// Each widening `widenings` gives, for all 65536 bit patterns of f16 and bf16, bit for bit
     /// as `half` widens.
-    #[test]
-    fn every_level_widens_every_half_precision_value_exactly() {
-        fn check<W: Float + std::fmt::Debug>(from_bits: fn(u16) -> W, to_f32: fn(W) -> f32) {
+    fn check_widenings(
+        f16s: fn() -> Vec<(&'static str, Widen<f16>)>,
+        bf16s: fn() -> Vec<(&'static str, Widen<bf16>)>,
+    ) {
+        fn check<W: Float + std::fmt::Debug>(
+            from_bits: fn(u16) -> W,
+            to_f32: fn(W) -> f32,
+            widenings: Vec<(&str, Widen<W>)>,
+        ) {
             let values: Vec<W> = (0..=u16::MAX).map(from_bits).collect();
-            type Widen<W> = fn(&mut [f32], &[W]);
-            let mut widenings: Vec<(&str, Widen<W>)> = vec![
-                ("portable", portable::widen),
-                ("dispatched", widen),
-                ("every core", |w, v| w.copy_from_slice(&widened(v))),
-                ("as_f32", |w, v| w.copy_from_slice(&W::as_f32(v))),
-            ];
-            #[cfg(target_arch = "x86_64")]
-            {
-                if x86::has_avx2_fma_f16c() {
-                    // SAFETY: detected just above.
-                    widenings.push(("avx2", |w, v| unsafe { x86::avx2::widen(w, v) }));
-                }
-                if is_x86_feature_detected!("avx512f") {
-                    // SAFETY: detected just above.
-                    widenings.push(("avx512", |w, v| unsafe { x86::avx512::widen(w, v) }));
-                }
-            }
             for (name, widen) in widenings {
                 // One value short of a whole number of registers: the tail too.
                 let values = &values[1..];
@@ -111,8 +118,28 @@ mod tests {
                 }
             }
         }
-        check::<f16>(f16::from_bits, f16::to_f32);
-        check::<bf16>(bf16::from_bits, bf16::to_f32);
+        check::<f16>(f16::from_bits, f16::to_f32, f16s());
+        check::<bf16>(bf16::from_bits, bf16::to_f32, bf16s());
+    }
+
+    #[test]
+    fn every_level_widens_every_half_precision_value_exactly() {
+        check_widenings(everyday_widenings, everyday_widenings);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[ignore = "needs an AVX-512 CPU: cargo test -- --ignored avx512 (cargo xtask test runs it there)"]
+    fn avx512_widens_every_half_precision_value_exactly() {
+        fn avx512<W: Float>() -> Vec<(&'static str, Widen<W>)> {
+            assert!(
+                is_x86_feature_detected!("avx512f"),
+                "this CPU has no AVX-512F"
+            );
+            // SAFETY: asserted just above.
+            vec![("avx512", |w, v| unsafe { x86::avx512::widen(w, v) })]
+        }
+        check_widenings(avx512, avx512);
     }
 
     /// Rounding to half precision, on every path this CPU has, bit for bit as `half` rounds:
