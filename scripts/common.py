@@ -12,16 +12,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiktoken_rs_assets() -> Path:
+def registry_crate(name: str) -> Path:
+    """The source folder of a crate in the workspace's dependency graph (cargo's registry)."""
     metadata = json.loads(
         subprocess.check_output(
             ["cargo", "metadata", "--format-version", "1"], cwd=ROOT
         )
     )
     for package in metadata["packages"]:
-        if package["name"] == "tiktoken-rs":
-            return Path(package["manifest_path"]).parent / "assets"
-    raise SystemExit("tiktoken-rs is not in the workspace's dependency graph")
+        if package["name"] == name:
+            return Path(package["manifest_path"]).parent
+    raise SystemExit(f"{name} is not in the workspace's dependency graph")
+
+
+def tiktoken_rs_assets() -> Path:
+    return registry_crate("tiktoken-rs") / "assets"
 
 
 def gpt2_tokenizer():

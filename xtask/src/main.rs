@@ -77,8 +77,8 @@ enum Task {
     /// Build the browser page (nexttoken-web as WebAssembly, web/, the bundled model) into
     /// <target>/web; `--serve` serves it, `--test` runs the browser tests on it.
     Web(web::WebArgs),
-    /// Regenerate the Hugging Face reference data in tests/goldens: generation, prompt scoring
-    /// and the logits processors (needs scripts/requirements.txt).
+    /// Regenerate the Hugging Face reference data in tests/goldens: generation, prompt scoring,
+    /// the logits processors and the tokenizer corpus (needs scripts/requirements.txt).
     Goldens {
         /// Python with torch and transformers installed (see scripts/requirements.txt).
         #[arg(long, default_value = "python3", env = "NEXTTOKEN_PYTHON")]
@@ -181,15 +181,15 @@ fn main() -> Result<()> {
             run(&mut command).with_context(|| {
                 format!("running scripts/make_fixtures.py with {}", python.display())
             })?;
-            run(Command::new(&python)
-                .current_dir(&root)
-                .arg("scripts/make_scoring_goldens.py"))
-            .with_context(|| {
-                format!(
-                    "running scripts/make_scoring_goldens.py with {}",
-                    python.display()
-                )
-            })
+            let corpus = corpus.to_string_lossy();
+            for script in [
+                vec!["scripts/make_scoring_goldens.py"],
+                vec!["scripts/make_tokenizer_goldens.py", "--corpus", &corpus],
+            ] {
+                run(Command::new(&python).current_dir(&root).args(&script))
+                    .with_context(|| format!("running {} with {}", script[0], python.display()))?;
+            }
+            Ok(())
         }
     }
 }
