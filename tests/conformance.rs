@@ -852,3 +852,248 @@ fn sampling_settings_match_transformers_processors() {
         }
     }
 }
+
+/// `tests/goldens/scoring/real_processors.safetensors`: real logits rows (`logits.{row}`), and
+/// per case the ids transformers' processors keep (`kept_ids.{case}`, absent when every id is
+/// kept) and their probabilities (`kept_probabilities.{case}`); its header describes the cases.
+#[derive(Deserialize)]
+struct RealProcessors {
+    format_version: u32,
+    cases: Vec<RealProcessorCase>,
+    repetition_penalty_greedy: Vec<PenaltyGreedy>,
+}
+
+#[derive(Deserialize)]
+struct RealProcessorCase {
+    row: usize,
+    label: String,
+    settings: ProcessorSettings,
+    history: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct PenaltyGreedy {
+    prompt_ids: Vec<u32>,
+    repeat_penalty: f32,
+    ids: Vec<u32>,
+}
+
+/// The header and the file's bytes.
+fn real_processors() -> (RealProcessors, Vec<u8>) {
+    let path = root().join("tests/goldens/scoring/real_processors.safetensors");
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask goldens`", path.display()));
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let header = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("cases"))
+        .expect("a `cases` entry in the header");
+    let golden: RealProcessors = serde_json::from_str(header).unwrap();
+    assert_eq!(
+        golden.format_version, FORMAT_VERSION,
+        "run `cargo xtask goldens`"
+    );
+    (golden, bytes)
+}
+
+fn tensor_values<T: Copy>(
+    tensors: &safetensors::SafeTensors,
+    name: &str,
+    from: fn([u8; 4]) -> T,
+) -> Option<Vec<T>> {
+    let view = tensors.tensor(name).ok()?;
+    Some(
+        view.data()
+            .chunks_exact(4)
+            .map(|b| from([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
+}
+
+/// A real case's logits row and transformers' distribution over the whole vocabulary.
+fn real_case(
+    tensors: &safetensors::SafeTensors,
+    index: usize,
+    case: &RealProcessorCase,
+) -> (Vec<f32>, Vec<f64>) {
+    let logits = tensor_values(tensors, &format!("logits.{}", case.row), f32::from_le_bytes)
+        .expect("the case's logits row");
+    let kept = tensor_values(
+        tensors,
+        &format!("kept_probabilities.{index}"),
+        f32::from_le_bytes,
+    )
+    .expect("the case's probabilities");
+    let ids = tensor_values(tensors, &format!("kept_ids.{index}"), i32::from_le_bytes)
+        .map(|ids| ids.into_iter().map(|id| id as usize).collect())
+        .unwrap_or_else(|| (0..logits.len()).collect::<Vec<_>>());
+    let mut expected = vec![0.0; logits.len()];
+    for (id, p) in ids.into_iter().zip(kept) {
+        expected[id] = f64::from(p);
+    }
+    (logits, expected)
+}
+
+fn params_of(settings: &ProcessorSettings) -> SamplingParams {
+    SamplingParams {
+        temperature: settings.temperature.unwrap_or(1.0),
+        top_k: settings.top_k,
+        top_p: settings.top_p,
+        min_p: settings.min_p,
+        repeat_penalty: settings.repeat_penalty.unwrap_or(1.0),
+        presence_penalty: settings.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: settings.frequency_penalty.unwrap_or(0.0),
+        logit_bias: settings.logit_bias.clone(),
+        ..SamplingParams::default()
+    }
+}
+
+/// On real logits over the whole vocabulary (two checkpoints, a row rounded to bfloat16 with
+/// ties at top-k's k-th value, and one with the two best tied for min-p = 1), every setting
+/// alone and combined keeps exactly the ids transformers' processors keep, with their
+/// probabilities within 1e-6.
+#[test]
+fn sampling_on_real_logits_keeps_what_transformers_keeps() {
+    let (golden, bytes) = real_processors();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(golden.cases.len() >= 30);
+    for (index, case) in golden.cases.iter().enumerate() {
+        let (logits, expected) = real_case(&tensors, index, case);
+        let label = format!("{} with {:?}", case.label, case.settings);
+        let sampler = nexttoken::generate::Sampler::new(params_of(&case.settings), 0)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let ours = sampler.probabilities(&logits, &case.history, 0);
+        let kept = |probs: Vec<bool>| -> Vec<usize> {
+            probs
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| **k)
+                .map(|(id, _)| id)
+                .collect()
+        };
+        let ours_kept = kept(ours.iter().map(|&p| p > 0.0).collect());
+        let theirs_kept = kept(expected.iter().map(|&p| p > 0.0).collect());
+        assert_eq!(
+            ours_kept.len(),
+            theirs_kept.len(),
+            "{label}: number of ids kept"
+        );
+        assert_eq!(ours_kept, theirs_kept, "{label}: ids kept");
+        for (id, (&got, &want)) in ours.iter().zip(&expected).enumerate() {
+            assert!(
+                (f64::from(got) - want).abs() <= 1e-6,
+                "{label}, id {id}: {got} vs transformers' {want}"
+            );
+        }
+    }
+}
+
+/// Pearson's chi-square of `counts` against `expected` probabilities over `n` draws, bins with
+/// fewer than 5 expected draws pooled into one (the test's approximation needs ~5 per bin); and
+/// its degrees of freedom.
+fn chi_square(counts: &[usize], expected: &[f64], n: usize) -> (f64, usize) {
+    let (mut statistic, mut bins) = (0.0, 0);
+    let (mut pooled_count, mut pooled_expected) = (0.0, 0.0);
+    for (&count, &p) in counts.iter().zip(expected) {
+        let e = p * n as f64;
+        if e == 0.0 {
+            assert_eq!(count, 0, "an id the filters removed was drawn");
+        } else if e < 5.0 {
+            pooled_count += count as f64;
+            pooled_expected += e;
+        } else {
+            statistic += (count as f64 - e).powi(2) / e;
+            bins += 1;
+        }
+    }
+    if pooled_expected > 0.0 {
+        statistic += (pooled_count - pooled_expected).powi(2) / pooled_expected;
+        bins += 1;
+    }
+    (statistic, bins - 1)
+}
+
+/// The chi-square distribution's 99.9% quantile for `df` degrees of freedom (Wilson and
+/// Hilferty's approximation, within 1% from 3 degrees of freedom on).
+fn chi_square_critical(df: usize) -> f64 {
+    let df = df as f64;
+    let z = 3.0902; // the standard normal's 99.9% quantile
+    let c = 2.0 / (9.0 * df);
+    df * (1.0 - c + z * c.sqrt()).powi(3)
+}
+
+/// Draws with a fixed seed follow transformers' distributions on real logits: top-k with top-p,
+/// min-p after a temperature, all filters together (chi-square at the 0.1% level; a swapped
+/// filter order or a wrong temperature moves the statistic far past it).
+#[test]
+fn draws_on_real_logits_follow_transformers_distributions() {
+    let (golden, bytes) = real_processors();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let wanted: [fn(&ProcessorSettings) -> bool; 4] = [
+        |s| s.top_k == Some(50) && s.top_p.is_some() && s.temperature.is_none(),
+        |s| s.temperature == Some(0.8) && s.min_p.is_some() && s.top_k.is_none(),
+        |s| s.temperature == Some(1.5) && s.top_k.is_some() && s.min_p.is_some(),
+        |s| s.repeat_penalty.is_some() && s.top_k.is_some(),
+    ];
+    let mut checked = 0;
+    for (index, case) in golden.cases.iter().enumerate() {
+        // The bundled model's first prompt: 12 to 85 ids kept.
+        if !case.label.starts_with("nexttoken-tiny-shakespeare: 'Every")
+            || !wanted.iter().any(|w| w(&case.settings))
+        {
+            continue;
+        }
+        let (logits, expected) = real_case(&tensors, index, case);
+        let label = format!("{} with {:?}", case.label, case.settings);
+        let seed = 20_261_205 + index as u64;
+        let mut sampler =
+            nexttoken::generate::Sampler::new(params_of(&case.settings), seed).unwrap();
+        let n = 8_000;
+        let mut counts = vec![0; logits.len()];
+        for _ in 0..n {
+            counts[sampler.sample(&logits, &case.history, 0) as usize] += 1;
+        }
+        let (statistic, df) = chi_square(&counts, &expected, n);
+        let critical = chi_square_critical(df);
+        assert!(
+            df >= 3 && statistic < critical,
+            "{label} (seed {seed}): chi-square {statistic:.1} with {df} degrees of freedom \
+             (critical {critical:.1})"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, wanted.len(), "cases found in the golden");
+}
+
+/// Greedy decoding with a repetition penalty gives transformers' `generate(do_sample=False,
+/// repetition_penalty=...)` ids, on every backend.
+#[test]
+fn a_repetition_penalty_gives_transformers_greedy_ids_on_every_backend() {
+    let (golden, _) = real_processors();
+    let (fixture, _) = tiny_trained_batch_of_two();
+    assert!(!golden.repetition_penalty_greedy.is_empty());
+    for (backend, device) in backends() {
+        let model = load_golden_model(&fixture, &device);
+        for case in &golden.repetition_penalty_greedy {
+            let params = SamplingParams {
+                temperature: 0.0,
+                repeat_penalty: case.repeat_penalty,
+                ..SamplingParams::default()
+            };
+            let config = GenerationConfig {
+                selection: Selection::new(params).unwrap(),
+                ..GenerationConfig::new(case.ids.len()).without_eos()
+            };
+            let out = generate(&model, &[case.prompt_ids.clone()], &config, |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            assert_eq!(
+                out.tokens[0], case.ids,
+                "{backend}: penalty {}",
+                case.repeat_penalty
+            );
+        }
+    }
+}
