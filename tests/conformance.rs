@@ -1085,9 +1085,12 @@ fn a_repetition_penalty_gives_transformers_greedy_ids_on_every_backend() {
                 selection: Selection::new(params).unwrap(),
                 ..GenerationConfig::new(case.ids.len()).without_eos()
             };
-            let out = generate(&model, &[case.prompt_ids.clone()], &config, |_| {
-                ControlFlow::Continue(())
-            })
+            let out = generate(
+                &model,
+                std::slice::from_ref(&case.prompt_ids),
+                &config,
+                |_| ControlFlow::Continue(()),
+            )
             .unwrap();
             assert_eq!(
                 out.tokens[0], case.ids,
