@@ -109,7 +109,7 @@ fn whole_generation(c: &mut Criterion, backend: Backend, model: &Gpt2) {
 fn benches(c: &mut Criterion) {
     let config = Gpt2Config::gpt2();
     for (backend, device) in backends(&config) {
-        let model = config.init(&device);
+        let model = config.init_seeded(&device, 0);
         prefill(c, backend, &model, &device);
         decode_step(c, backend, &model, &device);
         whole_generation(c, backend, &model);

@@ -64,3 +64,15 @@ fn tiny_config(n_positions: usize) -> nexttoken_model::Gpt2Config {
         ..nexttoken_model::Gpt2Config::gpt2()
     }
 }
+
+/// The unit tests' random weights are drawn from this seed (printed with a failing test's
+/// output), so that a failure can be reproduced.
+#[cfg(test)]
+const TEST_SEED: u64 = 2026;
+
+/// [`tiny_config`]'s model with weights from [`TEST_SEED`].
+#[cfg(test)]
+fn tiny_model(n_positions: usize) -> nexttoken_model::Gpt2 {
+    eprintln!("random weights from seed {TEST_SEED}");
+    tiny_config(n_positions).init_seeded(&burn::tensor::Device::flex(), TEST_SEED)
+}

@@ -562,10 +562,8 @@ pub(crate) fn in_row_order(
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::Device;
-
     use super::*;
-    use crate::{SamplingParams, tiny_config};
+    use crate::SamplingParams;
 
     /// Runs one row of `prompt` to its end; its tokens.
     fn run(session: &mut Session, prompt: Vec<u32>, config: &GenerationConfig) -> Vec<RowToken> {
@@ -581,7 +579,7 @@ mod tests {
     /// cannot decode them (a sampled one failed every running request of the server).
     #[test]
     fn ids_past_the_choosable_ones_are_never_chosen() {
-        let model = tiny_config(64).init(&Device::flex());
+        let model = crate::tiny_model(64);
         let hot = GenerationConfig {
             selection: Selection::Sample(SamplingParams {
                 temperature: 50.0,
@@ -624,7 +622,7 @@ mod tests {
     /// id ends a row as end-of-text does, with [`FinishReason::Stop`].
     #[test]
     fn min_new_tokens_and_stop_ids() {
-        let model = tiny_config(64).init(&Device::flex());
+        let model = crate::tiny_model(64);
         let free = run(
             &mut Session::new(&model),
             vec![4, 5],

@@ -512,7 +512,7 @@ mod tests {
 
     fn tiny_generator() -> TextGenerator {
         let config = crate::tiny_config(16);
-        TextGenerator::new(config.init(&burn::tensor::Device::flex()), config).unwrap()
+        TextGenerator::new(crate::tiny_model(16), config).unwrap()
     }
 
     /// Generation reads the context length, vocabulary and eos id from the config: one of
@@ -520,7 +520,7 @@ mod tests {
     #[test]
     fn a_config_of_another_model_is_refused() {
         let config = crate::tiny_config(16);
-        let model = config.init(&burn::tensor::Device::flex());
+        let model = crate::tiny_model(16);
         let cases = [
             (
                 "n_positions",

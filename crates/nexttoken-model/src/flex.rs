@@ -428,7 +428,7 @@ mod tests {
         let device = Device::flex();
         // 37 outputs: several tasks' rows and a partial one; 300 inputs: the dot products'
         // vector blocks and a tail.
-        let layer = LinearConfig::new(300, 37).init(&device);
+        let layer = crate::seeded::seeded(LinearConfig::new(300, 37).init(&device), 2026);
         let ours = laid_out(&layer);
         for rows in [1, 3, MAX_FEW_ROWS, MAX_FEW_ROWS + 1, 100] {
             let x = Tensor::<3>::random([1, rows, 300], Distribution::Default, &device);
@@ -454,7 +454,7 @@ mod tests {
         let device = Device::flex();
         let initialised = laid_out_linear(30, 20, &device);
         assert!(stored_transposed(&initialised.weight.val()).is_some());
-        let source = LinearConfig::new(30, 20).init(&device);
+        let source = crate::seeded::seeded(LinearConfig::new(30, 20).init(&device), 2026);
         let mut loaded = laid_out_linear(30, 20, &device);
         let result = loaded.apply(source.collect(None, None, false), None, None, false);
         assert!(result.errors.is_empty() && result.missing.is_empty());
@@ -468,7 +468,7 @@ mod tests {
     #[test]
     fn laying_out_keeps_the_weight_and_burns_forward() {
         let device = Device::flex();
-        let layer = LinearConfig::new(30, 20).init(&device);
+        let layer = crate::seeded::seeded(LinearConfig::new(30, 20).init(&device), 2026);
         let ours = laid_out(&layer);
         let weight = ours.weight.val();
         assert_eq!(weight.dims(), [30, 20]);
@@ -491,7 +491,7 @@ mod tests {
         let device = Device::flex();
         for dtype in [DType::F16, DType::BF16] {
             // 300 inputs: each kernel's vector blocks (64 or 128 values) and a tail.
-            let layer = LinearConfig::new(300, 37).init(&device);
+            let layer = crate::seeded::seeded(LinearConfig::new(300, 37).init(&device), 2026);
             let layer = Linear {
                 weight: layer.weight.map(|w| w.cast(dtype)),
                 bias: layer.bias.map(|b| b.map(|b| b.cast(dtype))),

@@ -38,6 +38,7 @@ mod error;
 mod flex;
 mod mlp;
 mod model;
+mod seeded;
 
 pub use cache::KvCache;
 pub use checkpoint::Checkpoint;

@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn forward_last_is_the_last_row_of_forward() {
         let device = Device::flex();
-        let model = tiny().init(&device);
+        let model = tiny().init_seeded(&device, 2026);
         let ids = Tensor::<2, Int>::from_data([[1, 2, 3, 4], [5, 6, 7, 8]], &device);
         let full = model.forward(ids.clone());
         let last = model.forward_last(ids);
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn later_tokens_do_not_change_earlier_logits() {
         let device = Device::flex();
-        let model = tiny().init(&device);
+        let model = tiny().init_seeded(&device, 2026);
         let short = model.forward(Tensor::<2, Int>::from_data([[3, 1, 4]], &device));
         let long = model.forward(Tensor::<2, Int>::from_data([[3, 1, 4, 1, 5, 9]], &device));
         long.slice([0..1, 0..3])
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn cached_pieces_match_the_full_forward() {
         let device = Device::flex();
-        let model = tiny().init(&device);
+        let model = tiny().init_seeded(&device, 2026);
         let ids: [[u32; 7]; 2] = [[3, 1, 4, 1, 5, 9, 2], [6, 5, 3, 5, 8, 9, 7]];
         for pieces in [&[3, 1, 1, 1, 1][..], &[2, 4, 1]] {
             let mut cache = KvCache::new();
@@ -284,7 +284,7 @@ mod tests {
             n_positions: 64,
             ..tiny()
         }
-        .init(&device);
+        .init_seeded(&device, 2026);
         let mut rows: Vec<Vec<u32>> = vec![vec![3, 1, 4, 1, 5, 9, 2], vec![6], vec![5, 3, 5]];
         let mut cache = KvCache::new();
         let prompts: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn rows_can_leave_and_join_between_steps() {
         let device = Device::flex();
-        let model = tiny().init(&device);
+        let model = tiny().init_seeded(&device, 2026);
         let mut rows: Vec<Vec<u32>> = vec![vec![3, 1, 4], vec![1, 5], vec![9, 2, 6, 5]];
         let mut cache = KvCache::new();
         let prompts: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn a_small_cache_grows_up_to_the_context() {
         let device = Device::flex();
-        let model = tiny().init(&device);
+        let model = tiny().init_seeded(&device, 2026);
         let mut cache = KvCache::with_capacity(3);
         let ids: Vec<u32> = (0..16).collect();
         model.prefill(&[&ids[..2]], &mut cache);
@@ -359,7 +359,7 @@ mod tests {
     #[should_panic(expected = "exceeds the context length")]
     fn a_cache_cannot_grow_past_the_context() {
         let device = Device::flex();
-        let model = tiny().init(&device);
+        let model = tiny().init_seeded(&device, 2026);
         let mut cache = KvCache::new();
         let window: Vec<u32> = (0..16).collect();
         model.forward_cached(token_tensor(&[&window], &device), &mut cache);

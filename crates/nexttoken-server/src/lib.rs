@@ -294,7 +294,8 @@ mod tests {
             n_positions: 32,
             ..Gpt2Config::gpt2()
         };
-        let generator = TextGenerator::new(config.init(&Device::flex()), config).unwrap();
+        let generator =
+            TextGenerator::new(config.init_seeded(&Device::flex(), 2026), config).unwrap();
         let app = app(generator, &ServerOptions::new("tiny")).unwrap();
         let call = |request: Request<Body>| {
             let router = app.router.clone();
