@@ -68,6 +68,9 @@ pub struct Shared {
     /// Set when the shutdown grace has run out: running and waiting requests end now.
     pub abort: Arc<AtomicBool>,
     pub time_limit: Option<Duration>,
+    /// Tests set it to make the next step panic, as a bug in a kernel would.
+    #[cfg(test)]
+    pub fail_next_step: Arc<AtomicBool>,
 }
 
 /// The handle requests are submitted through; dropping every clone stops the thread once its
@@ -314,7 +317,13 @@ impl<'g> Batch<'g> {
             return;
         }
         let start = Instant::now();
-        let step = match catch_unwind(AssertUnwindSafe(|| self.session.step())) {
+        let step = match catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(test)]
+            if self.shared.fail_next_step.swap(false, Ordering::AcqRel) {
+                panic!("a step failing on purpose (the tests' hook)");
+            }
+            self.session.step()
+        })) {
             Ok(Ok(step)) => step,
             failure => {
                 let message = match failure {

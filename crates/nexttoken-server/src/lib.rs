@@ -139,6 +139,9 @@ struct App {
     /// Set when the shutdown grace has run out: the engine ends what runs.
     abort: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
+    /// The engine's hook that makes its next step panic.
+    #[cfg(test)]
+    fail_next_step: Arc<AtomicBool>,
 }
 
 /// Starts the generation thread and builds the routes on it.
@@ -161,6 +164,8 @@ fn app(generator: TextGenerator, options: &ServerOptions) -> std::io::Result<App
     ));
     let alive = Arc::new(AtomicBool::new(false));
     let abort = Arc::new(AtomicBool::new(false));
+    #[cfg(test)]
+    let fail_next_step = Arc::new(AtomicBool::new(false));
     let (engine, thread) = engine::Engine::start(
         generator,
         engine::Shared {
@@ -169,6 +174,8 @@ fn app(generator: TextGenerator, options: &ServerOptions) -> std::io::Result<App
             alive: alive.clone(),
             abort: abort.clone(),
             time_limit: options.request_time_limit,
+            #[cfg(test)]
+            fail_next_step: fail_next_step.clone(),
         },
     )?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -195,6 +202,8 @@ fn app(generator: TextGenerator, options: &ServerOptions) -> std::io::Result<App
         router: routes::router(state, &origins),
         abort,
         thread,
+        #[cfg(test)]
+        fail_next_step,
     })
 }
 
@@ -214,6 +223,7 @@ pub async fn serve(
         router: app,
         abort,
         thread,
+        ..
     } = app(generator, &options)?;
 
     // hyper's own connection loop rather than `axum::serve`, for the header read timeout
@@ -283,10 +293,8 @@ mod tests {
 
     use super::*;
 
-    /// Once the generation thread has stopped, `/health` says so (a load balancer then takes
-    /// the replica out) and completions get 503, not 200 and a hang.
-    #[tokio::test]
-    async fn health_follows_the_generation_thread() {
+    /// One layer of width 8 with GPT-2's vocabulary, weights from a fixed seed.
+    fn tiny_generator() -> TextGenerator {
         let config = Gpt2Config {
             n_layer: 1,
             n_head: 2,
@@ -294,9 +302,65 @@ mod tests {
             n_positions: 32,
             ..Gpt2Config::gpt2()
         };
-        let generator =
-            TextGenerator::new(config.init_seeded(&Device::flex(), 2026), config).unwrap();
-        let app = app(generator, &ServerOptions::new("tiny")).unwrap();
+        TextGenerator::new(config.init_seeded(&Device::flex(), 2026), config).unwrap()
+    }
+
+    async fn answer(router: &axum::Router, request: Request<Body>) -> (StatusCode, String) {
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        (status, routes::body_text(response).await)
+    }
+
+    fn completion() -> Request<Body> {
+        Request::post("/v1/completions")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                r#"{"prompt": "Hi", "max_tokens": 3, "temperature": 0}"#,
+            ))
+            .unwrap()
+    }
+
+    /// A step that panics in the engine, on the real completions route: the request running it
+    /// gets a 500 that says so, the metrics count it as failed, and the next request is served
+    /// by a fresh session with the text it gets on a server that never failed.
+    #[tokio::test]
+    async fn a_panicking_step_fails_its_request_and_the_next_is_served() {
+        let app = app(tiny_generator(), &ServerOptions::new("tiny")).unwrap();
+        let (status, healthy) = answer(&app.router, completion()).await;
+        assert_eq!(status, StatusCode::OK, "{healthy}");
+        app.fail_next_step.store(true, Ordering::Release);
+        let (status, body) = answer(&app.router, completion()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(error["error"]["type"], "server_error", "{body}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("panic"),
+            "{body}"
+        );
+        let (status, again) = answer(&app.router, completion()).await;
+        assert_eq!(status, StatusCode::OK, "{again}");
+        let text = |body: &str| -> serde_json::Value {
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["choices"][0]["text"].clone()
+        };
+        assert_eq!(text(&again), text(&healthy));
+        let metrics = Request::get("/metrics").body(Body::empty()).unwrap();
+        let (_, metrics) = answer(&app.router, metrics).await;
+        for (outcome, count) in [("failed", 1), ("completed", 2)] {
+            let line = format!("nexttoken_requests_total{{outcome=\"{outcome}\"}} {count}");
+            assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        }
+        let health = Request::get("/health").body(Body::empty()).unwrap();
+        assert_eq!(answer(&app.router, health).await.0, StatusCode::OK);
+    }
+
+    /// Once the generation thread has stopped, `/health` says so (a load balancer then takes
+    /// the replica out) and completions get 503, not 200 and a hang.
+    #[tokio::test]
+    async fn health_follows_the_generation_thread() {
+        let app = app(tiny_generator(), &ServerOptions::new("tiny")).unwrap();
         let call = |request: Request<Body>| {
             let router = app.router.clone();
             async move { router.oneshot(request).await.unwrap().status() }
