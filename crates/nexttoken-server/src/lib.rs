@@ -356,6 +356,62 @@ mod tests {
         assert_eq!(answer(&app.router, health).await.0, StatusCode::OK);
     }
 
+    /// The value of a sample line of `/metrics`.
+    async fn metric(router: &axum::Router, sample: &str) -> f64 {
+        let request = Request::get("/metrics").body(Body::empty()).unwrap();
+        let (_, text) = answer(router, request).await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {sample} in /metrics"))
+    }
+
+    /// A streaming client that goes away leaves the batch before the next step: the engine
+    /// generates nothing for it after the step that was running when it left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_leaves_is_dropped_before_the_next_step() {
+        use futures_util::StreamExt;
+        // GPT-2's width at 2 layers: a step takes milliseconds.
+        let config = Gpt2Config {
+            n_layer: 2,
+            ..Gpt2Config::gpt2()
+        };
+        let generator =
+            TextGenerator::new(config.init_seeded(&Device::flex(), 2026), config).unwrap();
+        let app = app(generator, &ServerOptions::new("gpt2-shaped")).unwrap();
+        let request = Request::post("/v1/completions")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                r#"{"prompt": "The", "max_tokens": 1000, "temperature": 0, "stream": true,
+                    "ignore_eos": true}"#,
+            ))
+            .unwrap();
+        let response = app.router.clone().oneshot(request).await.unwrap();
+        let mut body = response.into_body().into_data_stream();
+        assert!(body.next().await.is_some(), "a first event");
+        let generated = "nexttoken_generated_tokens_total";
+        let before = metric(&app.router, generated).await;
+        drop(body);
+        let start = Instant::now();
+        while metric(
+            &app.router,
+            "nexttoken_requests_total{outcome=\"cancelled\"}",
+        )
+        .await
+            < 1.0
+        {
+            assert!(start.elapsed() < Duration::from_secs(10), "no cancellation");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let after = metric(&app.router, generated).await;
+        // The step running while /metrics answered, and the one running when the body went.
+        assert!(
+            after - before <= 2.0,
+            "{} tokens generated after the client left",
+            after - before
+        );
+        assert!(after < 1000.0);
+    }
+
     /// Once the generation thread has stopped, `/health` says so (a load balancer then takes
     /// the replica out) and completions get 503, not 200 and a hang.
     #[tokio::test]

@@ -1137,3 +1137,163 @@ fn health_stays_fast_under_a_flood_of_long_prompts() {
     // 24 of them held /health back for seconds.
     assert!(slowest < Duration::from_secs(1), "/health took {slowest:?}");
 }
+
+/// The streamed chunks of a completion request: each `choices[0]` object, in order.
+fn streamed_choices(server: &Server, body: &Value) -> Vec<Value> {
+    let response = ureq::post(&server.url("/v1/completions"))
+        .send_string(&body.to_string())
+        .unwrap();
+    let data = events(response.into_reader());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0].clone())
+        .filter(|choice| !choice.is_null())
+        .collect()
+}
+
+/// `n` choices per prompt, each its own index; greedy, all are the offline text; sampled with
+/// a `seed`, the same request gives the same choices every time and another seed others.
+#[test]
+fn n_choices_and_seeds_over_http() {
+    let server = Server::start(|o| o);
+    let expected = offline(&generator(), "Every effort moves you", 8);
+    let (status, answer) = server.post(json!({
+        "prompt": "Every effort moves you", "max_tokens": 8, "temperature": 0, "n": 3
+    }));
+    assert_eq!(status, 200, "{answer}");
+    let choices = answer["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (index, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], index);
+        assert_eq!(choice["text"], expected);
+    }
+    assert_eq!(answer["usage"]["prompt_tokens"], 4);
+
+    let sampled = |seed: u64| {
+        let (status, answer) = server.post(json!({
+            "prompt": "Every effort moves you", "max_tokens": 16, "temperature": 1.0,
+            "n": 2, "seed": seed
+        }));
+        assert_eq!(status, 200, "{answer}");
+        let texts: Vec<String> = answer["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().to_string())
+            .collect();
+        texts
+    };
+    let first = sampled(7);
+    assert_eq!(first.len(), 2);
+    assert_eq!(sampled(7), first, "the same seed, the same choices");
+    assert_ne!(sampled(8), first, "another seed, other choices");
+    assert_ne!(first[0], first[1], "the choices of one request differ");
+}
+
+/// A prompt given as token ids is the text those ids decode to.
+#[test]
+fn a_prompt_of_token_ids_is_its_text() {
+    let server = Server::start(|o| o);
+    let (status, answer) = server.post(json!({
+        "prompt": [[6109, 3626, 6100, 345], [15496, 11, 314, 716]], "max_tokens": 8,
+        "temperature": 0
+    }));
+    assert_eq!(status, 200, "{answer}");
+    for (index, text) in ["Every effort moves you", "Hello, I am"].iter().enumerate() {
+        assert_eq!(
+            answer["choices"][index]["text"],
+            offline(&generator(), text, 8)
+        );
+    }
+    assert_eq!(answer["usage"]["prompt_tokens"], 8);
+}
+
+/// A stop string ends the text before it, streamed or not, with `finish_reason: "stop"`; no
+/// streamed chunk shows any part of it.
+#[test]
+fn stop_strings_end_the_text_streamed_or_not() {
+    let server = Server::start(|o| o);
+    let full = offline(&generator(), "Every effort moves you", 24);
+    // Three characters from the middle of the text: found there first.
+    let at = full
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| i >= full.len() / 3)
+        .unwrap();
+    let stop: String = full[at..].chars().take(3).collect();
+    let before = &full[..full.find(&stop).unwrap()];
+    let body = json!({
+        "prompt": "Every effort moves you", "max_tokens": 24, "temperature": 0,
+        "stop": [stop, "never in this text"]
+    });
+    let (status, answer) = server.post(body.clone());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["text"], before, "stop {stop:?}");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+
+    let mut streamed = body;
+    streamed["stream"] = true.into();
+    let chunks = streamed_choices(&server, &streamed);
+    let text: String = chunks.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    assert_eq!(text, before, "stop {stop:?}");
+    assert_eq!(chunks.last().unwrap()["finish_reason"], "stop");
+}
+
+/// The default body limit is 1 MiB: a request just under it is served, one over it gets 413.
+#[test]
+fn the_default_body_limit_is_one_mebibyte() {
+    let server = Server::start(|o| o);
+    let limit = ServerOptions::new(MODEL).body_limit;
+    assert_eq!(limit, 1 << 20);
+    let request = json!({"prompt": "Hi", "max_tokens": 1}).to_string();
+    // JSON allows whitespace after the value: a body of exactly `size` bytes.
+    let padded = |size: usize| format!("{request}{}", " ".repeat(size - request.len()));
+    let (status, answer, _) = server.post_raw(&padded(limit), None);
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer, _) = server.post_raw(&padded(limit + 1), None);
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1048576"),
+        "{answer}"
+    );
+}
+
+/// A client that waits for a whole (not streamed) answer and goes away is cancelled: its row
+/// leaves the batch long before its `max_tokens`.
+#[test]
+fn a_non_streaming_client_that_disconnects_is_cancelled() {
+    let server = Server::start_with(slow_generator(), ServerOptions::new(MODEL));
+    let request = json!({"prompt": "The", "max_tokens": 1000, "temperature": 0});
+    let connection = raw_request(&server, &request);
+    server.wait_for("the request to start", |s| {
+        s.metric("nexttoken_generated_tokens_total") > 0.0
+    });
+    drop(connection);
+    server.wait_for("the cancellation", |s| {
+        s.metric("nexttoken_requests_total{outcome=\"cancelled\"}") == 1.0
+    });
+    let generated = server.metric("nexttoken_generated_tokens_total");
+    assert!(generated < 500.0, "it ran on: {generated} tokens");
+}
+
+/// A streaming client that reads nothing does not hold up the engine: its request runs to the
+/// end (its events wait in its channel, at most `max_tokens` of them) while another client is
+/// served.
+#[test]
+fn a_client_that_reads_nothing_holds_nobody_up() {
+    let server = Server::start_with(slow_generator(), ServerOptions::new(MODEL));
+    let request = json!({"prompt": "The", "max_tokens": 200, "temperature": 0,
+                         "stream": true, "ignore_eos": true});
+    let silent = raw_request(&server, &request);
+    let (status, answer) = server.post(json!({"prompt": "Hi", "max_tokens": 3, "temperature": 0}));
+    assert_eq!(status, 200, "{answer}");
+    server.wait_for("both requests to complete", |s| {
+        s.metric("nexttoken_requests_total{outcome=\"completed\"}") == 2.0
+    });
+    assert!(server.metric("nexttoken_generated_tokens_total") >= 203.0);
+    drop(silent);
+}
