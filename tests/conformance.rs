@@ -464,12 +464,13 @@ const MOST_NEAR_TIES_PER_GOLDEN: usize = 2;
 /// five ids and a few fixed ones, by the cached path and by the plain forward, within a
 /// tolerance derived from Hugging Face's own half-vs-float32 difference at that step; our best
 /// id is Hugging Face's unless its margin there is within the tolerance (a near-tie, counted
-/// and bounded); cached and plain logits agree over the whole vocabulary.
+/// and bounded); cached and plain logits agree over the whole vocabulary within twice the
+/// tolerance.
 #[test]
 fn half_precision_matches_hugging_face_at_every_step() {
     let mut report = vec![format!(
         "{:<8} {:<34} {:>6} {:>10} {:>10} {:>10} {:>6}",
-        "backend", "golden", "steps", "max abs", "max/tol", "vs plain", "ties"
+        "backend", "golden", "steps", "max abs", "max/tol", "plain/tol", "ties"
     )];
     for (backend, device) in backends() {
         for (path, golden) in goldens_in("tests/goldens/half") {
@@ -541,12 +542,15 @@ fn half_precision_matches_hugging_face_at_every_step() {
                                 );
                             }
                         }
+                        // Each within the tolerance of the exact value, so within twice it of
+                        // each other.
                         let (max_plain, _, _) = differences(cached, plain);
                         worst_plain = worst_plain.max(max_plain / tolerance);
                         assert!(
-                            max_plain <= tolerance,
+                            max_plain <= 2.0 * tolerance,
                             "{at}: cached and plain logits differ by up to {max_plain:.3e} \
-                             (tolerance {tolerance:.3e})"
+                             (twice the tolerance: {:.3e})",
+                            2.0 * tolerance
                         );
                         let ((best, _), _) = top2(cached);
                         let theirs = case.greedy_ids[row][step] as usize;
@@ -576,7 +580,7 @@ fn half_precision_matches_hugging_face_at_every_step() {
     }
     eprintln!(
         "half precision, teacher-forced on Hugging Face's ids (max/tol: the largest difference \
-         over its step's tolerance; vs plain: cached against plain, over the tolerance; ties: \
+         over its step's tolerance; plain/tol: cached against plain, over it; ties: \
          steps where our best id is not Hugging Face's, within a near-tie):\n{}",
         report.join("\n")
     );
@@ -612,14 +616,9 @@ fn every_backend_crops_at_the_context_boundary_as_flex_does() {
     // 4 + 100 tokens: the window slides for the last 40 steps of a 64-token context.
     let config = GenerationConfig::new(100).without_eos();
     let flex = Device::flex();
-    let expected = generate(
-        &load_golden_model(&golden, &flex),
-        &prompts,
-        &config,
-        |_| ControlFlow::Continue(()),
-    )
-    .unwrap()
-    .tokens;
+    let flex_model = load_golden_model(&golden, &flex);
+    let expected =
+        greedy_with_safe_margins("tiny-trained, 100 steps", &flex_model, &prompts, &config);
     assert!(prompts[0].len() + expected[0].len() > golden.context_length + 30);
     for (backend, device) in backends_beside_flex() {
         let model = load_golden_model(&golden, &device);
@@ -637,7 +636,6 @@ fn every_backend_crops_at_the_context_boundary_as_flex_does() {
                     .collect();
                 let ((a, a_logit), (_, a_second)) =
                     top2(&last_logits(&model, std::slice::from_ref(&prefix), &device)[0]);
-                let flex_model = load_golden_model(&golden, &flex);
                 let ((b, b_logit), (_, b_second)) =
                     top2(&last_logits(&flex_model, &[prefix], &flex)[0]);
                 panic!(
@@ -649,6 +647,42 @@ fn every_backend_crops_at_the_context_boundary_as_flex_does() {
             }
         }
     }
+}
+
+/// Flex's greedy ids for `prompts`, after checking that no step of theirs is a near-tie:
+/// every top-2 margin above twice the widest tolerance of the compiled backends (relative to
+/// max(1, |best|)), so that another backend or thread count giving other ids is a bug, not
+/// float noise. The smallest margin is printed.
+fn greedy_with_safe_margins(
+    label: &str,
+    model: &Gpt2,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+) -> Vec<Vec<u32>> {
+    let noise = 2.0
+        * backends()
+            .iter()
+            .map(|(backend, _)| tolerance(*backend))
+            .fold(0.0, f32::max);
+    let mut smallest = f32::INFINITY;
+    let tokens = generate(model, prompts, config, |step| {
+        let logits: Vec<f32> = step.logits.clone().into_data().try_to_vec().unwrap();
+        for row in logits.chunks_exact(model.vocab_size()) {
+            let ((_, best), (_, second)) = top2(row);
+            smallest = smallest.min((best - second) / best.abs().max(1.0));
+            assert!(
+                best - second > noise * best.abs().max(1.0),
+                "{label}: a step with a top-2 margin of {:.3e} (best {best}): these inputs are \
+                 a near-tie, choose others",
+                best - second
+            );
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap()
+    .tokens;
+    eprintln!("{label}: smallest top-2 margin, relative to max(1, |best|): {smallest:.3e}");
+    tokens
 }
 
 /// tiny-trained with its context cut to 16 positions (the first 16 rows of `wpe`), so that a
@@ -700,7 +734,9 @@ fn kv_cache_matches_the_plain_loop_on_every_backend() {
 }
 
 /// Cached and plain loops give identical ids, and logits within `backend`'s tolerance at
-/// every step.
+/// every step. Where a row's ids part, the plain loop's top-2 margin there must be within the
+/// float noise of two paths (twice the tolerance): a near-tie, reported, after which that row
+/// is compared no further; more than [`MOST_NEAR_TIES_PER_TEST`] in one call fail it.
 fn assert_cache_matches_plain(
     label: &str,
     backend: Backend,
@@ -722,15 +758,43 @@ fn assert_cache_matches_plain(
     let (plain_ids, plain_logits) = run(Session::new(model).without_kv_cache());
     assert_eq!(cached_logits.len(), new_tokens, "{label}");
     assert_eq!(plain_logits.len(), new_tokens, "{label}");
-    for (step, (cached, plain)) in cached_logits.iter().zip(&plain_logits).enumerate() {
-        let (max_abs, _, worst) = differences(cached, plain);
-        assert!(
-            worst <= tolerance(backend),
-            "{label}: step {step}: cached logits differ from the plain loop's by up to {max_abs:.3e}"
-        );
+    let vocab = model.vocab_size();
+    let mut near_ties = 0;
+    for (row, (cached, plain)) in cached_ids.iter().zip(&plain_ids).enumerate() {
+        let parted = cached.iter().zip(plain).position(|(a, b)| a != b);
+        for step in 0..=parted.unwrap_or(new_tokens - 1) {
+            let at = |logits: &[Vec<f32>]| logits[step][row * vocab..][..vocab].to_vec();
+            let (cached_row, plain_row) = (at(&cached_logits), at(&plain_logits));
+            let (max_abs, _, worst) = differences(&cached_row, &plain_row);
+            assert!(
+                worst <= tolerance(backend),
+                "{label}: row {row} step {step}: cached logits differ from the plain loop's by \
+                 up to {max_abs:.3e}"
+            );
+            if Some(step) == parted {
+                let ((_, best), (_, second)) = top2(&plain_row);
+                let margin = best - second;
+                let noise = 2.0 * tolerance(backend) * best.abs().max(1.0);
+                assert!(
+                    margin <= noise,
+                    "{label}: row {row}: cached and plain ids part at step {step} where the \
+                     plain loop's top-2 margin is {margin:.3e}, beyond float noise ({noise:.1e})"
+                );
+                eprintln!("{label}: row {row}: a near-tie at step {step} (margin {margin:.1e})");
+                near_ties += 1;
+            }
+        }
     }
-    assert_eq!(cached_ids, plain_ids, "{label}: cached vs plain ids");
+    assert!(
+        near_ties <= MOST_NEAR_TIES_PER_TEST,
+        "{label}: {near_ties} near-ties between cached and plain"
+    );
 }
+
+/// Near-ties allowed in one comparison of two computations of the same ids (cached and plain,
+/// another backend and flex): the fixtures' margins are recorded (`top2_gap_min` in the
+/// goldens) and well above float noise, so a handful of near-ties means a kernel is off.
+const MOST_NEAR_TIES_PER_TEST: usize = 2;
 
 /// One seed gives the same sampled text on every backend: the draws depend on the seed and on
 /// logits that agree within the backend's tolerance (a flip would need a draw to land within
@@ -793,12 +857,20 @@ fn sampling_with_a_seed_gives_the_same_ids_on_every_backend() {
 #[test]
 fn session_rows_join_and_leave_on_every_backend() {
     let (golden, _) = tiny_trained_batch_of_two();
+    // "The", "<|endoftext|>First Citizen:" and "Café, 日本語 and 🦀🚀: ": no near-tie in
+    // their first 12 steps (checked below).
     let prompts: [&[u32]; 3] = [
         &[464],
-        &[6109, 3626, 6100, 345],
-        &[15496, 11, 314, 716, 257, 13],
+        &[50256, 5962, 22307, 25],
+        &[
+            34, 1878, 2634, 11, 10545, 245, 98, 17312, 105, 45739, 252, 290, 12520, 99, 222, 8582,
+            248, 222, 25, 220,
+        ],
     ];
     let config = GenerationConfig::new(12).without_eos();
+    let rows: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+    let flex_model = load_golden_model(&golden, &Device::flex());
+    greedy_with_safe_margins("session rows", &flex_model, &rows, &config);
     for (backend, device) in backends() {
         let model = load_golden_model(&golden, &device);
         let alone = |prompt: &[u32], steps: usize| {
