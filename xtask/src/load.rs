@@ -3,7 +3,9 @@
 //! Starts the server (the bundled model by default), generates the expected greedy text of
 //! every prompt offline with `nexttoken generate`, then runs `--clients` concurrent clients
 //! (streaming and not, alternately) until `--requests` requests are done, within
-//! `--time-limit`. Every request must complete with its offline text or get a clean 429/503;
+//! `--time-limit`. Every request must complete with its offline text; a 429/503 fails the run
+//! unless the clients outnumber the batch and the queue (then it is the expected refusal); the
+//! steps must have batched the clients' rows;
 //! the server's resident memory must grow by at most `--max-growth-mib` over the second half of
 //! the requests (the first half brings it to its working size). Prints the counts, latencies, aggregate tokens/s and memory.
 
@@ -229,6 +231,15 @@ pub fn run(root: &Path, args: &LoadArgs) -> Result<()> {
     ensure!(
         args.clients == 1 || args.max_batch == 1 || peak > 1.0,
         "{} concurrent clients, but no step ran more than one row: requests were not batched",
+        args.clients
+    );
+    // Most steps come from the concurrent part (the warm-up's are one row each): with four or
+    // more clients and room for them, a step averaging fewer than two rows means requests ran
+    // one after another.
+    let average = step_rows / steps.max(1.0);
+    ensure!(
+        args.clients.min(args.max_batch) < 4 || average >= 2.0,
+        "{} concurrent clients, but steps averaged {average:.2} rows: requests were not batched",
         args.clients
     );
     if growth > args.max_growth_mib * 1024 {
