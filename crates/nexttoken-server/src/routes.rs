@@ -421,6 +421,10 @@ async fn accept(
     log.prompt_tokens(job.prompt_tokens());
     let in_flight = &state.metrics.in_flight;
     in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Unbounded, so that the engine never waits on a slow reader (it steps every row at once);
+    // a request's events are bounded all the same: one per generated token of each of its
+    // choices (`max_tokens`, within the context, times `n`) and one to end it, a few hundred
+    // bytes each (tests/server.rs: a client that reads nothing).
     let (events, receiver) = unbounded_channel();
     let submission = Submission {
         job: job.clone(),
