@@ -86,6 +86,10 @@ enum Task {
         /// Folder with tinyshakespeare.txt and the-verdict.txt.
         #[arg(long, default_value = "../shared/corpus")]
         corpus: PathBuf,
+        /// Also record the references at GPT-2's real shapes (tests/goldens/shapes): about an
+        /// hour on a CPU without AVX-512, where PyTorch's half-precision kernels are slow.
+        #[arg(long)]
+        shapes: bool,
         /// Also re-create the tiny checkpoints (their goldens change with them).
         #[arg(long)]
         new_checkpoints: bool,
@@ -167,6 +171,7 @@ fn main() -> Result<()> {
         Task::Goldens {
             python,
             corpus,
+            shapes,
             new_checkpoints,
         } => {
             let mut command = Command::new(&python);
@@ -182,10 +187,14 @@ fn main() -> Result<()> {
                 format!("running scripts/make_fixtures.py with {}", python.display())
             })?;
             let corpus = corpus.to_string_lossy();
-            for script in [
+            let mut scripts = vec![
                 vec!["scripts/make_scoring_goldens.py"],
                 vec!["scripts/make_tokenizer_goldens.py", "--corpus", &corpus],
-            ] {
+            ];
+            if shapes {
+                scripts.push(vec!["scripts/make_shape_goldens.py"]);
+            }
+            for script in scripts {
                 run(Command::new(&python).current_dir(&root).args(&script))
                     .with_context(|| format!("running {} with {}", script[0], python.display()))?;
             }
