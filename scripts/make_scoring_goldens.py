@@ -79,6 +79,34 @@ def scoring(tokenizer):
     return models
 
 
+def processed(logits, history, generated, setting):
+    """`logits` after the processors `setting` asks for, in nexttoken's (and `generate`'s)
+    order; `history` is the row's ids, the last of them `generated`."""
+    ids = torch.tensor([history])
+    scores = logits.clone().unsqueeze(0)
+    if "logit_bias" in setting:
+        bias = {(id,): value for id, value in setting["logit_bias"]}
+        scores = SequenceBiasLogitsProcessor(sequence_bias=bias)(ids, scores)
+    if "repeat_penalty" in setting:
+        scores = RepetitionPenaltyLogitsProcessor(setting["repeat_penalty"])(ids, scores)
+    presence = setting.get("presence_penalty", 0.0)
+    frequency = setting.get("frequency_penalty", 0.0)
+    if presence or frequency:
+        # OpenAI: logit[j] -= count[j] * frequency + (count[j] > 0) * presence, over the
+        # generated tokens.
+        counts = torch.bincount(torch.tensor(generated), minlength=len(logits)).float()
+        scores = scores - counts * frequency - (counts > 0).float() * presence
+    if "temperature" in setting:
+        scores = TemperatureLogitsWarper(setting["temperature"])(ids, scores)
+    if "top_k" in setting:
+        scores = TopKLogitsWarper(setting["top_k"])(ids, scores)
+    if "top_p" in setting:
+        scores = TopPLogitsWarper(setting["top_p"])(ids, scores)
+    if "min_p" in setting:
+        scores = MinPLogitsWarper(setting["min_p"])(ids, scores)
+    return scores[0]
+
+
 def processors():
     generator = torch.Generator().manual_seed(7)
     vocab = 512
@@ -102,29 +130,7 @@ def processors():
         prompt = torch.randint(0, vocab, (12,), generator=generator).tolist()
         generated = torch.randint(0, 40, (9,), generator=generator).tolist()
         history = prompt + generated
-        scores = logits.clone().unsqueeze(0)
-        ids = torch.tensor([history])
-        if "logit_bias" in setting:
-            bias = {(id,): value for id, value in setting["logit_bias"]}
-            scores = SequenceBiasLogitsProcessor(sequence_bias=bias)(ids, scores)
-        if "repeat_penalty" in setting:
-            scores = RepetitionPenaltyLogitsProcessor(setting["repeat_penalty"])(ids, scores)
-        presence = setting.get("presence_penalty", 0.0)
-        frequency = setting.get("frequency_penalty", 0.0)
-        if presence or frequency:
-            # OpenAI: logit[j] -= count[j] * frequency + (count[j] > 0) * presence, over the
-            # generated tokens.
-            counts = torch.bincount(torch.tensor(generated), minlength=vocab).float()
-            scores = scores - counts * frequency - (counts > 0).float() * presence
-        if "temperature" in setting:
-            scores = TemperatureLogitsWarper(setting["temperature"])(ids, scores)
-        if "top_k" in setting:
-            scores = TopKLogitsWarper(setting["top_k"])(ids, scores)
-        if "top_p" in setting:
-            scores = TopPLogitsWarper(setting["top_p"])(ids, scores)
-        if "min_p" in setting:
-            scores = MinPLogitsWarper(setting["min_p"])(ids, scores)
-        probabilities = torch.softmax(scores[0], dim=-1)
+        probabilities = torch.softmax(processed(logits, history, generated, setting), dim=-1)
         cases.append({
             "settings": setting,
             "logits": logits.tolist(),
@@ -154,22 +160,11 @@ REAL_SETTINGS = [
 
 def warp(logits, history, setting):
     """transformers' processors in `generate`'s order, then a softmax."""
-    ids = torch.tensor([history])
-    scores = logits.clone().unsqueeze(0)
-    if "repeat_penalty" in setting:
-        scores = RepetitionPenaltyLogitsProcessor(setting["repeat_penalty"])(ids, scores)
-    if "temperature" in setting:
-        scores = TemperatureLogitsWarper(setting["temperature"])(ids, scores)
-    if "top_k" in setting:
-        scores = TopKLogitsWarper(setting["top_k"])(ids, scores)
-    if "top_p" in setting:
-        scores = TopPLogitsWarper(setting["top_p"])(ids, scores)
-    if "min_p" in setting:
-        scores = MinPLogitsWarper(setting["min_p"])(ids, scores)
+    scores = processed(logits, history, [], setting)
     # The softmax of the processed scores in float64: PyTorch's float32 softmax over 50257 ids
     # is itself up to 5e-5 off (its sum loses the tail's low bits), more than the 1e-6 the
     # comparison allows.
-    return torch.softmax(scores[0].double(), dim=-1), scores[0]
+    return torch.softmax(scores.double(), dim=-1), scores
 
 
 def boundary_margin(logits, history, setting, name):

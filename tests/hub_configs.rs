@@ -7,6 +7,8 @@
 use std::io::Write;
 use std::path::Path;
 
+mod common;
+
 use burn::tensor::{DType, Device, Int, Tensor};
 use nexttoken::model::{Checkpoint, Gpt2Config, ModelError};
 
@@ -15,40 +17,6 @@ fn hub_config(name: &str) -> String {
         .join("tests/fixtures/hub-configs")
         .join(format!("{name}.config.json"));
     std::fs::read_to_string(path).unwrap()
-}
-
-/// The tensors of a Hub GPT-2 `model.safetensors` with `config`'s sizes, as (name, shape).
-fn hub_tensors(config: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
-    let (c, p) = (config.n_embd, config.n_positions);
-    let mut tensors = vec![
-        ("wte.weight".to_string(), vec![config.vocab_size, c]),
-        ("wpe.weight".to_string(), vec![p, c]),
-    ];
-    for layer in 0..config.n_layer {
-        let block: [(&str, Vec<usize>); 13] = [
-            ("ln_1.weight", vec![c]),
-            ("ln_1.bias", vec![c]),
-            ("attn.bias", vec![1, 1, p, p]),
-            ("attn.c_attn.weight", vec![c, 3 * c]),
-            ("attn.c_attn.bias", vec![3 * c]),
-            ("attn.c_proj.weight", vec![c, c]),
-            ("attn.c_proj.bias", vec![c]),
-            ("ln_2.weight", vec![c]),
-            ("ln_2.bias", vec![c]),
-            ("mlp.c_fc.weight", vec![c, 4 * c]),
-            ("mlp.c_fc.bias", vec![4 * c]),
-            ("mlp.c_proj.weight", vec![4 * c, c]),
-            ("mlp.c_proj.bias", vec![c]),
-        ];
-        tensors.extend(
-            block
-                .into_iter()
-                .map(|(name, shape)| (format!("h.{layer}.{name}"), shape)),
-        );
-    }
-    tensors.push(("ln_f.weight".into(), vec![c]));
-    tensors.push(("ln_f.bias".into(), vec![c]));
-    tensors
 }
 
 /// A float32 safetensors file whose data is a hole: a header, then `set_len`.
@@ -77,7 +45,10 @@ fn write_sparse_safetensors(path: &Path, tensors: &[(String, Vec<usize>)]) {
 fn checkpoint(config_name: &str, weights: &Gpt2Config) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), hub_config(config_name)).unwrap();
-    write_sparse_safetensors(&dir.path().join("model.safetensors"), &hub_tensors(weights));
+    write_sparse_safetensors(
+        &dir.path().join("model.safetensors"),
+        &common::gpt2_tensors(weights, true),
+    );
     dir
 }
 

@@ -1,4 +1,6 @@
 //! Helpers shared by the integration tests: each test file that uses them declares `mod common;`.
+// Each test file uses some of them.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,4 +69,44 @@ pub fn edited_checkpoint(
     safetensors::serialize_to_file(&views, None, &dir.path().join("model.safetensors")).unwrap();
     std::fs::copy(fixture.join("config.json"), dir.path().join("config.json")).unwrap();
     dir
+}
+
+/// The tensors of a GPT-2 `model.safetensors` with `config`'s sizes, as (name, shape), spelled
+/// as the Hub's files spell them (no `transformer.` prefix); with `attn_bias`, the causal-mask
+/// buffers older files carry too.
+pub fn gpt2_tensors(
+    config: &nexttoken::model::Gpt2Config,
+    attn_bias: bool,
+) -> Vec<(String, Vec<usize>)> {
+    let (c, p) = (config.n_embd, config.n_positions);
+    let mut tensors = vec![
+        ("wte.weight".to_string(), vec![config.vocab_size, c]),
+        ("wpe.weight".to_string(), vec![p, c]),
+    ];
+    for layer in 0..config.n_layer {
+        let block = [
+            ("ln_1.weight", vec![c]),
+            ("ln_1.bias", vec![c]),
+            ("attn.bias", vec![1, 1, p, p]),
+            ("attn.c_attn.weight", vec![c, 3 * c]),
+            ("attn.c_attn.bias", vec![3 * c]),
+            ("attn.c_proj.weight", vec![c, c]),
+            ("attn.c_proj.bias", vec![c]),
+            ("ln_2.weight", vec![c]),
+            ("ln_2.bias", vec![c]),
+            ("mlp.c_fc.weight", vec![c, 4 * c]),
+            ("mlp.c_fc.bias", vec![4 * c]),
+            ("mlp.c_proj.weight", vec![4 * c, c]),
+            ("mlp.c_proj.bias", vec![c]),
+        ];
+        tensors.extend(
+            block
+                .into_iter()
+                .filter(|(name, _)| attn_bias || *name != "attn.bias")
+                .map(|(name, shape)| (format!("h.{layer}.{name}"), shape)),
+        );
+    }
+    tensors.push(("ln_f.weight".into(), vec![c]));
+    tensors.push(("ln_f.bias".into(), vec![c]));
+    tensors
 }

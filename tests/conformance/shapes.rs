@@ -68,35 +68,19 @@ fn uniform(key: u64, i: u64) -> f32 {
     ((splitmix(key, i) >> 40) as f32 - HALF) / HALF
 }
 
-/// The tensors of a GPT-2 checkpoint of `config`, named as Hugging Face saves them.
+/// The tensors of a GPT-2 checkpoint of `config`, named as `save_pretrained` names them.
 fn tensor_shapes(config: ShapeConfig) -> Vec<(String, Vec<usize>)> {
-    let (c, p, v) = (config.n_embd, config.n_positions, 50257);
-    let mut shapes = vec![
-        ("transformer.wte.weight".to_string(), vec![v, c]),
-        ("transformer.wpe.weight".to_string(), vec![p, c]),
-    ];
-    for layer in 0..config.n_layer {
-        let h = format!("transformer.h.{layer}");
-        for (name, shape) in [
-            ("ln_1.weight", vec![c]),
-            ("ln_1.bias", vec![c]),
-            ("attn.c_attn.weight", vec![c, 3 * c]),
-            ("attn.c_attn.bias", vec![3 * c]),
-            ("attn.c_proj.weight", vec![c, c]),
-            ("attn.c_proj.bias", vec![c]),
-            ("ln_2.weight", vec![c]),
-            ("ln_2.bias", vec![c]),
-            ("mlp.c_fc.weight", vec![c, 4 * c]),
-            ("mlp.c_fc.bias", vec![4 * c]),
-            ("mlp.c_proj.weight", vec![4 * c, c]),
-            ("mlp.c_proj.bias", vec![c]),
-        ] {
-            shapes.push((format!("{h}.{name}"), shape));
-        }
-    }
-    shapes.push(("transformer.ln_f.weight".to_string(), vec![c]));
-    shapes.push(("transformer.ln_f.bias".to_string(), vec![c]));
-    shapes
+    let config = nexttoken::model::Gpt2Config {
+        n_layer: config.n_layer,
+        n_head: config.n_head,
+        n_embd: config.n_embd,
+        n_positions: config.n_positions,
+        ..nexttoken::model::Gpt2Config::gpt2()
+    };
+    common::gpt2_tensors(&config, false)
+        .into_iter()
+        .map(|(name, shape)| (format!("transformer.{name}"), shape))
+        .collect()
 }
 
 /// `scripts/make_shape_goldens.py`'s `tensor_values`, value for value.
