@@ -461,8 +461,9 @@ impl Forced {
 
 /// Near-tie allowances per golden file: steps where our best id is not the reference's,
 /// allowed because the reference's top-2 margin there is within twice the step's tolerance.
-/// More than this fails the test: a kernel that is slightly wrong shows as many such steps.
-const MOST_NEAR_TIES_PER_GOLDEN: usize = 2;
+/// More than this fails the test: a kernel that is slightly wrong shows as many such steps
+/// (measured: flex none, tch 2 in tiny-trained's bf16 and 1 in its f16, of 436 steps).
+const MOST_NEAR_TIES_PER_GOLDEN: usize = 3;
 
 /// Every step of every case (single prompts, a batch, ragged rows that stop early or cross
 /// the context, a prompt longer than the context) in float16 and bfloat16 against Hugging
