@@ -3,7 +3,7 @@
 GPT-2 small's shape (12 layers of 768, 12 heads of 64, 1024 positions) and GPT-2 medium's head
 count (16 heads of 64, 1024 wide) at a depth of 2: too large to keep in the repository (500 and
 300 MB), so their weights come from a formula that this script and the tests
-(`tests/shapes.rs`) both compute exactly: each value is a uniform draw of SplitMix64 (keyed by
+(`tests/conformance/shapes.rs`) both compute exactly: each value is a uniform draw of SplitMix64 (keyed by
 the seed and the tensor's name) on a 24-bit grid, times a power of two, so float32 holds it
 exactly and numpy and Rust agree bit for bit (the tests check a checksum of every tensor).
 
@@ -16,7 +16,7 @@ large projections keep a chosen token's own row from taking over the residual st
 loop often repeats an id; the logits checked are those of every position all the same.
 
 For each dtype (f32, bf16, f16) it records the greedy loop of rows (a 1-token prompt, a
-12-token one, and one of 1,023 tokens that passes the 1,024-token context at its third step)
+11-token one, and one of 1,023 tokens that passes the 1,024-token context at its third step)
 and, at every step on the loop's own ids, the logits of the top five and a few fixed ids, with
 float32's on the same ids for the half dtypes. Cases combine rows: each alone, and all of them
 as one ragged batch. PyTorch's half-precision kernels on a CPU without AVX-512 take minutes for
@@ -88,7 +88,7 @@ def tensor_shapes(config: dict) -> dict:
 
 
 def tensor_values(name: str, shape: list) -> np.ndarray:
-    """The formula the tests compute too (tests/shapes.rs)."""
+    """The formula the tests compute too (tests/conformance/shapes.rs)."""
     count = int(np.prod(shape))
     if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
         return np.ones(shape, dtype=np.float32)
@@ -140,7 +140,7 @@ def prompt_rows(tokenizer):
     assert len(long_ids) == 1023
     return {
         "one_token": (tokenizer.encode("The"), 8),
-        "twelve_tokens": (tokenizer.encode("Every effort moves you, and the king speaks of it"), 8),
+        "eleven_tokens": (tokenizer.encode("Every effort moves you, and the king speaks of it"), 8),
         "crossing_context": (long_ids, 3),
     }
 

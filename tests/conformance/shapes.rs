@@ -179,7 +179,7 @@ fn shape_dtypes(backend: Backend) -> &'static [&'static str] {
     }
 }
 
-/// At GPT-2's real shapes, every step of a 1-token and a 12-token prompt, a 1,023-token prompt
+/// At GPT-2's real shapes, every step of a 1-token and an 11-token prompt, a 1,023-token prompt
 /// that passes the 1,024-token context, and the three as one ragged batch, teacher-forced on
 /// Hugging Face's ids, in float32 on every backend (within the backend's tolerance) and in
 /// bfloat16 and float16 on flex (within twice Hugging Face's own half-vs-float32 difference at
@@ -215,7 +215,10 @@ fn gpt2_shapes_match_hugging_face_at_every_step() {
                 // CLI's tests check its message); a GPU's are not.
                 let (tensor, bytes) = checkpoint.config().largest_tensor();
                 if let Err(refusal) = backend.check_fits(tensor, bytes) {
-                    assert_eq!(backend, Backend::Wgpu, "{refusal}");
+                    assert!(
+                        matches!(backend, Backend::Wgpu | Backend::Vulkan),
+                        "{backend} refused: {refusal}"
+                    );
                     report.push(format!(
                         "{backend:<8} {name:<22} {dtype:<5} refused: {refusal}"
                     ));

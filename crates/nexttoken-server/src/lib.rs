@@ -370,9 +370,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_that_leaves_is_dropped_before_the_next_step() {
         use futures_util::StreamExt;
-        // GPT-2's width at 2 layers: a step takes milliseconds.
+        // GPT-2's width at 6 layers: a step takes some 10 ms, longer than the test takes
+        // between reading the count and dropping the body.
         let config = Gpt2Config {
-            n_layer: 2,
+            n_layer: 6,
             ..Gpt2Config::gpt2()
         };
         let generator =

@@ -1240,7 +1240,7 @@ fn stop_strings_end_the_text_streamed_or_not() {
     assert_eq!(chunks.last().unwrap()["finish_reason"], "stop");
 }
 
-/// The default body limit is 1 MiB: a request just under it is served, one over it gets 413.
+/// The default body limit is 1 MiB: a request of exactly 1 MiB is served, one byte more gets 413.
 #[test]
 fn the_default_body_limit_is_one_mebibyte() {
     let server = Server::start(|o| o);
@@ -1280,17 +1280,26 @@ fn a_non_streaming_client_that_disconnects_is_cancelled() {
     assert!(generated < 500.0, "it ran on: {generated} tokens");
 }
 
-/// A streaming client that reads nothing does not hold up the engine: its request runs to the
-/// end (its events wait in its channel, at most `max_tokens` of them) while another client is
-/// served.
+/// A streaming client that reads nothing: another client's short request is served while it
+/// runs (nobody waits for it to finish), and it still runs to its end, its events waiting for
+/// it (one per token: `max_tokens` of them; they fit in the sockets' buffers here, so this
+/// does not tell a bounded channel from an unbounded one).
 #[test]
 fn a_client_that_reads_nothing_holds_nobody_up() {
     let server = Server::start_with(slow_generator(), ServerOptions::new(MODEL));
     let request = json!({"prompt": "The", "max_tokens": 200, "temperature": 0,
                          "stream": true, "ignore_eos": true});
     let silent = raw_request(&server, &request);
+    server.wait_for("the silent request to start", |s| {
+        s.metric("nexttoken_generated_tokens_total") > 0.0
+    });
     let (status, answer) = server.post(json!({"prompt": "Hi", "max_tokens": 3, "temperature": 0}));
     assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        server.metric("nexttoken_requests_total{outcome=\"completed\"}"),
+        1.0,
+        "the short request finished first"
+    );
     server.wait_for("both requests to complete", |s| {
         s.metric("nexttoken_requests_total{outcome=\"completed\"}") == 2.0
     });
