@@ -33,11 +33,10 @@ import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from common import ROOT, gpt2_tokenizer
+from make_fixtures import EOT, FIXED_IDS
 
 FORMAT_VERSION = 1
 SEED = 20261205
-EOT = 50256
-FIXED_IDS = [0, 13, 198, 262, EOT]
 SHAPES = {
     "gpt2-small-shape": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024),
     "gpt2-medium-heads": dict(n_layer=2, n_head=16, n_embd=1024, n_positions=1024),

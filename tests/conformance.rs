@@ -396,40 +396,39 @@ fn teacher_forced(
 ) -> Vec<Vec<(Vec<f32>, Vec<f32>)>> {
     let device = model.wte.weight.device();
     let context = model.context_length();
-    let window = |row: &Vec<u32>| row[row.len().saturating_sub(context)..].to_vec();
+    let prefill_windows = |rows: &[Vec<u32>], cache: &mut nexttoken::model::KvCache| {
+        let windows: Vec<&[u32]> = rows
+            .iter()
+            .map(|row| &row[row.len().saturating_sub(context)..])
+            .collect();
+        model.prefill(&windows, cache)
+    };
     let mut rows: Vec<Vec<u32>> = prompts.to_vec();
     let mut cache = nexttoken::model::KvCache::new();
-    let windows: Vec<Vec<u32>> = rows.iter().map(window).collect();
-    let slices: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-    let mut cached = model.prefill(&slices, &mut cache);
+    let mut cached = prefill_windows(&rows, &mut cache);
     let mut out = vec![Vec::new(); rows.len()];
     for step in 0..steps {
         let values: Vec<f32> = cached.into_data().try_to_vec().unwrap();
-        let plain = last_logits(model, &rows, &device);
-        for (row, (cached, plain)) in values
-            .chunks_exact(model.vocab_size())
-            .zip(plain)
-            .enumerate()
-        {
+        for (row, cached) in values.chunks_exact(model.vocab_size()).enumerate() {
+            // Rows that have stopped record nothing: no plain forward for them.
             if step < forced[row].len() {
-                out[row].push((cached.to_vec(), plain));
+                let plain = last_logits(model, std::slice::from_ref(&rows[row]), &device);
+                out[row].push((cached.to_vec(), plain.concat()));
             }
+        }
+        if step + 1 == steps {
+            break;
         }
         let next: Vec<u32> = forced
             .iter()
             .map(|ids| ids.get(step).or(ids.last()).copied().unwrap_or(0))
             .collect();
-        if step + 1 == steps {
-            break;
-        }
         for (row, &id) in rows.iter_mut().zip(&next) {
             row.push(id);
         }
         cached = if rows.iter().any(|row| row.len() > context) {
             cache.clear();
-            let windows: Vec<Vec<u32>> = rows.iter().map(window).collect();
-            let slices: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-            model.prefill(&slices, &mut cache)
+            prefill_windows(&rows, &mut cache)
         } else {
             let next: Vec<&[u32]> = next.iter().map(std::slice::from_ref).collect();
             model.forward_cached(token_tensor(&next, &device), &mut cache)
@@ -448,18 +447,22 @@ struct Forced {
 }
 
 impl Forced {
-    /// This step's tolerance: [`HALF_STEP_FACTOR`] times Hugging Face's own largest
-    /// half-vs-float32 difference here, at least `floor` of max(1, |logit|).
     fn tolerance(&self, floor: f32) -> f32 {
-        let own = self
-            .half
-            .iter()
-            .zip(&self.f32)
-            .map(|(h, f)| (h - f).abs())
-            .fold(0.0, f32::max);
-        let scale = self.half.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        (HALF_STEP_FACTOR * own).max(floor * scale)
+        half_step_tolerance(&self.half, &self.f32, floor)
     }
+}
+
+/// A half-precision step's tolerance, from Hugging Face's logits of the same ids in the dtype
+/// (`half`) and in float32 (`wide`): [`HALF_STEP_FACTOR`] times its own largest difference
+/// there, at least `floor` of max(1, |logit|).
+fn half_step_tolerance(half: &[f32], wide: &[f32], floor: f32) -> f32 {
+    let own = half
+        .iter()
+        .zip(wide)
+        .map(|(h, f)| (h - f).abs())
+        .fold(0.0, f32::max);
+    let scale = half.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    (HALF_STEP_FACTOR * own).max(floor * scale)
 }
 
 /// Near-tie allowances per golden file: steps where our best id is not the reference's,

@@ -198,12 +198,13 @@ pub fn token_tensor(rows: &[&[u32]], device: &Device) -> Tensor<2, Int> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use burn::tensor::{Device, Tolerance};
 
     use crate::Gpt2Config;
 
-    fn tiny() -> Gpt2Config {
+    /// The unit tests' model shape: 2 layers, width 8, 16 ids, 16 positions.
+    pub(crate) fn tiny() -> Gpt2Config {
         Gpt2Config {
             n_layer: 2,
             n_head: 2,

@@ -92,17 +92,7 @@ mod tests {
     use burn::tensor::Int;
 
     use super::*;
-
-    fn tiny() -> Gpt2Config {
-        Gpt2Config {
-            n_layer: 2,
-            n_head: 2,
-            n_embd: 8,
-            n_positions: 16,
-            vocab_size: 32,
-            ..Gpt2Config::gpt2()
-        }
-    }
+    use crate::model::tests::tiny;
 
     fn values<const D: usize>(tensor: &Tensor<D>) -> Vec<f32> {
         tensor.clone().into_data().try_to_vec().unwrap()

@@ -331,15 +331,7 @@ mod tests {
         app.fail_next_step.store(true, Ordering::Release);
         let (status, body) = answer(&app.router, completion()).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
-        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(error["error"]["type"], "server_error", "{body}");
-        assert!(
-            error["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("panic"),
-            "{body}"
-        );
+        routes::assert_panic_error(&body);
         let (status, again) = answer(&app.router, completion()).await;
         assert_eq!(status, StatusCode::OK, "{again}");
         let text = |body: &str| -> serde_json::Value {

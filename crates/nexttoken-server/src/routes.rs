@@ -454,6 +454,15 @@ pub async fn body_text(response: Response) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// For tests: `body` is OpenAI's error object for a server error that names a panic.
+#[cfg(test)]
+pub fn assert_panic_error(body: &str) {
+    let error: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(error["error"]["type"], "server_error", "{body}");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("panic"), "{body}");
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
@@ -483,14 +492,7 @@ mod tests {
         );
         let (status, body) = call(&router, "/boom").await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(error["error"]["type"], "server_error", "{body}");
-        assert!(
-            error["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("panic")
-        );
+        assert_panic_error(&body);
         assert_eq!(call(&router, "/ok").await, (StatusCode::OK, "fine".into()));
         assert_eq!(
             call(&router, "/boom").await.0,
