@@ -13,9 +13,14 @@ use rayon::prelude::*;
 use crate::Float;
 use crate::matmul::{Rhs, matmul};
 use crate::pool::SharedOut;
-use crate::product::{MAX_FEW_ROWS, dots, rows_times_block};
+use crate::product::{dots, rows_times_block};
 use crate::softmax::softmax_in_place;
 use crate::widen::widen;
+
+/// Most queries of one row a task scores in dot products: past this, a cached key read once
+/// feeds enough multiply-adds that the blocked matrix products win. Per row, not per step: a
+/// decode step of many rows is one query per task.
+const MAX_FEW_QUERIES: usize = 8;
 
 /// Queries of a prompt scored together against the keys they may see: enough rows for a
 /// matrix product to pay, few enough that a causal prompt's blocks skip most of the masked half.
@@ -76,7 +81,7 @@ impl Attention<'_> {
             3 * c
         );
         assert!(key.len() == rows * self.heads * layer_len && value.len() == key.len());
-        let few_queries = rows * t <= MAX_FEW_ROWS;
+        let few_queries = t <= MAX_FEW_QUERIES;
         let mut y = Vec::<f32>::with_capacity(qkv.len() / 3); // filled by the tasks below
         let out = SharedOut::new(&mut y);
         key.par_chunks_mut(layer_len)

@@ -61,6 +61,6 @@ pub use gelu::gelu_new;
 pub use half::{bf16, f16};
 pub use norm::layer_norm;
 pub use pool::{ThreadsError, in_pool, set_threads};
-pub use product::{MAX_FEW_ROWS, times_transposed};
+pub use product::{MAX_DOT_ROWS, times_transposed};
 pub use softmax::softmax_in_place;
 pub use widen::{narrowed, round_through, widened};

@@ -1,10 +1,13 @@
 //! Rows of activations times a weight stored by output (`[n, k]`, each output's weights
 //! together): the products of every `Linear` and of the tied output head.
 //!
-//! A decode step's few rows read each weight once and do two flops per value read: bound by
+//! A decode step's one row reads each weight once and does two flops per value read: bound by
 //! memory bandwidth, which one core cannot saturate. Each thread streams its own contiguous
-//! share of the weight's rows in dot products ([`dots`]). More rows make the product
-//! compute-bound, and it goes to [`matmul`](crate::matmul) a block of weight rows per task.
+//! share of the weight's rows in dot products ([`dots`]). A batch of up to [`MAX_DOT_ROWS`]
+//! rows (many clients' decode steps, short prompt chunks) still reads each weight once: its
+//! tiles of weight rows meet every row of inputs while they are in registers. More rows make
+//! the product compute-bound, and it goes to [`matmul`](crate::matmul) a block of weight rows
+//! per task.
 
 use rayon::prelude::*;
 
@@ -16,13 +19,13 @@ use crate::arch::{Level, dispatch, level};
 use crate::matmul::{Rhs, bf16_products, has_bf16_products, matmul_into};
 use crate::pool::{SharedOut, rows_per_task};
 
-/// Most rows (batch rows × new positions) the dot products take: past this, a weight value (or
-/// a cached key) read once feeds enough multiply-adds that blocked matrix products win.
-pub const MAX_FEW_ROWS: usize = 8;
+/// Most rows (batch rows × new positions) the dot products take: past this, a weight value
+/// read once feeds enough multiply-adds that `gemm`'s packed blocks win.
+pub const MAX_DOT_ROWS: usize = 64;
 
 /// `x · wᵀ` for `x: [m, k]` and `w: [n, k]`, as float32 `[m, n]`, on every thread of the
 /// current pool, each over its own blocks of `w`'s rows: in dot products for up to
-/// [`MAX_FEW_ROWS`] rows; otherwise, where both are bf16 and the CPU multiplies bf16 pairs
+/// [`MAX_DOT_ROWS`] rows; otherwise, where both are bf16 and the CPU multiplies bf16 pairs
 /// (AVX-512 BF16), by our own kernel for them, or else by `gemm` in float32 (a half-precision
 /// block widened first, in its task's cache).
 ///
@@ -37,8 +40,19 @@ pub fn times_transposed<X: Float, W: Float>(x: &[X], w: &[W], [m, k, n]: [usize;
         "x: [{m}, {k}], w: [{n}, {k}]"
     );
     let (x, w) = (&x[..m * k], &w[..n * k]);
-    if m <= MAX_FEW_ROWS {
-        return dots_transposed(x, w, [m, k, n]);
+    if m == 1 {
+        return dots_of_one_row(x, w, [k, n]);
+    }
+    if m <= MAX_DOT_ROWS {
+        // Widened once here, not in every task's tiles.
+        let x = X::as_f32(x);
+        // SAFETY: `rows_dots` writes every value of its block's columns.
+        return unsafe {
+            by_weight_blocks(w, [m, k, n], |out, rows, _| {
+                // SAFETY: as `by_weight_blocks` promises.
+                rows_dots(out, n, &x, rows, k)
+            })
+        };
     }
     if let (Some(x), Some(w)) = (X::as_bf16(x), W::as_bf16(w))
         && has_bf16_products()
@@ -62,22 +76,16 @@ pub fn times_transposed<X: Float, W: Float>(x: &[X], w: &[W], [m, k, n]: [usize;
     }
 }
 
-/// [`times_transposed`] for a few rows: a dot product per weight row, each task streaming its
-/// own block of rows once. `x` goes to the tasks in its own type: half-precision activations
-/// are widened in registers, not copied to float32 for each product.
-fn dots_transposed<X: Float, W: Float>(x: &[X], w: &[W], [m, k, n]: [usize; 3]) -> Vec<f32> {
+/// [`times_transposed`] for one row: a dot product per weight row, each task streaming its own
+/// block of rows once. `x` goes to the tasks in its own type: a half-precision activation is
+/// widened in registers, not copied to float32 for each product.
+fn dots_of_one_row<X: Float, W: Float>(x: &[X], w: &[W], [k, n]: [usize; 2]) -> Vec<f32> {
     let rows_per_task = rows_per_task(n);
-    let mut transposed = vec![0.0; n * m]; // [n, m]: each task writes its own rows
-    transposed
-        .par_chunks_mut(rows_per_task * m)
+    let mut out = vec![0.0; n];
+    out.par_chunks_mut(rows_per_task)
         .zip(w.par_chunks(rows_per_task * k))
         .for_each(|(out, rows)| dots(out, x, rows, k));
-    if m == 1 {
-        return transposed;
-    }
-    (0..m)
-        .flat_map(|row| transposed.iter().skip(row).step_by(m).copied())
-        .collect()
+    out
 }
 
 /// The `[m, n]` product of `[m, k]` rows with `w: [n, k]`'s transpose, a task per block of
@@ -121,6 +129,41 @@ pub fn dots<X: Float, W: Float>(out: &mut [f32], x: &[X], rows: &[W], c: usize) 
         #[cfg(target_arch = "x86_64")]
         Level::Avx2Fma => unsafe { x86::avx2::dots(out, x, rows, c) },
         Level::Baseline => portable::dots::<false, X, W>(out, x, rows, c),
+    }
+}
+
+/// Writes `x[r, :] · rows[j, :]` at `out + r * row_stride + j`, for `x: [m, c]` and `rows:
+/// [n, c]`, on the calling thread: tiles of weight rows times tiles of inputs where the CPU has
+/// vector kernels (see `arch/x86`), the portable dot products elsewhere.
+///
+/// # Safety
+/// `m` rows of `n` values `row_stride` apart from `out` are writable, and nothing else reads or
+/// writes them during the call.
+pub(crate) unsafe fn rows_dots<W: Float>(
+    out: *mut f32,
+    row_stride: usize,
+    x: &[f32],
+    rows: &[W],
+    c: usize,
+) {
+    match level() {
+        // SAFETY: AVX-512F was detected on this CPU; `out` is the caller's promise.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { x86::avx512::tiled_dots(out, row_stride, x, rows, c) },
+        // SAFETY: AVX2, FMA and F16C were detected on this CPU; `out` as above.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2Fma => unsafe { x86::avx2::tiled_dots(out, row_stride, x, rows, c) },
+        Level::Baseline => {
+            let (m, n) = (x.len() / c, rows.len() / c);
+            let mut transposed = vec![0.0; n * m];
+            portable::dots::<false, f32, W>(&mut transposed, x, rows, c);
+            for (j, column) in transposed.chunks_exact(m).enumerate() {
+                for (r, &value) in column.iter().enumerate() {
+                    // SAFETY: row `r` < `m`, column `j` < `n` (the caller's promise).
+                    unsafe { *out.add(r * row_stride + j) = value };
+                }
+            }
+        }
     }
 }
 
@@ -260,13 +303,88 @@ pub(crate) mod tests {
         check_dot_products(Kernels::Avx512);
     }
 
+    type RowDots<W> = unsafe fn(*mut f32, usize, &[f32], &[W], usize);
+
+    fn row_dot_kernels<W: Float>(set: Kernels) -> Vec<(&'static str, RowDots<W>)> {
+        match set {
+            Kernels::Everyday => {
+                #[allow(unused_mut)]
+                let mut kernels: Vec<(&str, RowDots<W>)> = vec![("dispatched", rows_dots)];
+                #[cfg(target_arch = "x86_64")]
+                if x86::has_avx2_fma_f16c() {
+                    kernels.push(("avx2", x86::avx2::tiled_dots));
+                }
+                kernels
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => {
+                assert!(
+                    is_x86_feature_detected!("avx512f"),
+                    "this CPU has no AVX-512F"
+                );
+                vec![("avx512", x86::avx512::tiled_dots)]
+            }
+        }
+    }
+
+    /// The row-tile kernels of `set` against the reference: every tail of the tiles (1 to 7
+    /// input rows against tiles of 3; 9 weight rows against tiles of 4), written with a row
+    /// stride wider than the output, for every weight type.
+    fn check_row_tiles(set: Kernels) {
+        fn check<W: Float>(c: usize, set: Kernels) {
+            let n = 9;
+            let rows = values::<W>(n * c, 53);
+            for m in 1..=7 {
+                let x = values::<f32>(m * c, 37);
+                let expected = reference(&x, &rows, [m, c, n]);
+                for (name, kernel) in row_dot_kernels::<W>(set) {
+                    let stride = n + 2;
+                    let mut out = vec![f32::NAN; m * stride];
+                    // SAFETY: `out` holds `m` rows of `stride` values; the kernel's
+                    // instructions were detected (`row_dot_kernels`).
+                    unsafe { kernel(out.as_mut_ptr(), stride, &x, &rows, c) };
+                    let ours: Vec<f32> = out
+                        .chunks_exact(stride)
+                        .flat_map(|r| r[..n].to_vec())
+                        .collect();
+                    assert!(
+                        out.chunks_exact(stride)
+                            .all(|r| r[n..].iter().all(|v| v.is_nan()))
+                    );
+                    let what = format!(
+                        "{name}, {m} rows, {} weights, {c} values",
+                        std::any::type_name::<W>()
+                    );
+                    assert_close(&ours, &expected, &what);
+                }
+            }
+        }
+        for c in [300, 64, 768, 1024, 1600, 3072, 771, 1603] {
+            check::<f32>(c, set);
+            check::<f16>(c, set);
+            check::<bf16>(c, set);
+        }
+    }
+
+    #[test]
+    fn every_level_s_row_tiles_match_the_reference() {
+        check_row_tiles(Kernels::Everyday);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    #[ignore = "needs an AVX-512 CPU: cargo test -- --ignored avx512 (cargo xtask test runs it there)"]
+    fn avx512_row_tiles_match_the_reference() {
+        check_row_tiles(Kernels::Avx512);
+    }
+
     #[test]
     fn products_match_the_reference_for_every_row_count_and_type() {
         fn check<X: Float, W: Float>() {
             // 37 outputs: several tasks' rows and a partial one; 300 inputs: the dot products'
             // vector blocks and a tail; GPT-2 small's width and its MLP's, one with a tail.
             for [k, n] in [[300, 37], [768, 37], [3072 + 7, 21]] {
-                for m in [1, 3, MAX_FEW_ROWS, MAX_FEW_ROWS + 1, 70] {
+                for m in [1, 2, 3, 8, 16, 37, MAX_DOT_ROWS, MAX_DOT_ROWS + 1] {
                     let (x, w) = (values::<X>(m * k, 37), values::<W>(n * k, 53));
                     let what = format!("{m} rows, {k} inputs, {}", std::any::type_name::<W>());
                     let expected = reference(&x, &w, [m, k, n]);

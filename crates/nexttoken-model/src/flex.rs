@@ -411,7 +411,7 @@ mod tests {
     use burn::store::ModuleSnapshot;
     use burn::tensor::{Device, Distribution, Tolerance};
 
-    use nexttoken_cpu::MAX_FEW_ROWS;
+    use nexttoken_cpu::MAX_DOT_ROWS;
 
     use super::*;
 
@@ -430,7 +430,7 @@ mod tests {
         // vector blocks and a tail.
         let layer = crate::seeded::seeded(LinearConfig::new(300, 37).init(&device), 2026);
         let ours = laid_out(&layer);
-        for rows in [1, 3, MAX_FEW_ROWS, MAX_FEW_ROWS + 1, 100] {
+        for rows in [1, 3, MAX_DOT_ROWS, MAX_DOT_ROWS + 1, 100] {
             let x = Tensor::<3>::random([1, rows, 300], Distribution::Default, &device);
             assert!(
                 flex_linear(&layer, &x, None).is_none(),
@@ -609,7 +609,7 @@ mod tests {
     fn tied_head_matches_the_transposed_product() {
         let device = Device::flex();
         let embedding = Tensor::<2>::random([101, 40], Distribution::Default, &device);
-        for rows in [1, 5, MAX_FEW_ROWS + 1] {
+        for rows in [1, 5, MAX_DOT_ROWS + 1] {
             let x = Tensor::<2>::random([rows, 40], Distribution::Default, &device);
             let ours = tied_head(&embedding, &x).expect("flex, float32");
             let burns = x.matmul(embedding.clone().transpose());

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::{__m256, _mm256_loadu_ps};
 
-use super::{dots_by, widen_by};
+use super::{dots_by, tiled_dots_by, widen_by};
 use crate::Float;
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -30,4 +30,18 @@ pub fn narrow<W: Float>(narrow: &mut [W], wide: &[f32]) {
 pub fn dots<X: Float, W: Float>(out: &mut [f32], x: &[X], rows: &[W], c: usize) {
     // SAFETY: AVX2, FMA and F16C (this function's).
     unsafe { dots_by::<__m256, X, W>(out, x, rows, c) }
+}
+
+/// # Safety
+/// As [`tiled_dots_by`]'s, less the instructions.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tiled_dots<W: Float>(
+    out: *mut f32,
+    row_stride: usize,
+    x: &[f32],
+    rows: &[W],
+    c: usize,
+) {
+    // SAFETY: AVX2, FMA and F16C (this function's); the rest is the caller's promise.
+    unsafe { tiled_dots_by::<__m256, W>(out, row_stride, x, rows, c) }
 }

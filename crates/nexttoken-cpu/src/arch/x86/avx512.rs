@@ -7,7 +7,7 @@ use std::arch::x86_64::{
     __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps,
 };
 
-use super::{dots_by, widen_by};
+use super::{dots_by, tiled_dots_by, widen_by};
 use crate::Float;
 
 const LANES: usize = 16;
@@ -48,4 +48,18 @@ pub fn widen<W: Float>(wide: &mut [f32], values: &[W]) {
 pub fn dots<X: Float, W: Float>(out: &mut [f32], x: &[X], rows: &[W], c: usize) {
     // SAFETY: AVX-512F (this function's).
     unsafe { dots_by::<__m512, X, W>(out, x, rows, c) }
+}
+
+/// # Safety
+/// As [`tiled_dots_by`]'s, less the instructions.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn tiled_dots<W: Float>(
+    out: *mut f32,
+    row_stride: usize,
+    x: &[f32],
+    rows: &[W],
+    c: usize,
+) {
+    // SAFETY: AVX-512F (this function's); the rest is the caller's promise.
+    unsafe { tiled_dots_by::<__m512, W>(out, row_stride, x, rows, c) }
 }

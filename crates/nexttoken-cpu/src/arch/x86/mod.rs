@@ -374,3 +374,146 @@ unsafe fn sums_of<const R: usize, S: Vector, X: Float, W: Float>(
     }
     totals
 }
+
+/// Weight rows a [`tiled_dots_by`] tile reads together.
+const TILE_WEIGHTS: usize = 4;
+/// Input rows a [`tiled_dots_by`] tile reads together: with [`TILE_WEIGHTS`], 12 running sums,
+/// the three inputs' registers and one weight's, AVX2's 16 registers.
+const TILE_INPUTS: usize = 3;
+
+/// [`crate::product::dots`] for several input rows: each weight register, loaded (and widened)
+/// once, meets [`TILE_INPUTS`] inputs, and each input register [`TILE_WEIGHTS`] weights, so that
+/// a batch of rows reads each weight once from memory and does 12 multiply-adds for every 7
+/// loads, where one row at a time re-read (and re-widened) the weights for every row.
+///
+/// Writes `x[r] · rows[j]` at `out + r * row_stride + j`: `[m, n]` for `x: [m, c]` and
+/// `rows: [n, c]`.
+///
+/// # Safety
+/// The CPU has `V`'s instructions; `m` rows of `n` values `row_stride` apart from `out` are
+/// writable, and nothing else reads or writes them during the call.
+#[inline(always)]
+unsafe fn tiled_dots_by<V: Vector, W: Float>(
+    out: *mut f32,
+    row_stride: usize,
+    x: &[f32],
+    rows: &[W],
+    c: usize,
+) {
+    let n = rows.len() / c;
+    let mut first = 0;
+    while first < n {
+        let taken = if n - first >= TILE_WEIGHTS {
+            TILE_WEIGHTS
+        } else {
+            1
+        };
+        let weights = &rows[first * c..(first + taken) * c];
+        // SAFETY: the CPU has V's instructions, and columns `first..first + taken` of the `m`
+        // rows at `out` are writable (the caller's promises).
+        unsafe {
+            let out = out.add(first);
+            match taken {
+                TILE_WEIGHTS => tiles_of::<TILE_WEIGHTS, V, W>(out, row_stride, x, weights, c),
+                _ => tiles_of::<1, V, W>(out, row_stride, x, weights, c),
+            }
+        }
+        first += taken;
+    }
+}
+
+/// Every input row of `x` times the `R` weight rows of `weights`, [`TILE_INPUTS`] inputs at a
+/// time, written at `out + r * row_stride + j`.
+///
+/// # Safety
+/// As [`tiled_dots_by`], for `R` columns.
+#[inline(always)]
+unsafe fn tiles_of<const R: usize, V: Vector, W: Float>(
+    out: *mut f32,
+    row_stride: usize,
+    x: &[f32],
+    weights: &[W],
+    c: usize,
+) {
+    let m = x.len() / c;
+    let weights: [&[W]; R] = std::array::from_fn(|j| &weights[j * c..][..c]);
+    let mut input = 0;
+    while input < m {
+        let taken = (m - input).min(TILE_INPUTS);
+        let inputs = &x[input * c..(input + taken) * c];
+        // SAFETY: as above.
+        let sums: [[f32; TILE_INPUTS]; R] = unsafe {
+            match taken {
+                TILE_INPUTS => widen_tile(tile::<R, TILE_INPUTS, V, W>(inputs, weights, c)),
+                2 => widen_tile(tile::<R, 2, V, W>(inputs, weights, c)),
+                _ => widen_tile(tile::<R, 1, V, W>(inputs, weights, c)),
+            }
+        };
+        for (j, sums) in sums.iter().enumerate() {
+            for (i, &sum) in sums[..taken].iter().enumerate() {
+                // SAFETY: row `input + i` < `m`, column `j` < `R` (the caller's promise).
+                unsafe { *out.add((input + i) * row_stride + j) = sum };
+            }
+        }
+        input += taken;
+    }
+}
+
+/// A tile's sums in an array of [`TILE_INPUTS`] per weight row, the unused ones zero.
+#[inline(always)]
+fn widen_tile<const R: usize, const I: usize>(sums: [[f32; I]; R]) -> [[f32; TILE_INPUTS]; R] {
+    let mut wide = [[0.0; TILE_INPUTS]; R];
+    for (wide, sums) in wide.iter_mut().zip(sums) {
+        wide[..I].copy_from_slice(&sums);
+    }
+    wide
+}
+
+/// `x[i] · weights[j]` for the `I` input rows of `x` and the `R` weight rows, one running sum
+/// each.
+///
+/// # Safety
+/// As [`tiled_dots_by`].
+#[inline(always)]
+unsafe fn tile<const R: usize, const I: usize, V: Vector, W: Float>(
+    x: &[f32],
+    weights: [&[W]; R],
+    c: usize,
+) -> [[f32; I]; R] {
+    let lanes = V::LANES;
+    let body = c / lanes * lanes;
+    assert!(x.len() >= I * c && weights.iter().all(|row| row.len() >= c));
+    // SAFETY: the CPU has V's instructions (the caller's promise).
+    let zero = unsafe { V::zero() };
+    let mut sums = [[zero; I]; R];
+    let mut inputs = [zero; I];
+    let mut at = 0;
+    while at < body {
+        for (i, input) in inputs.iter_mut().enumerate() {
+            // SAFETY: `at + lanes <= body <= c`, within input row `i` (asserted).
+            *input = unsafe { V::load(x.as_ptr().add(i * c + at)) };
+        }
+        for (row_sums, row) in sums.iter_mut().zip(weights) {
+            // SAFETY: as above, within the weight row (asserted).
+            let weight = unsafe { V::load(row.as_ptr().add(at)) };
+            for (sum, input) in row_sums.iter_mut().zip(inputs) {
+                // SAFETY: V's instructions.
+                *sum = unsafe { input.mul_add(weight, *sum) };
+            }
+        }
+        at += lanes;
+    }
+    let mut totals = [[0.0; I]; R];
+    for ((totals, row_sums), row) in totals.iter_mut().zip(sums).zip(weights) {
+        for (i, (total, sum)) in totals.iter_mut().zip(row_sums).enumerate() {
+            let tail: f32 = x[i * c + body..(i + 1) * c]
+                .iter()
+                .zip(&row[body..c])
+                .map(|(x, w)| x * w.to_f32())
+                .sum();
+            // SAFETY: V's instructions.
+            *total = unsafe { sum.total() } + tail;
+        }
+    }
+    totals
+}
