@@ -18,7 +18,7 @@ use burn::tensor::Device;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nexttoken::backend::Backend;
 use nexttoken::generate::{GenerationConfig, generate};
-use nexttoken::model::{Gpt2, Gpt2Config, KvCache, token_tensor};
+use nexttoken::model::{Gpt2, Gpt2Config, KvCache};
 
 /// Fresh ids for every call: some backends reuse results for identical inputs.
 fn ids(seed: u32, t: usize) -> Vec<u32> {
@@ -47,7 +47,7 @@ fn backends(config: &Gpt2Config) -> Vec<(Backend, Device)> {
         .collect()
 }
 
-fn prefill(c: &mut Criterion, backend: Backend, model: &Gpt2, device: &Device) {
+fn prefill(c: &mut Criterion, backend: Backend, model: &Gpt2) {
     let mut group = c.benchmark_group(format!("prefill/{backend}"));
     group.sample_size(10);
     for t in [128, 512] {
@@ -56,29 +56,36 @@ fn prefill(c: &mut Criterion, backend: Backend, model: &Gpt2, device: &Device) {
         group.bench_with_input(BenchmarkId::from_parameter(t), &t, |b, &t| {
             b.iter(|| {
                 seed += 1;
-                let ids = token_tensor(&[&ids(seed, t)], device);
-                black_box(model.forward_cached(ids, &mut KvCache::new()).into_data())
+                black_box(
+                    model
+                        .prefill(&[&ids(seed, t)], &mut KvCache::new())
+                        .into_data(),
+                )
             })
         });
     }
     group.finish();
 }
 
-fn decode_step(c: &mut Criterion, backend: Backend, model: &Gpt2, device: &Device) {
+fn decode_step(c: &mut Criterion, backend: Backend, model: &Gpt2) {
     let mut group = c.benchmark_group(format!("decode_step/{backend}"));
     group.sample_size(20);
     group.throughput(Throughput::Elements(1));
     for position in [16, 1000] {
         let mut cache = KvCache::new();
-        model.forward_cached(token_tensor(&[&ids(0, position)], device), &mut cache);
+        model.prefill(&[&ids(0, position)], &mut cache);
+        let row = cache.rows().next().expect("one row");
         let mut seed = 0;
         group.bench_with_input(BenchmarkId::from_parameter(position), &position, |b, _| {
             b.iter(|| {
                 seed += 1;
-                // Every step writes the same column: the cache is written in place.
-                cache.truncate(position);
-                let id = token_tensor(&[&ids(seed, 1)], device);
-                black_box(model.forward_cached(id, &mut cache).into_data())
+                // Every step writes the same position: the cache is written in place.
+                cache.truncate_row(row, position);
+                black_box(
+                    model
+                        .forward_cached(&[&ids(seed, 1)], &mut cache)
+                        .into_data(),
+                )
             })
         });
     }
@@ -110,8 +117,8 @@ fn benches(c: &mut Criterion) {
     let config = Gpt2Config::gpt2();
     for (backend, device) in backends(&config) {
         let model = config.init_seeded(&device, 0);
-        prefill(c, backend, &model, &device);
-        decode_step(c, backend, &model, &device);
+        prefill(c, backend, &model);
+        decode_step(c, backend, &model);
         whole_generation(c, backend, &model);
     }
 }

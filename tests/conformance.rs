@@ -384,8 +384,8 @@ fn half_precision(dtype: &str) -> (DType, f32) {
 const HALF_STEP_FACTOR: f32 = 2.0;
 
 /// Each row's last-position logits at every step, with the reference's ids fed in as the
-/// model's choices (teacher forcing): by the cached path (a padded prefill of the prompts, then
-/// one id per row per step, the cache started over from the cropped windows once a row passes
+/// model's choices (teacher forcing): by the cached path (a prefill of the prompts, then one id
+/// per row per step, the cache started over from the cropped windows once a row passes
 /// the context, as generation does) and by the plain forward of each row's window. A row
 /// that has stopped gets its last id again, and nothing is recorded for it.
 fn teacher_forced(
@@ -431,7 +431,7 @@ fn teacher_forced(
             prefill_windows(&rows, &mut cache)
         } else {
             let next: Vec<&[u32]> = next.iter().map(std::slice::from_ref).collect();
-            model.forward_cached(token_tensor(&next, &device), &mut cache)
+            model.forward_cached(&next, &mut cache)
         };
     }
     out
@@ -910,36 +910,54 @@ fn session_rows_join_and_leave_on_every_backend() {
             .tokens
             .remove(0)
         };
-        let mut session = Session::new(&model);
-        let mut got: Vec<Vec<u32>> = vec![Vec::new(); 3];
-        let mut rows = vec![session.add(prompts[0].to_vec(), &config).unwrap()];
-        rows.push(session.add(prompts[1].to_vec(), &config).unwrap());
-        let row_of = |rows: &[RowId], id: RowId| rows.iter().position(|&row| row == id).unwrap();
-        for step in 0..12 {
-            if step == 3 {
-                // Longer than every row in the cache: the running rows get more padding.
-                rows.push(session.add(prompts[2].to_vec(), &config).unwrap());
+        // Whole prompts, then prompts in chunks of 3 tokens a step beside the decoding rows.
+        for chunk in [None, Some(3)] {
+            let label = format!("{backend}, prompt chunks of {chunk:?}");
+            let mut session = Session::new(&model);
+            if let Some(tokens) = chunk {
+                session = session.with_prefill_chunk(tokens);
             }
-            if step == 6 {
-                assert!(session.cancel(rows[1]));
+            let mut got: Vec<Vec<u32>> = vec![Vec::new(); 4];
+            let mut rows = vec![session.add(prompts[0].to_vec(), &config).unwrap()];
+            rows.push(session.add(prompts[1].to_vec(), &config).unwrap());
+            let row_of =
+                |rows: &[RowId], id: RowId| rows.iter().position(|&row| row == id).unwrap();
+            for step in 0..12 {
+                if step == 3 {
+                    // Longer than every row in the cache.
+                    rows.push(session.add(prompts[2].to_vec(), &config).unwrap());
+                }
+                if step == 6 {
+                    assert!(session.cancel(rows[1]));
+                    // The same prompt again: it takes the first row's full block of it.
+                    rows.push(session.add(prompts[2].to_vec(), &config).unwrap());
+                }
+                for token in session.step().unwrap().tokens {
+                    got[row_of(&rows, token.row)].push(token.id);
+                }
             }
-            for token in session.step().unwrap().tokens {
-                got[row_of(&rows, token.row)].push(token.id);
+            while !session.is_finished() {
+                for token in session.step().unwrap().tokens {
+                    got[row_of(&rows, token.row)].push(token.id);
+                }
             }
+            assert!(rows.is_sorted(), "row ids order as rows were added");
+            assert_eq!(got[0], alone(prompts[0], 12), "{label}: the first row");
+            // Cancelled before step 6; in chunks of 3, its 4-token prompt took two steps.
+            let before_cancel = if chunk.is_some() { 5 } else { 6 };
+            assert_eq!(
+                got[1],
+                alone(prompts[1], before_cancel),
+                "{label}: the cancelled row"
+            );
+            assert_eq!(got[2], alone(prompts[2], 12), "{label}: the joining row");
+            assert_eq!(got[3], got[2], "{label}: the row sharing its prefix");
+            if chunk.is_none() {
+                // The last row computed only the 4 ids after the block it shares.
+                assert_eq!(session.stats().prompt_tokens, 1 + 4 + 20 + 4, "{label}");
+            }
+            assert!(session.step().unwrap().tokens.is_empty(), "{label}");
         }
-        while !session.is_finished() {
-            for token in session.step().unwrap().tokens {
-                got[row_of(&rows, token.row)].push(token.id);
-            }
-        }
-        assert!(
-            rows[0] < rows[1] && rows[1] < rows[2],
-            "row ids order as rows were added"
-        );
-        assert_eq!(got[0], alone(prompts[0], 12), "{backend}: the first row");
-        assert_eq!(got[1], alone(prompts[1], 6), "{backend}: the cancelled row");
-        assert_eq!(got[2], alone(prompts[2], 12), "{backend}: the joining row");
-        assert!(session.step().unwrap().tokens.is_empty(), "{backend}");
     }
 }
 

@@ -57,6 +57,25 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch: u32,
 
+    /// Most prompt tokens one generation step takes beside the running streams' next tokens:
+    /// a long prompt joins over several steps instead of stalling every stream for its whole
+    /// length (vLLM's chunked prefill); shorter prompts go first.
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefill_chunk: u32,
+
+    /// Memory for the KV cache, in MiB: a request starts only once its prompt and all its
+    /// max_tokens fit beside the running ones' (it waits in the batch until then), so the
+    /// cache never grows past this. Default: no bound (at most --max-batch rows of the
+    /// model's context).
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub kv_cache_mib: Option<u64>,
+
+    /// Compute every prompt whole: by default, requests whose prompts start alike (a system
+    /// prompt, few-shot examples) reuse the cached keys and values of that prefix, 16 tokens
+    /// at a time, as vLLM's automatic prefix caching does.
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+
     /// Most requests waiting for room in the batch; more get 429 with Retry-After. 0: none
     /// wait (requests that fit in the batch still run).
     #[arg(long, default_value_t = 64, value_name = "N")]

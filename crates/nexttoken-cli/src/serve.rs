@@ -74,6 +74,9 @@ fn options(args: &ServeArgs, model_name: String) -> Result<ServerOptions> {
         read_timeout: Duration::from_secs_f64(args.read_timeout),
         request_time_limit: args.request_time_limit.map(Duration::from_secs_f64),
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),
+        prefill_chunk: args.prefill_chunk as usize,
+        kv_cache_bytes: args.kv_cache_mib.map(|mib| mib.saturating_mul(1 << 20)),
+        prefix_caching: !args.no_prefix_caching,
         ..ServerOptions::new(model_name)
     };
     if let Err(reason) = options.check() {

@@ -55,7 +55,7 @@ pub mod product;
 pub mod softmax;
 pub mod widen;
 
-pub use attention::{Attention, ScoreBias};
+pub use attention::{Attention, AttentionRow};
 pub use float::Float;
 pub use gelu::gelu_new;
 pub use half::{bf16, f16};

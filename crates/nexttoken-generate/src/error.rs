@@ -43,6 +43,17 @@ pub enum GenerateError {
         model: usize,
     },
 
+    #[error(
+        "a generation of up to {positions} positions needs {needed} blocks of KV cache, but the \
+         cache holds {blocks}: give the cache more memory (--kv-cache-mib) or ask for fewer \
+         tokens"
+    )]
+    KvCacheTooSmall {
+        positions: usize,
+        needed: usize,
+        blocks: usize,
+    },
+
     #[error("reading the logits back from the device failed: {reason}")]
     ReadBack { reason: String },
 

@@ -110,6 +110,10 @@ pub(crate) fn drive<T>(
                 flow = token_flow;
             }
         }
+        // A step that only read prompts further gave nobody a token.
+        if given.is_empty() {
+            continue;
+        }
         let (ids, logits) = in_row_order(rows, &given, logits);
         let step_flow = on_step(&Step {
             ids: &ids,

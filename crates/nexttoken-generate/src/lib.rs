@@ -44,6 +44,7 @@ mod text;
 pub use config::GenerationConfig;
 pub use error::GenerateError;
 pub use generate::{Generation, Step, generate};
+pub use nexttoken_model::KvCache;
 pub use sampler::{
     MIN_TEMPERATURE, Sampler, SamplingError, SamplingParams, Selection, random_seed,
 };

@@ -1,5 +1,5 @@
 use burn::tensor::{Int, Tensor, TensorData, try_read_sync};
-use nexttoken_model::{Gpt2, KvCache, token_tensor};
+use nexttoken_model::{CacheRow, Chunk, Gpt2, KvCache, token_tensor};
 // std's `Instant` panics in a browser; this is std's elsewhere.
 use web_time::Instant;
 
@@ -64,10 +64,18 @@ pub struct SessionStep {
 /// opened up.
 ///
 /// The session owns its rows (ids so far, settings, random streams), one KV cache for all of
-/// them and the timings. Rows may have prompts of any lengths (they are left-padded in the
-/// cache); rows can be [added](Session::add) between steps, join the batch at the next step, and
-/// be [cancelled](Session::cancel) at any step; a row leaves by itself at its end-of-text id or
+/// them and the timings. Rows may have prompts of any lengths; rows can be
+/// [added](Session::add) between steps, join the batch at the next step, and be
+/// [cancelled](Session::cancel) at any step; a row leaves by itself at its end-of-text id or
 /// its `max_new_tokens`. Each row's ids are those it would get generated alone.
+///
+/// A step is one forward pass for every row (see [`Session::step`]): *plan* (the decoding rows'
+/// next ids, then prompts or chunks of prompts), *forward*, *select* each row's next id, *append*
+/// it. With [`Session::with_prefill_chunk`], prompts go in chunks of at most that many tokens a
+/// step, so that a long prompt does not stall the decoding rows for its whole length; a row
+/// whose prompt is not all in the cache yet gets no token that step. With a bounded cache
+/// ([`Session::with_kv_cache`]), a row waits to start until the cache can hold its whole
+/// generation.
 ///
 /// When a row's sequence outgrows the context, it sees only its last `context_length` ids, as
 /// the book's loop crops them: from then on its window is read again every step (GPT-2's
@@ -95,9 +103,11 @@ pub struct SessionStep {
 pub struct Session<'m> {
     model: &'m Gpt2,
     kv_cache: bool,
-    /// The first `cache.batch_size()` rows are the cache's, in its order.
+    /// In the order they were added.
     rows: Vec<Row>,
     cache: KvCache,
+    /// Most prompt tokens a step takes, all rows together (`None`: every prompt whole).
+    prefill_chunk: Option<usize>,
     added: u64,
     stats: GenerationStats,
     /// Only ids below this are chosen (see [`Session::choosing_below`]).
@@ -116,6 +126,8 @@ struct Row {
     stop_token_ids: Vec<u32>,
     sampler: Option<Sampler>,
     logprobs: Option<usize>,
+    /// Its row of the cache, once it has one, and how many of its ids are there.
+    cached: Option<(CacheRow, usize)>,
 }
 
 impl Row {
@@ -129,14 +141,37 @@ impl Row {
     fn chooses_on_host(&self) -> bool {
         self.sampler.is_some() || self.logprobs.is_some() || self.bans_stopping()
     }
+
+    /// Ids not in the cache yet: its prompt (or what is left of it), or its last id.
+    fn uncached(&self) -> usize {
+        self.ids.len() - self.cached.map_or(0, |(_, len)| len)
+    }
+
+    /// The longest the row can grow: its cache's share when it starts.
+    fn longest(&self, context: usize) -> usize {
+        (self.ids.len() + self.max_new_tokens - self.generated).min(context)
+    }
 }
 
-/// How a step runs its rows (see [`Session::plan`]): the first `cached` continue from the
-/// cache, the rest read their windows, and the first `joining` of those join the cache.
-#[derive(Debug, Clone, Copy)]
+/// What a step runs (see [`Session::plan`]), as indices into the session's rows: rows through
+/// the cache, each with its next ids (all that are not cached, or a chunk of a prompt), and
+/// rows that read their whole window without one.
+#[derive(Debug, Default)]
 struct Plan {
-    cached: usize,
-    joining: usize,
+    chunks: Vec<(usize, usize)>,
+    windows: Vec<usize>,
+}
+
+impl Plan {
+    /// The rows that get a token this step, in the order of the forward pass's logits: each
+    /// chunk that brings its row's ids up to date, then the windows.
+    fn yielding(&self, rows: &[Row]) -> Vec<usize> {
+        let chunks = self.chunks.iter();
+        let done = chunks.filter(|&&(row, taken)| taken == rows[row].uncached());
+        done.map(|&(row, _)| row)
+            .chain(self.windows.iter().copied())
+            .collect()
+    }
 }
 
 impl<'m> From<&'m Gpt2> for Session<'m> {
@@ -153,6 +188,7 @@ impl<'m> Session<'m> {
             kv_cache: true,
             rows: Vec::new(),
             cache: KvCache::new(),
+            prefill_chunk: None,
             added: 0,
             stats: GenerationStats::default(),
             choosable: model.vocab_size(),
@@ -167,6 +203,27 @@ impl<'m> Session<'m> {
         self
     }
 
+    /// Takes at most `tokens` prompt tokens a step, all rows together (at least 1), so that a
+    /// step beside decoding rows stays short: vLLM's chunked prefill. The rest of a prompt
+    /// waits for the next steps; prompts with fewer tokens left go first.
+    pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
+        self.prefill_chunk = Some(tokens.max(1));
+        self
+    }
+
+    /// Keeps the rows' keys and values in `cache` (a bounded one: [`KvCache::with_max_blocks`]):
+    /// a row starts only once the cache can hold its prompt and all its new tokens beside the
+    /// rows already running, which then never run out of blocks.
+    pub fn with_kv_cache(mut self, cache: KvCache) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// The cache's blocks in use, and the most it may hold (if bounded).
+    pub fn kv_cache_blocks(&self) -> (usize, Option<usize>) {
+        (self.cache.used_blocks(), self.cache.max_blocks())
+    }
+
     /// Reads every row's whole window every step instead of keeping a KV cache: the book's
     /// loop, kept as the reference the cache is tested against.
     pub fn without_kv_cache(mut self) -> Self {
@@ -178,8 +235,9 @@ impl<'m> Session<'m> {
     /// it joins the batch at the next step.
     ///
     /// # Errors
-    /// [`GenerateError`] for `max_new_tokens == 0`, invalid sampling settings, an empty prompt
-    /// or an id outside the model's vocabulary (the error's `index` is the row's number).
+    /// [`GenerateError`] for `max_new_tokens == 0`, invalid sampling settings, an empty prompt,
+    /// an id outside the model's vocabulary (the error's `index` is the row's number), or a
+    /// generation longer than a bounded cache can ever hold.
     pub fn add(
         &mut self,
         prompt: Vec<u32>,
@@ -204,6 +262,17 @@ impl<'m> Session<'m> {
                 vocab_size,
             });
         }
+        let context = self.model.context_length();
+        let longest = (prompt.len().saturating_add(config.max_new_tokens)).min(context);
+        if let Some(max) = self.cache.max_blocks()
+            && KvCache::blocks_for(longest) > max
+        {
+            return Err(GenerateError::KvCacheTooSmall {
+                positions: longest,
+                needed: KvCache::blocks_for(longest),
+                blocks: max,
+            });
+        }
         let id = RowId(self.added);
         self.added += 1;
         self.rows.push(Row {
@@ -216,6 +285,7 @@ impl<'m> Session<'m> {
             stop_token_ids: config.stop_token_ids.clone(),
             sampler,
             logprobs: config.logprobs,
+            cached: None,
         });
         Ok(id)
     }
@@ -276,132 +346,197 @@ impl<'m> Session<'m> {
         }
         let prefill = self.rows.iter().any(|row| row.generated == 0);
         let plan = self.plan();
-        let logits = self.forward(plan).await?;
-        let tokens = self.select(&logits).await?;
+        let yielding = plan.yielding(&self.rows);
+        let logits = self.forward(&plan).await?;
+        let tokens = self.select(&logits, &yielding).await?;
         self.stats.record(prefill, start.elapsed(), tokens.len());
         let finished: Vec<usize> = tokens
             .iter()
-            .enumerate()
-            .filter_map(|(index, token)| token.finish.map(|_| index))
+            .zip(&yielding)
+            .filter_map(|(token, &row)| token.finish.map(|_| row))
             .collect();
         self.remove(&finished);
         Ok(SessionStep { tokens, logits })
     }
 
-    /// Who runs how this step, with the rows put in that order: cached rows whose next id
-    /// would pass the context leave the cache (all rows do when there is no cache); the rest
-    /// of the cache continues from it; the rows left read their whole window, those that can
-    /// go on from a cache first (they join it).
+    /// Who runs how this step. Rows whose next id would pass the context leave the cache and
+    /// read their whole window (all rows do without a cache). Rows in the cache run their
+    /// uncached ids: a decoding row its last id, a prompt (or the rest of one) within the
+    /// step's prompt budget, the fewest tokens left first. Rows not started yet start when the
+    /// cache can hold their whole generation beside the running rows' (a bounded cache).
     fn plan(&mut self) -> Plan {
         let context = self.model.context_length();
-        let cached = self.cache.batch_size();
-        let leaving: Vec<usize> = (0..cached)
-            .filter(|&index| !self.kv_cache || self.rows[index].ids.len() > context)
-            .collect();
-        if !leaving.is_empty() {
-            self.uncache(&leaving);
-            let moved: Vec<Row> = leaving.iter().rev().map(|&i| self.rows.remove(i)).collect();
-            self.rows.extend(moved.into_iter().rev());
+        let mut plan = Plan::default();
+        let mut prompts = Vec::new();
+        for (index, row) in self.rows.iter_mut().enumerate() {
+            if !self.kv_cache || row.ids.len() > context {
+                if let Some((slot, _)) = row.cached.take() {
+                    self.cache.remove_row(slot);
+                }
+                plan.windows.push(index);
+            } else if row.uncached() == 1 && row.cached.is_some() {
+                plan.chunks.push((index, 1));
+            } else {
+                prompts.push(index);
+            }
         }
-        let cached = self.cache.batch_size();
-        let kv_cache = self.kv_cache;
-        let joins = |row: &Row| kv_cache && row.ids.len() < context;
-        self.rows[cached..].sort_by_key(|row| !joins(row));
-        let joining = self.rows[cached..]
+        prompts.sort_by_key(|&index| self.rows[index].uncached());
+        // Blocks the running rows may still take, which a starting row may not count on.
+        let promised: usize = self
+            .rows
             .iter()
-            .take_while(|row| joins(row))
-            .count();
-        Plan { cached, joining }
+            .filter_map(|row| {
+                let (slot, _) = row.cached?;
+                let held = KvCache::blocks_for(self.cache.row_len(slot));
+                Some(KvCache::blocks_for(row.longest(context)).saturating_sub(held))
+            })
+            .sum();
+        let mut available = self.cache.free_blocks().saturating_sub(promised);
+        let mut budget = self.prefill_chunk.unwrap_or(usize::MAX);
+        for index in prompts {
+            if budget == 0 {
+                break;
+            }
+            let row = &mut self.rows[index];
+            if row.cached.is_none() {
+                let needed = KvCache::blocks_for(row.longest(context));
+                if needed > available {
+                    // Later rows wait too: one that fits must not overtake it for ever.
+                    break;
+                }
+                available -= needed;
+                // The blocks of a prefix another row computed are taken, not computed again.
+                row.cached = Some(self.cache.add_row_after_prefix(&row.ids));
+            }
+            let taken = row.uncached().min(budget);
+            budget -= taken;
+            plan.chunks.push((index, taken));
+        }
+        plan
     }
 
-    /// One forward pass for every live row, as `plan` orders them: the cached rows' last ids
-    /// through the cache, the others' windows from scratch (those joining written into the
-    /// cache). The last position's logits, `[rows, v]`, in row order.
-    async fn forward(
-        &mut self,
-        Plan { cached, joining }: Plan,
-    ) -> Result<Tensor<2>, GenerateError> {
+    /// One forward pass for the planned rows: the chunks through the cache, the windows from
+    /// scratch. The logits of the rows that get a token (see [`Plan::yielding`]), in that
+    /// order: `[rows, v]`.
+    async fn forward(&mut self, plan: &Plan) -> Result<Tensor<2>, GenerateError> {
         let model = self.model;
         let device = model.wte.weight.device();
         let context = model.context_length();
+        self.stats.prompt_tokens += plan
+            .chunks
+            .iter()
+            .filter(|&&(row, _)| self.rows[row].generated == 0)
+            .map(|&(_, taken)| taken)
+            .sum::<usize>();
         let mut logits = Vec::with_capacity(2);
-        if cached > 0 {
-            let last: Vec<[u32; 1]> = self.rows[..cached]
+        if !plan.chunks.is_empty() {
+            let chunks: Vec<Chunk> = plan
+                .chunks
                 .iter()
-                .map(|row| [row.ids[row.ids.len() - 1]])
+                .map(|&(index, taken)| {
+                    let row = &self.rows[index];
+                    let (slot, cached) = row.cached.expect("planned rows are in the cache");
+                    Chunk::new(slot, &row.ids[cached..cached + taken])
+                })
                 .collect();
-            let last: Vec<&[u32]> = last.iter().map(|id| &id[..]).collect();
-            logits.push(model.forward_cached(token_tensor(&last, &device), &mut self.cache));
+            let all = model.forward_chunks(&chunks, &mut self.cache);
+            let done: Vec<i64> = plan
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|&(_, &(row, taken))| taken == self.rows[row].uncached())
+                .map(|(position, _)| position as i64)
+                .collect();
+            for &(index, taken) in &plan.chunks {
+                if let Some((_, cached)) = &mut self.rows[index].cached {
+                    *cached += taken;
+                }
+            }
+            if done.len() == plan.chunks.len() {
+                logits.push(all);
+            } else if !done.is_empty() {
+                let done = Tensor::<1, Int>::from_data(
+                    TensorData::new(done.clone(), [done.len()]),
+                    &device,
+                );
+                logits.push(all.select(0, done));
+            }
         }
-        if cached < self.rows.len() {
-            let windows: Vec<&[u32]> = self.rows[cached..]
+        if !plan.windows.is_empty() {
+            let windows: Vec<&[u32]> = plan
+                .windows
                 .iter()
-                .map(|row| &row.ids[row.ids.len().saturating_sub(context)..])
+                .map(|&index| {
+                    let ids = &self.rows[index].ids;
+                    &ids[ids.len().saturating_sub(context)..]
+                })
                 .collect();
-            self.stats.prompt_tokens += self.rows[cached..]
+            self.stats.prompt_tokens += plan
+                .windows
                 .iter()
                 .zip(&windows)
-                .filter(|(row, _)| row.generated == 0)
+                .filter(|&(&row, _)| self.rows[row].generated == 0)
                 .map(|(_, window)| window.len())
                 .sum::<usize>();
             let same_length = windows.iter().all(|w| w.len() == windows[0].len());
-            if !self.kv_cache && same_length {
+            if same_length {
                 logits.push(model.forward_last(token_tensor(&windows, &device)));
             } else {
-                // Room for the joining rows' whole generations, so the cache is not regrown.
-                let longest = self.rows[cached..]
-                    .iter()
-                    .map(|row| row.ids.len() + row.max_new_tokens - row.generated)
-                    .max()
-                    .unwrap_or(0);
-                let mut fresh = KvCache::with_capacity(longest.next_power_of_two().min(context));
-                logits.push(model.prefill(&windows, &mut fresh));
-                if joining > 0 {
-                    fresh.retain_rows(&(0..joining).collect::<Vec<_>>());
-                    self.cache.append(fresh);
-                }
+                logits.push(model.prefill(&windows, &mut KvCache::new()));
             }
         }
-        if logits.len() == 1 {
-            return Ok(logits.remove(0));
+        match logits.len() {
+            0 => return Ok(Tensor::zeros([0, model.vocab_size()], &device)),
+            1 => return Ok(logits.remove(0)),
+            _ => {}
         }
         // Joined on the host: on wgpu, `Tensor::cat` of the two groups' logits gave rows of
         // another step's values under some of cubecl's autotuned kernels (a cache of its
-        // choices from one CI run made it happen every time). This runs only on the steps rows
-        // join or start sliding.
-        let mut host = Vec::with_capacity(self.rows.len() * model.vocab_size());
+        // choices from one CI run made it happen every time). This runs only on the steps some
+        // row reads its window.
+        let mut host = Vec::new();
         for part in logits {
             host.extend(read_back(part).await?);
         }
+        let rows = host.len() / model.vocab_size();
         Ok(Tensor::from_data(
-            TensorData::new(host, [self.rows.len(), model.vocab_size()]),
+            TensorData::new(host, [rows, model.vocab_size()]),
             &device,
         ))
     }
 
-    /// Picks every row's next id from `logits` (`[rows, v]`, in row order) and appends it.
-    async fn select(&mut self, logits: &Tensor<2>) -> Result<Vec<RowToken>, GenerateError> {
+    /// Picks the next id of each of the rows at `yielding` from `logits` (`[yielding, v]`, in
+    /// that order) and appends it.
+    async fn select(
+        &mut self,
+        logits: &Tensor<2>,
+        yielding: &[usize],
+    ) -> Result<Vec<RowToken>, GenerateError> {
+        if yielding.is_empty() {
+            return Ok(Vec::new());
+        }
         let vocab = self.model.vocab_size();
         let choosable = self.choosable;
         let logits = if choosable < vocab {
-            logits.clone().slice([0..self.rows.len(), 0..choosable])
+            logits.clone().slice([0..yielding.len(), 0..choosable])
         } else {
             logits.clone()
         };
         // Greedy rows take the device's argmax, as they always have; the host reads the
         // logits only when some row samples, bans ids or reports log-probabilities.
-        let any_greedy = self.rows.iter().any(|row| !row.chooses_on_host());
+        let any_greedy = yielding.iter().any(|&i| !self.rows[i].chooses_on_host());
         let greedy = match any_greedy {
             true => Some(read_ids(greedy_ids(logits.clone())).await?),
             false => None,
         };
-        let any_on_host = self.rows.iter().any(Row::chooses_on_host);
+        let any_on_host = yielding.iter().any(|&i| self.rows[i].chooses_on_host());
         let host = match any_on_host {
             true => Some(read_back(logits).await?),
             false => None,
         };
-        let mut tokens = Vec::with_capacity(self.rows.len());
-        for (index, row) in self.rows.iter_mut().enumerate() {
+        let mut tokens = Vec::with_capacity(yielding.len());
+        for (index, &row_index) in yielding.iter().enumerate() {
+            let row = &mut self.rows[row_index];
             let scores = host
                 .as_ref()
                 .map(|host| &host[index * choosable..(index + 1) * choosable]);
@@ -435,28 +570,19 @@ impl<'m> Session<'m> {
         Ok(tokens)
     }
 
-    /// Takes the rows at `indices` (ascending) out of the session and the cache.
+    /// Takes the rows at `indices` out of the session and the cache.
     fn remove(&mut self, indices: &[usize]) {
-        if indices.is_empty() {
-            return;
+        for &index in indices {
+            if let Some((slot, _)) = self.rows[index].cached.take() {
+                self.cache.remove_row(slot);
+            }
         }
-        self.uncache(indices);
         let mut index = 0;
         self.rows.retain(|_| {
             let keep = !indices.contains(&index);
             index += 1;
             keep
         });
-    }
-
-    /// Takes the rows at `indices` out of the cache (the rows themselves stay); indices past the
-    /// cache's rows are ignored.
-    fn uncache(&mut self, indices: &[usize]) {
-        let cached = self.cache.batch_size();
-        if indices.iter().any(|&index| index < cached) {
-            let staying: Vec<usize> = (0..cached).filter(|i| !indices.contains(i)).collect();
-            self.cache.retain_rows(&staying);
-        }
     }
 }
 
@@ -660,6 +786,140 @@ mod tests {
         assert_eq!(tokens.last().unwrap().finish, Some(FinishReason::Stop));
     }
 
+    /// Each row's ids, run to the end in `session`, and the rows that got a token at each step.
+    fn run_all(
+        mut session: Session,
+        rows: &[(Vec<u32>, GenerationConfig)],
+    ) -> (Vec<Vec<u32>>, Vec<Vec<RowId>>) {
+        let ids: Vec<RowId> = rows
+            .iter()
+            .map(|(prompt, config)| session.add(prompt.clone(), config).unwrap())
+            .collect();
+        let mut got = vec![Vec::new(); rows.len()];
+        let mut steps = Vec::new();
+        while !session.is_finished() {
+            let step = session.step().unwrap();
+            steps.push(step.tokens.iter().map(|t| t.row).collect());
+            for token in step.tokens {
+                got[ids.iter().position(|&id| id == token.row).unwrap()].push(token.id);
+            }
+        }
+        (got, steps)
+    }
+
+    fn mixed_rows() -> Vec<(Vec<u32>, GenerationConfig)> {
+        let sampled = GenerationConfig {
+            selection: Selection::Sample(SamplingParams::default()),
+            seed: 11,
+            ..GenerationConfig::new(9).without_eos()
+        };
+        vec![
+            (
+                (0..40).map(|i| (i * 7 + 3) % 16).collect(),
+                GenerationConfig::new(9).without_eos(),
+            ),
+            (vec![1, 2, 3], GenerationConfig::new(12).without_eos()),
+            ((0..17).map(|i| (i * 5 + 1) % 16).collect(), sampled),
+        ]
+    }
+
+    /// Prompts fed in chunks of 5 tokens a step give every row the ids it gets with whole
+    /// prompts (and alone), and the shortest prompt starts first.
+    #[test]
+    fn chunked_prompts_give_the_ids_of_whole_ones() {
+        let model = crate::tiny_model(64);
+        let rows = mixed_rows();
+        let (whole, _) = run_all(Session::new(&model), &rows);
+        let (chunked, steps) = run_all(Session::new(&model).with_prefill_chunk(5), &rows);
+        assert_eq!(chunked, whole);
+        for (row, (prompt, config)) in rows.iter().enumerate() {
+            let (alone, _) = run_all(Session::new(&model), &[(prompt.clone(), config.clone())]);
+            assert_eq!(whole[row], alone[0], "row {row}");
+        }
+        // Step 1: the 3-token prompt whole, 2 of the 17; step 2: the decode and 5 more.
+        assert_eq!(steps[0], [RowId(1)]);
+        assert_eq!(steps[1], [RowId(1)]);
+        // 40 + 17 prompt tokens, 5 a step: the long prompt's first token comes at step 12.
+        let first_of_long = steps.iter().position(|s| s.contains(&RowId(0))).unwrap();
+        assert_eq!(first_of_long, (40usize + 17 + 3).div_ceil(5) - 1);
+    }
+
+    /// A bounded cache starts a row only when it can hold its whole generation: one row (the
+    /// shorter prompt) runs, the other waits for it to finish and takes its freed blocks, with
+    /// the ids it gets alone; a row that can never fit is refused.
+    #[test]
+    fn a_full_cache_queues_rows_and_reuses_their_blocks() {
+        let model = crate::tiny_model(64);
+        let config = GenerationConfig::new(10).without_eos();
+        let rows = vec![
+            (vec![1, 2, 3, 4, 5], config.clone()),
+            (vec![6, 7], config.clone()),
+        ];
+        // 15 and 12 positions: one block each, and the cache holds one.
+        let bounded = Session::new(&model).with_kv_cache(KvCache::with_max_blocks(1));
+        let (queued, steps) = run_all(bounded, &rows);
+        let (together, _) = run_all(Session::new(&model), &rows);
+        assert_eq!(queued, together);
+        let (short, long) = ([RowId(1)], [RowId(0)]);
+        assert_eq!(steps[..10], [short; 10], "{steps:?}");
+        assert_eq!(steps[10..], [long; 10], "{steps:?}");
+        let mut session = Session::new(&model).with_kv_cache(KvCache::with_max_blocks(1));
+        let error = session.add(vec![1; 10], &config).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                GenerateError::KvCacheTooSmall {
+                    needed: 2,
+                    blocks: 1,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        session.add(vec![1; 6], &config).unwrap();
+        session.step().unwrap();
+        assert_eq!(session.kv_cache_blocks(), (1, Some(1)));
+    }
+
+    /// A row whose prompt starts with another's takes the cached blocks of that prefix instead
+    /// of computing them, and gets the ids it gets without sharing, greedy and sampled.
+    #[test]
+    fn a_shared_prefix_is_computed_once_and_changes_no_id() {
+        let model = crate::tiny_model(128);
+        let prefix: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 16).collect();
+        let with_tail = |tail: &[u32]| [&prefix[..], tail].concat();
+        let sampled = GenerationConfig {
+            selection: Selection::Sample(SamplingParams::default()),
+            seed: 5,
+            ..GenerationConfig::new(8).without_eos()
+        };
+        let run = |cache: KvCache| {
+            let mut session = Session::new(&model).with_kv_cache(cache);
+            let first = session.add(
+                with_tail(&[1, 2, 3]),
+                &GenerationConfig::new(8).without_eos(),
+            );
+            let mut ids = vec![session.step().unwrap().tokens[0].id];
+            // Added once the first row's prompt is cached: it takes 2 of its 16-id blocks.
+            let second = session.add(with_tail(&[4, 5]), &sampled).unwrap();
+            let mut second_ids = Vec::new();
+            while !session.is_finished() {
+                for token in session.step().unwrap().tokens {
+                    match token.row == second {
+                        true => second_ids.push(token.id),
+                        false => ids.push(token.id),
+                    }
+                }
+            }
+            let _ = first.unwrap();
+            (ids, second_ids, session.stats().prompt_tokens)
+        };
+        let (first, second, computed) = run(KvCache::new());
+        let (first_alone, second_alone, all) = run(KvCache::new().without_prefix_sharing());
+        assert_eq!((first, second), (first_alone, second_alone));
+        assert_eq!((all, computed), (43 + 42, 43 + 10));
+    }
+
     /// A row whose logits are all NaN cannot choose: an error naming the row, not id 0.
     #[test]
     fn a_row_of_nan_logits_is_an_error() {
@@ -673,6 +933,7 @@ mod tests {
             stop_token_ids: Vec::new(),
             sampler: None,
             logprobs: Some(1),
+            cached: None,
         };
         let error = choose_on_host(&mut row, &[f32::NAN, f32::NEG_INFINITY]).unwrap_err();
         assert!(

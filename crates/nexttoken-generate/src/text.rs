@@ -213,6 +213,23 @@ pub struct TextStep {
 }
 
 impl<'g> TextSession<'g> {
+    /// Takes prompts in chunks of at most `tokens` a step ([`Session::with_prefill_chunk`]).
+    pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
+        self.session = self.session.with_prefill_chunk(tokens);
+        self
+    }
+
+    /// Keeps the rows' keys and values in `cache` ([`Session::with_kv_cache`]).
+    pub fn with_kv_cache(mut self, cache: nexttoken_model::KvCache) -> Self {
+        self.session = self.session.with_kv_cache(cache);
+        self
+    }
+
+    /// The cache's blocks in use, and its bound ([`Session::kv_cache_blocks`]).
+    pub fn kv_cache_blocks(&self) -> (usize, Option<usize>) {
+        self.session.kv_cache_blocks()
+    }
+
     /// Generates a continuation for each prompt, run as one batch (prompts of any lengths;
     /// prompt `i` draws with seed `config.seed + i`). Each row stops at its end-of-text id, its
     /// `max_new_tokens` or the first of `stop` its text reaches. Rows already in the session run

@@ -2,9 +2,9 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::cache::{CachedStep, KeyValue};
+use crate::cache::{BLOCK_SIZE, CacheStep, KeyValue};
 use crate::flex::{cached_attention, laid_out_linear, linear, linear_onto};
 
 /// Multi-head causal self-attention: the only layer that mixes information across positions.
@@ -28,18 +28,19 @@ impl CausalSelfAttention {
         }
     }
 
-    /// Attends from the `t` new positions to themselves and, with a cache, to the earlier
-    /// columns of `cached`'s layer, into which their keys and values are written; returns
-    /// `residual` plus the attention's output.
+    /// Attends from the `t` new positions to themselves and, with a cache, to their rows'
+    /// earlier positions in `cached`'s layer, into which their keys and values are written;
+    /// returns `residual` plus the attention's output.
     ///
     /// # Shapes
-    /// - x, residual: `[b, t, c]` -> `[b, t, c]`
-    /// - the cached layer: `[b, n_head, capacity, c / n_head]` each
+    /// - x, residual: `[b, t, c]` -> `[b, t, c]`; with a cache, `b` is 1 and the `t` positions
+    ///   are the step's rows' one after another
+    /// - the cached layer: `[blocks, n_head, BLOCK_SIZE, c / n_head]` each
     pub(crate) fn forward(
         &self,
         x: Tensor<3>,
         residual: Tensor<3>,
-        cached: Option<(Option<KeyValue>, &CachedStep)>,
+        cached: Option<(Option<KeyValue>, &CacheStep)>,
     ) -> (Tensor<3>, Option<KeyValue>) {
         let qkv = linear(&self.c_attn, x);
         let (y, layer) = match cached {
@@ -49,7 +50,9 @@ impl CausalSelfAttention {
                 (merged_heads(y), None)
             }
             Some((layer, step)) => {
-                let layer = KeyValue::allocated(layer, &qkv, self.n_head, step);
+                let head_size = qkv.dims()[2] / 3 / self.n_head;
+                let shape = [self.n_head, head_size];
+                let layer = KeyValue::allocated(layer, shape, step, &qkv.device(), qkv.dtype());
                 let (y, layer) =
                     cached_attention(&qkv, layer, step, self.n_head).unwrap_or_else(|layer| {
                         cached_attention_by_burn(qkv, *layer, step, self.n_head)
@@ -61,32 +64,101 @@ impl CausalSelfAttention {
     }
 }
 
-/// What [`cached_attention`] computes, by burn's operations on any backend: the keys and
-/// values of `qkv` written into `layer` at the step's columns, then the queries' attention over
-/// the layer's attended columns.
+/// What [`cached_attention`] computes, by burn's operations on any backend, a row at a time:
+/// the row's new keys and values written into its blocks of `layer`, then its queries'
+/// attention over its positions gathered from its blocks.
 ///
 /// # Shapes
-/// - qkv: `[b, t, 3c]` -> `[b, t, c]`
+/// - qkv: `[1, n, 3c]` -> `[1, n, c]`
 pub(crate) fn cached_attention_by_burn(
     qkv: Tensor<3>,
     layer: KeyValue,
-    step: &CachedStep,
+    step: &CacheStep,
     n_head: usize,
 ) -> (Tensor<3>, KeyValue) {
-    let [q, k, v] = split_heads(qkv, n_head);
-    let layer = layer.write(k, v, step);
-    let [b, _, t, _] = q.dims();
-    let (key, value) = layer.attended(step);
-    // Scores are scaled by 1/sqrt(hs). The cache's mask goes in as an additive bias rather
-    // than a bool mask: burn-tch hands bool masks to PyTorch, where `true` means "attend",
-    // the opposite of burn's convention.
-    let bias = step
-        .bias
-        .clone()
-        .map(|bias| bias.expand([b, n_head, t, step.attended]));
-    let y = attention(q, key, value, None, bias, options(step.causal));
-    (merged_heads(y), layer)
+    let [_, n, width] = qkv.dims();
+    let device = qkv.device();
+    let head_size = width / 3 / n_head;
+    let [q, k, v] = split_heads(qkv, n_head); // [1, n_head, n, head_size] each
+    let KeyValue { mut key, mut value } = layer;
+    let mut outputs = Vec::with_capacity(step.rows.len());
+    let mut first = 0;
+    for row in &step.rows {
+        let new = first..first + row.positions;
+        let of_row = |x: &Tensor<4>| {
+            x.clone()
+                .slice([0..1, 0..n_head, new.clone(), 0..head_size])
+        };
+        let (new_key, new_value) = (of_row(&k), of_row(&v));
+        // Each block's share of the new positions, written where the block lies in the pool.
+        let mut position = row.start;
+        while position < row.start + row.positions {
+            let (index, offset) = (position / BLOCK_SIZE, position % BLOCK_SIZE);
+            let taken = (BLOCK_SIZE - offset).min(row.start + row.positions - position);
+            let block = row.blocks[index] as usize;
+            let slot = [
+                block..block + 1,
+                0..n_head,
+                offset..offset + taken,
+                0..head_size,
+            ];
+            let from = position - row.start;
+            let part = [0..1, 0..n_head, from..from + taken, 0..head_size];
+            key = key.slice_assign(slot.clone(), new_key.clone().slice(part.clone()));
+            value = value.slice_assign(slot, new_value.clone().slice(part));
+            position += taken;
+        }
+        // The row's blocks, padded with its first to a power of two (2 at least): a GPU
+        // backend meets a handful of shapes per generation rather than one per 16 positions.
+        // The padding is masked out with every position past a query's own.
+        let seen = row.start + row.positions;
+        let blocks = seen.div_ceil(BLOCK_SIZE);
+        let attended = blocks.next_power_of_two().max(MIN_ATTENDED_BLOCKS);
+        let index: Vec<i64> = (0..attended)
+            .map(|i| i64::from(row.blocks[if i < blocks { i } else { 0 }]))
+            .collect();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [attended]), &device);
+        let columns = attended * BLOCK_SIZE;
+        let gathered = |pool: &Tensor<4>| {
+            pool.clone()
+                .select(0, index.clone())
+                .swap_dims(0, 1)
+                .reshape([n_head, columns, head_size])
+                .unsqueeze::<4>()
+        };
+        // Scores are scaled by 1/sqrt(hs). The mask goes in as an additive bias rather than a
+        // bool mask: burn-tch hands bool masks to PyTorch, where `true` means "attend", the
+        // opposite of burn's convention.
+        let t = row.positions;
+        let bias: Vec<f32> = (0..t * columns)
+            .map(|i| match i % columns > row.start + i / columns {
+                true => f32::NEG_INFINITY,
+                false => 0.0,
+            })
+            .collect();
+        let bias = Tensor::<4>::from_data(
+            TensorData::new(bias, [1, 1, t, columns]),
+            (&device, q.dtype()),
+        )
+        .expand([1, n_head, t, columns]);
+        let y = attention(
+            of_row(&q),
+            gathered(&key),
+            gathered(&value),
+            None,
+            Some(bias),
+            options(false),
+        );
+        outputs.push(merged_heads(y));
+        first += row.positions;
+    }
+    debug_assert_eq!(first, n);
+    (Tensor::cat(outputs, 1), KeyValue { key, value })
 }
+
+/// The fewest blocks burn's path attends over: decode steps at the start of a generation share
+/// one shape.
+const MIN_ATTENDED_BLOCKS: usize = 2;
 
 /// `qkv`'s queries, keys and values, each split into its heads.
 ///

@@ -3,7 +3,7 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Tensor};
 
 use crate::attention::CausalSelfAttention;
-use crate::cache::{CachedStep, KeyValue};
+use crate::cache::{CacheStep, KeyValue};
 use crate::flex::layer_norm;
 use crate::mlp::Mlp;
 
@@ -46,7 +46,7 @@ impl Block {
     pub(crate) fn forward(
         &self,
         x: Tensor<3>,
-        cached: Option<(Option<KeyValue>, &CachedStep)>,
+        cached: Option<(Option<KeyValue>, &CacheStep)>,
     ) -> (Tensor<3>, Option<KeyValue>) {
         let epsilon = self.layer_norm_epsilon;
         let normed = layer_norm(&self.ln_1, epsilon, &x);

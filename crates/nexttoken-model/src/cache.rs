@@ -1,294 +1,444 @@
+use std::collections::{HashMap, VecDeque};
+
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-/// The keys and values of every position the model has seen, one pair per layer, for a batch of
-/// rows that may have different lengths.
+/// Positions a block of a [`KvCache`] holds.
+pub const BLOCK_SIZE: usize = 16;
+
+/// A row of a [`KvCache`], as [`KvCache::add_row`] named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheRow(u64);
+
+/// The keys and values of every position the model has seen, for rows of any lengths, kept in
+/// blocks of [`BLOCK_SIZE`] positions.
 ///
 /// With a cache, a generation step runs only the new tokens through the model: attention reads
-/// the earlier positions' keys and values from here instead of recomputing them. Each layer's
-/// tensors are allocated once, `[b, n_head, capacity, head_size]`, and every step writes its
-/// columns in place; a decode step attends over the written columns rounded up to a power of
-/// two (masking the rest), so a GPU backend meets a handful of shapes per generation rather than
-/// one per position, and a CPU backend never attends over twice what it needs.
+/// the earlier positions' keys and values from here instead of recomputing them. Each layer
+/// keeps one pool of blocks, `[blocks, n_head, BLOCK_SIZE, head_size]`; a row takes blocks as it
+/// grows and gives them back when it [leaves](Self::remove_row), so rows of different lengths
+/// share one step (each at its own positions: nothing is padded), join and leave without the
+/// others' blocks being moved, as vLLM's paged attention keeps them. The pool grows as rows need
+/// blocks, up to [`KvCache::with_max_blocks`] if given.
 ///
-/// Rows are left-padded, as Hugging Face pads a batch for generation: all rows end at the same
-/// column, row `r`'s tokens fill columns `pads[r]..len`, and the padding is masked out of
-/// attention and takes no position. Rows can be [removed](Self::retain_rows) and batches
-/// [joined](Self::append) between steps.
+/// Rows that start with the same tokens share their blocks ([`KvCache::add_row_after_prefix`]):
+/// a full block is indexed by its tokens and the block before it (so by its whole prefix, as
+/// vLLM's automatic prefix caching keys them), and a block no row holds any more keeps its
+/// keys and values for a later prompt until the pool needs it (the least recently freed first).
 ///
 /// GPT-2's position embeddings are absolute, so a row's cache is only valid while its positions
-/// stay where they are: once a sequence outgrows the context, clear the cache and feed the
+/// stay where they are: once a sequence outgrows the context, remove the row and feed the
 /// cropped window again.
 ///
 /// ```
 /// use burn::tensor::Device;
-/// use nexttoken_model::{Gpt2Config, KvCache, token_tensor};
+/// use nexttoken_model::{Chunk, Gpt2Config, KvCache};
 ///
 /// let device = Device::flex();
 /// let model = Gpt2Config { n_layer: 2, n_head: 2, n_embd: 8, n_positions: 16, vocab_size: 32, ..Gpt2Config::gpt2() }.init(&device);
 /// let mut cache = KvCache::new();
-/// // Two prompts of different lengths: the second is padded on the left.
-/// let _first = model.prefill(&[&[1, 2, 3], &[4]], &mut cache); // [2, 32]
-/// let _second = model.forward_cached(token_tensor(&[&[5], &[6]], &device), &mut cache);
-/// assert_eq!(cache.len(), 4);
-/// assert_eq!(cache.row_len(1), 2);
+/// let (short, long) = (cache.add_row(), cache.add_row());
+/// // A prompt of one row beside another's: any lengths, one forward pass.
+/// let _first = model.forward_chunks(&[Chunk::new(short, &[1]), Chunk::new(long, &[2, 3, 4])], &mut cache);
+/// // The short row decodes while the long one takes the next chunk of its prompt.
+/// let logits = model.forward_chunks(&[Chunk::new(short, &[5]), Chunk::new(long, &[6, 7])], &mut cache);
+/// assert_eq!(logits.dims(), [2, 32]);
+/// assert_eq!((cache.row_len(short), cache.row_len(long)), (2, 5));
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct KvCache {
+    /// One pool per layer; empty until the first forward pass.
     layers: Vec<KeyValue>,
-    /// Columns written, the same for every row (padding included).
-    len: usize,
-    /// Leading columns of each row that hold padding.
-    pads: Vec<usize>,
-    /// Columns allocated per row; `None` until the model chooses (its context length).
-    capacity: Option<usize>,
+    /// In the order they were added: [`crate::Gpt2::forward_cached`]'s.
+    rows: Vec<RowBlocks>,
+    /// Blocks in the pool (the layers' tensors catch up at the next forward pass).
+    blocks: usize,
+    /// Blocks no row holds and no prefix is indexed at.
+    free: Vec<u32>,
+    /// Blocks no row holds whose prefix is indexed, the least recently freed first: taken
+    /// when no free block is left.
+    evictable: VecDeque<u32>,
+    /// Rows holding each block.
+    holders: Vec<u32>,
+    /// `None`: rows share nothing.
+    prefixes: Option<PrefixIndex>,
+    max_blocks: Option<usize>,
+    added: u64,
 }
 
-/// One layer's keys and values, `[b, n_head, capacity, head_size]` each.
+#[derive(Debug, Clone)]
+struct RowBlocks {
+    id: CacheRow,
+    /// Positions cached.
+    len: usize,
+    blocks: Vec<u32>,
+    /// The ids at those positions, while prefixes are indexed.
+    ids: Vec<u32>,
+}
+
+/// What a full block holds: the block before it in its row (or [`NO_BLOCK`]) and its ids.
+type BlockKey = (u32, [u32; BLOCK_SIZE]);
+
+/// The parent of a row's first block.
+const NO_BLOCK: u32 = u32::MAX;
+
+/// Full blocks by what they hold, and back.
+#[derive(Debug, Clone, Default)]
+struct PrefixIndex {
+    blocks: HashMap<BlockKey, u32>,
+    /// Each indexed block's key and the indexed blocks whose parent it is.
+    keys: HashMap<u32, (BlockKey, Vec<u32>)>,
+}
+
+/// One layer's pool of blocks, `[blocks, n_head, BLOCK_SIZE, head_size]` each.
 #[derive(Debug, Clone)]
 pub(crate) struct KeyValue {
     pub key: Tensor<4>,
     pub value: Tensor<4>,
 }
 
-/// Where one forward pass writes in the cache and what its queries may see.
-pub(crate) struct CachedStep {
-    /// The first column written.
-    pub start: usize,
-    /// Columns the queries attend over: the written ones rounded up to a few fixed sizes.
-    pub attended: usize,
-    pub capacity: usize,
-    /// `[b, 1, t, attended]`, added to the attention scores: `-inf` where a query may not look.
-    /// `None` when nothing needs masking beyond causality on a fresh cache (`causal`).
-    pub bias: Option<Tensor<4>>,
-    /// `bias`'s values as built on the host, for the CPU kernels that read them there (every
-    /// layer of the step would otherwise read the tensor back).
-    pub bias_values: Option<Vec<f32>>,
-    pub causal: bool,
+/// One forward pass's rows: where each writes in the cache and what it attends over.
+#[derive(Debug)]
+pub(crate) struct CacheStep {
+    pub rows: Vec<StepRow>,
+    /// Blocks each layer's pool must have for this step.
+    pub blocks: usize,
 }
 
-/// The smallest attended length: decode steps at the start of a generation share one shape.
-const MIN_ATTENDED: usize = 32;
+/// A row of a [`CacheStep`].
+#[derive(Debug)]
+pub(crate) struct StepRow {
+    /// Positions cached before the step.
+    pub start: usize,
+    /// New positions.
+    pub positions: usize,
+    /// Enough for `start + positions`.
+    pub blocks: Vec<u32>,
+}
+
+impl Default for KvCache {
+    fn default() -> Self {
+        Self {
+            layers: Vec::new(),
+            rows: Vec::new(),
+            blocks: 0,
+            free: Vec::new(),
+            evictable: VecDeque::new(),
+            holders: Vec::new(),
+            prefixes: Some(PrefixIndex::default()),
+            max_blocks: None,
+            added: 0,
+        }
+    }
+}
 
 impl KvCache {
-    /// A cache that allocates the model's whole context on first use.
+    /// A cache whose pool grows as its rows need blocks, and whose rows share the blocks of
+    /// the prompts' common prefixes.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A cache that allocates `positions` columns per row, for generations known to stay
-    /// shorter than the context; it grows (by copying, up to the context) if they do not.
-    pub fn with_capacity(positions: usize) -> Self {
+    /// A cache whose pool holds at most `blocks` blocks (a server's memory bound: see
+    /// [`crate::Gpt2::kv_block_bytes`]); a step that needs more panics, so check
+    /// [`KvCache::free_blocks`] first.
+    pub fn with_max_blocks(blocks: usize) -> Self {
         Self {
-            capacity: Some(positions.max(1)),
+            max_blocks: Some(blocks),
             ..Self::default()
         }
     }
 
-    /// Columns written: the column the next token fed to the model will take. Rows with
-    /// padding have fewer tokens than this (see [`KvCache::row_len`]).
-    pub fn len(&self) -> usize {
-        self.len
+    /// Shares no blocks between rows: every prompt is computed whole.
+    pub fn without_prefix_sharing(mut self) -> Self {
+        self.prefixes = None;
+        self
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Starts a row with no positions; its first [`Chunk`](crate::Chunk) is its prompt.
+    pub fn add_row(&mut self) -> CacheRow {
+        self.add_row_after_prefix(&[]).0
     }
 
-    /// Rows in the cache (0 before the first forward pass).
-    pub fn batch_size(&self) -> usize {
-        self.pads.len()
-    }
-
-    /// Tokens of `row` held: its position for the next token.
-    ///
-    /// # Panics
-    /// If `row` is not below [`KvCache::batch_size`].
-    pub fn row_len(&self, row: usize) -> usize {
-        self.len - self.pads[row]
-    }
-
-    /// Forgets every position and row, keeping the allocation for a batch of the same size.
-    pub fn clear(&mut self) {
-        self.len = 0;
-        self.pads.clear();
-    }
-
-    /// Forgets the columns from `len` on, for every row: the next forward pass writes there.
-    ///
-    /// # Panics
-    /// If a row's padding reaches past `len`.
-    pub fn truncate(&mut self, len: usize) {
-        assert!(
-            self.pads.iter().all(|&pad| pad <= len),
-            "truncating to {len} columns would cut into a row's tokens"
-        );
-        self.len = self.len.min(len);
-    }
-
-    /// Keeps only the rows at the indices in `rows`, in that order (a cancelled or finished
-    /// row leaves the batch so later steps stop computing it).
-    ///
-    /// # Panics
-    /// If an index is not below [`KvCache::batch_size`].
-    pub fn retain_rows(&mut self, rows: &[usize]) {
-        if rows.is_empty() {
-            self.clear();
-            self.layers.clear();
-            return;
-        }
-        self.pads = rows.iter().map(|&row| self.pads[row]).collect();
-        if let Some(device) = self.layers.first().map(|layer| layer.key.device()) {
-            let index: Vec<i64> = rows.iter().map(|&row| row as i64).collect();
-            let index = Tensor::<1, Int>::from_data(TensorData::new(index, [rows.len()]), &device);
-            for layer in &mut self.layers {
-                layer.key = layer.key.clone().select(0, index.clone());
-                layer.value = layer.value.clone().select(0, index.clone());
+    /// Starts a row for `ids` with the blocks of their longest indexed prefix (whole blocks,
+    /// never the last id, whose logits the caller needs): returns the row and the positions
+    /// it already has, where its first [`Chunk`](crate::Chunk) continues (`ids[cached..]`).
+    pub fn add_row_after_prefix(&mut self, ids: &[u32]) -> (CacheRow, usize) {
+        let id = CacheRow(self.added);
+        self.added += 1;
+        let mut blocks = Vec::new();
+        if let Some(index) = &self.prefixes {
+            let mut parent = NO_BLOCK;
+            for block_ids in ids[..ids.len().saturating_sub(1)].chunks_exact(BLOCK_SIZE) {
+                let key = (parent, block_ids.try_into().expect("chunks of BLOCK_SIZE"));
+                let Some(&block) = index.blocks.get(&key) else {
+                    break;
+                };
+                blocks.push(block);
+                parent = block;
             }
         }
-        self.drop_shared_padding();
+        for &block in &blocks {
+            if self.holders[block as usize] == 0 {
+                self.evictable.retain(|&b| b != block);
+            }
+            self.holders[block as usize] += 1;
+        }
+        let len = blocks.len() * BLOCK_SIZE;
+        let ids = match self.prefixes {
+            Some(_) => ids[..len].to_vec(),
+            None => Vec::new(),
+        };
+        self.rows.push(RowBlocks {
+            id,
+            len,
+            blocks,
+            ids,
+        });
+        (id, len)
     }
 
-    /// Adds `other`'s rows after this cache's, right-aligned with them: whichever holds fewer
-    /// columns gets more padding. The caches must come from the same model.
-    pub fn append(&mut self, other: KvCache) {
-        if other.pads.is_empty() {
+    /// Forgets `row` and frees its blocks. Returns whether it was here.
+    pub fn remove_row(&mut self, row: CacheRow) -> bool {
+        let Some(index) = self.rows.iter().position(|r| r.id == row) else {
+            return false;
+        };
+        let removed = self.rows.remove(index);
+        for &block in removed.blocks.iter().rev() {
+            self.release(block);
+        }
+        true
+    }
+
+    /// One holder less for `block`; with none left, it is evictable if indexed, else free.
+    fn release(&mut self, block: u32) {
+        let holders = &mut self.holders[block as usize];
+        *holders -= 1;
+        if *holders > 0 {
             return;
         }
-        if self.pads.is_empty() || self.layers.is_empty() {
-            *self = other;
-            return;
+        match &self.prefixes {
+            Some(index) if index.keys.contains_key(&block) => self.evictable.push_back(block),
+            _ => self.free.push(block),
         }
-        let len = self.len.max(other.len);
-        let capacity = self.capacity().max(other.capacity());
-        let (rows, other_rows) = (self.pads.len(), other.pads.len());
-        for (layer, other_layer) in self.layers.iter_mut().zip(other.layers) {
-            let [_, heads, _, head_size] = layer.key.dims();
-            let device = layer.key.device();
-            let join = |mine: Tensor<4>, theirs: Tensor<4>| {
-                let shape = [rows + other_rows, heads, capacity, head_size];
-                let joined = Tensor::<4>::zeros(shape, (&device, mine.dtype()));
-                let shift = len - self.len;
-                let joined = joined.slice_assign(
-                    [0..rows, 0..heads, shift..len, 0..head_size],
-                    mine.slice([0..rows, 0..heads, 0..self.len, 0..head_size]),
-                );
-                let shift = len - other.len;
-                joined.slice_assign(
-                    [rows..rows + other_rows, 0..heads, shift..len, 0..head_size],
-                    theirs.slice([0..other_rows, 0..heads, 0..other.len, 0..head_size]),
-                )
-            };
-            layer.key = join(layer.key.clone(), other_layer.key);
-            layer.value = join(layer.value.clone(), other_layer.value);
-        }
-        let (shift, other_shift) = (len - self.len, len - other.len);
-        self.pads.iter_mut().for_each(|pad| *pad += shift);
-        self.pads
-            .extend(other.pads.iter().map(|pad| pad + other_shift));
-        self.len = len;
-        self.capacity = Some(capacity);
     }
 
-    /// Starts a batch whose rows begin after `pads` columns of padding each.
-    pub(crate) fn start_padded(&mut self, pads: Vec<usize>) {
-        self.clear();
-        self.pads = pads;
-    }
-
-    fn capacity(&self) -> usize {
-        self.capacity.unwrap_or(0)
-    }
-
-    /// Makes room for `t` more columns of a `b`-row batch, and describes where they go; the
-    /// mask comes in `dtype`, the model's, since attention adds it to the scores.
+    /// Forgets `row`'s positions from `len` on, freeing the blocks past them: its next token
+    /// takes position `len`.
     ///
     /// # Panics
-    /// If the cache holds another batch size, or a row would pass `context` positions.
-    pub(crate) fn step(
-        &mut self,
-        b: usize,
-        t: usize,
-        context: usize,
-        device: &Device,
-        dtype: DType,
-    ) -> CachedStep {
-        if self.pads.is_empty() {
-            self.pads = vec![0; b];
+    /// If `row` is not in the cache.
+    /// If the block the row goes on in is shared with another row.
+    pub fn truncate_row(&mut self, row: CacheRow, len: usize) {
+        let index = self.rows.iter().position(|r| r.id == row);
+        let index = index.unwrap_or_else(|| panic!("{row:?} is not in the cache"));
+        let kept = &mut self.rows[index];
+        kept.len = kept.len.min(len);
+        kept.ids.truncate(kept.len);
+        let freed = kept.blocks.split_off(Self::blocks_for(kept.len));
+        let partial =
+            (!kept.len.is_multiple_of(BLOCK_SIZE)).then(|| kept.blocks[kept.len / BLOCK_SIZE]);
+        for block in freed.into_iter().rev() {
+            self.release(block);
         }
-        assert_eq!(self.pads.len(), b, "the cache holds another batch");
-        let longest = self.len - self.pads.iter().min().copied().unwrap_or(0);
-        assert!(
-            longest + t <= context,
-            "input of {t} tokens after {longest} cached ones exceeds the context length \
-             {context}; crop it first"
-        );
-        let capacity = *self.capacity.get_or_insert(context);
-        if self.len + t > capacity {
-            self.drop_shared_padding();
-            if self.len + t > capacity {
-                let needed = self.len + t;
-                self.grow(
-                    (2 * capacity)
-                        .max(needed.next_power_of_two())
-                        .min(context)
-                        .max(needed),
-                );
-            }
+        // The row writes into its last block again: it no longer holds what it was indexed by.
+        if let Some(block) = partial {
+            assert_eq!(
+                self.holders[block as usize], 1,
+                "{row:?} would write into a block it shares"
+            );
+            self.unindex(block);
         }
-        let capacity = self.capacity();
-        let start = self.len;
-        let end = start + t;
-        let attended = end
-            .next_power_of_two()
-            .max(MIN_ATTENDED)
-            .min(capacity)
-            .max(end);
-        let padded = self.pads.iter().any(|&pad| pad > 0);
-        let causal = start == 0 && !padded && attended == end;
-        let needs_mask = padded || attended > end || (start > 0 && t > 1);
-        let bias_values = needs_mask.then(|| {
-            let mut bias = vec![0f32; b * t * attended];
-            for (row, &pad) in self.pads.iter().enumerate() {
-                for query in 0..t {
-                    let column = start + query;
-                    let scores = &mut bias[(row * t + query) * attended..][..attended];
-                    for (key, score) in scores.iter_mut().enumerate() {
-                        // Padding sees itself only, so its scores never become all -inf (NaN).
-                        if key > column || (key < pad && key != column) {
-                            *score = f32::NEG_INFINITY;
-                        }
+    }
+
+    /// Drops `block` from the prefix index, and the blocks indexed after it (they are free:
+    /// a row holding one holds this one too), which become free.
+    fn unindex(&mut self, block: u32) {
+        let Some(index) = &mut self.prefixes else {
+            return;
+        };
+        let mut dropped = vec![block];
+        while let Some(block) = dropped.pop() {
+            if let Some((key, children)) = index.keys.remove(&block) {
+                index.blocks.remove(&key);
+                if let Some((_, siblings)) = index.keys.get_mut(&key.0) {
+                    siblings.retain(|&b| b != block);
+                }
+                for &child in &children {
+                    if self.evictable.contains(&child) {
+                        self.evictable.retain(|&b| b != child);
+                        self.free.push(child);
                     }
                 }
+                dropped.extend(children);
             }
-            bias
-        });
-        let bias = bias_values.clone().map(|bias| {
-            Tensor::from_data(TensorData::new(bias, [b, 1, t, attended]), (device, dtype))
-        });
-        self.len = end;
-        CachedStep {
-            start,
-            attended,
-            capacity,
-            bias,
-            bias_values,
-            causal,
         }
     }
 
-    /// Positions of the columns `start..start + t` of every row: padding takes position 0.
+    /// The rows, in the order they were added.
+    pub fn rows(&self) -> impl Iterator<Item = CacheRow> + '_ {
+        self.rows.iter().map(|row| row.id)
+    }
+
+    /// Rows in the cache.
+    pub fn batch_size(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Positions of `row` cached: the position of the next token it is fed.
     ///
-    /// # Shapes
-    /// -> `[b, t]`
-    pub(crate) fn positions(&self, start: usize, t: usize, device: &Device) -> Tensor<2, Int> {
-        let positions: Vec<i64> = self
-            .pads
+    /// # Panics
+    /// If `row` is not in the cache.
+    pub fn row_len(&self, row: CacheRow) -> usize {
+        self.row(row).len
+    }
+
+    /// Forgets every row, keeping the pool.
+    pub fn clear(&mut self) {
+        let rows: Vec<CacheRow> = self.rows().collect();
+        for row in rows {
+            self.remove_row(row);
+        }
+    }
+
+    /// Blocks that rows may still take: free ones, evictable ones (a freed prefix), and those
+    /// the pool may still grow by (`usize::MAX` with no bound).
+    pub fn free_blocks(&self) -> usize {
+        match self.max_blocks {
+            Some(max) => self.free.len() + self.evictable.len() + max.saturating_sub(self.blocks),
+            None => usize::MAX,
+        }
+    }
+
+    /// Blocks rows hold.
+    pub fn used_blocks(&self) -> usize {
+        self.blocks - self.free.len() - self.evictable.len()
+    }
+
+    /// The most blocks the pool may hold, if bounded.
+    pub fn max_blocks(&self) -> Option<usize> {
+        self.max_blocks
+    }
+
+    /// Blocks `positions` positions take.
+    pub fn blocks_for(positions: usize) -> usize {
+        positions.div_ceil(BLOCK_SIZE)
+    }
+
+    fn row(&self, row: CacheRow) -> &RowBlocks {
+        self.rows
             .iter()
-            .flat_map(|&pad| {
-                (start..start + t).map(move |column| column.saturating_sub(pad) as i64)
-            })
-            .collect();
-        Tensor::from_data(TensorData::new(positions, [self.pads.len(), t]), device)
+            .find(|r| r.id == row)
+            .unwrap_or_else(|| panic!("{row:?} is not in the cache"))
+    }
+
+    /// Gives each of `chunks`' rows (row, new ids) blocks for its new positions, indexes the
+    /// blocks they fill, and describes the step.
+    ///
+    /// # Panics
+    /// If a row is not in the cache or is named twice, a row would pass `context` positions, or
+    /// the pool is bounded and has too few free blocks.
+    pub(crate) fn step(&mut self, chunks: &[(CacheRow, &[u32])], context: usize) -> CacheStep {
+        let mut rows = Vec::with_capacity(chunks.len());
+        for (index, &(id, new_ids)) in chunks.iter().enumerate() {
+            let positions = new_ids.len();
+            assert!(
+                chunks[..index].iter().all(|&(other, _)| other != id),
+                "{id:?} is twice in one step"
+            );
+            let start = self.row(id).len;
+            assert!(
+                start + positions <= context,
+                "input of {positions} tokens after {start} cached ones exceeds the context \
+                 length {context}; crop it first"
+            );
+            let needed = Self::blocks_for(start + positions) - self.row(id).blocks.len();
+            let taken = self.take_blocks(needed);
+            let row = self.rows.iter_mut().find(|r| r.id == id);
+            let row = row.expect("found just above");
+            row.blocks.extend(taken);
+            row.len = start + positions;
+            rows.push(StepRow {
+                start,
+                positions,
+                blocks: row.blocks.clone(),
+            });
+            if self.prefixes.is_some() {
+                row.ids.extend_from_slice(new_ids);
+                let (filled, blocks) =
+                    (start / BLOCK_SIZE..row.len / BLOCK_SIZE, row.blocks.clone());
+                let ids = row.ids[filled.start * BLOCK_SIZE..filled.end * BLOCK_SIZE].to_vec();
+                for (block, block_ids) in filled.zip(ids.chunks_exact(BLOCK_SIZE)) {
+                    let parent = block.checked_sub(1).map_or(NO_BLOCK, |p| blocks[p]);
+                    self.index(
+                        blocks[block],
+                        (parent, block_ids.try_into().expect("a block")),
+                    );
+                }
+            }
+        }
+        CacheStep {
+            rows,
+            blocks: self.blocks,
+        }
+    }
+
+    /// Indexes `block` by `key`, unless another block holds the same already or the block
+    /// before it is not indexed (a key names its parent by number: only an indexed parent's
+    /// number stays its own, since unindexing a block unindexes the blocks after it).
+    fn index(&mut self, block: u32, key: BlockKey) {
+        let Some(index) = &mut self.prefixes else {
+            return;
+        };
+        let parent_indexed = key.0 == NO_BLOCK || index.keys.contains_key(&key.0);
+        if !parent_indexed || index.blocks.contains_key(&key) || index.keys.contains_key(&block) {
+            return;
+        }
+        index.blocks.insert(key, block);
+        index.keys.insert(block, (key, Vec::new()));
+        if let Some((_, children)) = index.keys.get_mut(&key.0) {
+            children.push(block);
+        }
+    }
+
+    /// `count` blocks for a row: free ones first; then a bounded pool grows before it evicts
+    /// a freed prefix, the least recently freed first, where an unbounded one evicts first and
+    /// grows (doubling, at least) last, so that kept prefixes never grow it.
+    fn take_blocks(&mut self, count: usize) -> Vec<u32> {
+        assert!(
+            count <= self.free_blocks(),
+            "the KV cache has {} free blocks, not the {count} a step needs; check \
+             `KvCache::free_blocks` before stepping",
+            self.free_blocks()
+        );
+        let mut taken = Vec::with_capacity(count);
+        while taken.len() < count {
+            if let Some(block) = self.free.pop() {
+                taken.push(block);
+            } else if self.max_blocks.is_some_and(|max| self.blocks < max)
+                || self.evictable.is_empty()
+            {
+                let wanted = count - taken.len();
+                let grown = (self.blocks * 2)
+                    .max(self.blocks + wanted)
+                    .min(self.max_blocks.unwrap_or(usize::MAX));
+                // Lowest first, as they were numbered.
+                self.free.extend((self.blocks as u32..grown as u32).rev());
+                self.holders.resize(grown, 0);
+                self.blocks = grown;
+            } else if let Some(block) = self.evictable.pop_front() {
+                self.unindex(block);
+                taken.push(block);
+            }
+        }
+        for &block in &taken {
+            self.holders[block as usize] = 1;
+        }
+        taken
+    }
+
+    /// Blocks indexed as prefixes (held or not).
+    pub fn indexed_blocks(&self) -> usize {
+        self.prefixes.as_ref().map_or(0, |index| index.keys.len())
     }
 
     pub(crate) fn take_layers(&mut self) -> Vec<KeyValue> {
@@ -298,88 +448,166 @@ impl KvCache {
     pub(crate) fn put_layers(&mut self, layers: Vec<KeyValue>) {
         self.layers = layers;
     }
+}
 
-    /// Moves every row left by the padding all rows share (after the longest row left).
-    fn drop_shared_padding(&mut self) {
-        let shared = self.pads.iter().min().copied().unwrap_or(0);
-        if shared == 0 {
-            return;
-        }
-        let kept = self.len - shared;
-        for layer in &mut self.layers {
-            let shift = |tensor: Tensor<4>| {
-                let [b, heads, _, head_size] = tensor.dims();
-                let moved = tensor.clone().narrow(2, shared, kept);
-                tensor.slice_assign([0..b, 0..heads, 0..kept, 0..head_size], moved)
-            };
-            layer.key = shift(layer.key.clone());
-            layer.value = shift(layer.value.clone());
-        }
-        self.pads.iter_mut().for_each(|pad| *pad -= shared);
-        self.len = kept;
-    }
-
-    /// Reallocates every layer with `capacity` columns, keeping what is written.
-    fn grow(&mut self, capacity: usize) {
-        for layer in &mut self.layers {
-            let widen = |tensor: Tensor<4>| {
-                let [b, heads, _, head_size] = tensor.dims();
-                let shape = [b, heads, capacity, head_size];
-                let wide = Tensor::<4>::zeros(shape, (&tensor.device(), tensor.dtype()));
-                wide.slice_assign(
-                    [0..b, 0..heads, 0..self.len, 0..head_size],
-                    tensor.slice([0..b, 0..heads, 0..self.len, 0..head_size]),
-                )
-            };
-            layer.key = widen(layer.key.clone());
-            layer.value = widen(layer.value.clone());
-        }
-        self.capacity = Some(capacity);
+impl CacheStep {
+    /// Each new position's position in its row, in the step's order.
+    ///
+    /// # Shapes
+    /// -> `[1, positions of all rows]`
+    pub fn positions(&self, device: &Device) -> Tensor<2, Int> {
+        let positions: Vec<i64> = self
+            .rows
+            .iter()
+            .flat_map(|row| (row.start..row.start + row.positions).map(|p| p as i64))
+            .collect();
+        let tokens = positions.len();
+        Tensor::from_data(TensorData::new(positions, [1, tokens]), device)
     }
 }
 
 impl KeyValue {
-    /// `layer` if it has room for `qkv`'s step, or a new layer of the step's capacity in
-    /// `qkv`'s dtype.
+    /// `layer`, grown to the step's blocks (or a new pool of them, in `dtype`).
     ///
     /// # Shapes
-    /// - qkv: `[b, t, 3c]`, the layer: `[b, n_head, capacity, c / n_head]` each
+    /// - the layer: `[blocks, n_head, BLOCK_SIZE, head_size]` each
     pub fn allocated(
         layer: Option<KeyValue>,
-        qkv: &Tensor<3>,
-        n_head: usize,
-        step: &CachedStep,
+        [n_head, head_size]: [usize; 2],
+        step: &CacheStep,
+        device: &Device,
+        dtype: DType,
     ) -> Self {
-        let [b, _, width] = qkv.dims();
-        let shape = [b, n_head, step.capacity, width / 3 / n_head];
-        // Created in the model's dtype: zeros cast from float32 cost a pass over the layer.
-        let allocate = || Tensor::<4>::zeros(shape, (&qkv.device(), qkv.dtype()));
-        layer
-            .filter(|layer| layer.key.dims() == shape)
-            .unwrap_or_else(|| Self {
-                key: allocate(),
-                value: allocate(),
-            })
-    }
-
-    /// Writes the step's keys and values at its columns.
-    ///
-    /// # Shapes
-    /// - key, value: `[b, n_head, t, head_size]`
-    pub fn write(self, key: Tensor<4>, value: Tensor<4>, step: &CachedStep) -> Self {
-        let [b, heads, t, head_size] = key.dims();
-        let columns = [0..b, 0..heads, step.start..step.start + t, 0..head_size];
-        Self {
-            key: self.key.slice_assign(columns.clone(), key),
-            value: self.value.slice_assign(columns, value),
+        let zeros = |blocks: usize| {
+            // Created in the model's dtype: zeros cast from float32 cost a pass over the pool.
+            Tensor::<4>::zeros([blocks, n_head, BLOCK_SIZE, head_size], (device, dtype))
+        };
+        match layer {
+            None => Self {
+                key: zeros(step.blocks),
+                value: zeros(step.blocks),
+            },
+            Some(layer) => {
+                let have = layer.key.dims()[0];
+                if have >= step.blocks {
+                    return layer;
+                }
+                let grow = |pool: Tensor<4>| Tensor::cat(vec![pool, zeros(step.blocks - have)], 0);
+                Self {
+                    key: grow(layer.key),
+                    value: grow(layer.value),
+                }
+            }
         }
     }
+}
 
-    /// The attended columns' keys and values.
-    pub fn attended(&self, step: &CachedStep) -> (Tensor<4>, Tensor<4>) {
-        (
-            self.key.clone().narrow(2, 0, step.attended),
-            self.value.clone().narrow(2, 0, step.attended),
-        )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` ids no other call's share a block with.
+    fn ids(n: usize) -> Vec<u32> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        (0..n)
+            .map(|_| NEXT.fetch_add(1, Ordering::Relaxed))
+            .collect()
+    }
+
+    /// A prompt that starts with another's full blocks takes them (never its last id's block),
+    /// until the block is evicted; a freed prefix waits in the pool until blocks run out.
+    #[test]
+    fn rows_share_the_blocks_of_a_common_prefix() {
+        let mut cache = KvCache::with_max_blocks(4);
+        let shared: Vec<u32> = (100..140).collect(); // 2 full blocks and 8 ids
+        let (a, cached) = cache.add_row_after_prefix(&shared);
+        assert_eq!(cached, 0);
+        cache.step(&[(a, &shared)], 64);
+        assert_eq!((cache.used_blocks(), cache.indexed_blocks()), (3, 2));
+        let mut other = shared[..32].to_vec();
+        other.extend([7, 7, 7]);
+        let (b, cached) = cache.add_row_after_prefix(&other);
+        assert_eq!(cached, 32, "both full blocks");
+        let step = cache.step(&[(b, &other[32..])], 64);
+        assert_eq!(step.rows[0].start, 32);
+        assert_eq!(step.rows[0].blocks[..2], cache.row(a).blocks[..2]);
+        assert_eq!(cache.used_blocks(), 4);
+        // Exactly two blocks long: the last id's block is computed again, not shared.
+        let (c, cached) = cache.add_row_after_prefix(&shared[..32]);
+        assert_eq!(cached, 16);
+        cache.remove_row(c);
+        // The prefix outlives its rows while nothing needs its blocks.
+        cache.remove_row(a);
+        cache.remove_row(b);
+        assert_eq!((cache.used_blocks(), cache.free_blocks()), (0, 4));
+        let (d, cached) = cache.add_row_after_prefix(&other);
+        assert_eq!(cached, 32);
+        cache.remove_row(d);
+        // A row that needs every block evicts the prefix (its own blocks are indexed instead),
+        // and the prefix is found no more.
+        let e = cache.add_row();
+        cache.step(&[(e, &ids(64))], 64);
+        assert_eq!(cache.indexed_blocks(), 4);
+        cache.remove_row(e);
+        assert_eq!(cache.add_row_after_prefix(&other).1, 0);
+    }
+
+    #[test]
+    fn rows_take_blocks_as_they_grow_and_free_ones_are_reused() {
+        let mut cache = KvCache::new().without_prefix_sharing();
+        let (a, b) = (cache.add_row(), cache.add_row());
+        let step = cache.step(&[(a, &ids(17)), (b, &ids(3))], 64);
+        assert_eq!(step.rows[0].blocks, [0, 1]);
+        assert_eq!(step.rows[1].blocks, [2]);
+        // The pool doubles as it grows.
+        assert_eq!((step.blocks, cache.used_blocks()), (4, 3));
+        assert_eq!((step.rows[0].start, step.rows[1].start), (0, 0));
+        let step = cache.step(&[(b, &ids(14))], 64);
+        assert_eq!(
+            (step.rows[0].start, &step.rows[0].blocks[..]),
+            (3, &[2, 3][..])
+        );
+        cache.truncate_row(b, 16);
+        assert_eq!((cache.row_len(b), cache.used_blocks()), (16, 3));
+        cache.step(&[(b, &ids(1))], 64);
+        assert!(cache.remove_row(a));
+        assert!(!cache.remove_row(a));
+        assert_eq!(cache.used_blocks(), 2);
+        // A's blocks come back first, without the pool growing.
+        let c = cache.add_row();
+        let step = cache.step(&[(c, &ids(20))], 64);
+        assert_eq!(step.rows[0].blocks, [0, 1]);
+        assert_eq!(step.blocks, 4);
+        assert_eq!(cache.rows().collect::<Vec<_>>(), [b, c]);
+    }
+
+    #[test]
+    fn a_bounded_pool_counts_its_free_blocks() {
+        let mut cache = KvCache::with_max_blocks(3).without_prefix_sharing();
+        let a = cache.add_row();
+        assert_eq!(cache.free_blocks(), 3);
+        cache.step(&[(a, &ids(20))], 64);
+        assert_eq!((cache.free_blocks(), cache.used_blocks()), (1, 2));
+        cache.clear();
+        assert_eq!((cache.free_blocks(), cache.batch_size()), (3, 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "not the 2 a step needs")]
+    fn a_full_pool_refuses_a_step() {
+        let mut cache = KvCache::with_max_blocks(2);
+        let (a, b) = (cache.add_row(), cache.add_row());
+        cache.step(&[(a, &ids(20))], 64);
+        cache.step(&[(b, &ids(17))], 64);
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds the context length 16")]
+    fn a_row_cannot_pass_the_context() {
+        let mut cache = KvCache::new();
+        let a = cache.add_row();
+        cache.step(&[(a, &ids(16))], 16);
+        cache.step(&[(a, &ids(1))], 16);
     }
 }

@@ -14,10 +14,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{DispatchDevice, Flex};
 use burn::nn::{LayerNorm, Linear, LinearConfig};
 use burn::tensor::{DType, Device, Element, Tensor, TensorData, bf16, f16};
-use nexttoken_cpu::{Attention, Float, ScoreBias};
+use nexttoken_cpu::{Attention, AttentionRow, Float};
 use rayon::prelude::*;
 
-use crate::cache::{CachedStep, KeyValue};
+use crate::cache::{BLOCK_SIZE, CacheStep, KeyValue};
 
 /// Runs a forward pass with the current rayon pool's threads kept on it when `device` is flex
 /// ([`nexttoken_cpu::in_pool`]); as it is on any other device.
@@ -105,17 +105,17 @@ pub(crate) fn stored_by_output(weight: Tensor<2>) -> Tensor<2> {
     Tensor::from_primitive::<Flex>(by_output)
 }
 
-/// Attention over the cache on flex, from the step's fused projections: the new keys and values
-/// written into `layer` at the step's columns, then each query's attention over the columns it
-/// may see ([`nexttoken_cpu::Attention`]). Gives `layer` back where burn's path applies
-/// ([`crate::attention::cached_attention_by_burn`]).
+/// Attention over the cache on flex, from the step's fused projections: each row's new keys and
+/// values written into its blocks of `layer`, then each query's attention over its row's
+/// positions up to its own ([`nexttoken_cpu::Attention`]). Gives `layer` back where burn's path
+/// applies ([`crate::attention::cached_attention_by_burn`]).
 ///
 /// # Shapes
-/// - qkv: `[b, t, 3c]`, the layer: `[b, n_head, capacity, c / n_head]` each -> `[b, t, c]`
+/// - qkv: `[1, n, 3c]`, the layer: `[blocks, n_head, BLOCK_SIZE, c / n_head]` each -> `[1, n, c]`
 pub(crate) fn cached_attention(
     qkv: &Tensor<3>,
     layer: KeyValue,
-    step: &CachedStep,
+    step: &CacheStep,
     heads: usize,
 ) -> Result<(Tensor<3>, KeyValue), Box<KeyValue>> {
     let [b, t, width] = qkv.dims();
@@ -128,21 +128,23 @@ pub(crate) fn cached_attention(
     if layer.key.dtype() != dtype || layer.value.dtype() != dtype {
         return Err(Box::new(layer));
     }
-    let capacity = layer.key.dims()[2];
     // The layer's tensors are its storage's only other handles: without them, the writes below
     // go in place (a cache shared with a clone is copied first, as `slice_assign` copies it).
     drop(layer);
+    let rows: Vec<AttentionRow> = step
+        .rows
+        .iter()
+        .map(|row| AttentionRow {
+            start: row.start,
+            positions: row.positions,
+            blocks: &row.blocks,
+        })
+        .collect();
     let attention = Attention {
         heads,
         head_size: width / 3 / heads,
-        positions: t,
-        capacity,
-        start: step.start,
-        causal: step.causal,
-        bias: step.bias_values.as_deref().map(|values| ScoreBias {
-            values,
-            columns: step.attended,
-        }),
+        block_size: BLOCK_SIZE,
+        rows: &rows,
     };
     let y = match (
         values(&projections),
@@ -527,20 +529,13 @@ mod tests {
     }
 
     #[test]
-    fn cached_attention_matches_burns_with_padding_causality_and_half_precision() {
+    fn cached_attention_matches_burns_for_mixed_rows_in_every_dtype() {
         use crate::attention::cached_attention_by_burn;
         use crate::cache::KvCache;
 
         let device = Device::flex();
         let [heads, head_size] = [3, 8];
-        let projections = |b, t| {
-            Tensor::<3>::random(
-                [b, t, 3 * heads * head_size],
-                Distribution::Normal(0.0, 2.0),
-                &device,
-            )
-        };
-        let assert_close = |ours: Tensor<4>, burns: Tensor<4>, tolerance| {
+        let assert_close = |ours: Tensor<3>, burns: Tensor<3>, tolerance| {
             ours.cast(DType::F32)
                 .into_data()
                 .assert_approx_eq::<f32>(&burns.cast(DType::F32).into_data(), tolerance);
@@ -550,38 +545,40 @@ mod tests {
                 DType::F32 => Tolerance::default(),
                 _ => Tolerance::absolute(2e-2).set_relative(2e-2),
             };
-            // A prompt filling a fresh cache (causal, no mask), a padded batch, then decode
-            // steps past the first attended size, where the mask hides unwritten columns.
-            // Prompts of 70 take the blocked path, over two query blocks.
-            let prompts = [
-                (vec![0], 4),
-                (vec![0, 2], 3),
-                (vec![0], 70),
-                (vec![0, 9], 70),
-            ];
-            for (pads, prompt) in prompts {
-                let b = pads.len();
-                let mut cache = KvCache::with_capacity(prompt);
-                cache.start_padded(pads);
-                let mut layer = None;
-                for t in std::iter::once(prompt).chain(std::iter::repeat_n(1, 40)) {
-                    let step = cache.step(b, t, 128, &device, dtype);
-                    let qkv = projections(b, t).cast(dtype);
-                    let allocated = KeyValue::allocated(layer, &qkv, heads, &step);
-                    let Ok((ours, written)) =
-                        cached_attention(&qkv, allocated.clone(), &step, heads)
-                    else {
-                        panic!("flex tensors of a float dtype take the kernel")
-                    };
-                    assert_eq!(ours.dtype(), dtype);
-                    let (burns, burn_written) =
-                        cached_attention_by_burn(qkv, allocated, &step, heads);
-                    assert_close(ours.unsqueeze(), burns.unsqueeze(), tolerance);
-                    // The cache's values are copies: equal, whatever the dtype.
-                    assert_eq!(written.key.to_data(), burn_written.key.into_data());
-                    assert_eq!(written.value.to_data(), burn_written.value.into_data());
-                    layer = Some(written);
+            let mut cache = KvCache::new();
+            let rows = [cache.add_row(), cache.add_row(), cache.add_row()];
+            // Whole prompts of any lengths (70: blocked queries), then decode steps beside
+            // later chunks, a row leaving and its blocks going to a newcomer.
+            let steps: [[usize; 3]; 5] =
+                [[70, 5, 1], [1, 20, 1], [1, 1, 1], [3, 1, 40], [1, 17, 1]];
+            let mut layer = None;
+            for (round, sizes) in steps.into_iter().enumerate() {
+                if round == 3 {
+                    cache.remove_row(rows[1]);
                 }
+                let ids: Vec<Vec<u32>> = sizes.iter().map(|&t| vec![round as u32; t]).collect();
+                let chunks: Vec<_> = cache.rows().zip(ids.iter().map(Vec::as_slice)).collect();
+                let step = cache.step(&chunks, 128);
+                let tokens = chunks.iter().map(|(_, ids)| ids.len()).sum();
+                let qkv = Tensor::<3>::random(
+                    [1, tokens, 3 * heads * head_size],
+                    Distribution::Normal(0.0, 2.0),
+                    &device,
+                )
+                .cast(dtype);
+                let allocated =
+                    KeyValue::allocated(layer, [heads, head_size], &step, &device, dtype);
+                let Ok((ours, written)) = cached_attention(&qkv, allocated.clone(), &step, heads)
+                else {
+                    panic!("flex tensors of a float dtype take the kernel")
+                };
+                assert_eq!(ours.dtype(), dtype);
+                let (burns, burn_written) = cached_attention_by_burn(qkv, allocated, &step, heads);
+                assert_close(ours, burns, tolerance);
+                // The cache's values are copies: equal, whatever the dtype.
+                assert_eq!(written.key.to_data(), burn_written.key.into_data());
+                assert_eq!(written.value.to_data(), burn_written.value.into_data());
+                layer = Some(written);
             }
         }
     }

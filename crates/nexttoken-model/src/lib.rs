@@ -40,10 +40,10 @@ mod mlp;
 mod model;
 mod seeded;
 
-pub use cache::KvCache;
+pub use cache::{BLOCK_SIZE, CacheRow, KvCache};
 pub use checkpoint::Checkpoint;
 pub use config::Gpt2Config;
 pub use error::ModelError;
 pub use flex::softmax;
-pub use model::{Gpt2, token_tensor};
+pub use model::{Chunk, Gpt2, token_tensor};
 pub use nexttoken_layout as layout;

@@ -3,7 +3,7 @@ use burn::nn::{Embedding, LayerNorm};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::block::Block;
-use crate::cache::KvCache;
+use crate::cache::{CacheRow, KvCache};
 use crate::flex::{self, layer_norm};
 
 /// GPT-2: token and position embeddings, `n_layer` blocks, a final layer norm, and an output
@@ -33,7 +33,7 @@ impl Gpt2 {
     /// [`Gpt2::vocab_size`].
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         flex::in_cpu_pool(&ids.device(), || {
-            let x = self.hidden_states(ids, None);
+            let x = self.hidden_states(ids);
             let [b, t, c] = x.dims();
             self.head(x.reshape([b * t, c]))
                 .reshape([b, t, self.vocab_size()])
@@ -49,59 +49,88 @@ impl Gpt2 {
     /// # Panics
     /// As [`Gpt2::forward`].
     pub fn forward_last(&self, ids: Tensor<2, Int>) -> Tensor<2> {
-        flex::in_cpu_pool(&ids.device(), || {
-            self.last_logits(self.hidden_states(ids, None))
-        })
+        flex::in_cpu_pool(&ids.device(), || self.last_logits(self.hidden_states(ids)))
     }
 
-    /// [`Gpt2::forward_last`] for ids that continue every row of `cache` by `t` columns: they
-    /// take the positions after each row's cached ones, attend to them (never to a row's
-    /// padding), and are written into the cache. With an empty cache this is a prefill of
-    /// equal-length rows (see [`Gpt2::prefill`] for rows of any lengths); then one id per row
-    /// is a decode step.
+    /// Runs each chunk's ids after its row's cached positions, in one forward pass for all of
+    /// them: a decode step's one id per row beside prompts, or later chunks of prompts, of any
+    /// lengths. Each chunk's ids take the positions after its row's, attend to its row's cached
+    /// positions and to each other causally, and are written into the cache. Returns the logits
+    /// of each chunk's last id, in the chunks' order.
     ///
     /// # Shapes
-    /// - ids: `[b, t]` -> logits: `[b, v]`
+    /// - chunks: `b` rows' ids -> logits: `[b, v]`
     ///
     /// # Panics
-    /// If a row would hold more than [`Gpt2::context_length`] tokens (clear the cache and feed
-    /// the cropped window instead), the cache holds a different batch size, or an id is not
-    /// below [`Gpt2::vocab_size`].
-    pub fn forward_cached(&self, ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<2> {
-        flex::in_cpu_pool(&ids.device(), || {
-            self.last_logits(self.hidden_states(ids, Some(cache)))
+    /// If a chunk is empty, a row is not in `cache` or is named twice, a row would hold more
+    /// than [`Gpt2::context_length`] positions (remove it and feed the cropped window instead),
+    /// `cache` is bounded and has too few free blocks, or an id is not below
+    /// [`Gpt2::vocab_size`].
+    pub fn forward_chunks(&self, chunks: &[Chunk], cache: &mut KvCache) -> Tensor<2> {
+        assert!(
+            chunks.iter().all(|chunk| !chunk.ids.is_empty()),
+            "a chunk needs at least one id"
+        );
+        flex::in_cpu_pool(&self.wte.weight.device(), || {
+            let x = self.chunk_states(chunks, cache); // [n, c]
+            let mut last = 0;
+            let lasts: Vec<i64> = chunks
+                .iter()
+                .map(|chunk| {
+                    last += chunk.ids.len();
+                    last as i64 - 1
+                })
+                .collect();
+            let lasts =
+                Tensor::<1, Int>::from_data(TensorData::new(lasts, [chunks.len()]), &x.device());
+            self.head(x.select(0, lasts))
         })
     }
 
-    /// Starts `cache` over with `rows`, which may differ in length: each is padded on the left
-    /// to the longest, as Hugging Face pads a batch for generation, and the padding is masked
-    /// out. Returns each row's logits for its next token.
+    /// [`Gpt2::forward_chunks`] with `rows[i]` continuing the cache's `i`th row (in the order
+    /// they were added); with an empty cache, a row is added for each.
     ///
     /// # Shapes
     /// - rows: `b` rows of ids -> logits: `[b, v]`
     ///
     /// # Panics
-    /// If `rows` is empty, a row is empty or longer than [`Gpt2::context_length`], or an id is
-    /// not below [`Gpt2::vocab_size`].
-    pub fn prefill(&self, rows: &[&[u32]], cache: &mut KvCache) -> Tensor<2> {
-        let longest = rows.iter().map(|row| row.len()).max().unwrap_or(0);
-        assert!(
-            rows.iter().all(|row| !row.is_empty()),
-            "prefill needs at least one row and no empty rows"
+    /// As [`Gpt2::forward_chunks`], and if the cache holds another number of rows.
+    pub fn forward_cached(&self, rows: &[&[u32]], cache: &mut KvCache) -> Tensor<2> {
+        if cache.batch_size() == 0 {
+            rows.iter().for_each(|_| {
+                cache.add_row();
+            });
+        }
+        assert_eq!(
+            cache.batch_size(),
+            rows.len(),
+            "the cache holds another number of rows"
         );
-        let pads: Vec<usize> = rows.iter().map(|row| longest - row.len()).collect();
-        let padded: Vec<Vec<u32>> = rows
-            .iter()
-            .zip(&pads)
-            .map(|(row, &pad)| {
-                std::iter::repeat_n(PAD_ID, pad)
-                    .chain(row.iter().copied())
-                    .collect()
-            })
+        let chunks: Vec<Chunk> = cache
+            .rows()
+            .zip(rows)
+            .map(|(row, ids)| Chunk::new(row, ids))
             .collect();
-        let padded: Vec<&[u32]> = padded.iter().map(Vec::as_slice).collect();
-        cache.start_padded(pads);
-        self.forward_cached(token_tensor(&padded, &self.wte.weight.device()), cache)
+        self.forward_chunks(&chunks, cache)
+    }
+
+    /// Starts `cache` over with `rows`, of any lengths, in one forward pass. Returns each row's
+    /// logits for its next token.
+    ///
+    /// # Shapes
+    /// - rows: `b` rows of ids -> logits: `[b, v]`
+    ///
+    /// # Panics
+    /// As [`Gpt2::forward_chunks`].
+    pub fn prefill(&self, rows: &[&[u32]], cache: &mut KvCache) -> Tensor<2> {
+        cache.clear();
+        self.forward_cached(rows, cache)
+    }
+
+    /// Bytes one block of a [`KvCache`] takes on this model, every layer's keys and values.
+    pub fn kv_block_bytes(&self) -> usize {
+        let width = self.wte.weight.dims()[1];
+        self.h.len() * 2 * crate::cache::BLOCK_SIZE * width * self.dtype().size()
     }
 
     /// The longest input the model accepts (`n_positions`).
@@ -120,23 +149,30 @@ impl Gpt2 {
 
     /// # Shapes
     /// - ids: `[b, t]` -> `[b, t, c]`, after `ln_f`
-    fn hidden_states(&self, ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
-        let [b, t] = ids.dims();
-        let device = ids.device();
+    fn hidden_states(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [_, t] = ids.dims();
         let context = self.context_length();
-        let Some(cache) = cache else {
-            assert!(
-                t <= context,
-                "input of {t} tokens exceeds the context length {context}; crop it first"
-            );
-            let positions = Tensor::<1, Int>::arange(0..t as i64, &device).unsqueeze::<2>();
-            let x = self.wte.forward(ids) + self.wpe.forward(positions);
-            let x = self.h.iter().fold(x, |x, block| block.forward(x, None).0);
-            return layer_norm(&self.ln_f, self.layer_norm_epsilon, &x);
-        };
-        let step = cache.step(b, t, context, &device, self.dtype());
-        let positions = cache.positions(step.start, t, &device); // [b, t]
-        let mut x = self.wte.forward(ids) + self.wpe.forward(positions);
+        assert!(
+            t <= context,
+            "input of {t} tokens exceeds the context length {context}; crop it first"
+        );
+        let positions = Tensor::<1, Int>::arange(0..t as i64, &ids.device()).unsqueeze::<2>();
+        let x = self.wte.forward(ids) + self.wpe.forward(positions);
+        let x = self.h.iter().fold(x, |x, block| block.forward(x, None).0);
+        layer_norm(&self.ln_f, self.layer_norm_epsilon, &x)
+    }
+
+    /// The chunks' ids, one after another, through the model over `cache`.
+    ///
+    /// # Shapes
+    /// - chunks: `n` ids in all -> `[n, c]`, after `ln_f`
+    fn chunk_states(&self, chunks: &[Chunk], cache: &mut KvCache) -> Tensor<2> {
+        let device = self.wte.weight.device();
+        let rows: Vec<(CacheRow, &[u32])> = chunks.iter().map(|c| (c.row, c.ids)).collect();
+        let step = cache.step(&rows, self.context_length());
+        let flat: Vec<u32> = chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
+        let mut x = self.wte.forward(token_tensor(&[&flat], &device))
+            + self.wpe.forward(step.positions(&device)); // [1, n, c]
         let mut layers = cache.take_layers().into_iter();
         let mut written = Vec::with_capacity(self.h.len());
         for block in &self.h {
@@ -145,7 +181,8 @@ impl Gpt2 {
             x = y;
         }
         cache.put_layers(written);
-        layer_norm(&self.ln_f, self.layer_norm_epsilon, &x)
+        let [_, n, c] = x.dims();
+        layer_norm(&self.ln_f, self.layer_norm_epsilon, &x.reshape([n, c]))
     }
 
     /// # Shapes
@@ -173,8 +210,18 @@ impl Gpt2 {
     }
 }
 
-/// The id [`Gpt2::prefill`] pads rows with; masked, so any id in the vocabulary would do.
-const PAD_ID: u32 = 0;
+/// A row's next ids for [`Gpt2::forward_chunks`].
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    pub row: CacheRow,
+    pub ids: &'a [u32],
+}
+
+impl<'a> Chunk<'a> {
+    pub fn new(row: CacheRow, ids: &'a [u32]) -> Self {
+        Self { row, ids }
+    }
+}
 
 /// A batch of token ids as the model's input tensor. Ids are `u32` everywhere else; each backend
 /// stores them in its own integer type (I32 on flex and wgpu, I64 on ndarray and tch).
@@ -241,31 +288,37 @@ pub(crate) mod tests {
     }
 
     /// Feeding a sequence in pieces through a cache gives the logits a full forward gives at
-    /// the end of each piece: one token at a time (decode steps) and a chunk after a cached
-    /// prefix (which needs the explicit causal mask).
+    /// the end of each piece: one token at a time (decode steps) and chunks after a cached
+    /// prefix, across block boundaries.
     #[test]
     fn cached_pieces_match_the_full_forward() {
         let device = Device::flex();
-        let model = tiny().init_seeded(&device, 2026);
-        let ids: [[u32; 7]; 2] = [[3, 1, 4, 1, 5, 9, 2], [6, 5, 3, 5, 8, 9, 7]];
-        for pieces in [&[3, 1, 1, 1, 1][..], &[2, 4, 1]] {
+        let model = Gpt2Config {
+            n_positions: 64,
+            ..tiny()
+        }
+        .init_seeded(&device, 2026);
+        let ids: Vec<[u32; 40]> = (0..2u32)
+            .map(|row| std::array::from_fn(|i| (i as u32 * 7 + row * 3) % 16))
+            .collect();
+        for pieces in [&[3, 1, 1, 1, 1][..], &[2, 4, 1], &[15, 2, 20, 1, 2]] {
             let mut cache = KvCache::new();
             let mut end = 0;
             for &len in pieces {
                 let rows: Vec<&[u32]> = ids.iter().map(|row| &row[end..end + len]).collect();
-                let cached = model.forward_cached(token_tensor(&rows, &device), &mut cache);
+                let cached = model.forward_cached(&rows, &mut cache);
                 end += len;
                 let rows: Vec<&[u32]> = ids.iter().map(|row| &row[..end]).collect();
                 let full = model.forward_last(token_tensor(&rows, &device));
                 cached
                     .into_data()
                     .assert_approx_eq::<f32>(&full.into_data(), Tolerance::default());
-                assert_eq!(cache.len(), end);
+                assert!(cache.rows().all(|row| cache.row_len(row) == end));
             }
         }
     }
 
-    /// Each row's logits from its own full forward: the reference for batched, padded rows.
+    /// Each row's logits from its own full forward: the reference for batched rows.
     fn alone(model: &Gpt2, row: &[u32]) -> TensorData {
         model
             .forward_last(token_tensor(&[row], &model.wte.weight.device()))
@@ -276,10 +329,10 @@ pub(crate) mod tests {
         logits.clone().slice_dim(0, row..row + 1).into_data()
     }
 
-    /// Rows of different lengths in one batch, left-padded, give each row's logits alone: at
-    /// the prefill, through decode steps, and past the first bucket of attended columns.
+    /// Rows of different lengths in one step give each row's logits alone: at the prefill,
+    /// through decode steps, across block boundaries.
     #[test]
-    fn padded_rows_match_each_row_alone() {
+    fn rows_of_different_lengths_match_each_row_alone() {
         let device = Device::flex();
         let model = Gpt2Config {
             n_positions: 64,
@@ -290,11 +343,12 @@ pub(crate) mod tests {
         let mut cache = KvCache::new();
         let prompts: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
         let mut logits = model.prefill(&prompts, &mut cache);
+        let handles: Vec<CacheRow> = cache.rows().collect();
         for step in 0..40 {
             for (index, row) in rows.iter().enumerate() {
                 row_of(&logits, index)
                     .assert_approx_eq::<f32>(&alone(&model, row), Tolerance::default());
-                assert_eq!(cache.row_len(index), row.len());
+                assert_eq!(cache.row_len(handles[index]), row.len());
             }
             let next: Vec<[u32; 1]> = (0..rows.len())
                 .map(|r| [(step * 7 + r as u32 * 5) % 16])
@@ -303,57 +357,49 @@ pub(crate) mod tests {
                 row.push(id[0]);
             }
             let next: Vec<&[u32]> = next.iter().map(|id| &id[..]).collect();
-            logits = model.forward_cached(token_tensor(&next, &device), &mut cache);
+            logits = model.forward_cached(&next, &mut cache);
         }
     }
 
-    /// Removing a row and joining another batch keep every remaining row's logits; the join
-    /// of a longer batch pads the shorter one further.
+    /// One step mixes decode steps, a newcomer's whole prompt and another's later chunk; a
+    /// row that leaves frees its blocks for the next, and every row keeps its logits alone.
     #[test]
-    fn rows_can_leave_and_join_between_steps() {
+    fn rows_can_leave_and_join_between_steps_and_mix_in_one() {
         let device = Device::flex();
-        let model = tiny().init_seeded(&device, 2026);
-        let mut rows: Vec<Vec<u32>> = vec![vec![3, 1, 4], vec![1, 5], vec![9, 2, 6, 5]];
+        let model = Gpt2Config {
+            n_positions: 64,
+            ..tiny()
+        }
+        .init_seeded(&device, 2026);
         let mut cache = KvCache::new();
-        let prompts: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-        model.prefill(&prompts, &mut cache);
-        // The longest row leaves: the padding every other row had goes with it.
-        cache.retain_rows(&[1, 0]);
-        rows = vec![rows[1].clone(), rows[0].clone()];
-        assert_eq!(cache.len(), 3);
-        let mut joining = KvCache::new();
-        let newcomer = vec![7, 7, 7, 7, 7, 8];
-        model.prefill(&[&newcomer], &mut joining);
-        cache.append(joining);
-        rows.push(newcomer);
-        assert_eq!(cache.len(), 6);
-        let next = [[1], [2], [3]];
-        let logits = model.forward_cached(
-            token_tensor(&next.iter().map(|id| &id[..]).collect::<Vec<_>>(), &device),
+        let (a, b) = (cache.add_row(), cache.add_row());
+        let (mut seq_a, seq_b) = (
+            vec![3, 1, 4],
+            vec![1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4],
+        );
+        model.forward_chunks(&[Chunk::new(a, &seq_a), Chunk::new(b, &seq_b)], &mut cache);
+        assert!(cache.remove_row(b));
+        let used = cache.used_blocks();
+        let c = cache.add_row();
+        let seq_c: Vec<u32> = (0..30).map(|i| (i * 5 + 1) % 16).collect();
+        // A decodes while C's prompt goes in two chunks, the first within B's freed blocks.
+        seq_a.push(7);
+        let logits = model.forward_chunks(
+            &[Chunk::new(c, &seq_c[..18]), Chunk::new(a, &seq_a[3..])],
             &mut cache,
         );
-        for (index, (row, id)) in rows.iter_mut().zip(next).enumerate() {
-            row.push(id[0]);
-            row_of(&logits, index)
-                .assert_approx_eq::<f32>(&alone(&model, row), Tolerance::default());
-        }
-    }
-
-    /// A cache made small grows when a generation outlives it.
-    #[test]
-    fn a_small_cache_grows_up_to_the_context() {
-        let device = Device::flex();
-        let model = tiny().init_seeded(&device, 2026);
-        let mut cache = KvCache::with_capacity(3);
-        let ids: Vec<u32> = (0..16).collect();
-        model.prefill(&[&ids[..2]], &mut cache);
-        for end in 3..=16 {
-            let logits =
-                model.forward_cached(token_tensor(&[&ids[end - 1..end]], &device), &mut cache);
-            logits
-                .into_data()
-                .assert_approx_eq::<f32>(&alone(&model, &ids[..end]), Tolerance::default());
-        }
+        row_of(&logits, 0)
+            .assert_approx_eq::<f32>(&alone(&model, &seq_c[..18]), Tolerance::default());
+        row_of(&logits, 1).assert_approx_eq::<f32>(&alone(&model, &seq_a), Tolerance::default());
+        assert_eq!(cache.used_blocks(), used + 2, "C took B's two blocks");
+        seq_a.push(2);
+        let logits = model.forward_chunks(
+            &[Chunk::new(a, &seq_a[4..]), Chunk::new(c, &seq_c[18..])],
+            &mut cache,
+        );
+        row_of(&logits, 0).assert_approx_eq::<f32>(&alone(&model, &seq_a), Tolerance::default());
+        row_of(&logits, 1).assert_approx_eq::<f32>(&alone(&model, &seq_c), Tolerance::default());
+        assert_eq!((cache.row_len(a), cache.row_len(c)), (5, 30));
     }
 
     #[test]
@@ -363,8 +409,8 @@ pub(crate) mod tests {
         let model = tiny().init_seeded(&device, 2026);
         let mut cache = KvCache::new();
         let window: Vec<u32> = (0..16).collect();
-        model.forward_cached(token_tensor(&[&window], &device), &mut cache);
-        model.forward_cached(token_tensor(&[&[1]], &device), &mut cache);
+        model.forward_cached(&[&window], &mut cache);
+        model.forward_cached(&[&[1]], &mut cache);
     }
 
     use super::*;

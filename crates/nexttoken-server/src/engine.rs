@@ -12,7 +12,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nexttoken_generate::{FinishReason, Logprobs, RowId, TextChunk, TextGenerator, TextSession};
+use nexttoken_generate::{
+    FinishReason, KvCache, Logprobs, RowId, TextChunk, TextGenerator, TextSession,
+};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::admission::{Admission, Place};
@@ -68,6 +70,12 @@ pub struct Shared {
     /// Set when the shutdown grace has run out: running and waiting requests end now.
     pub abort: Arc<AtomicBool>,
     pub time_limit: Option<Duration>,
+    /// See [`crate::ServerOptions::prefill_chunk`].
+    pub prefill_chunk: usize,
+    /// The KV cache's bound, in blocks, if any.
+    pub kv_cache_blocks: Option<usize>,
+    /// See [`crate::ServerOptions::prefix_caching`].
+    pub prefix_caching: bool,
     /// Tests set it to make the next step panic, as a bug in a kernel would.
     #[cfg(test)]
     pub fail_next_step: Arc<AtomicBool>,
@@ -150,12 +158,27 @@ struct Batch<'g> {
     next_request: u64,
 }
 
+/// A session with the server's prompt chunks and cache bound.
+fn fresh_session<'g>(generator: &'g TextGenerator, shared: &Shared) -> TextSession<'g> {
+    let mut cache = match shared.kv_cache_blocks {
+        Some(blocks) => KvCache::with_max_blocks(blocks),
+        None => KvCache::new(),
+    };
+    if !shared.prefix_caching {
+        cache = cache.without_prefix_sharing();
+    }
+    generator
+        .session()
+        .with_prefill_chunk(shared.prefill_chunk)
+        .with_kv_cache(cache)
+}
+
 impl<'g> Batch<'g> {
     fn new(generator: &'g TextGenerator, shared: &'g Shared) -> Self {
         Self {
             generator,
             shared,
-            session: generator.session(),
+            session: fresh_session(generator, shared),
             waiting: VecDeque::new(),
             running: HashMap::new(),
             owners: HashMap::new(),
@@ -313,6 +336,7 @@ impl<'g> Batch<'g> {
         let metrics = &self.shared.metrics;
         let rows = self.session.live_rows();
         metrics.batch_rows.store(rows as u64, Ordering::Relaxed);
+        metrics.record_kv_cache(self.session.kv_cache_blocks());
         if self.running.is_empty() {
             return;
         }
@@ -340,7 +364,7 @@ impl<'g> Batch<'g> {
                     finish(metrics, Outcome::Failed);
                 }
                 self.owners.clear();
-                self.session = self.generator.session();
+                self.session = fresh_session(self.generator, self.shared);
                 return;
             }
         };

@@ -74,6 +74,15 @@ pub struct ServerOptions {
     /// How often a stream with nothing to send (waiting in the queue) gets an SSE comment, so
     /// that proxies and clients do not take it for dead.
     pub keep_alive: Duration,
+    /// Most prompt tokens one step takes beside the running rows' next tokens: a long prompt
+    /// joins over several steps instead of stalling every stream for its whole length.
+    pub prefill_chunk: usize,
+    /// The KV cache's bound in bytes: rows that would not fit wait to start. None: it grows
+    /// with the batch (at most `max_batch` rows of the model's context).
+    pub kv_cache_bytes: Option<u64>,
+    /// Requests whose prompts start alike (a system prompt, few-shot examples) reuse the
+    /// cached keys and values of that prefix instead of computing them again.
+    pub prefix_caching: bool,
 }
 
 impl ServerOptions {
@@ -89,6 +98,9 @@ impl ServerOptions {
             request_time_limit: None,
             shutdown_grace: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
+            prefill_chunk: 256,
+            kv_cache_bytes: None,
+            prefix_caching: true,
         }
     }
 
@@ -126,6 +138,9 @@ impl ServerOptions {
                 "{origin:?} is not an origin (like https://example.com)"
             ));
         }
+        if self.prefill_chunk == 0 {
+            return Err("a step must take at least 1 prompt token (--prefill-chunk)".into());
+        }
         if self.read_timeout.is_zero() || self.keep_alive.is_zero() {
             return Err("the read timeout and the keep-alive interval must be above 0".into());
         }
@@ -149,6 +164,20 @@ fn app(generator: TextGenerator, options: &ServerOptions) -> std::io::Result<App
     options
         .check()
         .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
+    let block_bytes = generator.model().kv_block_bytes();
+    let kv_cache_blocks = options
+        .kv_cache_bytes
+        .map(|bytes| usize::try_from(bytes / block_bytes as u64).unwrap_or(usize::MAX));
+    if kv_cache_blocks == Some(0) {
+        let message = format!(
+            "the KV cache's memory holds no block of this model's ({block_bytes} bytes: 16 \
+             positions of every layer): give it more (--kv-cache-mib)"
+        );
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            message,
+        ));
+    }
     let limits = api::ModelLimits {
         name: options.model_name.clone(),
         context_length: generator.config().n_positions,
@@ -174,6 +203,9 @@ fn app(generator: TextGenerator, options: &ServerOptions) -> std::io::Result<App
             alive: alive.clone(),
             abort: abort.clone(),
             time_limit: options.request_time_limit,
+            prefill_chunk: options.prefill_chunk,
+            kv_cache_blocks,
+            prefix_caching: options.prefix_caching,
             #[cfg(test)]
             fail_next_step: fail_next_step.clone(),
         },

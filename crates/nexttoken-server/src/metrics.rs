@@ -40,6 +40,9 @@ pub struct Metrics {
     step_rows: AtomicU64,
     /// The most rows one step generated for.
     peak_batch_rows: AtomicU64,
+    /// KV cache blocks held by rows, and the cache's bound (0: none).
+    kv_blocks_used: AtomicU64,
+    kv_blocks_max: AtomicU64,
     pub time_to_first_token: Histogram,
     /// The time of each generation step, which every running row waits for per token.
     pub token_latency: Histogram,
@@ -95,6 +98,13 @@ impl Metrics {
         self.step_rows.fetch_add(rows as u64, Ordering::Relaxed);
         self.peak_batch_rows
             .fetch_max(rows as u64, Ordering::Relaxed);
+    }
+
+    /// The KV cache's blocks in use and its bound, as a session reports them.
+    pub fn record_kv_cache(&self, (used, max): (usize, Option<usize>)) {
+        self.kv_blocks_used.store(used as u64, Ordering::Relaxed);
+        self.kv_blocks_max
+            .store(max.unwrap_or(0) as u64, Ordering::Relaxed);
     }
 
     /// The text of `/metrics`, with the admission's counts as they are now.
@@ -189,6 +199,36 @@ impl Metrics {
             "Requests whose client went away while they waited; their place was freed at once.",
             "counter",
             &self.abandoned_in_queue,
+        );
+        counter(
+            &mut out,
+            "nexttoken_kv_cache_blocks_used",
+            "KV cache blocks (16 positions of every layer each) held by running rows.",
+            "gauge",
+            &self.kv_blocks_used,
+        );
+        counter(
+            &mut out,
+            "nexttoken_kv_cache_blocks_max",
+            "The KV cache's bound in blocks (--kv-cache-mib); 0: it grows with the batch.",
+            "gauge",
+            &self.kv_blocks_max,
+        );
+        let (used, max) = (
+            self.kv_blocks_used.load(Ordering::Relaxed),
+            self.kv_blocks_max.load(Ordering::Relaxed),
+        );
+        let usage = if max == 0 {
+            0.0
+        } else {
+            used as f64 / max as f64
+        };
+        let _ = writeln!(
+            out,
+            "# HELP nexttoken_kv_cache_usage_ratio KV cache blocks in use over the bound (0 \
+             without one), as vLLM's gpu_cache_usage_perc and llama-server's \
+             kv_cache_usage_ratio.\n# TYPE nexttoken_kv_cache_usage_ratio gauge\n\
+             nexttoken_kv_cache_usage_ratio {usage}"
         );
         self.time_to_first_token.render(
             &mut out,
