@@ -336,7 +336,6 @@ impl<'g> Batch<'g> {
         let metrics = &self.shared.metrics;
         let rows = self.session.live_rows();
         metrics.batch_rows.store(rows as u64, Ordering::Relaxed);
-        metrics.record_kv_cache(self.session.kv_cache_blocks());
         if self.running.is_empty() {
             return;
         }
@@ -369,13 +368,17 @@ impl<'g> Batch<'g> {
             }
         };
         metrics.token_latency.observe(start.elapsed());
-        metrics.step(rows);
+        // Rows that got a token: a row still reading its prompt, or waiting for the cache's
+        // blocks, is in the session but got none.
+        metrics.step(step.chunks.len());
         metrics
             .generated_tokens
             .fetch_add(step.chunks.len() as u64, Ordering::Relaxed);
         for chunk in step.chunks {
             self.dispatch(chunk);
         }
+        // After the step: the rows that finished in it have given their blocks back.
+        metrics.record_kv_cache(self.session.kv_cache_blocks());
     }
 
     /// Sends `chunk` to the request whose row it is, and ends the choice (and the request,

@@ -1306,3 +1306,50 @@ fn a_client_that_reads_nothing_holds_nobody_up() {
     assert!(server.metric("nexttoken_generated_tokens_total") >= 203.0);
     drop(silent);
 }
+
+/// A KV cache bounded to two blocks (32 positions): a request that could never fit is refused
+/// with a 400 naming the flag; three that fit one at a time all finish, each waiting for the
+/// blocks of the one before; /metrics shows the bound and, after them, no block held.
+#[test]
+fn a_bounded_kv_cache_queues_requests_and_reports_its_use() {
+    let generator = generator();
+    let block = generator.model().kv_block_bytes() as u64;
+    let options = ServerOptions {
+        kv_cache_bytes: Some(2 * block + block / 2),
+        ..ServerOptions::new(MODEL)
+    };
+    let server = Server::start_with(generator, options);
+    assert_eq!(
+        server.metric("nexttoken_kv_cache_blocks_max"),
+        0.0,
+        "before any step"
+    );
+    let too_long = json!({"prompt": "Hi", "max_tokens": 40, "temperature": 0});
+    let (status, answer) = server.post(too_long);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("--kv-cache-mib"), "{answer}");
+    let fits = json!({"prompt": "Hi", "max_tokens": 20, "temperature": 0, "ignore_eos": true});
+    let alone = server.post(fits.clone());
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, body) = (server.url("/v1/completions"), fits.to_string());
+            std::thread::spawn(move || {
+                let response = ureq::post(&url).send_string(&body).unwrap();
+                serde_json::from_str::<Value>(&response.into_string().unwrap()).unwrap()
+            })
+        })
+        .collect();
+    for client in clients {
+        let answer = client.join().unwrap();
+        assert_eq!(answer["choices"][0]["text"], alone.1["choices"][0]["text"]);
+    }
+    assert_eq!(server.metric("nexttoken_kv_cache_blocks_max"), 2.0);
+    assert!(
+        server.metric("nexttoken_batch_size_peak") <= 1.0,
+        "one at a time"
+    );
+    server.wait_for("the last step", |s| {
+        s.metric("nexttoken_kv_cache_blocks_used") == 0.0
+            && s.metric("nexttoken_kv_cache_usage_ratio") == 0.0
+    });
+}
