@@ -343,6 +343,8 @@ pub struct Done {
     pub tokens: usize,
     pub latency: Duration,
     pub first_token: Option<Duration>,
+    /// A stream's time between one piece of text and the next (inter-token latency).
+    pub gaps: Vec<Duration>,
 }
 
 /// A 429 or 503: the server said to come back later.
@@ -366,6 +368,18 @@ pub fn request_model(
     url: &str,
     model: Option<&str>,
     prompt: &str,
+    max_tokens: usize,
+    stream: bool,
+) -> Result<Done> {
+    request_prompt(url, model, json!(prompt), max_tokens, stream)
+}
+
+/// [`request_model`] for a prompt of text or of token ids (`json!([464, 2068])`), as both
+/// OpenAI's and llama-server's completions take them.
+pub fn request_prompt(
+    url: &str,
+    model: Option<&str>,
+    prompt: Value,
     max_tokens: usize,
     stream: bool,
 ) -> Result<Done> {
@@ -403,10 +417,12 @@ pub fn request_model(
             tokens: answer["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize,
             latency: start.elapsed(),
             first_token: None,
+            gaps: Vec::new(),
         });
     }
     let (mut text, mut chunks, mut usage, mut first_token, mut done) =
         (String::new(), 0, None, None, false);
+    let (mut gaps, mut last_piece) = (Vec::new(), None::<Instant>);
     for line in BufReader::new(response.into_reader()).lines() {
         let line = line?;
         let Some(data) = line.strip_prefix("data: ") else {
@@ -429,6 +445,9 @@ pub fn request_model(
         chunks += 1;
         if !piece.is_empty() {
             first_token.get_or_insert(start.elapsed());
+            let now = Instant::now();
+            gaps.extend(last_piece.map(|last| now - last));
+            last_piece = Some(now);
         }
         text += piece;
     }
@@ -440,6 +459,7 @@ pub fn request_model(
         tokens,
         latency: start.elapsed(),
         first_token,
+        gaps,
     })
 }
 
