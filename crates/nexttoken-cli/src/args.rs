@@ -59,8 +59,9 @@ pub struct ServeArgs {
 
     /// Most prompt tokens one generation step takes beside the running streams' next tokens:
     /// a long prompt joins over several steps instead of stalling every stream for its whole
-    /// length (vLLM's chunked prefill); shorter prompts go first.
-    #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// length (vLLM's chunked prefill); shorter prompts go first. With no stream running,
+    /// prompts go whole.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub prefill_chunk: u32,
 
     /// Memory for the KV cache, in MiB: a request starts only once its prompt and all its

@@ -203,9 +203,10 @@ impl<'m> Session<'m> {
         self
     }
 
-    /// Takes at most `tokens` prompt tokens a step, all rows together (at least 1), so that a
-    /// step beside decoding rows stays short: vLLM's chunked prefill. The rest of a prompt
-    /// waits for the next steps; prompts with fewer tokens left go first.
+    /// Takes at most `tokens` prompt tokens a step, all rows together (at least 1), while some
+    /// row is decoding, so that its steps stay short: vLLM's chunked prefill. The rest of a
+    /// prompt waits for the next steps; prompts with fewer tokens left go first. A step with no
+    /// row decoding takes the prompts whole.
     pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
         self.prefill_chunk = Some(tokens.max(1));
         self
@@ -392,7 +393,13 @@ impl<'m> Session<'m> {
             })
             .sum();
         let mut available = self.cache.free_blocks().saturating_sub(promised);
-        let mut budget = self.prefill_chunk.unwrap_or(usize::MAX);
+        // The budget keeps decoding rows' steps short; with none decoding, nobody waits on the
+        // step, and a prompt goes whole (in chunks, each would read the weights again).
+        let decoding = !plan.chunks.is_empty() || !plan.windows.is_empty();
+        let mut budget = match (self.prefill_chunk, decoding) {
+            (Some(tokens), true) => tokens,
+            _ => usize::MAX,
+        };
         for index in prompts {
             if budget == 0 {
                 break;
@@ -823,25 +830,49 @@ mod tests {
         ]
     }
 
-    /// Prompts fed in chunks of 5 tokens a step give every row the ids it gets with whole
-    /// prompts (and alone), and the shortest prompt starts first.
+    /// Prompts fed in chunks of 5 tokens a step beside a decoding row give every row the ids it
+    /// gets with whole prompts (and alone), the prompt with fewer tokens left going first; with
+    /// no row decoding, prompts go whole.
     #[test]
     fn chunked_prompts_give_the_ids_of_whole_ones() {
         let model = crate::tiny_model(64);
-        let rows = mixed_rows();
-        let (whole, _) = run_all(Session::new(&model), &rows);
-        let (chunked, steps) = run_all(Session::new(&model).with_prefill_chunk(5), &rows);
+        let mut rows = mixed_rows();
+        rows[1].1.max_new_tokens = 40;
+        // The 3-token prompt first; the 40- and 17-token ones join once it decodes.
+        let run = |mut session: Session| {
+            let short = session.add(rows[1].0.clone(), &rows[1].1).unwrap();
+            let mut steps = vec![session.step().unwrap()];
+            let long = session.add(rows[0].0.clone(), &rows[0].1).unwrap();
+            let mid = session.add(rows[2].0.clone(), &rows[2].1).unwrap();
+            while !session.is_finished() {
+                steps.push(session.step().unwrap());
+            }
+            let of = |row: RowId| -> Vec<u32> {
+                let tokens = steps.iter().flat_map(|step| &step.tokens);
+                tokens.filter(|t| t.row == row).map(|t| t.id).collect()
+            };
+            let first = |row: RowId| {
+                let mut steps = steps.iter();
+                steps.position(|s| s.tokens.iter().any(|t| t.row == row))
+            };
+            let ids = vec![of(long), of(short), of(mid)];
+            (ids, [first(long), first(mid)])
+        };
+        let (whole, firsts) = run(Session::new(&model));
+        assert_eq!(firsts, [Some(1), Some(1)]);
+        let (chunked, firsts) = run(Session::new(&model).with_prefill_chunk(5));
         assert_eq!(chunked, whole);
+        // 17 tokens: 5, 5, 5, 2 (steps 1-4); then 40: 3 at step 4, 5 a step after, the last 2
+        // at step 12.
+        assert_eq!(firsts, [Some(12), Some(4)]);
         for (row, (prompt, config)) in rows.iter().enumerate() {
             let (alone, _) = run_all(Session::new(&model), &[(prompt.clone(), config.clone())]);
             assert_eq!(whole[row], alone[0], "row {row}");
         }
-        // Step 1: the 3-token prompt whole, 2 of the 17; step 2: the decode and 5 more.
-        assert_eq!(steps[0], [RowId(1)]);
-        assert_eq!(steps[1], [RowId(1)]);
-        // 40 + 17 prompt tokens, 5 a step: the long prompt's first token comes at step 12.
-        let first_of_long = steps.iter().position(|s| s.contains(&RowId(0))).unwrap();
-        assert_eq!(first_of_long, (40usize + 17 + 3).div_ceil(5) - 1);
+        // Nothing decodes at the first step: every prompt goes whole.
+        let (_, mut steps) = run_all(Session::new(&model).with_prefill_chunk(5), &rows);
+        steps[0].sort();
+        assert_eq!(steps[0], [RowId(0), RowId(1), RowId(2)]);
     }
 
     /// A bounded cache starts a row only when it can hold its whole generation: one row (the

@@ -75,7 +75,8 @@ pub struct ServerOptions {
     /// that proxies and clients do not take it for dead.
     pub keep_alive: Duration,
     /// Most prompt tokens one step takes beside the running rows' next tokens: a long prompt
-    /// joins over several steps instead of stalling every stream for its whole length.
+    /// joins over several steps instead of stalling every stream for its whole length (with
+    /// no row decoding, prompts go whole).
     pub prefill_chunk: usize,
     /// The KV cache's bound in bytes: rows that would not fit wait to start. None: it grows
     /// with the batch (at most `max_batch` rows of the model's context).
@@ -98,7 +99,7 @@ impl ServerOptions {
             request_time_limit: None,
             shutdown_grace: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
-            prefill_chunk: 256,
+            prefill_chunk: 64,
             kv_cache_bytes: None,
             prefix_caching: true,
         }
