@@ -400,6 +400,7 @@ impl<'m> Session<'m> {
             (Some(tokens), true) => tokens,
             _ => usize::MAX,
         };
+        let mut admitting = true;
         for index in prompts {
             if budget == 0 {
                 break;
@@ -407,9 +408,12 @@ impl<'m> Session<'m> {
             let row = &mut self.rows[index];
             if row.cached.is_none() {
                 let needed = KvCache::blocks_for(row.longest(context));
-                if needed > available {
-                    // Later rows wait too: one that fits must not overtake it for ever.
-                    break;
+                if !admitting || needed > available {
+                    // Later rows wait too (one that fits must not overtake it for ever), but
+                    // rows already started go on: their blocks are promised, and a waiting
+                    // row may need theirs.
+                    admitting = false;
+                    continue;
                 }
                 available -= needed;
                 // The blocks of a prefix another row computed are taken, not computed again.
@@ -949,6 +953,36 @@ mod tests {
         let (first_alone, second_alone, all) = run(KvCache::new().without_prefix_sharing());
         assert_eq!((first, second), (first_alone, second_alone));
         assert_eq!((all, computed), (43 + 42, 43 + 10));
+    }
+
+    /// A row that cannot start yet holds up no row that has started: the 80-token prompt,
+    /// started beside a decoding row, goes on in chunks while a later, shorter prompt waits for
+    /// its blocks (it sorts first, and once stopped every step's plan, leaving nothing to run).
+    #[test]
+    fn a_waiting_row_does_not_stop_a_started_prompt() {
+        let model = crate::tiny_model(128);
+        let cache = KvCache::with_max_blocks(8);
+        let mut session = Session::new(&model)
+            .with_kv_cache(cache)
+            .with_prefill_chunk(64);
+        let config = |new| GenerationConfig::new(new).without_eos();
+        // 32 positions (2 blocks), then 96 (6 blocks), then 40 (3 blocks, which must wait).
+        session.add(vec![1; 4], &config(28)).unwrap();
+        session.step().unwrap();
+        let long = session.add(vec![2; 80], &config(16)).unwrap();
+        session.step().unwrap();
+        let waiting = session.add(vec![3; 10], &config(30)).unwrap();
+        let mut got = std::collections::HashMap::<RowId, usize>::new();
+        for _ in 0..200 {
+            if session.is_finished() {
+                break;
+            }
+            for token in session.step().unwrap().tokens {
+                *got.entry(token.row).or_default() += 1;
+            }
+        }
+        assert!(session.is_finished(), "rows left: {}", session.live_rows());
+        assert_eq!((got[&long], got[&waiting]), (16, 30));
     }
 
     /// A row whose logits are all NaN cannot choose: an error naming the row, not id 0.
