@@ -54,24 +54,6 @@ pub struct AttentionRow<'a> {
     pub blocks: &'a [u32],
 }
 
-/// A cache's values, written by many tasks at once, each its own block positions of one head.
-#[derive(Clone, Copy)]
-struct SharedCache<W>(*mut W);
-
-// SAFETY: the tasks that share it write disjoint values (their own rows' new positions of their
-// own head, in blocks no two rows write) and read only values no task writes during the step.
-unsafe impl<W: Send> Send for SharedCache<W> {}
-// SAFETY: as for `Send`.
-unsafe impl<W: Sync> Sync for SharedCache<W> {}
-
-impl<W> SharedCache<W> {
-    /// The cache's value at `index` (a method: a closure calling it captures the whole `Sync`
-    /// wrapper, not its raw pointer field).
-    fn at(self, index: usize) -> *mut W {
-        self.0.wrapping_add(index)
-    }
-}
-
 impl Attention<'_> {
     /// Writes `qkv`'s keys and values into each row's blocks at its new positions, then returns
     /// `softmax(q · keysᵀ / √head_size) · values` for every new position over the positions of
@@ -128,10 +110,7 @@ impl Attention<'_> {
             .collect();
         let mut y = Vec::<f32>::with_capacity(tokens * c); // filled by the tasks below
         let out = SharedOut::new(&mut y);
-        let (keys, values) = (
-            SharedCache(key.as_mut_ptr()),
-            SharedCache(value.as_mut_ptr()),
-        );
+        let (keys, values) = (SharedOut::of_slice(key), SharedOut::of_slice(value));
         (0..self.rows.len() * heads)
             .into_par_iter()
             .for_each(|task| {
@@ -195,7 +174,7 @@ impl Attention<'_> {
     /// No task writes those values while the slice lives.
     unsafe fn block_of<'c, W>(
         &self,
-        cache: SharedCache<W>,
+        cache: SharedOut<W>,
         row: &AttentionRow,
         head: usize,
         index: usize,
@@ -215,8 +194,8 @@ impl Attention<'_> {
         head: usize,
         y: &mut [f32],
         q: &[f32],
-        keys: SharedCache<W>,
-        values: SharedCache<W>,
+        keys: SharedOut<W>,
+        values: SharedOut<W>,
     ) {
         let (t, block_size, head_size) = (row.positions, self.block_size, self.head_size);
         let seen = row.start + t;
@@ -266,12 +245,12 @@ impl Attention<'_> {
         head: usize,
         y: &mut [f32],
         q: &[f32],
-        keys: SharedCache<W>,
-        values: SharedCache<W>,
+        keys: SharedOut<W>,
+        values: SharedOut<W>,
     ) {
         let (block_size, head_size) = (self.block_size, self.head_size);
         let seen = row.start + row.positions;
-        let gather = |cache: SharedCache<W>| {
+        let gather = |cache: SharedOut<W>| {
             let mut gathered = vec![0.0f32; seen * head_size];
             for (index, gathered) in gathered.chunks_mut(block_size * head_size).enumerate() {
                 // SAFETY: as in `attend_few`.

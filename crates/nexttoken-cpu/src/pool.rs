@@ -85,23 +85,36 @@ fn keep_stealing(done: &AtomicBool) {
 }
 
 /// An output's pointer, shared by tasks that each write their own part of it.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedOut(*mut f32);
+pub(crate) struct SharedOut<T = f32>(*mut T);
+
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SharedOut<T> {}
 
 // SAFETY: the tasks that share it write disjoint values and nothing reads them until all are
-// done (rayon's `for_each` returns after every task).
-unsafe impl Send for SharedOut {}
+// done (rayon's `for_each` returns after every task), or reads only values no task writes.
+unsafe impl<T: Send> Send for SharedOut<T> {}
 // SAFETY: as for `Send`: no task reads what another writes.
-unsafe impl Sync for SharedOut {}
+unsafe impl<T: Sync> Sync for SharedOut<T> {}
 
-impl SharedOut {
-    pub(crate) fn new(out: &mut Vec<f32>) -> Self {
+impl<T> SharedOut<T> {
+    /// For a vector the tasks fill up to its capacity.
+    pub(crate) fn new(out: &mut Vec<T>) -> Self {
+        Self(out.as_mut_ptr())
+    }
+
+    /// For values the tasks write in place.
+    pub(crate) fn of_slice(out: &mut [T]) -> Self {
         Self(out.as_mut_ptr())
     }
 
     /// The output's value at `index` (a method: a closure calling it captures the whole `Sync`
     /// wrapper, not its raw pointer field).
-    pub(crate) fn at(self, index: usize) -> *mut f32 {
+    pub(crate) fn at(self, index: usize) -> *mut T {
         self.0.wrapping_add(index)
     }
 }
