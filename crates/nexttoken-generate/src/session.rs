@@ -166,11 +166,18 @@ impl Plan {
     /// The rows that get a token this step, in the order of the forward pass's logits: each
     /// chunk that brings its row's ids up to date, then the windows.
     fn yielding(&self, rows: &[Row]) -> Vec<usize> {
-        let chunks = self.chunks.iter();
-        let done = chunks.filter(|&&(row, taken)| taken == rows[row].uncached());
-        done.map(|&(row, _)| row)
-            .chain(self.windows.iter().copied())
-            .collect()
+        let done = self
+            .completing(rows)
+            .map(|position| self.chunks[position].0);
+        done.chain(self.windows.iter().copied()).collect()
+    }
+
+    /// The positions in `chunks` of those that bring their row's ids up to date.
+    fn completing<'p>(&'p self, rows: &'p [Row]) -> impl Iterator<Item = usize> + 'p {
+        let chunks = self.chunks.iter().enumerate();
+        chunks
+            .filter(|&(_, &(row, taken))| taken == rows[row].uncached())
+            .map(|(position, _)| position)
     }
 }
 
@@ -451,13 +458,7 @@ impl<'m> Session<'m> {
                 })
                 .collect();
             let all = model.forward_chunks(&chunks, &mut self.cache);
-            let done: Vec<i64> = plan
-                .chunks
-                .iter()
-                .enumerate()
-                .filter(|&(_, &(row, taken))| taken == self.rows[row].uncached())
-                .map(|(position, _)| position as i64)
-                .collect();
+            let done: Vec<i64> = plan.completing(&self.rows).map(|p| p as i64).collect();
             for &(index, taken) in &plan.chunks {
                 if let Some((_, cached)) = &mut self.rows[index].cached {
                     *cached += taken;
