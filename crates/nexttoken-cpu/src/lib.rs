@@ -52,6 +52,7 @@ pub mod matmul;
 pub mod norm;
 mod pool;
 pub mod product;
+pub mod quant;
 pub mod softmax;
 pub mod widen;
 

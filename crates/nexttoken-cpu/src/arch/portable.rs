@@ -5,6 +5,7 @@
 //! [`dispatch`]: crate::arch::dispatch
 
 use crate::Float;
+use crate::quant::{BLOCK_VALUES, BlockQ4_0, BlockQ8_0};
 
 /// `a · b + c`, fused (one rounding, one instruction) where the CPU has it.
 #[inline(always)]
@@ -77,4 +78,35 @@ pub(crate) fn narrow<W: Float>(narrow: &mut [W], wide: &[f32]) {
         .iter_mut()
         .zip(wide)
         .for_each(|(narrow, wide)| *narrow = W::from_f32(*wide));
+}
+
+/// `Σ w · x` over Q8_0 blocks as ggml's generic `ggml_vec_dot_q8_0_q8_0`: each block's integer
+/// sum, times both scales, added in block order.
+pub(crate) fn dot_q8_0(weights: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+    weights.iter().zip(x).fold(0.0, |sum, (w, x)| {
+        let integer: i32 = w
+            .quants
+            .iter()
+            .zip(&x.quants)
+            .map(|(&w, &x)| i32::from(w) * i32::from(x))
+            .sum();
+        sum + integer as f32 * (w.scale.to_f32() * x.scale.to_f32())
+    })
+}
+
+/// `Σ w · x` for Q4_0 weights and Q8_0 activations, as ggml's generic `ggml_vec_dot_q4_0_q8_0`.
+pub(crate) fn dot_q4_0(weights: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+    weights.iter().zip(x).fold(0.0, |sum, (w, x)| {
+        let (low, high) = x.quants.split_at(BLOCK_VALUES / 2);
+        let integer: i32 = w
+            .nibbles
+            .iter()
+            .zip(low.iter().zip(high))
+            .map(|(&pair, (&low, &high))| {
+                (i32::from(pair & 0x0f) - 8) * i32::from(low)
+                    + (i32::from(pair >> 4) - 8) * i32::from(high)
+            })
+            .sum();
+        sum + integer as f32 * (w.scale.to_f32() * x.scale.to_f32())
+    })
 }
