@@ -10,8 +10,8 @@
 #         environment), for the browser tests of `cargo xtask web --test`;
 #   llama-cpp: llama.cpp, the peer for `cargo xtask serve-bench --peer llama.cpp` and
 #         `cargo xtask speed`: the sources llama-cpp-python 0.3.36 ships on PyPI (pinned by
-#         hash), built with cmake into ~/.cache/nexttoken/llama.cpp (llama-server, llama-bench;
-#         about 15 minutes on 2 cores), and its convert_hf_to_gguf.py converter, run with the
+#         hash), built with cmake into ~/.cache/nexttoken/llama.cpp (llama-server, llama-bench,
+#         llama-batched-bench; about 15 minutes on 2 cores), and its convert_hf_to_gguf.py converter, run with the
 #         hf environment.
 # Prints the environment to export for building with `--features tch`.
 #
@@ -75,8 +75,11 @@ PY
       ;;
     llama-cpp)
       llama="${NEXTTOKEN_LLAMA_CPP:-$HOME/.cache/nexttoken/llama.cpp}"
-      if [ -x "$llama/build/bin/llama-server" ] && [ -x "$llama/build/bin/llama-bench" ]; then
-        echo "llama-cpp: llama-server and llama-bench already built in $llama/build/bin"
+      programs="llama-server llama-bench llama-batched-bench"
+      built=yes
+      for program in $programs; do [ -x "$llama/build/bin/$program" ] || built=no; done
+      if [ "$built" = yes ]; then
+        echo "llama-cpp: $programs already built in $llama/build/bin"
         continue
       fi
       command -v cmake >/dev/null || {
@@ -97,11 +100,12 @@ PY
         rm -f "$llama/src/.git" # a submodule pointer into a repository the sdist does not have
         rm -rf "$llama/unpack" "$llama/$sdist"
       fi
-      echo "llama-cpp: building llama-server and llama-bench (CPU, native) in $llama/build"
+      echo "llama-cpp: building $programs (CPU, native) in $llama/build"
       cmake -S "$llama/src" -B "$llama/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
-      cmake --build "$llama/build" --target llama-server llama-bench -j "$(nproc)" >/dev/null
-      echo "llama-cpp: $llama/build/bin/llama-server, $llama/build/bin/llama-bench"
+      # shellcheck disable=SC2086 # one target per program
+      cmake --build "$llama/build" --target $programs -j "$(nproc)" >/dev/null
+      echo "llama-cpp: $programs in $llama/build/bin"
       ;;
     *)
       echo "unknown target '$backend': expected wgpu, tch, hf, openai, web or llama-cpp" >&2

@@ -56,7 +56,8 @@ pub struct SpeedArgs {
     /// Rounds of (nexttoken, transformers) per thread count.
     #[arg(long, default_value_t = 2)]
     rounds: u32,
-    /// Also run llama.cpp's llama-bench (batch 1 only), built on first use by
+    /// Also run llama.cpp: `llama-bench` for batch 1, `llama-batched-bench` for larger batches
+    /// (every row its own prompt, decoded together), built on first use by
     /// `scripts/install-backends.sh llama-cpp` (about 20 minutes on 2 cores).
     #[arg(long)]
     llama_cpp: bool,
@@ -119,7 +120,14 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
             .iter()
             .map(|dtype| Ok((dtype.as_str(), llama_cpp::gguf(root, &model, dtype)?)))
             .collect::<Result<BTreeMap<_, _>>>()?;
-        Some((llama_cpp::binary(root, "llama-bench")?, ggufs))
+        let batched = batch_sizes_over_one(args)?.is_some();
+        Some(LlamaCpp {
+            bench: llama_cpp::binary(root, "llama-bench")?,
+            batched_bench: batched
+                .then(|| llama_cpp::binary(root, "llama-batched-bench"))
+                .transpose()?,
+            ggufs,
+        })
     } else {
         None
     };
@@ -153,11 +161,16 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
                 for command in [&mut ours, &mut theirs] {
                     round_records.extend(around.run(|| json_lines(command))?);
                 }
-                if let Some((llama_bench, ggufs)) = &llama {
-                    let gguf = &ggufs[dtype.as_str()];
+                if let Some(llama) = &llama {
+                    let gguf = &llama.ggufs[dtype.as_str()];
                     round_records.extend(
-                        around.run(|| llama_bench_records(llama_bench, gguf, args, threads))?,
+                        around.run(|| llama_bench_records(&llama.bench, gguf, args, threads))?,
                     );
+                    if let Some(batched_bench) = &llama.batched_bench {
+                        round_records.extend(around.run(|| {
+                            llama_batched_bench_records(batched_bench, gguf, args, threads)
+                        })?);
+                    }
                 }
                 for mut record in round_records {
                     record.round = round;
@@ -198,6 +211,132 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         Err(error) => eprintln!("no prefill bound: {error:#}"),
     }
     Ok(())
+}
+
+/// llama.cpp's programs and the checkpoint as GGUF in each dtype.
+struct LlamaCpp<'a> {
+    bench: PathBuf,
+    /// Only when some batch is larger than one.
+    batched_bench: Option<PathBuf>,
+    ggufs: BTreeMap<&'a str, PathBuf>,
+}
+
+/// `--batch-size`'s sizes above one, comma-separated as llama-batched-bench's `-npl` takes them;
+/// `None` when there are none.
+fn batch_sizes_over_one(args: &SpeedArgs) -> Result<Option<String>> {
+    let mut sizes = Vec::new();
+    for size in args.batch_size.split(',') {
+        let size: usize = size
+            .trim()
+            .parse()
+            .with_context(|| format!("--batch-size: `{size}` is not a number"))?;
+        if size > 1 {
+            sizes.push(size.to_string());
+        }
+    }
+    Ok((!sizes.is_empty()).then(|| sizes.join(",")))
+}
+
+/// llama-batched-bench's measurements (`--output-format jsonl`) for the batches above one, as
+/// records named as ours: `ppN` from a run of N-id prompts, one per row, processed together
+/// (`-npp N -ntg 1`); `tgN` from N steps of every row after a one-id prompt (`-npp 1 -ntg N`),
+/// as `nexttoken bench` runs them. It has no repetitions: each `-r` is a run of its own.
+fn llama_batched_bench_records(
+    batched_bench: &Path,
+    gguf: &Path,
+    args: &SpeedArgs,
+    threads: &str,
+) -> Result<Vec<Record>> {
+    let Some(batches) = batch_sizes_over_one(args)? else {
+        return Ok(Vec::new());
+    };
+    let largest_batch: usize = batches
+        .split(',')
+        .filter_map(|b| b.parse().ok())
+        .max()
+        .unwrap_or(1);
+    #[derive(Deserialize)]
+    struct BatchedBench {
+        pp: usize,
+        tg: usize,
+        pl: usize,
+        n_threads: usize,
+        speed_pp: f64,
+        speed_tg: f64,
+    }
+    // (test, batch) -> tokens/s of each run.
+    let mut samples: BTreeMap<(String, usize), (usize, Vec<f64>)> = BTreeMap::new();
+    let prompts = args.n_prompt.split(',').map(|n| (true, n.trim(), "1"));
+    let generations = args.n_gen.split(',').map(|n| (false, "1", n.trim()));
+    for (is_prompt, prompt, generated) in prompts.chain(generations) {
+        let prompt_len: usize = prompt.parse().with_context(|| format!("-p: `{prompt}`"))?;
+        let generated_len: usize = generated
+            .parse()
+            .with_context(|| format!("-n: `{generated}`"))?;
+        if prompt_len == 0 || generated_len == 0 {
+            continue;
+        }
+        // Room for every row's prompt and generation; each sequence gets its share.
+        let context = largest_batch * (prompt_len + generated_len);
+        for _ in 0..args.repetitions {
+            let mut command = Command::new(batched_bench);
+            command
+                .arg("-m")
+                .arg(gguf)
+                .args(["-npp", prompt, "-ntg", generated, "-npl", &batches])
+                .args(["-c", &context.to_string(), "-t", threads, "-tb", threads])
+                .args(["--output-format", "jsonl"]);
+            let output = stdout_of(command.stderr(Stdio::null()))?;
+            for line in output.lines().filter(|line| line.starts_with('{')) {
+                let run: BatchedBench = serde_json::from_str(line)
+                    .with_context(|| format!("not a llama-batched-bench record: {line}"))?;
+                let (test, speed) = if is_prompt {
+                    (format!("pp{}", run.pp), run.speed_pp)
+                } else {
+                    (format!("tg{}", run.tg), run.speed_tg)
+                };
+                samples
+                    .entry((test, run.pl))
+                    .or_insert((run.n_threads, Vec::new()))
+                    .1
+                    .push(speed);
+            }
+        }
+    }
+    Ok(samples
+        .into_iter()
+        .map(|((test, batch_size), (threads, samples))| {
+            let (mean, stddev) = mean_and_stddev(&samples);
+            Record {
+                backend: "llama.cpp".into(),
+                test,
+                batch_size,
+                n_params: None,
+                threads: Some(threads),
+                load_ms: 0.0,
+                tokens_per_s: mean,
+                stddev,
+                samples_tokens_per_s: samples,
+                peak_rss_bytes: None,
+                dtype: String::new(),
+                round: 0,
+                requested_threads: 0,
+                around_gb_per_s: None,
+            }
+        })
+        .collect())
+}
+
+/// The mean and sample standard deviation, as llama-bench reports them.
+fn mean_and_stddev(samples: &[f64]) -> (f64, f64) {
+    let n = samples.len() as f64;
+    let mean = samples.iter().sum::<f64>() / n;
+    let variance = if samples.len() > 1 {
+        samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, variance.sqrt())
 }
 
 /// llama-bench's measurements (`-o jsonl`) as records, its tests named as ours.
