@@ -42,6 +42,9 @@ pub struct LoadArgs {
     /// The server's --max-queue; a smaller one than the clients makes some requests get 429.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
+    /// The server's --kv-cache-mib: a bounded block pool (default: the server's, unbounded).
+    #[arg(long)]
+    kv_cache_mib: Option<usize>,
     /// Fail if the run takes longer (seconds): a hang.
     #[arg(long, default_value_t = 300)]
     time_limit: u64,
@@ -81,16 +84,17 @@ pub fn run(root: &Path, args: &LoadArgs) -> Result<()> {
         .unwrap_or_else(|| root.join("models/nexttoken-tiny-shakespeare"));
     let expected = offline(&nexttoken, &model, args.max_tokens)?;
 
-    let (server, url) = start_server(
-        &nexttoken,
-        &model,
-        &[
-            "--max-batch",
-            &args.max_batch.to_string(),
-            "--max-queue",
-            &args.max_queue.to_string(),
-        ],
-    )?;
+    let mut server_args = vec![
+        "--max-batch".to_string(),
+        args.max_batch.to_string(),
+        "--max-queue".to_string(),
+        args.max_queue.to_string(),
+    ];
+    if let Some(mib) = args.kv_cache_mib {
+        server_args.extend(["--kv-cache-mib".to_string(), mib.to_string()]);
+    }
+    let server_args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let (server, url) = start_server(&nexttoken, &model, &server_args)?;
     let pid = server.0.id();
 
     // Warm-up: one request per prompt; then the requests in two halves at full concurrency.
