@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16"])
+    parser.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0"])
     parser.add_argument(
         "--llama-cpp", type=Path, default=Path.home() / ".cache/nexttoken/llama.cpp"
     )
