@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use nexttoken_backend::Backend;
+use nexttoken_model::Quantization;
+use nexttoken_model::burn::tensor::DType;
 
 /// Text generation with GPT-2 models on burn.
 #[derive(Debug, Parser)]
@@ -302,27 +304,37 @@ pub struct ModelArgs {
     #[arg(long, default_value = "main", value_name = "REV")]
     pub revision: String,
 
-    /// The precision to compute in, converting the weights as they load: f32, f16 or bf16.
-    /// Default: the checkpoint's own, where the backend computes in it (else f32). Logits are
-    /// float32 whatever it is.
+    /// The precision to compute in, converting the weights as they load: f32, f16 or bf16;
+    /// or q8_0 / q4_0, llama.cpp's 8- and 4-bit blocks, quantized as it quantizes them (the
+    /// matrices and the token embedding; flex only, computing in float32). Default: the
+    /// checkpoint's own, where the backend computes in it (else f32). Logits are float32
+    /// whatever it is.
     #[arg(long, value_name = "TYPE")]
     pub dtype: Option<Dtype>,
 }
 
-/// A float type the model can compute in.
+/// What `--dtype` takes: a float type to compute in, or a block format for the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dtype {
     F32,
     F16,
     Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
 }
 
-impl From<Dtype> for nexttoken_model::burn::tensor::DType {
-    fn from(dtype: Dtype) -> Self {
-        match dtype {
-            Dtype::F32 => Self::F32,
-            Dtype::F16 => Self::F16,
-            Dtype::Bf16 => Self::BF16,
+impl Dtype {
+    /// The float type to load in, and the quantization to apply after (whose weights load as
+    /// float32 first, from whatever the checkpoint stores).
+    pub fn split(self) -> (DType, Option<Quantization>) {
+        match self {
+            Dtype::F32 => (DType::F32, None),
+            Dtype::F16 => (DType::F16, None),
+            Dtype::Bf16 => (DType::BF16, None),
+            Dtype::Q8_0 => (DType::F32, Some(Quantization::Q8_0)),
+            Dtype::Q4_0 => (DType::F32, Some(Quantization::Q4_0)),
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use nexttoken_backend::dtype_name;
 use nexttoken_generate::{GenerationConfig, Session, TextGenerator, generate};
+use nexttoken_model::Quantization;
 use serde::Serialize;
 
 use crate::args::BenchArgs;
@@ -205,7 +206,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 model: &model_name,
                 n_params: config.num_parameters(),
                 backend: backend.name(),
-                dtype: dtype_name(generator.model().dtype()),
+                dtype: generator
+                    .model()
+                    .quantization()
+                    .map_or(dtype_name(generator.model().dtype()), Quantization::name),
                 threads: backend.cpu_threads(),
                 kv_cache,
                 test: test.name(),

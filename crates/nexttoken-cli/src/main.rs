@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use nexttoken_backend::{Backend, BackendError, set_cpu_threads};
 use nexttoken_generate::TextGenerator;
-use nexttoken_model::Checkpoint;
+use nexttoken_model::{Checkpoint, ModelError};
 
 use crate::args::{Cli, Command, Dtype, RunArgs};
 use crate::generate::Outcome;
@@ -79,8 +79,18 @@ fn load_generator(
     checkpoint: &mut Checkpoint,
     dtype: Option<Dtype>,
 ) -> Result<(TextGenerator, Duration)> {
+    let (float, quantization) = dtype.map(Dtype::split).unzip();
+    let quantization = quantization.flatten();
+    if let Some(quantization) = quantization
+        && backend != Backend::Flex
+    {
+        return Err(ModelError::QuantizedOffFlex {
+            quantization: quantization.name(),
+        }
+        .into());
+    }
     let device = backend.probe()?;
-    let dtype = backend.dtype_for(dtype.map(Into::into), checkpoint.dtype())?;
+    let dtype = backend.dtype_for(float, checkpoint.dtype())?;
     let (tensor, bytes) = checkpoint.config().largest_tensor();
     backend.check_fits(tensor, bytes)?;
     let start = Instant::now();
@@ -92,6 +102,10 @@ fn load_generator(
             .collect();
         format!("loading the weights from {}", files.join(", "))
     })?;
+    let model = match quantization {
+        Some(quantization) => model.quantized(quantization)?,
+        None => model,
+    };
     let load_time = start.elapsed();
     Ok((
         TextGenerator::new(model, checkpoint.config().clone())?,

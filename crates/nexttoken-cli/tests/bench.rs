@@ -124,3 +124,43 @@ fn dtype_converts_the_weights_at_load_and_bench_reports_it() {
         float32
     );
 }
+
+/// `--dtype q8_0|q4_0` quantizes a checkpoint whose widths are whole 32-value blocks (the
+/// trained fixture's 32 and 128) as it loads; Q8_0's rounding keeps the greedy ids of its first
+/// steps.
+#[test]
+fn quantized_dtypes_load_on_flex_and_bench_reports_them() {
+    let model = tiny_trained();
+    for dtype in ["q8_0", "q4_0"] {
+        let lines = json_lines(&[
+            "bench", "--json", "-m", &model, "--dtype", dtype, "-p", "8", "-n", "4", "-r", "1",
+        ]);
+        assert!(lines.iter().all(|line| line["dtype"] == dtype), "{lines:?}");
+    }
+    let float32 = ids_of("8", &["Every effort moves you"]);
+    assert_eq!(
+        ids_of("8", &["--dtype", "q8_0", "Every effort moves you"]),
+        float32
+    );
+}
+
+#[test]
+fn quantized_dtypes_are_refused_where_they_cannot_run() {
+    assert_fails_with(
+        &nexttoken(&["generate", "--backend", "ndarray", "--dtype", "q8_0", "x"]),
+        "--dtype q8_0 runs on the flex backend only",
+    );
+    // The random fixture's width of 16 is half a block.
+    let tiny_random = repo().join("tests/fixtures/tiny-random");
+    assert_fails_with(
+        &nexttoken(&[
+            "generate",
+            "-m",
+            &tiny_random.display().to_string(),
+            "--dtype",
+            "q4_0",
+            "x",
+        ]),
+        "has rows of 16 values, not a whole number of q4_0's 32-value blocks",
+    );
+}

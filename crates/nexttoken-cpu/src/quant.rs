@@ -88,6 +88,17 @@ pub trait Block: Copy + Send + Sync + sealed::Sealed + 'static {
         // SAFETY: as in `from_bytes`: no padding, every byte initialised.
         unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), std::mem::size_of_val(blocks)) }
     }
+
+    /// The blocks' bytes, to be written: any bytes make valid blocks.
+    fn as_bytes_mut(blocks: &mut [Self]) -> &mut [u8] {
+        // SAFETY: as in `from_bytes`: no padding, and every bit pattern is a valid block.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                blocks.as_mut_ptr().cast(),
+                std::mem::size_of_val(blocks),
+            )
+        }
+    }
 }
 
 mod sealed {
@@ -126,7 +137,7 @@ impl Block for BlockQ8_0 {
     fn dot(weights: &[Self], x: &[BlockQ8_0]) -> f32 {
         match level() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2 and FMA were detected (every AVX-512 CPU has them too).
+            // SAFETY: AVX2, FMA and F16C were detected (every AVX-512 CPU has them too).
             Level::Avx512 | Level::Avx2Fma => unsafe { x86::quant::dot_q8_0(weights, x) },
             Level::Baseline => Self::portable_dot(weights, x),
         }
@@ -148,7 +159,7 @@ impl Block for BlockQ4_0 {
     fn dot(weights: &[Self], x: &[BlockQ8_0]) -> f32 {
         match level() {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2 and FMA were detected (every AVX-512 CPU has them too).
+            // SAFETY: AVX2, FMA and F16C were detected (every AVX-512 CPU has them too).
             Level::Avx512 | Level::Avx2Fma => unsafe { x86::quant::dot_q4_0(weights, x) },
             Level::Baseline => Self::portable_dot(weights, x),
         }

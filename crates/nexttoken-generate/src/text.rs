@@ -45,11 +45,10 @@ impl TextGenerator {
     /// its context length, vocabulary, width and depth must be the model's, since generation
     /// reads them from the config.
     pub fn new(model: Gpt2, config: Gpt2Config) -> Result<Self, GenerateError> {
-        let [vocab_size, n_embd] = model.wte.weight.dims();
         let shapes = [
             ("n_positions", config.n_positions, model.context_length()),
-            ("vocab_size", config.vocab_size, vocab_size),
-            ("n_embd", config.n_embd, n_embd),
+            ("vocab_size", config.vocab_size, model.vocab_size()),
+            ("n_embd", config.n_embd, model.width()),
             ("n_layer", config.n_layer, model.h.len()),
         ];
         if let Some((field, config, model)) = shapes.into_iter().find(|(_, c, m)| c != m) {

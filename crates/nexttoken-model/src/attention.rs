@@ -1,11 +1,11 @@
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::cache::{BLOCK_SIZE, CacheStep, KeyValue};
 use crate::flex::{cached_attention, laid_out_linear, linear, linear_onto};
+use crate::linear::Linear;
 
 /// Multi-head causal self-attention: the only layer that mixes information across positions.
 ///

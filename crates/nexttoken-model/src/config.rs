@@ -1,10 +1,11 @@
 use std::path::Path;
 
-use burn::nn::{EmbeddingConfig, LayerNormConfig};
+use burn::nn::LayerNormConfig;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::block::BlockConfig;
+use crate::linear::Embedding;
 use crate::{Gpt2, ModelError};
 
 /// GPT-2's hyper-parameters, with the names Hugging Face's `config.json` uses.
@@ -239,8 +240,8 @@ impl Gpt2Config {
             layer_norm_epsilon: self.layer_norm_epsilon,
         };
         Gpt2 {
-            wte: EmbeddingConfig::new(self.vocab_size, self.n_embd).init(device),
-            wpe: EmbeddingConfig::new(self.n_positions, self.n_embd).init(device),
+            wte: Embedding::new(self.vocab_size, self.n_embd, device),
+            wpe: Embedding::new(self.n_positions, self.n_embd, device),
             h: (0..self.n_layer).map(|_| block.init(device)).collect(),
             ln_f: layer_norm.init(device),
             layer_norm_epsilon: self.layer_norm_epsilon,

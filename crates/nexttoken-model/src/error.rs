@@ -94,4 +94,23 @@ pub enum ModelError {
          head to the token embedding, and nexttoken does not run untied heads"
     )]
     UntiedHead { path: PathBuf },
+
+    #[error(
+        "--dtype {quantization} runs on the flex backend only (its integer kernels are \
+         nexttoken's own): use --backend flex, or a float dtype (f32, f16, bf16) on this backend"
+    )]
+    QuantizedOffFlex { quantization: &'static str },
+
+    #[error("the model's weights are quantized already: quantize a float model")]
+    AlreadyQuantized,
+
+    #[error(
+        "tensor `{name}` has rows of {k} values, not a whole number of {quantization}'s \
+         32-value blocks: quantize a model whose widths are multiples of 32 (every GPT-2 size's are)"
+    )]
+    NotQuantizable {
+        name: String,
+        k: usize,
+        quantization: &'static str,
+    },
 }

@@ -12,12 +12,13 @@
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::{DispatchDevice, Flex};
-use burn::nn::{LayerNorm, Linear, LinearConfig};
-use burn::tensor::{DType, Device, Element, Tensor, TensorData, bf16, f16};
+use burn::nn::LayerNorm;
+use burn::tensor::{DType, Device, Element, Int, Tensor, TensorData, bf16, f16};
 use nexttoken_cpu::{Attention, AttentionRow, Float};
 use rayon::prelude::*;
 
 use crate::cache::{BLOCK_SIZE, CacheStep, KeyValue};
+use crate::linear::{Embedding, Linear};
 
 /// Runs a forward pass with the current rayon pool's threads kept on it when `device` is flex
 /// ([`nexttoken_cpu::in_pool`]); as it is on any other device.
@@ -58,10 +59,14 @@ pub(crate) fn linear_onto<const D: usize>(
 ///
 /// # Shapes
 /// - x: `[m, c]`, embedding: `[v, c]` -> `[m, v]`
-pub(crate) fn tied_head(embedding: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2>> {
+pub(crate) fn tied_head(embedding: &Embedding, x: &Tensor<2>) -> Option<Tensor<2>> {
     let [m, c] = x.dims();
-    let [v, _] = embedding.dims();
-    let embedding = flex(embedding)?;
+    let v = embedding.rows();
+    if let Some(quantized) = &embedding.quantized {
+        let x = flex_activation(x)?;
+        return Some(from_flex(quantized.times_transposed(&x, m), [m, v]));
+    }
+    let embedding = flex(&embedding.weight.val())?;
     let x = contiguous_flex(x)?;
     let x = values(&x)?;
     let logits = with_values!(values(&embedding)?, |embedding| {
@@ -79,13 +84,13 @@ pub(crate) fn tied_head(embedding: &Tensor<2>, x: &Tensor<2>) -> Option<Tensor<2
 /// checkpoint. Laid out as it arrives, a loading model holds one matrix twice at most, where
 /// laying out the finished model kept the allocator's freed copies beside it.
 pub(crate) fn laid_out_linear(k: usize, n: usize, device: &Device) -> Linear {
-    let layer = LinearConfig::new(k, n).init(device);
+    let layer = Linear::new(k, n, device);
     Linear {
         weight: layer
             .weight
             .init_mapper(stored_by_output)
             .load_mapper(stored_by_output),
-        bias: layer.bias,
+        ..layer
     }
 }
 
@@ -251,7 +256,10 @@ fn flex_linear<const D: usize>(
     let dims = x.dims();
     let k = dims[D - 1];
     let m = dims.iter().product::<usize>() / k.max(1);
-    let weight = stored_transposed(&layer.weight.val())?;
+    let weight = match &layer.quantized {
+        Some(_) => None,
+        None => Some(stored_transposed(&layer.weight.val())?),
+    };
     let bias = match &layer.bias {
         Some(bias) => Some(flex(&bias.val())?),
         None => None,
@@ -261,12 +269,22 @@ fn flex_linear<const D: usize>(
         None => None,
     };
     let dtype = x.dtype();
-    let x = contiguous_flex(x)?;
-    let x = values(&x)?;
-    let n = weight.layout().shape()[0];
-    let mut out = with_values!(values(&weight)?, |weight| {
-        with_values!(x, |x| nexttoken_cpu::times_transposed(x, weight, [m, k, n]))
-    });
+    let (n, mut out) = match (&layer.quantized, weight) {
+        (Some(quantized), _) => {
+            let out = quantized.times_transposed(&flex_activation(x)?, m);
+            (quantized.dims()[0], out)
+        }
+        (None, Some(weight)) => {
+            let x = contiguous_flex(x)?;
+            let x = values(&x)?;
+            let n = weight.layout().shape()[0];
+            let out = with_values!(values(&weight)?, |weight| {
+                with_values!(x, |x| nexttoken_cpu::times_transposed(x, weight, [m, k, n]))
+            });
+            (n, out)
+        }
+        (None, None) => unreachable!("a float weight was taken above"),
+    };
     let bias = match &bias {
         Some(bias) => Some(with_values!(values(bias)?, |bias| nexttoken_cpu::widened(
             bias
@@ -291,6 +309,36 @@ fn flex_linear<const D: usize>(
     out_dims[D - 1] = n;
     // The activations stay in the model's dtype; the products were summed in float32.
     Some(from_flex_as(out, out_dims, dtype))
+}
+
+/// `embedding.forward(ids)`, the rows of `ids`, on any backend; from quantized rows (flex's)
+/// dequantized as they are gathered.
+///
+/// # Shapes
+/// - ids: `[b, t]` -> `[b, t, width]`
+///
+/// # Panics
+/// If an id is not below the embedding's rows.
+pub(crate) fn embed(embedding: &Embedding, ids: Tensor<2, Int>) -> Tensor<3> {
+    let Some(quantized) = &embedding.quantized else {
+        return embedding.forward(ids);
+    };
+    let [rows, width] = quantized.dims();
+    let [b, t] = ids.dims();
+    let ids = ids
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .expect("converted to i64");
+    let mut out = vec![0.0; ids.len() * width];
+    for (&id, out) in ids.iter().zip(out.chunks_exact_mut(width)) {
+        let row = usize::try_from(id)
+            .ok()
+            .filter(|&row| row < rows)
+            .unwrap_or_else(|| panic!("id {id} is not below the vocabulary's {rows}"));
+        quantized.dequantize_row(row, out);
+    }
+    from_flex(out, [b, t, width])
 }
 
 /// A weight's values as flex stores them. The kernels read any of these and compute in float32,
@@ -417,11 +465,20 @@ mod tests {
 
     use super::*;
 
+    /// An embedding table of `weight`.
+    fn table(weight: &Tensor<2>) -> Embedding {
+        Embedding {
+            weight: burn::module::Param::from_tensor(weight.clone()),
+            quantized: None,
+        }
+    }
+
     /// `layer` with its weight laid out as a loaded model's are.
     fn laid_out(layer: &Linear) -> Linear {
         Linear {
             weight: layer.weight.clone().map(stored_by_output),
             bias: layer.bias.clone(),
+            quantized: None,
         }
     }
 
@@ -430,7 +487,7 @@ mod tests {
         let device = Device::flex();
         // 37 outputs: several tasks' rows and a partial one; 300 inputs: the dot products'
         // vector blocks and a tail.
-        let layer = crate::seeded::seeded(LinearConfig::new(300, 37).init(&device), 2026);
+        let layer = crate::seeded::seeded(Linear::new(300, 37, &device), 2026);
         let ours = laid_out(&layer);
         for rows in [1, 3, MAX_DOT_ROWS, MAX_DOT_ROWS + 1, 100] {
             let x = Tensor::<3>::random([1, rows, 300], Distribution::Default, &device);
@@ -456,7 +513,7 @@ mod tests {
         let device = Device::flex();
         let initialised = laid_out_linear(30, 20, &device);
         assert!(stored_transposed(&initialised.weight.val()).is_some());
-        let source = crate::seeded::seeded(LinearConfig::new(30, 20).init(&device), 2026);
+        let source = crate::seeded::seeded(Linear::new(30, 20, &device), 2026);
         let mut loaded = laid_out_linear(30, 20, &device);
         let result = loaded.apply(source.collect(None, None, false), None, None, false);
         assert!(result.errors.is_empty() && result.missing.is_empty());
@@ -470,7 +527,7 @@ mod tests {
     #[test]
     fn laying_out_keeps_the_weight_and_burns_forward() {
         let device = Device::flex();
-        let layer = crate::seeded::seeded(LinearConfig::new(30, 20).init(&device), 2026);
+        let layer = crate::seeded::seeded(Linear::new(30, 20, &device), 2026);
         let ours = laid_out(&layer);
         let weight = ours.weight.val();
         assert_eq!(weight.dims(), [30, 20]);
@@ -493,10 +550,11 @@ mod tests {
         let device = Device::flex();
         for dtype in [DType::F16, DType::BF16] {
             // 300 inputs: each kernel's vector blocks (64 or 128 values) and a tail.
-            let layer = crate::seeded::seeded(LinearConfig::new(300, 37).init(&device), 2026);
+            let layer = crate::seeded::seeded(Linear::new(300, 37, &device), 2026);
             let layer = Linear {
                 weight: layer.weight.map(|w| w.cast(dtype)),
                 bias: layer.bias.map(|b| b.map(|b| b.cast(dtype))),
+                quantized: None,
             };
             let x = Tensor::<3>::random([1, 3, 300], Distribution::Default, &device).cast(dtype);
             let residual = Tensor::<3>::random([1, 3, 37], Distribution::Default, &device);
@@ -519,7 +577,7 @@ mod tests {
             let embedding =
                 Tensor::<2>::random([101, 136], Distribution::Default, &device).cast(dtype);
             let x = Tensor::<2>::random([2, 136], Distribution::Default, &device).cast(dtype);
-            let logits = tied_head(&embedding, &x).expect("flex, half precision, few rows");
+            let logits = tied_head(&table(&embedding), &x).expect("flex, half precision, few rows");
             assert_eq!(logits.dtype(), DType::F32, "selection reads float32 logits");
             let burns = x.matmul(embedding.transpose()).cast(DType::F32);
             logits
@@ -608,7 +666,7 @@ mod tests {
         let embedding = Tensor::<2>::random([101, 40], Distribution::Default, &device);
         for rows in [1, 5, MAX_DOT_ROWS + 1] {
             let x = Tensor::<2>::random([rows, 40], Distribution::Default, &device);
-            let ours = tied_head(&embedding, &x).expect("flex, float32");
+            let ours = tied_head(&table(&embedding), &x).expect("flex, float32");
             let burns = x.matmul(embedding.clone().transpose());
             ours.into_data()
                 .assert_approx_eq::<f32>(&burns.into_data(), Tolerance::default());

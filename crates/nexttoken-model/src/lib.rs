@@ -36,8 +36,10 @@ mod checkpoint;
 mod config;
 mod error;
 mod flex;
+mod linear;
 mod mlp;
 mod model;
+mod quantized;
 mod seeded;
 
 pub use cache::{BLOCK_SIZE, CacheRow, KvCache};
@@ -45,5 +47,7 @@ pub use checkpoint::Checkpoint;
 pub use config::Gpt2Config;
 pub use error::ModelError;
 pub use flex::softmax;
+pub use linear::{Embedding, Linear, QuantizedWeight};
 pub use model::{Chunk, Gpt2, token_tensor};
 pub use nexttoken_layout as layout;
+pub use quantized::Quantization;

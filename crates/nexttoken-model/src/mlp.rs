@@ -1,11 +1,11 @@
 use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI};
 
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
 use crate::flex::{self, laid_out_linear, linear, linear_onto};
+use crate::linear::Linear;
 
 /// The position-wise feed-forward network: widen 4x, GELU, project back.
 #[derive(Module, Debug)]

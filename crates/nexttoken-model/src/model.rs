@@ -1,10 +1,11 @@
 use burn::module::Module;
-use burn::nn::{Embedding, LayerNorm};
+use burn::nn::LayerNorm;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::block::Block;
 use crate::cache::{CacheRow, KvCache};
 use crate::flex::{self, layer_norm};
+use crate::linear::Embedding;
 
 /// GPT-2: token and position embeddings, `n_layer` blocks, a final layer norm, and an output
 /// head tied to the token embedding (GPT-2 has no separate `lm_head` weight).
@@ -129,8 +130,14 @@ impl Gpt2 {
 
     /// Bytes one block of a [`KvCache`] takes on this model, every layer's keys and values.
     pub fn kv_block_bytes(&self) -> usize {
-        let width = self.wte.weight.dims()[1];
-        self.h.len() * 2 * crate::cache::BLOCK_SIZE * width * self.dtype().size()
+        self.h.len() * 2 * crate::cache::BLOCK_SIZE * self.width() * self.dtype().size()
+    }
+
+    /// `n_embd`, the width of every position's hidden state.
+    pub fn width(&self) -> usize {
+        // The position embedding's: never quantized, where the token embedding's stored rows
+        // are blocks' bytes.
+        self.wpe.weight.dims()[1]
     }
 
     /// The longest input the model accepts (`n_positions`).
@@ -139,12 +146,13 @@ impl Gpt2 {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.wte.weight.dims()[0]
+        self.wte.rows()
     }
 
-    /// The float type the model computes in (its weights'); logits are float32 whatever it is.
+    /// The float type the model computes in: its weights', or float32 for quantized weights
+    /// ([`Gpt2::quantization`]). Logits are float32 whatever it is.
     pub fn dtype(&self) -> DType {
-        self.wte.weight.val().dtype()
+        self.wpe.weight.val().dtype()
     }
 
     /// # Shapes
@@ -157,7 +165,7 @@ impl Gpt2 {
             "input of {t} tokens exceeds the context length {context}; crop it first"
         );
         let positions = Tensor::<1, Int>::arange(0..t as i64, &ids.device()).unsqueeze::<2>();
-        let x = self.wte.forward(ids) + self.wpe.forward(positions);
+        let x = flex::embed(&self.wte, ids) + self.wpe.forward(positions);
         let x = self.h.iter().fold(x, |x, block| block.forward(x, None).0);
         layer_norm(&self.ln_f, self.layer_norm_epsilon, &x)
     }
@@ -171,7 +179,7 @@ impl Gpt2 {
         let rows: Vec<(CacheRow, &[u32])> = chunks.iter().map(|c| (c.row, c.ids)).collect();
         let step = cache.step(&rows, self.context_length());
         let flat: Vec<u32> = chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
-        let mut x = self.wte.forward(token_tensor(&[&flat], &device))
+        let mut x = flex::embed(&self.wte, token_tensor(&[&flat], &device))
             + self.wpe.forward(step.positions(&device)); // [1, n, c]
         let mut layers = cache.take_layers().into_iter();
         let mut written = Vec::with_capacity(self.h.len());
@@ -201,10 +209,10 @@ impl Gpt2 {
     /// # Shapes
     /// - x: `[n, c]` -> `[n, v]`
     fn head(&self, x: Tensor<2>) -> Tensor<2> {
-        let embedding = self.wte.weight.val();
-        if let Some(logits) = flex::tied_head(&embedding, &x) {
+        if let Some(logits) = flex::tied_head(&self.wte, &x) {
             return logits;
         }
+        let embedding = self.wte.weight.val();
         // Selection works on float32 logits whatever the model computes in.
         embedding.matmul(x.transpose()).transpose().cast(DType::F32)
     }
