@@ -113,4 +113,36 @@ pub enum ModelError {
         k: usize,
         quantization: &'static str,
     },
+
+    /// The file's own message names it and what is wrong.
+    #[error("{error}")]
+    Gguf { error: String },
+
+    #[error(
+        "{path} is a GGUF of the `{architecture}` architecture; nexttoken runs GPT-2 (`gpt2`) \
+         only: convert a GPT-2 checkpoint with llama.cpp's convert_hf_to_gguf.py"
+    )]
+    GgufArchitecture { path: PathBuf, architecture: String },
+
+    #[error(
+        "tensor `{name}` in {path} is {kind}, which nexttoken does not read: use a GGUF of \
+         f32, f16, bf16, Q8_0 or Q4_0 tensors (llama-quantize IN.gguf OUT.gguf q8_0)"
+    )]
+    GgufTensorType {
+        path: PathBuf,
+        name: String,
+        kind: String,
+    },
+
+    #[error(
+        "{path} has an output.weight ({output}) that is not its token_embd.weight ({embedding}): \
+         GPT-2 ties its head to the token embedding, and nexttoken runs tied heads only; \
+         quantize with `llama-quantize --output-tensor-type {embedding_lower} IN.gguf OUT.gguf \
+         {embedding_lower}`", embedding_lower = embedding.to_lowercase()
+    )]
+    GgufUntiedHead {
+        path: PathBuf,
+        output: String,
+        embedding: String,
+    },
 }

@@ -15,7 +15,7 @@ use burn::module::Param;
 use burn::tensor::Tensor;
 
 use crate::error::ModelError;
-use crate::linear::QuantizedWeight;
+use crate::linear::{QuantizedWeight, emptied};
 use crate::model::Gpt2;
 
 /// A block format for the weights.
@@ -93,11 +93,13 @@ impl Gpt2 {
         Ok(self)
     }
 
-    /// The block format of the model's matrices, or `None` for float weights.
+    /// The block format of the model's matrices, or `None` for float weights. (Its token
+    /// embedding may be in another format, or in floats: a GGUF file's choice.)
     pub fn quantization(&self) -> Option<Quantization> {
-        self.wte
-            .quantized
-            .as_ref()
+        let first = self.h.first().map(|block| &block.attn.c_attn);
+        first
+            .and_then(|layer| layer.quantized.as_ref())
+            .or(self.wte.quantized.as_ref())
             .map(QuantizedWeight::quantization)
     }
 }
@@ -135,8 +137,7 @@ fn quantize(
         .try_into_vec()
         .expect("converted to f32");
     let quantized = QuantizedWeight::quantize(&values, [n, k], quantization);
-    let emptied = Param::from_tensor(Tensor::empty([0, 0], &weight.device()));
-    Ok((quantized, emptied))
+    Ok((quantized, emptied(&weight.device())))
 }
 
 #[cfg(test)]

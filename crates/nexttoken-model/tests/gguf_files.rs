@@ -1,0 +1,130 @@
+//! GGUF files written by llama.cpp's own tools against the safetensors checkpoint they came from.
+//! The files are made outside the test (llama.cpp's converter and llama-quantize), so the test
+//! is ignored unless asked for: `NEXTTOKEN_GGUF_CHECKPOINT=DIR NEXTTOKEN_GGUF_DIR=DIR cargo test
+//! -p nexttoken-model --test gguf_files -- --ignored`, where the second folder holds
+//! `NAME-f32.gguf`, `NAME-q8_0.gguf` (`convert_hf_to_gguf.py --outtype`) and `NAME-q4_0.gguf`
+//! (`llama-quantize`) of the first, NAME being its folder's name. Without them it fails, naming
+//! what is missing.
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor};
+use nexttoken_model::{Checkpoint, GgufCheckpoint, Gpt2, Quantization, token_tensor};
+
+fn files() -> (PathBuf, impl Fn(&str) -> PathBuf) {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("set {name} (see this file's comment)"))
+    };
+    let checkpoint = var("NEXTTOKEN_GGUF_CHECKPOINT");
+    let dir = var("NEXTTOKEN_GGUF_DIR");
+    let name = checkpoint
+        .file_name()
+        .expect("a folder")
+        .to_string_lossy()
+        .into_owned();
+    (checkpoint, move |kind: &str| {
+        dir.join(format!("{name}-{kind}.gguf"))
+    })
+}
+
+fn logits(model: &Gpt2, device: &Device) -> Vec<f32> {
+    let ids = [464u32, 318, 257, 1332, 286, 262, 6152, 1080];
+    let logits: Tensor<2> = model.forward_last(token_tensor(&[&ids], device));
+    logits
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("f32")
+}
+
+#[test]
+#[ignore = "needs GGUF files made by llama.cpp's tools (see the file's comment)"]
+fn llama_cpp_s_files_load_as_their_checkpoint() {
+    let device = Device::flex();
+    let (checkpoint, gguf) = files();
+    let float = Checkpoint::open(&checkpoint)
+        .expect("checkpoint")
+        .load(&device)
+        .expect("loads");
+    let expected = logits(&float, &device);
+
+    let f32_file = GgufCheckpoint::open(gguf("f32")).expect("f32 GGUF");
+    assert_eq!(
+        f32_file.config(),
+        Checkpoint::open(&checkpoint).expect("opens").config()
+    );
+    let got = logits(&f32_file.load(&device).expect("loads"), &device);
+    assert_eq!(
+        got, expected,
+        "the same float32 weights compute the same logits"
+    );
+
+    // The converter's Q8_0 blocks are the bytes `--dtype q8_0` quantizes the checkpoint to.
+    let q8_file = GgufCheckpoint::open(gguf("q8_0")).expect("q8_0 GGUF");
+    assert_eq!(q8_file.quantization(), Some(Quantization::Q8_0));
+    let from_file = q8_file.load(&device).expect("loads");
+    let quantized = Checkpoint::open(&checkpoint)
+        .expect("opens")
+        .load(&device)
+        .expect("loads")
+        .quantized(Quantization::Q8_0)
+        .expect("quantizes");
+    let bytes = |model: &Gpt2| -> Vec<Vec<u8>> {
+        let wte = model.wte.quantized.as_ref();
+        let mut all = vec![wte.map(|wte| wte.as_bytes().to_vec()).unwrap_or_default()];
+        for block in &model.h {
+            for linear in [
+                &block.attn.c_attn,
+                &block.attn.c_proj,
+                &block.mlp.c_fc,
+                &block.mlp.c_proj,
+            ] {
+                all.push(
+                    linear
+                        .quantized
+                        .as_ref()
+                        .expect("quantized")
+                        .as_bytes()
+                        .to_vec(),
+                );
+            }
+        }
+        all
+    };
+    assert!(
+        bytes(&from_file) == bytes(&quantized),
+        "equal bytes, matrix for matrix"
+    );
+    assert_eq!(logits(&from_file, &device), logits(&quantized, &device));
+
+    // llama-quantize's Q4_0 quantizes every matrix as `--dtype q4_0` does, and the token
+    // embedding (the head) in Q6_K, which loads as float32.
+    let q4_file = GgufCheckpoint::open(gguf("q4_0")).expect("q4_0 GGUF");
+    assert_eq!(q4_file.quantization(), Some(Quantization::Q4_0));
+    let from_file = q4_file.load(&device).expect("loads");
+    assert!(from_file.wte.quantized.is_none(), "Q6_K is widened");
+    let quantized = Checkpoint::open(&checkpoint)
+        .expect("opens")
+        .load(&device)
+        .expect("loads")
+        .quantized(Quantization::Q4_0)
+        .expect("quantizes");
+    assert!(
+        bytes(&from_file)[1..] == bytes(&quantized)[1..],
+        "equal bytes, matrix for matrix"
+    );
+    let got = logits(&from_file, &device);
+    let spread = expected.iter().map(|e| e * e).sum::<f32>().sqrt();
+    let error = got
+        .iter()
+        .zip(&expected)
+        .map(|(g, e)| (g - e).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    assert!(
+        error < 0.5 * spread,
+        "Q4_0 logits {error} from float32's (norm {spread})"
+    );
+}
