@@ -326,6 +326,17 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// The name `--dtype` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+            Dtype::Q8_0 => "q8_0",
+            Dtype::Q4_0 => "q4_0",
+        }
+    }
+
     /// The float type to load in, and the quantization to apply after (whose weights load as
     /// float32 first, from whatever the checkpoint stores).
     pub fn split(self) -> (DType, Option<Quantization>) {

@@ -569,7 +569,7 @@ mod tests {
         for (i, scale) in block[192..208].iter_mut().enumerate() {
             *scale = (i as i8 * 3 - 20) as u8;
         }
-        for i in 0..Q6_K_VALUES {
+        for (i, expected) in expected.iter_mut().enumerate() {
             // Value i sits in half h, quarter q, position l of its quarter.
             let (h, q, l) = (i / 128, i % 128 / 32, i % 32);
             let six = ((i * 7 + 3) % 64) as u8;
@@ -578,7 +578,7 @@ mod tests {
             block[low_byte] |= (six & 0x0f) << nibble_shift;
             block[128 + h * 32 + l] |= (six >> 4) << (2 * q);
             let scale = f32::from(block[192 + h * 8 + l / 16 + 2 * q] as i8);
-            expected[i] = 0.5 * scale * (f32::from(six) - 32.0);
+            *expected = 0.5 * scale * (f32::from(six) - 32.0);
         }
         let mut out = vec![0.0; Q6_K_VALUES];
         dequantize_q6_k(&block, &mut out);

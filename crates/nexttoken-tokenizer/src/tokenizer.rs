@@ -66,6 +66,13 @@ impl Gpt2Tokenizer {
     ///
     /// # Errors
     /// [`TokenizerError::UnknownToken`] for an id outside the vocabulary.
+    /// Token `id` as GPT-2's `vocab.json` (and a GGUF's `tokenizer.ggml.tokens`) spells it: its
+    /// bytes through GPT-2's byte-to-character map (`Ġ` for a space); `None` past the vocabulary.
+    pub fn byte_level_token(&self, id: u32) -> Option<String> {
+        let bytes = self.decode_bytes(&[id]).ok()?;
+        Some(bytes.iter().map(|&b| byte_level_char(b)).collect())
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         Ok(String::from_utf8_lossy(&self.decode_bytes(ids)?).into_owned())
     }
@@ -73,5 +80,38 @@ impl Gpt2Tokenizer {
     /// A decoder for ids that arrive one at a time.
     pub fn stream(&self) -> StreamDecoder {
         StreamDecoder::new(*self)
+    }
+}
+
+/// GPT-2's `bytes_to_unicode`: printable bytes stand for themselves; the others (controls,
+/// space, and a few of Latin-1) take the characters from U+0100 on, in byte order.
+fn byte_level_char(byte: u8) -> char {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
+    if printable(byte) {
+        return char::from(byte);
+    }
+    let index = (0..byte).filter(|&b| !printable(b)).count() as u32;
+    char::from_u32(0x100 + index).expect("below U+0200")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As GPT-2's vocab.json spells them.
+    #[test]
+    fn byte_level_tokens_are_vocab_json_s() {
+        let tokenizer = Gpt2Tokenizer::new();
+        let spelled = |id| tokenizer.byte_level_token(id);
+        assert_eq!(spelled(0).as_deref(), Some("!"));
+        assert_eq!(spelled(220).as_deref(), Some("Ġ"));
+        assert_eq!(spelled(262).as_deref(), Some("Ġthe"));
+        assert_eq!(spelled(198).as_deref(), Some("Ċ"));
+        assert_eq!(spelled(50256).as_deref(), Some("<|endoftext|>"));
+        assert_eq!(spelled(50257), None);
+        // Every byte has its own character.
+        let chars: std::collections::BTreeSet<char> = (0..=255u8).map(byte_level_char).collect();
+        assert_eq!(chars.len(), 256);
+        assert_eq!(byte_level_char(0xad), 'Ń');
     }
 }
