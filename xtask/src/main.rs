@@ -149,7 +149,18 @@ fn main() -> Result<()> {
                      `cargo xtask test` on a CPU that has it runs them)"
                 );
             }
-            let skips = missing.iter().flat_map(|(_, tests)| ["--skip", tests]);
+            // llama.cpp's own GGUF files are made outside CI (its converter and llama-quantize
+            // need its sources and build); the test runs where they are named.
+            let mut skipped: Vec<&str> = missing.iter().map(|(_, tests)| *tests).collect();
+            if std::env::var_os("NEXTTOKEN_GGUF_DIR").is_none() {
+                eprintln!(
+                    "NOT TESTED here: GGUF files written by llama.cpp's tools (set \
+                     NEXTTOKEN_GGUF_CHECKPOINT and NEXTTOKEN_GGUF_DIR: see \
+                     crates/nexttoken-model/tests/gguf_files.rs)"
+                );
+                skipped.push("llama_cpp_s_files_load_as_their_checkpoint");
+            }
+            let skips = skipped.iter().flat_map(|tests| ["--skip", tests]);
             let mut command = test()?;
             if every_backend && !no_setup {
                 command.arg("--include-ignored").args(skips.clone());
@@ -158,7 +169,7 @@ fn main() -> Result<()> {
             if !every_backend && !no_setup {
                 let mut ignored = test()?;
                 ignored.args(["--ignored", "the_official_openai_python_client"]);
-                if missing.iter().all(|(_, tests)| *tests != "avx512") {
+                if !skipped.contains(&"avx512") {
                     ignored.arg("avx512");
                 }
                 run(ignored.args(skips))?;
