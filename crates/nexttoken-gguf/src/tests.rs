@@ -122,3 +122,135 @@ fn type_ids_round_trip() {
         assert_eq!(TensorType::from_id(id).id(), id);
     }
 }
+
+#[test]
+fn every_value_type_reads_back_as_written() {
+    let values = [
+        ("u8", Value::U8(200)),
+        ("i8", Value::I8(-5)),
+        ("u16", Value::U16(60_000)),
+        ("i16", Value::I16(-300)),
+        ("u32", Value::U32(4_000_000_000)),
+        ("i32", Value::I32(-70_000)),
+        ("u64", Value::U64(1 << 40)),
+        ("i64", Value::I64(-(1 << 40))),
+        ("f32", Value::F32(0.25)),
+        ("f64", Value::F64(-1.5e300)),
+        ("bool", Value::Bool(false)),
+        ("string", Value::String("Ġthe".into())),
+        (
+            "nested",
+            Value::Array(vec![Value::Array(vec![Value::I16(7), Value::I16(-8)])]),
+        ),
+    ];
+    let writer = values.iter().fold(Writer::new(), |w, (key, value)| {
+        w.metadata(key, value.clone())
+    });
+    let gguf = Gguf::from_bytes(writer.to_bytes()).expect("valid");
+    for (key, value) in &values {
+        assert_eq!(gguf.metadata(key), Some(value), "{key}");
+    }
+    let keys: Vec<&str> = gguf.metadata_entries().map(|(k, _)| k).collect();
+    assert_eq!(keys.len(), values.len());
+    assert!(format!("{gguf:?}").contains("metadata: 13"), "{gguf:?}");
+}
+
+#[test]
+fn values_convert_only_where_they_fit() {
+    let unsigned = [
+        (Value::U8(200), Some(200)),
+        (Value::U16(60_000), Some(60_000)),
+        (Value::U32(7), Some(7)),
+        (Value::U64(1 << 40), Some(1 << 40)),
+        (Value::I8(5), Some(5)),
+        (Value::I8(-5), None),
+        (Value::I16(300), Some(300)),
+        (Value::I16(-1), None),
+        (Value::I32(70_000), Some(70_000)),
+        (Value::I32(-1), None),
+        (Value::I64(1 << 40), Some(1 << 40)),
+        (Value::I64(-1), None),
+        (Value::F32(1.0), None),
+    ];
+    for (value, expected) in unsigned {
+        assert_eq!(value.as_u64(), expected, "{value:?}");
+    }
+    assert_eq!(Value::F32(0.5).as_f64(), Some(0.5));
+    assert_eq!(Value::F64(-2.5).as_f64(), Some(-2.5));
+    assert_eq!(Value::U8(1).as_f64(), None);
+    assert_eq!(Value::String("gpt2".into()).as_str(), Some("gpt2"));
+    assert_eq!(Value::U8(1).as_str(), None);
+    assert_eq!(Value::Array(vec![]).as_array(), Some(&[][..]));
+    assert_eq!(Value::U8(1).as_array(), None);
+}
+
+/// ggml's ids, names and block sizes (`ggml.h`, `ggml-common.h`).
+#[test]
+fn tensor_types_are_ggml_s() {
+    let known = [
+        (0, "F32", Some((1, 4))),
+        (1, "F16", Some((1, 2))),
+        (2, "Q4_0", Some((32, 18))),
+        (3, "Q4_1", Some((32, 20))),
+        (6, "Q5_0", Some((32, 22))),
+        (7, "Q5_1", Some((32, 24))),
+        (8, "Q8_0", Some((32, 34))),
+        (9, "Q8_1", Some((32, 36))),
+        (10, "Q2_K", Some((256, 84))),
+        (11, "Q3_K", Some((256, 110))),
+        (12, "Q4_K", Some((256, 144))),
+        (13, "Q5_K", Some((256, 176))),
+        (14, "Q6_K", Some((256, 210))),
+        (15, "Q8_K", Some((256, 292))),
+        (24, "I8", Some((1, 1))),
+        (25, "I16", Some((1, 2))),
+        (26, "I32", Some((1, 4))),
+        (27, "I64", Some((1, 8))),
+        (28, "F64", Some((1, 8))),
+        (30, "BF16", Some((1, 2))),
+        (16, "IQ2_XXS (ggml type 16)", None),
+        (17, "IQ2_XS (ggml type 17)", None),
+        (18, "IQ3_XXS (ggml type 18)", None),
+        (19, "IQ1_S (ggml type 19)", None),
+        (20, "IQ4_NL (ggml type 20)", None),
+        (21, "IQ3_S (ggml type 21)", None),
+        (22, "IQ2_S (ggml type 22)", None),
+        (23, "IQ4_XS (ggml type 23)", None),
+        (29, "IQ1_M (ggml type 29)", None),
+        (34, "TQ1_0 (ggml type 34)", None),
+        (35, "TQ2_0 (ggml type 35)", None),
+        (39, "MXFP4 (ggml type 39)", None),
+        (40, "NVFP4 (ggml type 40)", None),
+        (99, "unknown (ggml type 99)", None),
+    ];
+    for (id, name, block) in known {
+        let kind = TensorType::from_id(id);
+        assert_eq!(
+            (kind.to_string().as_str(), kind.block()),
+            (name, block),
+            "id {id}"
+        );
+    }
+}
+
+#[test]
+fn alignment_and_nesting_are_checked() {
+    let odd = Writer::new()
+        .metadata("general.alignment", Value::U32(48))
+        .tensor("a", &[8], TensorType::F32, &[0; 32]);
+    let error = Gguf::from_bytes(odd.to_bytes()).expect_err("48 is no power of two");
+    assert!(error.to_string().contains("general.alignment"), "{error}");
+    // A power of two the writer did not use: the second tensor's offset (32) is misaligned.
+    let wide = Writer::new()
+        .metadata("general.alignment", Value::U32(64))
+        .tensor("a", &[8], TensorType::F32, &[0; 32])
+        .tensor("b", &[8], TensorType::F32, &[0; 32]);
+    let error = Gguf::from_bytes(wide.to_bytes()).expect_err("misaligned");
+    assert!(error.to_string().contains("misaligned"), "{error}");
+    let deep = (0..5).fold(Value::U8(1), |inner, _| Value::Array(vec![inner]));
+    let error =
+        Gguf::from_bytes(Writer::new().metadata("deep", deep).to_bytes()).expect_err("five levels");
+    assert!(error.to_string().contains("value type 9"), "{error}");
+    let four = (0..4).fold(Value::U8(1), |inner, _| Value::Array(vec![inner]));
+    Gguf::from_bytes(Writer::new().metadata("four", four).to_bytes()).expect("four levels");
+}
