@@ -254,3 +254,36 @@ fn alignment_and_nesting_are_checked() {
     let four = (0..4).fold(Value::U8(1), |inner, _| Value::Array(vec![inner]));
     Gguf::from_bytes(Writer::new().metadata("four", four).to_bytes()).expect("four levels");
 }
+
+#[test]
+fn impossible_shapes_and_counts_are_named_with_the_file() {
+    let five = Writer::new().tensor("t", &[1, 1, 1, 1, 2], TensorType::F32, &[0; 8]);
+    let error = Gguf::from_bytes(five.to_bytes()).expect_err("5 dimensions");
+    assert!(
+        error.to_string().contains("t has 5 dimensions (at most 4)"),
+        "{error}"
+    );
+    let four = Writer::new().tensor("t", &[1, 1, 1, 2], TensorType::F32, &[0; 8]);
+    Gguf::from_bytes(four.to_bytes()).expect("4 dimensions");
+    // An array claiming more values than bytes remain is refused before it allocates.
+    let mut bytes = Writer::new()
+        .metadata("a", Value::Array(vec![Value::U8(1), Value::U8(2)]))
+        .to_bytes();
+    let count_at = 24 + 8 + 1 + 4 + 4;
+    bytes[count_at..count_at + 8].copy_from_slice(&1_000u64.to_le_bytes());
+    let dir = tempfile_dir();
+    let path = dir.join("counts.gguf");
+    std::fs::write(&path, &bytes).expect("written");
+    let error = Gguf::open(&path)
+        .expect_err("1,000 values in 2 bytes")
+        .to_string();
+    assert!(error.contains("a's 1000 values"), "{error}");
+    assert!(error.contains("counts.gguf"), "{error}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nexttoken-gguf-counts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
