@@ -256,10 +256,6 @@ fn flex_linear<const D: usize>(
     let dims = x.dims();
     let k = dims[D - 1];
     let m = dims.iter().product::<usize>() / k.max(1);
-    let weight = match &layer.quantized {
-        Some(_) => None,
-        None => Some(stored_transposed(&layer.weight.val())?),
-    };
     let bias = match &layer.bias {
         Some(bias) => Some(flex(&bias.val())?),
         None => None,
@@ -269,12 +265,13 @@ fn flex_linear<const D: usize>(
         None => None,
     };
     let dtype = x.dtype();
-    let (n, mut out) = match (&layer.quantized, weight) {
-        (Some(quantized), _) => {
+    let (n, mut out) = match &layer.quantized {
+        Some(quantized) => {
             let out = quantized.times_transposed(&flex_activation(x)?, m);
             (quantized.dims()[0], out)
         }
-        (None, Some(weight)) => {
+        None => {
+            let weight = stored_transposed(&layer.weight.val())?;
             let x = contiguous_flex(x)?;
             let x = values(&x)?;
             let n = weight.layout().shape()[0];
@@ -283,7 +280,6 @@ fn flex_linear<const D: usize>(
             });
             (n, out)
         }
-        (None, None) => unreachable!("a float weight was taken above"),
     };
     let bias = match &bias {
         Some(bias) => Some(with_values!(values(bias)?, |bias| nexttoken_cpu::widened(
