@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use nexttoken_backend::Backend;
+use nexttoken_backend::{Backend, dtype_name};
 use nexttoken_model::Quantization;
 use nexttoken_model::burn::tensor::DType;
 
@@ -328,12 +328,9 @@ pub enum Dtype {
 impl Dtype {
     /// The name `--dtype` takes.
     pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::F16 => "f16",
-            Dtype::Bf16 => "bf16",
-            Dtype::Q8_0 => "q8_0",
-            Dtype::Q4_0 => "q4_0",
+        match self.split() {
+            (_, Some(quantization)) => quantization.name(),
+            (float, None) => dtype_name(float),
         }
     }
 
