@@ -27,72 +27,71 @@ pub enum TensorType {
     Other(u32, &'static str),
 }
 
+/// ggml's ids of the types this reader has sizes for, in id order.
+const KNOWN: [(u32, TensorType); 20] = {
+    use TensorType::*;
+    [
+        (0, F32),
+        (1, F16),
+        (2, Q4_0),
+        (3, Q4_1),
+        (6, Q5_0),
+        (7, Q5_1),
+        (8, Q8_0),
+        (9, Q8_1),
+        (10, Q2_K),
+        (11, Q3_K),
+        (12, Q4_K),
+        (13, Q5_K),
+        (14, Q6_K),
+        (15, Q8_K),
+        (24, I8),
+        (25, I16),
+        (26, I32),
+        (27, I64),
+        (28, F64),
+        (30, BF16),
+    ]
+};
+
+/// ggml's names of the types it has and this reader has no sizes for.
+const OTHERS: [(u32, &str); 13] = [
+    (16, "IQ2_XXS"),
+    (17, "IQ2_XS"),
+    (18, "IQ3_XXS"),
+    (19, "IQ1_S"),
+    (20, "IQ4_NL"),
+    (21, "IQ3_S"),
+    (22, "IQ2_S"),
+    (23, "IQ4_XS"),
+    (29, "IQ1_M"),
+    (34, "TQ1_0"),
+    (35, "TQ2_0"),
+    (39, "MXFP4"),
+    (40, "NVFP4"),
+];
+
 impl TensorType {
     pub fn from_id(id: u32) -> Self {
-        use TensorType::*;
-        match id {
-            0 => F32,
-            1 => F16,
-            2 => Q4_0,
-            3 => Q4_1,
-            6 => Q5_0,
-            7 => Q5_1,
-            8 => Q8_0,
-            9 => Q8_1,
-            10 => Q2_K,
-            11 => Q3_K,
-            12 => Q4_K,
-            13 => Q5_K,
-            14 => Q6_K,
-            15 => Q8_K,
-            24 => I8,
-            25 => I16,
-            26 => I32,
-            27 => I64,
-            28 => F64,
-            30 => BF16,
-            16 => Other(id, "IQ2_XXS"),
-            17 => Other(id, "IQ2_XS"),
-            18 => Other(id, "IQ3_XXS"),
-            19 => Other(id, "IQ1_S"),
-            20 => Other(id, "IQ4_NL"),
-            21 => Other(id, "IQ3_S"),
-            22 => Other(id, "IQ2_S"),
-            23 => Other(id, "IQ4_XS"),
-            29 => Other(id, "IQ1_M"),
-            34 => Other(id, "TQ1_0"),
-            35 => Other(id, "TQ2_0"),
-            39 => Other(id, "MXFP4"),
-            40 => Other(id, "NVFP4"),
-            _ => Other(id, "unknown"),
+        if let Some(&(_, kind)) = KNOWN.iter().find(|(known, _)| *known == id) {
+            return kind;
         }
+        let name = OTHERS
+            .iter()
+            .find(|(other, _)| *other == id)
+            .map_or("unknown", |&(_, name)| name);
+        TensorType::Other(id, name)
     }
 
     /// The id a GGUF file stores.
     pub fn id(self) -> u32 {
-        use TensorType::*;
         match self {
-            F32 => 0,
-            F16 => 1,
-            Q4_0 => 2,
-            Q4_1 => 3,
-            Q5_0 => 6,
-            Q5_1 => 7,
-            Q8_0 => 8,
-            Q8_1 => 9,
-            Q2_K => 10,
-            Q3_K => 11,
-            Q4_K => 12,
-            Q5_K => 13,
-            Q6_K => 14,
-            Q8_K => 15,
-            I8 => 24,
-            I16 => 25,
-            I32 => 26,
-            I64 => 27,
-            F64 => 28,
-            BF16 => 30,
-            Other(id, _) => id,
+            TensorType::Other(id, _) => id,
+            known => KNOWN
+                .iter()
+                .find(|(_, kind)| *kind == known)
+                .map(|&(id, _)| id)
+                .expect("every named type is in KNOWN"),
         }
     }
 
