@@ -120,12 +120,14 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
             .iter()
             .map(|dtype| Ok((dtype.as_str(), llama_cpp::gguf(root, &model, dtype)?)))
             .collect::<Result<BTreeMap<_, _>>>()?;
-        let batched = batch_sizes_over_one(args)?.is_some();
+        let batches = batch_sizes_over_one(args)?;
         Some(LlamaCpp {
             bench: llama_cpp::binary(root, "llama-bench")?,
-            batched_bench: batched
-                .then(|| llama_cpp::binary(root, "llama-batched-bench"))
-                .transpose()?,
+            batched_bench: if batches.is_empty() {
+                None
+            } else {
+                Some((llama_cpp::binary(root, "llama-batched-bench")?, batches))
+            },
             ggufs,
         })
     } else {
@@ -166,9 +168,9 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
                     round_records.extend(
                         around.run(|| llama_bench_records(&llama.bench, gguf, args, threads))?,
                     );
-                    if let Some(batched_bench) = &llama.batched_bench {
+                    if let Some((batched_bench, batches)) = &llama.batched_bench {
                         round_records.extend(around.run(|| {
-                            llama_batched_bench_records(batched_bench, gguf, args, threads)
+                            llama_batched_bench_records(batched_bench, batches, gguf, args, threads)
                         })?);
                     }
                 }
@@ -216,14 +218,13 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
 /// llama.cpp's programs and the checkpoint as GGUF in each dtype.
 struct LlamaCpp<'a> {
     bench: PathBuf,
-    /// Only when some batch is larger than one.
-    batched_bench: Option<PathBuf>,
+    /// llama-batched-bench and the batch sizes above one, when there are some.
+    batched_bench: Option<(PathBuf, Vec<usize>)>,
     ggufs: BTreeMap<&'a str, PathBuf>,
 }
 
-/// `--batch-size`'s sizes above one, comma-separated as llama-batched-bench's `-npl` takes them;
-/// `None` when there are none.
-fn batch_sizes_over_one(args: &SpeedArgs) -> Result<Option<String>> {
+/// `--batch-size`'s sizes above one, llama-batched-bench's part.
+fn batch_sizes_over_one(args: &SpeedArgs) -> Result<Vec<usize>> {
     let mut sizes = Vec::new();
     for size in args.batch_size.split(',') {
         let size: usize = size
@@ -231,10 +232,10 @@ fn batch_sizes_over_one(args: &SpeedArgs) -> Result<Option<String>> {
             .parse()
             .with_context(|| format!("--batch-size: `{size}` is not a number"))?;
         if size > 1 {
-            sizes.push(size.to_string());
+            sizes.push(size);
         }
     }
-    Ok((!sizes.is_empty()).then(|| sizes.join(",")))
+    Ok(sizes)
 }
 
 /// llama-batched-bench's measurements (`--output-format jsonl`) for the batches above one, as
@@ -243,18 +244,14 @@ fn batch_sizes_over_one(args: &SpeedArgs) -> Result<Option<String>> {
 /// as `nexttoken bench` runs them. It has no repetitions: each `-r` is a run of its own.
 fn llama_batched_bench_records(
     batched_bench: &Path,
+    batches: &[usize],
     gguf: &Path,
     args: &SpeedArgs,
     threads: &str,
 ) -> Result<Vec<Record>> {
-    let Some(batches) = batch_sizes_over_one(args)? else {
-        return Ok(Vec::new());
-    };
-    let largest_batch: usize = batches
-        .split(',')
-        .filter_map(|b| b.parse().ok())
-        .max()
-        .unwrap_or(1);
+    let largest_batch = batches.iter().copied().max().unwrap_or(1);
+    let batches: Vec<String> = batches.iter().map(usize::to_string).collect();
+    let batches = batches.join(",");
     #[derive(Deserialize)]
     struct BatchedBench {
         pp: usize,
