@@ -499,6 +499,16 @@ mod tests {
         );
     }
 
+    /// Bytes written through `as_bytes_mut` are the blocks a GGUF file's bytes make.
+    #[test]
+    fn blocks_are_filled_from_a_file_s_bytes() {
+        let q4 = quantize_q4_0(&awkward_values(2, 9));
+        let mut copied = vec![BlockQ4_0::default(); 2];
+        BlockQ4_0::as_bytes_mut(&mut copied).copy_from_slice(BlockQ4_0::as_bytes(&q4));
+        assert_eq!(copied, q4);
+        assert_eq!(BlockQ4_0::as_bytes_mut(&mut copied).len(), 36);
+    }
+
     /// The reference dot product: each block's integer sum, scaled, summed in order.
     fn reference_dot<B: Block>(w: &[B], x: &[BlockQ8_0]) -> f64 {
         let mut wide_w = [0.0; 32];
