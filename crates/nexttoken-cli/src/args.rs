@@ -29,6 +29,11 @@ pub enum Command {
         curl http://127.0.0.1:8080/v1/completions -H 'Content-Type: application/json' \\\n    \
         -d '{\"prompt\": \"Hello, I am\", \"max_tokens\": 20, \"temperature\": 0}'")]
     Serve(ServeArgs),
+    /// Score a text: its perplexity over windows of the context, as transformers' recipe and
+    /// llama-perplexity compute it.
+    #[command(after_help = "Examples:\n  nexttoken perplexity -f wiki.test.raw\n  \
+        nexttoken perplexity --model gpt2 --dtype q8_0 -f book.txt --context 1024 --stride 512")]
+    Perplexity(PerplexityArgs),
     /// List the backends: which are compiled in, and whether each can start on this machine.
     Info,
 }
@@ -287,6 +292,36 @@ pub struct RunArgs {
     /// and ndarray; libtorch's, the physical cores, for tch).
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The text to score (UTF-8).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Ids per window. Default: the model's context length.
+    #[arg(long, value_name = "N")]
+    pub context: Option<usize>,
+
+    /// Ids between windows' starts; each window scores the ids after the previous window's
+    /// end, predicted from up to a window of ids before them. Default: half the window.
+    #[arg(long, value_name = "N")]
+    pub stride: Option<usize>,
+
+    /// Print one JSON object instead of the summary line.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Compute backend: flex, ndarray, wgpu, vulkan, tch or cuda.
+    #[arg(short, long, default_value = "flex", value_name = "NAME")]
+    pub backend: Backend,
+
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Which checkpoint to run, for `generate` and `bench` alike.

@@ -13,6 +13,7 @@ mod logging;
 mod logits;
 mod memory;
 mod model;
+mod perplexity;
 mod serve;
 
 use std::process::ExitCode;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args).map(|()| Outcome::Finished),
         Command::Serve(args) => serve::run(args).map(|()| Outcome::Finished),
+        Command::Perplexity(args) => perplexity::run(args).map(|()| Outcome::Finished),
         Command::Info => run_info().map(|()| Outcome::Finished),
     };
     match result {

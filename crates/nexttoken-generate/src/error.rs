@@ -8,6 +8,9 @@ pub enum GenerateError {
     #[error("max_new_tokens is 0, so there is nothing to generate: ask for at least 1 token")]
     ZeroMaxNewTokens,
 
+    #[error("cannot score {reason}")]
+    InvalidWindows { reason: String },
+
     #[error("no prompts were given: pass at least one prompt")]
     NoPrompts,
 

@@ -35,6 +35,7 @@ pub use burn;
 mod config;
 mod error;
 mod generate;
+mod perplexity;
 mod sampler;
 mod sampling;
 mod session;
@@ -45,6 +46,7 @@ pub use config::GenerationConfig;
 pub use error::GenerateError;
 pub use generate::{Generation, Step, generate};
 pub use nexttoken_model::KvCache;
+pub use perplexity::Perplexity;
 pub use sampler::{
     MIN_TEMPERATURE, Sampler, SamplingError, SamplingParams, Selection, random_seed,
 };
