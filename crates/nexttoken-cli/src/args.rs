@@ -32,7 +32,9 @@ pub enum Command {
     /// Score a text: its perplexity over windows of the context, as transformers' recipe and
     /// llama-perplexity compute it.
     #[command(after_help = "Examples:\n  nexttoken perplexity -f wiki.test.raw\n  \
-        nexttoken perplexity --model gpt2 --dtype q8_0 -f book.txt --context 1024 --stride 512")]
+        nexttoken perplexity --model gpt2 --dtype q8_0 -f book.txt --context 1024 --stride 512\n  \
+        nexttoken perplexity -f book.txt --kl-divergence-base f32.kld\n  \
+        nexttoken perplexity -f book.txt --dtype q4_0 --kl-divergence-base f32.kld --kl-divergence")]
     Perplexity(PerplexityArgs),
     /// List the backends: which are compiled in, and whether each can start on this machine.
     Info,
@@ -311,6 +313,16 @@ pub struct PerplexityArgs {
     /// end, predicted from up to a window of ids before them. Default: half the window.
     #[arg(long, value_name = "N")]
     pub stride: Option<usize>,
+
+    /// Save every scored id's distribution over the vocabulary to FILE (a base run, f32 say),
+    /// or with --kl-divergence, compare this run's with FILE's: mean KL divergence and how
+    /// often the most likely id is the same (as llama-perplexity's flags of these names).
+    #[arg(long, value_name = "FILE")]
+    pub kl_divergence_base: Option<PathBuf>,
+
+    /// Compare with the base run in --kl-divergence-base instead of saving one.
+    #[arg(long, requires = "kl_divergence_base")]
+    pub kl_divergence: bool,
 
     /// Print one JSON object instead of the summary line.
     #[arg(long)]

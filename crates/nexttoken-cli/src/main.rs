@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod args;
 mod bench;
 mod generate;
+mod kl_divergence;
 mod logging;
 mod logits;
 mod memory;

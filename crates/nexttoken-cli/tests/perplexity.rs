@@ -72,3 +72,96 @@ fn perplexity_refuses_what_it_cannot_score() {
         "reading /no/such/text.txt",
     );
 }
+
+/// A base run in f32, then the same run against it (only the base's 16-bit rounding apart), a
+/// Q8_0 run against it (close, not equal), and a run on other windows (refused).
+#[test]
+fn kl_divergence_compares_whole_distributions_with_a_base_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = dir.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "I had always thought Jack Gisburn rather a cheap genius--though a good fellow enough--so \
+         it was no great surprise to me to hear that, in the height of his glory, he had dropped \
+         his painting, married a rich widow, and established himself in a villa on the Riviera. \
+         The height of his glory, as the papers said, was a thing to remember; and I remembered \
+         it when I saw the villa, and the widow, and the pictures he no longer painted.",
+    )
+    .expect("written");
+    let (text, base) = (
+        text.display().to_string(),
+        dir.path().join("f32.kld").display().to_string(),
+    );
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "perplexity",
+            "-f",
+            &text,
+            "--context",
+            "48",
+            "--stride",
+            "24",
+            "--kl-divergence-base",
+            &base,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json_lines(&args).remove(0)
+    };
+    let saved = run(&[]);
+    assert!(saved.get("kl_divergence").is_none(), "{saved}");
+
+    let same = run(&["--kl-divergence"]);
+    let kl = &same["kl_divergence"];
+    assert!(kl["max"].as_f64().expect("a number") < 1e-6, "{kl}");
+    assert_eq!(kl["same_top"], 1.0);
+    let base_ppl = kl["base_perplexity"].as_f64().expect("a number");
+    let ppl = saved["perplexity"].as_f64().expect("a number");
+    assert!((base_ppl / ppl - 1.0).abs() < 1e-3, "{base_ppl} vs {ppl}");
+
+    let quantized = run(&["--kl-divergence", "--dtype", "q8_0"]);
+    let kl = &quantized["kl_divergence"];
+    let mean = kl["mean"].as_f64().expect("a number");
+    assert!(mean > 1e-5 && mean < 0.05, "{kl}");
+    assert!(kl["same_top"].as_f64().expect("a share") > 0.8, "{kl}");
+    assert!(kl["p99"].as_f64() <= kl["max"].as_f64(), "{kl}");
+
+    assert_fails_with(
+        &nexttoken(&[
+            "perplexity",
+            "-f",
+            &text,
+            "--context",
+            "48",
+            "--stride",
+            "12",
+            "--kl-divergence-base",
+            &base,
+            "--kl-divergence",
+        ]),
+        "was made with --context 48 --stride 24, this run --context 48 --stride 12: compare the \
+         same text and windows",
+    );
+}
+
+#[test]
+fn kl_divergence_needs_its_base() {
+    assert_usage_error(
+        &nexttoken(&["perplexity", "-f", "text.txt", "--kl-divergence"]),
+        "--kl-divergence-base <FILE>",
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "Hello there, friend.").expect("written");
+    assert_fails_with(
+        &nexttoken(&[
+            "perplexity",
+            "-f",
+            &text.display().to_string(),
+            "--kl-divergence-base",
+            "/no/such/base.kld",
+            "--kl-divergence",
+        ]),
+        "opening the KL-divergence base /no/such/base.kld (make it first",
+    );
+}

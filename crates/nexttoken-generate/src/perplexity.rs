@@ -5,6 +5,7 @@
 //! scored exactly once; with a stride of a whole window, each window's first id has nothing
 //! before it in the window and is not scored, as in transformers' loop.
 
+use crate::session::logprobs;
 use crate::{GenerateError, TextGenerator};
 
 /// The scored ids' negative log-likelihoods, in order.
@@ -41,7 +42,10 @@ impl Perplexity {
 
 impl TextGenerator {
     /// The perplexity of `ids` in windows of `window` ids (at most the context), `stride` apart
-    /// (at most `window`); `progress(done, windows)` after each window.
+    /// (at most `window`). `logits(row, id)` sees each scored id with the logits that predicted
+    /// it (over the ids the tokenizer can decode), in the order the ids are scored, for a
+    /// comparison of whole distributions (KL divergence); `progress(done, windows)` runs after
+    /// each window.
     ///
     /// # Errors
     /// [`GenerateError::InvalidWindows`] for a window past the context, a zero or too long
@@ -51,6 +55,7 @@ impl TextGenerator {
         ids: &[u32],
         window: usize,
         stride: usize,
+        mut logits: impl FnMut(&[f32], u32),
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Perplexity, GenerateError> {
         let context = self.model().context_length();
@@ -80,14 +85,17 @@ impl TextGenerator {
         let mut scored_to = 0;
         for (done, &begin) in starts.iter().enumerate() {
             let end = (begin + window).min(ids.len());
-            // `score` gives ids begin + 1 .. end; the window keeps those not yet scored.
-            let logprobs = self.score(&ids[begin..end], 0)?;
-            let fresh = (end - scored_to).min(logprobs.len());
-            nll.extend(
-                logprobs[logprobs.len() - fresh..]
-                    .iter()
-                    .map(|l| -f64::from(l.logprob)),
-            );
+            // The rows predict ids begin + 1 .. end; the window keeps those not yet scored.
+            let rows = self.next_id_logits(&ids[begin..end])?;
+            let fresh = (end - scored_to).min(end - begin - 1);
+            for (row, &next) in rows
+                .iter()
+                .skip(end - begin - 1 - fresh)
+                .zip(&ids[end - fresh..])
+            {
+                nll.push(-f64::from(logprobs(row, next, 0).logprob));
+                logits(row, next);
+            }
             scored_to = end;
             progress(done + 1, starts.len());
         }
@@ -118,9 +126,15 @@ mod tests {
     fn each_id_is_scored_once_by_the_first_window_that_reaches_it() {
         let generator = generator();
         let ids = [1u32, 5, 3, 9, 2, 14, 7, 0, 11];
-        let mut calls = Vec::new();
+        let (mut calls, mut rows) = (Vec::new(), Vec::new());
         let got = generator
-            .perplexity(&ids, 4, 2, |done, all| calls.push((done, all)))
+            .perplexity(
+                &ids,
+                4,
+                2,
+                |row, id| rows.push((row.to_vec(), id)),
+                |done, all| calls.push((done, all)),
+            )
             .expect("scores");
         let windows = [
             [0, 4],
@@ -138,6 +152,16 @@ mod tests {
             .map(|(i, &window)| nll_in(&generator, &ids, window, i + 1))
             .collect();
         assert_eq!(got.nll, expected);
+        // Each scored id's row of logits, in order: the row its nll came from.
+        let from_rows: Vec<f64> = rows
+            .iter()
+            .zip(&ids[1..])
+            .map(|((row, id), &expected_id)| {
+                assert_eq!(*id, expected_id);
+                -f64::from(logprobs(row, *id, 0).logprob)
+            })
+            .collect();
+        assert_eq!(from_rows, expected);
         assert_eq!(got.windows, 4);
         assert_eq!(calls, [(1, 4), (2, 4), (3, 4), (4, 4)]);
         let mean = expected.iter().sum::<f64>() / 8.0;
@@ -150,7 +174,9 @@ mod tests {
     fn a_whole_window_stride_leaves_each_window_s_first_id_out() {
         let generator = generator();
         let ids = [1u32, 5, 3, 9, 2, 14, 7];
-        let got = generator.perplexity(&ids, 3, 3, |_, _| {}).expect("scores");
+        let got = generator
+            .perplexity(&ids, 3, 3, |_, _| {}, |_, _| {})
+            .expect("scores");
         let windows = [([0, 3], 1), ([0, 3], 2), ([3, 6], 4), ([3, 6], 5)];
         let mut expected: Vec<f64> = windows
             .iter()
@@ -166,7 +192,7 @@ mod tests {
         let generator = generator();
         let ids = [4u32, 8, 15, 13, 2];
         let got = generator
-            .perplexity(&ids, 16, 8, |_, _| {})
+            .perplexity(&ids, 16, 8, |_, _| {}, |_, _| {})
             .expect("scores");
         let all = generator.score(&ids, 0).expect("scores");
         let expected: Vec<f64> = all.iter().map(|l| -f64::from(l.logprob)).collect();
@@ -184,13 +210,13 @@ mod tests {
             (8, 9, "a stride of 9: it must be 1 to the window's 8"),
         ] {
             let error = generator
-                .perplexity(&ids, window, stride, |_, _| {})
+                .perplexity(&ids, window, stride, |_, _| {}, |_, _| {})
                 .expect_err("refused")
                 .to_string();
             assert!(error.contains(says), "{error}");
         }
         let error = generator
-            .perplexity(&ids[..1], 8, 4, |_, _| {})
+            .perplexity(&ids[..1], 8, 4, |_, _| {}, |_, _| {})
             .expect_err("one id");
         assert!(error.to_string().contains("at least 2"), "{error}");
     }

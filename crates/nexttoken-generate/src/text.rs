@@ -108,6 +108,17 @@ impl TextGenerator {
     /// [`GenerateError::EmptyPrompt`], [`GenerateError::TooLong`] past the model's context,
     /// [`GenerateError::TokenOutOfRange`], or a failed read-back.
     pub fn score(&self, ids: &[u32], top: usize) -> Result<Vec<Logprobs>, GenerateError> {
+        Ok(self
+            .next_id_logits(ids)?
+            .iter()
+            .zip(&ids[1..])
+            .map(|(scores, &next)| logprobs(scores, next, top))
+            .collect())
+    }
+
+    /// Logits over the ids the tokenizer can decode at each position of `ids` but the last, from
+    /// one forward pass: row `i` predicts `ids[i + 1]`, with [`TextGenerator::score`]'s errors.
+    pub(crate) fn next_id_logits(&self, ids: &[u32]) -> Result<LogitRows, GenerateError> {
         let context = self.model.context_length();
         let vocab_size = self.model.vocab_size();
         if ids.is_empty() {
@@ -127,27 +138,40 @@ impl TextGenerator {
             });
         }
         let t = ids.len();
-        if t == 1 {
-            return Ok(Vec::new());
-        }
         let choosable = vocab_size.min(VOCAB_SIZE as usize);
+        if t < 2 {
+            return Ok(LogitRows {
+                values: Vec::new(),
+                width: choosable,
+            });
+        }
         let device = self.model.wte.weight.device();
-        // Position i's logits predict id i + 1; the last position predicts nothing here.
         let logits = self
             .model
             .forward(token_tensor(&[ids], &device))
             .reshape([t, vocab_size])
             .slice([0..t - 1, 0..choosable]);
-        let host = try_read_sync(read_back(logits)).unwrap_or_else(|| {
+        let values = try_read_sync(read_back(logits)).unwrap_or_else(|| {
             Err(GenerateError::ReadBack {
                 reason: "the device's results cannot be waited for here".into(),
             })
         })?;
-        Ok(host
-            .chunks(choosable)
-            .zip(&ids[1..])
-            .map(|(scores, &next)| logprobs(scores, next, top))
-            .collect())
+        Ok(LogitRows {
+            values,
+            width: choosable,
+        })
+    }
+}
+
+/// Rows of logits read back from the device, `width` each.
+pub(crate) struct LogitRows {
+    values: Vec<f32>,
+    width: usize,
+}
+
+impl LogitRows {
+    pub(crate) fn iter(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.values.chunks_exact(self.width)
     }
 }
 
