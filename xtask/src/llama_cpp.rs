@@ -30,8 +30,9 @@ pub fn binary(root: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `checkpoint` as GGUF in `outtype` (f32, f16, bf16), converted once and kept beside the
-/// llama.cpp build; converted again when the checkpoint is newer.
+/// `checkpoint` as GGUF in `outtype` (f32, f16, bf16, q8_0 from the converter; q4_0 from
+/// `llama-quantize` on the f32 file, as llama.cpp's users make one), converted once and kept
+/// beside the llama.cpp build; converted again when the checkpoint is newer.
 pub fn gguf(root: &Path, checkpoint: &Path, outtype: &str) -> Result<PathBuf> {
     let name = checkpoint
         .canonicalize()
@@ -44,9 +45,18 @@ pub fn gguf(root: &Path, checkpoint: &Path, outtype: &str) -> Result<PathBuf> {
     if modified(&out) >= modified(&checkpoint.join("model.safetensors")) && out.is_file() {
         return Ok(out);
     }
-    // The converter comes with llama.cpp's sources, which its build fetches.
-    binary(root, "llama-server")?;
-    install(root, &["hf"])?;
+    if outtype == "q4_0" {
+        let float = gguf(root, checkpoint, "f32")?;
+        crate::run(
+            Command::new(binary(root, "llama-quantize")?)
+                .arg(float)
+                .arg(&out)
+                .arg("Q4_0")
+                .stdout(Stdio::null()),
+        )?;
+        return Ok(out);
+    }
+    install(root, &["llama-cpp-sources", "hf"])?;
     crate::run(
         Command::new(venv_python()?)
             .current_dir(root)
@@ -58,6 +68,33 @@ pub fn gguf(root: &Path, checkpoint: &Path, outtype: &str) -> Result<PathBuf> {
             .arg(dir()?),
     )?;
     Ok(out)
+}
+
+/// GGUF files of `checkpoint` written by llama.cpp's tools, each beside llama.cpp's own reading
+/// of it (`NAME.gguf-py.safetensors`, scripts/gguf_arrays.py), for the tests on them: f32 and
+/// Q8_0 from the converter (its sources alone, seconds), and Q4_0 from `llama-quantize` where
+/// llama.cpp is built (a build is 15 minutes: CI does without). The folder, and whether the Q4_0
+/// file is there.
+pub fn test_files(root: &Path, checkpoint: &Path) -> Result<(PathBuf, bool)> {
+    let quantize_built = dir()?.join("build/bin/llama-quantize").is_file();
+    let outtypes: &[&str] = if quantize_built {
+        &["f32", "q8_0", "q4_0"]
+    } else {
+        &["f32", "q8_0"]
+    };
+    for outtype in outtypes {
+        let file = gguf(root, checkpoint, outtype)?;
+        crate::run(
+            Command::new(venv_python()?)
+                .current_dir(root)
+                .arg("scripts/gguf_arrays.py")
+                .arg(&file)
+                .arg(format!("{}-py.safetensors", file.display()))
+                .arg("--llama-cpp")
+                .arg(dir()?),
+        )?;
+    }
+    Ok((dir()?.join("gguf"), quantize_built))
 }
 
 /// A running `llama-server`, stopped when dropped.

@@ -149,19 +149,38 @@ fn main() -> Result<()> {
                      `cargo xtask test` on a CPU that has it runs them)"
                 );
             }
-            // llama.cpp's own GGUF files are made outside CI (its converter and llama-quantize
-            // need its sources and build); the test runs where they are named.
+            // GGUF files written by llama.cpp's tools: named by the caller, or made here from
+            // the bundled model (its converter needs only its sources; llama-quantize, for the
+            // Q4_0 file, needs a build that CI does without).
             let mut skipped: Vec<&str> = missing.iter().map(|(_, tests)| *tests).collect();
+            let mut gguf_env = Vec::new();
             if std::env::var_os("NEXTTOKEN_GGUF_DIR").is_none() {
-                eprintln!(
-                    "NOT TESTED here: GGUF files written by llama.cpp's tools (set \
-                     NEXTTOKEN_GGUF_CHECKPOINT and NEXTTOKEN_GGUF_DIR: see \
-                     crates/nexttoken-model/tests/gguf_files.rs)"
-                );
-                skipped.push("llama_cpp_s_files_load_as_their_checkpoint");
+                if every_backend && !no_setup {
+                    let bundled = root.join("models/nexttoken-tiny-shakespeare");
+                    let (dir, with_q4_0) = llama_cpp::test_files(&root, &bundled)?;
+                    gguf_env = vec![
+                        ("NEXTTOKEN_GGUF_DIR", dir),
+                        ("NEXTTOKEN_GGUF_CHECKPOINT", bundled),
+                    ];
+                    if !with_q4_0 {
+                        eprintln!(
+                            "NOT TESTED here: a Q4_0 GGUF written by llama-quantize (llama.cpp \
+                             is not built: scripts/install-backends.sh llama-cpp)"
+                        );
+                        skipped.push("llama_quantize_s_q4_0_file");
+                    }
+                } else {
+                    eprintln!(
+                        "NOT TESTED here: GGUF files written by llama.cpp's tools (set \
+                         NEXTTOKEN_GGUF_CHECKPOINT and NEXTTOKEN_GGUF_DIR: see \
+                         crates/nexttoken-model/tests/gguf_files.rs)"
+                    );
+                    skipped.extend(["llama_cpp_s", "llama_quantize_s"]);
+                }
             }
             let skips = skipped.iter().flat_map(|tests| ["--skip", tests]);
             let mut command = test()?;
+            command.envs(gguf_env);
             if every_backend && !no_setup {
                 command.arg("--include-ignored").args(skips.clone());
             }

@@ -1,12 +1,12 @@
 //! GGUF files written by llama.cpp's own tools against the safetensors checkpoint they came from.
-//! The files are made outside the test (llama.cpp's converter and llama-quantize), so the test
-//! is ignored unless asked for: `NEXTTOKEN_GGUF_CHECKPOINT=DIR NEXTTOKEN_GGUF_DIR=DIR cargo test
+//! The files are made outside the test (llama.cpp's converter and llama-quantize), so the tests
+//! are ignored unless asked for: `NEXTTOKEN_GGUF_CHECKPOINT=DIR NEXTTOKEN_GGUF_DIR=DIR cargo test
 //! -p nexttoken-model --test gguf_files -- --ignored`, where the second folder holds
 //! `NAME-f32.gguf`, `NAME-q8_0.gguf` (`convert_hf_to_gguf.py --outtype`) and `NAME-q4_0.gguf`
-//! (`llama-quantize`) of the first, NAME being its folder's name. Without them it fails, naming
-//! what is missing.
+//! (`llama-quantize`) of the first, NAME being its folder's name. Without them they fail, naming
+//! what is missing. `cargo xtask test` makes them (the Q4_0 file where llama.cpp is built).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
 use nexttoken_model::{Checkpoint, GgufCheckpoint, Gpt2, Quantization, token_tensor};
@@ -39,9 +39,43 @@ fn logits(model: &Gpt2, device: &Device) -> Vec<f32> {
         .expect("f32")
 }
 
+fn quantized(checkpoint: &Path, quantization: Quantization) -> Gpt2 {
+    Checkpoint::open(checkpoint)
+        .expect("opens")
+        .load(&Device::flex())
+        .expect("loads")
+        .quantized(quantization)
+        .expect("quantizes")
+}
+
+/// Every quantized matrix's blocks: the token embedding's (empty if it is float), then each
+/// block's four.
+fn bytes(model: &Gpt2) -> Vec<Vec<u8>> {
+    let wte = model.wte.quantized.as_ref();
+    let mut all = vec![wte.map(|wte| wte.as_bytes().to_vec()).unwrap_or_default()];
+    for block in &model.h {
+        for linear in [
+            &block.attn.c_attn,
+            &block.attn.c_proj,
+            &block.mlp.c_fc,
+            &block.mlp.c_proj,
+        ] {
+            all.push(
+                linear
+                    .quantized
+                    .as_ref()
+                    .expect("quantized")
+                    .as_bytes()
+                    .to_vec(),
+            );
+        }
+    }
+    all
+}
+
 #[test]
 #[ignore = "needs GGUF files made by llama.cpp's tools (see the file's comment)"]
-fn llama_cpp_s_files_load_as_their_checkpoint() {
+fn llama_cpp_s_converter_files_load_as_their_checkpoint() {
     let device = Device::flex();
     let (checkpoint, gguf) = files();
     let float = Checkpoint::open(&checkpoint)
@@ -62,59 +96,49 @@ fn llama_cpp_s_files_load_as_their_checkpoint() {
     );
 
     // The converter's Q8_0 blocks are the bytes `--dtype q8_0` quantizes the checkpoint to.
+    let quantized = quantized(&checkpoint, Quantization::Q8_0);
     let q8_file = GgufCheckpoint::open(gguf("q8_0")).expect("q8_0 GGUF");
     assert_eq!(q8_file.quantization(), Some(Quantization::Q8_0));
     let from_file = q8_file.load(&device).expect("loads");
-    let quantized = Checkpoint::open(&checkpoint)
-        .expect("opens")
-        .load(&device)
-        .expect("loads")
-        .quantized(Quantization::Q8_0)
-        .expect("quantizes");
-    let bytes = |model: &Gpt2| -> Vec<Vec<u8>> {
-        let wte = model.wte.quantized.as_ref();
-        let mut all = vec![wte.map(|wte| wte.as_bytes().to_vec()).unwrap_or_default()];
-        for block in &model.h {
-            for linear in [
-                &block.attn.c_attn,
-                &block.attn.c_proj,
-                &block.mlp.c_fc,
-                &block.mlp.c_proj,
-            ] {
-                all.push(
-                    linear
-                        .quantized
-                        .as_ref()
-                        .expect("quantized")
-                        .as_bytes()
-                        .to_vec(),
-                );
-            }
-        }
-        all
-    };
     assert!(
         bytes(&from_file) == bytes(&quantized),
         "equal bytes, matrix for matrix"
     );
     assert_eq!(logits(&from_file, &device), logits(&quantized, &device));
+}
 
+#[test]
+#[ignore = "needs GGUF files made by llama.cpp's tools (see the file's comment)"]
+fn llama_quantize_s_q4_0_file_loads_as_its_checkpoint() {
+    let device = Device::flex();
+    let (checkpoint, gguf) = files();
+    let expected = logits(
+        &Checkpoint::open(&checkpoint)
+            .expect("checkpoint")
+            .load(&device)
+            .expect("loads"),
+        &device,
+    );
     // llama-quantize's Q4_0 quantizes every matrix as `--dtype q4_0` does, and the token
-    // embedding (the head) in Q6_K, which loads as float32.
+    // embedding (the head) in Q6_K, which loads as float32; a width that is not a whole Q6_K
+    // super-block (256) falls back to Q8_0 for it, as `--dtype q8_0` quantizes it.
     let q4_file = GgufCheckpoint::open(gguf("q4_0")).expect("q4_0 GGUF");
     assert_eq!(q4_file.quantization(), Some(Quantization::Q4_0));
     let from_file = q4_file.load(&device).expect("loads");
-    assert!(from_file.wte.quantized.is_none(), "Q6_K is widened");
-    let quantized = Checkpoint::open(&checkpoint)
-        .expect("opens")
-        .load(&device)
-        .expect("loads")
-        .quantized(Quantization::Q4_0)
-        .expect("quantizes");
+    let quantized_q4 = quantized(&checkpoint, Quantization::Q4_0);
     assert!(
-        bytes(&from_file)[1..] == bytes(&quantized)[1..],
+        bytes(&from_file)[1..] == bytes(&quantized_q4)[1..],
         "equal bytes, matrix for matrix"
     );
+    if from_file.width().is_multiple_of(256) {
+        assert!(from_file.wte.quantized.is_none(), "Q6_K is widened");
+    } else {
+        assert_eq!(
+            bytes(&from_file)[0],
+            bytes(&quantized(&checkpoint, Quantization::Q8_0))[0],
+            "a Q8_0 token embedding"
+        );
+    }
     let got = logits(&from_file, &device);
     let spread = expected.iter().map(|e| e * e).sum::<f32>().sqrt();
     let error = got
