@@ -5,8 +5,9 @@
 //! Float tensors (f32, f16, bf16) load as they do from safetensors; Q8_0 and Q4_0 matrices keep
 //! their blocks, bit for bit, on flex ([`QuantizedWeight`]), and are widened to float32 on any
 //! other backend. A Q6_K tensor (llama-quantize's choice for GPT-2's token embedding, its head,
-//! in 4-bit files) is widened to float32 everywhere: correct, and read at 4 bytes a weight
-//! until a Q6_K kernel exists. llama.cpp stores a matrix by output (`[n, k]`, GGUF's `ne = [k, n]`), which is
+//! in 4-bit files) is widened to float32; on flex the head's values are then kept in Q8_0
+//! blocks, as `--dtype q4_0` keeps it: within Q8_0's rounding of the Q6_K values, and read at 8.5
+//! bits a weight instead of 32, until a Q6_K kernel exists. llama.cpp stores a matrix by output (`[n, k]`, GGUF's `ne = [k, n]`), which is
 //! the layout flex's products read, so its weights need no transposing there.
 
 use std::path::{Path, PathBuf};
@@ -245,6 +246,12 @@ impl GgufCheckpoint {
                 table.quantized = Some(self.blocks(info, dims, quantization)?);
                 table.weight = emptied(device);
             }
+            (None, true) if info.kind == TensorType::Q6_K => {
+                let values = self.q6_k_values(info, dims[0] * dims[1])?;
+                table.quantized =
+                    Some(QuantizedWeight::quantize(&values, dims, Quantization::Q8_0));
+                table.weight = emptied(device);
+            }
             _ => {
                 let data = self.float_data(info, dims.to_vec())?;
                 let weight = Tensor::<2>::from_data(data, device).cast(self.dtype());
@@ -305,11 +312,7 @@ impl GgufCheckpoint {
             TensorType::F16 => DType::F16,
             TensorType::BF16 => DType::BF16,
             TensorType::Q6_K => {
-                let mut values = vec![0.0f32; shape.iter().product()];
-                if bytes.len() != values.len() / Q6_K_VALUES * Q6_K_BYTES {
-                    return Err(self.unsupported(info));
-                }
-                dequantize_q6_k(bytes, &mut values);
+                let values = self.q6_k_values(info, shape.iter().product())?;
                 return Ok(TensorData::new(values, shape));
             }
             kind => {
@@ -326,6 +329,17 @@ impl GgufCheckpoint {
             }
         };
         Ok(TensorData::from_bytes_vec(bytes.to_vec(), shape, dtype))
+    }
+
+    /// A Q6_K tensor's `len` values, widened.
+    fn q6_k_values(&self, info: &TensorInfo, len: usize) -> Result<Vec<f32>, ModelError> {
+        let bytes = self.gguf.tensor_bytes(info);
+        if !len.is_multiple_of(Q6_K_VALUES) || bytes.len() != len / Q6_K_VALUES * Q6_K_BYTES {
+            return Err(self.unsupported(info));
+        }
+        let mut values = vec![0.0f32; len];
+        dequantize_q6_k(bytes, &mut values);
+        Ok(values)
     }
 
     fn unsupported(&self, info: &TensorInfo) -> ModelError {

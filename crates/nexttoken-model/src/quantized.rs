@@ -4,8 +4,10 @@
 //! Which tensors are quantized follows llama.cpp's `llama-quantize` for GPT-2: every matrix of
 //! the blocks (`c_attn`, `c_proj`, `c_fc`, the MLP's `c_proj`) and the token embedding, which is
 //! also the output head; the position embedding, layer norms and biases stay in float32
-//! (llama.cpp keeps `position_embd` and every 1-D tensor unquantized). Activations and the KV
-//! cache are float32, as in llama.cpp.
+//! (llama.cpp keeps `position_embd` and every 1-D tensor unquantized). The head keeps more bits
+//! than 4: llama-quantize writes it in Q6_K for a 4-bit file (Q8_0 where the width is not a
+//! whole 256-value super-block), and without a Q6_K kernel here it is Q8_0 in both Q8_0 and Q4_0
+//! models. Activations and the KV cache are float32, as in llama.cpp.
 
 use std::fmt;
 use std::str::FromStr;
@@ -87,7 +89,7 @@ impl Gpt2 {
                 linear.weight = emptied;
             }
         }
-        let (quantized, emptied) = quantize(&self.wte.weight, false, quantization, "wte")?;
+        let (quantized, emptied) = quantize(&self.wte.weight, false, Quantization::Q8_0, "wte")?;
         self.wte.quantized = Some(quantized);
         self.wte.weight = emptied;
         Ok(self)
@@ -276,5 +278,29 @@ mod tests {
         let rows: Vec<f32> = rows.into_data().try_to_vec().expect("f32");
         assert_eq!(rows[..64], rows[64..128]);
         assert_ne!(rows[..64], rows[128..]);
+    }
+
+    /// llama-quantize keeps a 4-bit file's head in more bits (Q6_K, Q8_0 below a 256-wide
+    /// super-block): here it is Q8_0, whatever the matrices' format.
+    #[test]
+    fn the_head_stays_in_q8_0_under_4_bit_matrices() {
+        let device = Device::flex();
+        for quantization in Quantization::ALL {
+            let model = blocky()
+                .init_seeded(&device, 5)
+                .quantized(quantization)
+                .expect("whole blocks");
+            let format =
+                |weight: Option<&QuantizedWeight>| weight.map(QuantizedWeight::quantization);
+            assert_eq!(
+                format(model.wte.quantized.as_ref()),
+                Some(Quantization::Q8_0)
+            );
+            assert_eq!(
+                format(model.h[0].mlp.c_fc.quantized.as_ref()),
+                Some(quantization)
+            );
+            assert_eq!(model.quantization(), Some(quantization));
+        }
     }
 }

@@ -120,8 +120,8 @@ fn llama_quantize_s_q4_0_file_loads_as_its_checkpoint() {
         &device,
     );
     // llama-quantize's Q4_0 quantizes every matrix as `--dtype q4_0` does, and the token
-    // embedding (the head) in Q6_K, which loads as float32; a width that is not a whole Q6_K
-    // super-block (256) falls back to Q8_0 for it, as `--dtype q8_0` quantizes it.
+    // embedding (the head) in Q6_K, whose values load into Q8_0 blocks; a width that is not a
+    // whole Q6_K super-block (256) falls back to Q8_0 for it, as `--dtype q4_0` quantizes it.
     let q4_file = GgufCheckpoint::open(gguf("q4_0")).expect("q4_0 GGUF");
     assert_eq!(q4_file.quantization(), Some(Quantization::Q4_0));
     let from_file = q4_file.load(&device).expect("loads");
@@ -130,13 +130,13 @@ fn llama_quantize_s_q4_0_file_loads_as_its_checkpoint() {
         bytes(&from_file)[1..] == bytes(&quantized_q4)[1..],
         "equal bytes, matrix for matrix"
     );
-    if from_file.width().is_multiple_of(256) {
-        assert!(from_file.wte.quantized.is_none(), "Q6_K is widened");
-    } else {
+    let head = from_file.wte.quantized.as_ref().expect("blocks");
+    assert_eq!(head.quantization(), Quantization::Q8_0);
+    if !from_file.width().is_multiple_of(256) {
         assert_eq!(
             bytes(&from_file)[0],
-            bytes(&quantized(&checkpoint, Quantization::Q8_0))[0],
-            "a Q8_0 token embedding"
+            bytes(&quantized_q4)[0],
+            "Q8_0 as ours"
         );
     }
     let got = logits(&from_file, &device);
