@@ -5,10 +5,10 @@
 //! the same id on top.
 //!
 //! A base file is a header (magic, version, row width, window, stride, the text's ids) and one
-//! row per scored id: the row's smallest log-probability and step as f32, then each
-//! log-probability as a 16-bit step count above the smallest. A GPT-2 row spans at most ~40
-//! nats, so a step is under 0.001 nats; a read row is renormalized before it is used. All
-//! numbers are little-endian.
+//! row per scored id: the row's smallest log-probability and step as f32, its most likely id
+//! (exact: two ids closer than a step would round alike), then each log-probability as a 16-bit
+//! step count above the smallest. A GPT-2 row spans at most ~40 nats, so a step is under 0.001
+//! nats; a read row is renormalized before it is used. All numbers are little-endian.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -18,6 +18,8 @@ use anyhow::{Context, Result, bail};
 
 const MAGIC: &[u8; 8] = b"NTKLBASE";
 const VERSION: u32 = 1;
+/// A row's smallest log-probability, step and most likely id.
+const ROW_HEADER: usize = 12;
 
 /// What a base run was made from; a comparison needs the same.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +47,7 @@ impl BaseWriter {
         let mut writer = Self {
             out: BufWriter::new(file),
             path: path.to_owned(),
-            row: Vec::with_capacity(8 + 2 * scoring.width),
+            row: Vec::with_capacity(ROW_HEADER + 2 * scoring.width),
             error: None,
         };
         let mut header = Vec::with_capacity(32 + 4 * scoring.ids.len());
@@ -73,6 +75,8 @@ impl BaseWriter {
         self.row.clear();
         self.row.extend_from_slice(&(low as f32).to_le_bytes());
         self.row.extend_from_slice(&(step as f32).to_le_bytes());
+        self.row
+            .extend_from_slice(&(first_largest(&logprobs) as u32).to_le_bytes());
         // Steps from the f32 `low` and `step` a reader gets back, not from the f64 ones.
         let (low, step) = (f64::from(low as f32), f64::from(step as f32));
         for x in logprobs {
@@ -185,7 +189,7 @@ impl BaseComparison {
         Ok(Self {
             input,
             path: path.to_owned(),
-            bytes: vec![0; 8 + 2 * scoring.width],
+            bytes: vec![0; ROW_HEADER + 2 * scoring.width],
             base: Vec::with_capacity(scoring.width),
             rows: 0,
             error: None,
@@ -206,9 +210,9 @@ impl BaseComparison {
             return;
         }
         self.rows += 1;
-        decode_row(&self.bytes, &mut self.base);
+        let top = decode_row(&self.bytes, &mut self.base);
         self.divergence
-            .push(&self.base, &log_softmax(logits), next as usize);
+            .push(&self.base, top, &log_softmax(logits), next as usize);
     }
 
     /// The comparison, once every row has been pushed.
@@ -238,12 +242,13 @@ pub struct KlDivergence {
 }
 
 impl KlDivergence {
-    /// `base` and `run` are log-probabilities over the same ids.
-    fn push(&mut self, base: &[f64], run: &[f64], next: usize) {
+    /// `base` and `run` are log-probabilities over the same ids; `base_top` is the base's most
+    /// likely id.
+    fn push(&mut self, base: &[f64], base_top: usize, run: &[f64], next: usize) {
         let divergence: f64 = base.iter().zip(run).map(|(&p, &q)| p.exp() * (p - q)).sum();
         // Rounding can leave a hair below zero for equal distributions.
         self.divergences.push(divergence.max(0.0));
-        self.same_top += usize::from(first_largest(base) == first_largest(run));
+        self.same_top += usize::from(base_top == first_largest(run));
         self.base_nll.push(-base[next]);
     }
 
@@ -295,19 +300,21 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
     logits.iter().map(|&x| f64::from(x) - normalizer).collect()
 }
 
-/// A stored row's log-probabilities, renormalized: the 16-bit steps shift each a little.
-fn decode_row(bytes: &[u8], into: &mut Vec<f64>) {
+/// A stored row's log-probabilities, renormalized (the 16-bit steps shift each a little), and
+/// its most likely id.
+fn decode_row(bytes: &[u8], into: &mut Vec<f64>) -> usize {
     let float = |at: usize| f64::from(f32::from_le_bytes(bytes[at..at + 4].try_into().expect("4")));
     let (low, step) = (float(0), float(4));
     into.clear();
     into.extend(
-        bytes[8..]
+        bytes[ROW_HEADER..]
             .chunks_exact(2)
             .map(|steps| low + step * f64::from(u16::from_le_bytes([steps[0], steps[1]]))),
     );
     let max = into.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let normalizer = max + into.iter().map(|&x| (x - max).exp()).sum::<f64>().ln();
     into.iter_mut().for_each(|x| *x -= normalizer);
+    u32::from_le_bytes(bytes[8..12].try_into().expect("4")) as usize
 }
 
 fn first_largest(values: &[f64]) -> usize {
@@ -346,23 +353,19 @@ mod tests {
         writer.push(&logits);
         writer.finish().expect("written");
         let bytes = std::fs::read(&path).expect("read");
-        assert_eq!(bytes.len(), 32 + 5 * 4 + 8 + 2 * 6);
+        assert_eq!(bytes.len(), 32 + 5 * 4 + ROW_HEADER + 2 * 6);
         let mut read = Vec::new();
-        decode_row(&bytes[52..], &mut read);
+        // The first of the two largest, exactly.
+        assert_eq!(decode_row(&bytes[52..], &mut read), 4);
         let exact = log_softmax(&logits);
         let step = (exact[4] - exact[3]) / 65535.0;
         for (got, want) in read.iter().zip(&exact) {
             assert!((got - want).abs() <= step, "{got} vs {want}");
         }
         // The largest and the smallest are exact ends of the range.
-        assert_eq!(
-            u16::from_le_bytes([bytes[52 + 8 + 6], bytes[52 + 9 + 6]]),
-            0
-        );
-        assert_eq!(
-            u16::from_le_bytes([bytes[52 + 16], bytes[52 + 17]]),
-            u16::MAX
-        );
+        let steps = &bytes[52 + ROW_HEADER..];
+        assert_eq!(u16::from_le_bytes([steps[6], steps[7]]), 0);
+        assert_eq!(u16::from_le_bytes([steps[8], steps[9]]), u16::MAX);
     }
 
     #[test]
