@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 mod bounds;
 mod table;
 
-use bounds::{Probe, Shape, decode_bounds, half_precision, prefill_bounds};
+use bounds::{Probe, Shape, decode_bounds, half_precision, prefill_bounds, weight_bytes};
 use table::table;
 
 use crate::probe::{multiply_add_rate, read_bandwidth, read_bandwidth_over};
@@ -61,10 +61,16 @@ pub struct SpeedArgs {
     /// `scripts/install-backends.sh llama-cpp` (about 20 minutes on 2 cores).
     #[arg(long)]
     llama_cpp: bool,
-    /// The weights' dtypes, comma-separated (f32, f16, bf16), each measured on every side in
-    /// every round: nexttoken converts at load (`--dtype`), transformers loads in it, llama.cpp
-    /// gets a GGUF converted to it.
-    #[arg(long, default_value = "f32", value_delimiter = ',', value_parser = ["f32", "f16", "bf16"])]
+    /// The weights' dtypes, comma-separated (f32, f16, bf16, q8_0, q4_0), each measured on every
+    /// side in every round: nexttoken converts at load (`--dtype`), transformers loads in it
+    /// (floats only: it has no such blocks on a CPU), llama.cpp gets a GGUF converted to it
+    /// (q4_0 by `llama-quantize`, which keeps the head in Q6_K, Q8_0 in nexttoken).
+    #[arg(
+        long,
+        default_value = "f32",
+        value_delimiter = ',',
+        value_parser = ["f32", "f16", "bf16", "q8_0", "q4_0"]
+    )]
     dtype: Vec<String>,
     /// Also write every measurement as JSON lines here.
     #[arg(long)]
@@ -156,12 +162,12 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
                 let mut ours = Command::new(&nexttoken);
                 ours.args(["bench", "--json", "-b", &args.backends]);
                 common(&mut ours, threads, dtype);
-                let mut theirs = Command::new(&python);
-                theirs.current_dir(root).arg("benches/hf_bench.py");
-                common(&mut theirs, threads, dtype);
-                let mut round_records = Vec::new();
-                for command in [&mut ours, &mut theirs] {
-                    round_records.extend(around.run(|| json_lines(command))?);
+                let mut round_records = around.run(|| json_lines(&mut ours))?;
+                if !dtype.starts_with('q') {
+                    let mut theirs = Command::new(&python);
+                    theirs.current_dir(root).arg("benches/hf_bench.py");
+                    common(&mut theirs, threads, dtype);
+                    round_records.extend(around.run(|| json_lines(&mut theirs))?);
                 }
                 if let Some(llama) = &llama {
                     let gguf = &llama.ggufs[dtype.as_str()];
@@ -204,12 +210,14 @@ pub fn run(root: &Path, args: &SpeedArgs) -> Result<()> {
         crate::cpu_name()
     );
     print!("{}", table(&records));
+    let shape = Shape::of(&model);
     if let Some(n_params) = records.iter().find_map(|r| r.n_params) {
-        print!("{}", decode_bounds(&records, &probes, n_params));
+        let bytes = |dtype: &str| weight_bytes(dtype, n_params, shape.as_ref().ok());
+        print!("{}", decode_bounds(&records, &probes, bytes));
         print!("{}", half_precision(&records));
     }
-    match Shape::of(&model) {
-        Ok(shape) => print!("{}", prefill_bounds(&records, &probes, &shape)),
+    match &shape {
+        Ok(shape) => print!("{}", prefill_bounds(&records, &probes, shape)),
         Err(error) => eprintln!("no prefill bound: {error:#}"),
     }
     Ok(())

@@ -10,8 +10,29 @@ use serde::Deserialize;
 
 use super::Record;
 
-pub(super) fn bytes_per_weight(dtype: &str) -> u64 {
-    if dtype == "f32" { 4 } else { 2 }
+/// Bytes a batch-1 decode step reads for the weights in `dtype`. Float weights are
+/// `n_params` values of the dtype; quantized ones (`q8_0`, `q4_0`) hold the blocks' matrices in
+/// their format, the head (the token embedding) in Q8_0 as nexttoken keeps it, and the rest
+/// (position embedding, norms, biases) in float32, counted from the `shape` where known.
+pub(super) fn weight_bytes(dtype: &str, n_params: u64, shape: Option<&Shape>) -> f64 {
+    let n_params = n_params as f64;
+    let per_value = |dtype: &str| match dtype {
+        "f32" => 4.0,
+        "q8_0" => 34.0 / 32.0,
+        "q4_0" => 18.0 / 32.0,
+        _ => 2.0,
+    };
+    match shape {
+        Some(shape) if dtype.starts_with('q') => {
+            let c = shape.n_embd as f64;
+            let matrices = shape.n_layer as f64 * 12.0 * c * c;
+            let head = shape.vocab_size as f64 * c;
+            matrices * per_value(dtype)
+                + head * per_value("q8_0")
+                + (n_params - matrices - head) * per_value("f32")
+        }
+        _ => n_params * per_value(dtype),
+    }
 }
 
 /// One of a [`Probe`]'s figures.
@@ -29,16 +50,16 @@ pub(super) struct Probe {
 pub(super) fn decode_bounds(
     records: &[Record],
     probes: &BTreeMap<usize, Vec<Probe>>,
-    n_params: u64,
+    weight_bytes: impl Fn(&str) -> f64,
 ) -> String {
     let dtypes: BTreeSet<&str> = records.iter().map(|r| r.dtype.as_str()).collect();
     let mut out = String::new();
     for dtype in dtypes {
-        let weight_bytes = n_params * bytes_per_weight(dtype);
-        let bound = |gb_per_s: f64| gb_per_s * 1e9 / weight_bytes as f64;
+        let weight_bytes = weight_bytes(dtype);
+        let bound = |gb_per_s: f64| gb_per_s * 1e9 / weight_bytes;
         out += &format!(
             "\n{dtype} weights: {:.0} MB read per generated token (batch 1)\n",
-            weight_bytes as f64 / 1e6
+            weight_bytes / 1e6
         );
         for (&threads, probes) in probes {
             let readings: [(&str, Reading); 2] = [
@@ -341,6 +362,31 @@ mod tests {
         assert!((flops - 179.48e6).abs() < 0.01e6, "{flops}");
     }
 
+    /// GPT-2 small (124,439,808 parameters): 84.9M in the blocks' matrices, 38.6M in the
+    /// token embedding, 0.9M in the rest.
+    #[test]
+    fn quantized_weights_count_each_part_in_its_format() {
+        let shape = Shape {
+            n_layer: 12,
+            n_embd: 768,
+            vocab_size: 50257,
+        };
+        let n = 124_439_808;
+        let megabytes = |dtype| weight_bytes(dtype, n, Some(&shape)) / 1e6;
+        assert_eq!(megabytes("f32"), 497.759232);
+        assert_eq!(megabytes("bf16"), 248.879616);
+        let matrices = 12.0 * 12.0 * 768.0 * 768.0;
+        let head = 50257.0 * 768.0;
+        let rest = (n as f64 - matrices - head) * 4.0;
+        let q8 = (matrices + head) * 34.0 / 32.0 + rest;
+        let q4 = matrices * 18.0 / 32.0 + head * 34.0 / 32.0 + rest;
+        assert!((megabytes("q8_0") - q8 / 1e6).abs() < 1e-9);
+        assert!((megabytes("q4_0") - q4 / 1e6).abs() < 1e-9);
+        assert!((q4 / 1e6 - 92.4).abs() < 0.1, "{}", q4 / 1e6);
+        // Without the shape, every value in the format.
+        assert_eq!(weight_bytes("q4_0", 32, None), 18.0);
+    }
+
     fn decode(backend: &str, dtype: &str, round: u32, tokens_per_s: f64) -> Record {
         Record {
             backend: backend.into(),
@@ -386,7 +432,9 @@ mod tests {
                 },
             ],
         )]);
-        let bounds = decode_bounds(&records, &probes, 100_000_000);
+        let bounds = decode_bounds(&records, &probes, |dtype| {
+            weight_bytes(dtype, 100_000_000, None)
+        });
         assert!(bounds.contains("f32 weights: 400 MB"), "{bounds}");
         // Records from before the probes around each run have no line for them.
         assert!(!bounds.contains("around"), "{bounds}");
@@ -468,7 +516,9 @@ mod tests {
             gflop_per_s: 100.0,
         };
         let probes = BTreeMap::from([(1, vec![probe()]), (2, vec![probe(), probe()])]);
-        let bounds = decode_bounds(&records, &probes, 100_000_000);
+        let bounds = decode_bounds(&records, &probes, |dtype| {
+            weight_bytes(dtype, 100_000_000, None)
+        });
         // 200 MB a token: 40 and 25 GB/s bound 200 and 125 t/s; 150 and 100 of them, 125 of
         // 162.5 over both.
         assert!(
