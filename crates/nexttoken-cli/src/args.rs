@@ -351,6 +351,11 @@ pub struct ModelArgs {
     #[arg(long, default_value = "main", value_name = "REV")]
     pub revision: String,
 
+    /// A GGUF file in the --model repo or folder to load, as llama.cpp's --hf-file picks one of
+    /// a GGUF repo's files (`--model ggml-org/gpt2-GGUF --gguf-file gpt2-q8_0.gguf`).
+    #[arg(long, value_name = "NAME")]
+    pub gguf_file: Option<String>,
+
     /// The precision to compute in, converting the weights as they load: f32, f16 or bf16;
     /// or q8_0 / q4_0, llama.cpp's 8- and 4-bit blocks, quantized as it quantizes them (the
     /// matrices and the token embedding; flex only, computing in float32). Default: the

@@ -67,6 +67,9 @@ impl Weights {
 pub fn open(args: &ModelArgs, quiet: bool) -> Result<OpenedModel> {
     // `NEXTTOKEN_MODEL=` (set but empty) means not set, as an empty variable does to most tools.
     let Some(model) = args.model.as_deref().filter(|model| !model.is_empty()) else {
+        if let Some(file) = &args.gguf_file {
+            bail!("--gguf-file {file} names a file in a repo or folder: give it with --model");
+        }
         let checkpoint =
             Checkpoint::from_bytes(BUILT_IN_NAME, BUILT_IN_WEIGHTS.to_vec(), BUILT_IN_CONFIG)
                 .context("loading the built-in model (this is a bug: please report it)")?;
@@ -82,13 +85,16 @@ pub fn open(args: &ModelArgs, quiet: bool) -> Result<OpenedModel> {
             progress: !quiet && std::io::stderr().is_terminal(),
             ..HubOptions::from_env()?
         };
-        Hub::new(options)?
-            .download(model, &args.revision)
-            .with_context(|| {
-                format!(
-                    "no file or folder `{model}` here, so it was looked up on the Hugging Face Hub"
-                )
-            })?
+        let hub = Hub::new(options)?;
+        match &args.gguf_file {
+            Some(file) => hub.download_file(model, &args.revision, file),
+            None => hub.download(model, &args.revision),
+        }
+        .with_context(|| {
+            format!("no file or folder `{model}` here, so it was looked up on the Hugging Face Hub")
+        })?
+    } else if let Some(file) = &args.gguf_file {
+        path.join(file)
     } else {
         path.to_path_buf()
     };
@@ -103,10 +109,10 @@ pub fn open(args: &ModelArgs, quiet: bool) -> Result<OpenedModel> {
                 .with_context(|| format!("loading the model from {}", folder.display()))?,
         )
     };
-    let name = if from_hub {
-        model.to_string()
-    } else {
-        path_name(path)
+    let name = match (&args.gguf_file, from_hub) {
+        (Some(file), _) => format!("{model}/{file}"),
+        (None, true) => model.to_string(),
+        (None, false) => path_name(path),
     };
     Ok(OpenedModel { checkpoint, name })
 }

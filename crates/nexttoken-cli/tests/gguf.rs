@@ -174,6 +174,61 @@ fn gguf_files_generate_what_their_checkpoint_does() {
     );
 }
 
+/// `--model REPO --gguf-file NAME`: one GGUF file of a Hub repo (a fake Hub here), as
+/// llama.cpp's `--hf-repo`/`--hf-file` take it; and the same from a local folder.
+#[test]
+fn a_gguf_file_is_picked_from_a_hub_repo_or_a_folder_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bytes = fixture_gguf(Matrices::Q8_0, "gpt2", gpt2_tokens()).to_bytes();
+    let local = written(dir.path(), "tiny-q8_0.gguf", &bytes);
+    let hub = nexttoken_hub::fake::FakeHub::start();
+    hub.add_file("someone/gpt2-GGUF", "tiny-q8_0.gguf", bytes);
+    let home = tempfile::tempdir().expect("temp dir");
+    let home = home.path().display().to_string();
+    let env = [("HF_ENDPOINT", hub.endpoint()), ("HF_HOME", home.as_str())];
+    let from_hub = |file: &str| {
+        nexttoken_with_env(
+            &[
+                "generate",
+                "-m",
+                "someone/gpt2-GGUF",
+                "--gguf-file",
+                file,
+                "-n",
+                "8",
+                "--ignore-eos",
+                "--json",
+                "Every effort moves you",
+            ],
+            &env,
+        )
+    };
+    let output = from_hub("tiny-q8_0.gguf");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let expected = ids_from(&local, &[]);
+    assert_eq!(line["ids"], expected[0]);
+    assert_eq!(
+        ids_from(
+            &dir.path().display().to_string(),
+            &["--gguf-file", "tiny-q8_0.gguf"]
+        ),
+        expected
+    );
+    assert_fails_with(
+        &from_hub("tiny-q4_0.gguf"),
+        "`someone/gpt2-GGUF` has no file tiny-q4_0.gguf",
+    );
+    assert_fails_with(
+        &nexttoken(&["generate", "--gguf-file", "tiny-q8_0.gguf", "x"]),
+        "--gguf-file tiny-q8_0.gguf names a file in a repo or folder: give it with --model",
+    );
+}
+
 #[test]
 fn gguf_files_nexttoken_cannot_run_are_refused_by_name() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -161,6 +161,32 @@ impl Hub {
             .to_path_buf())
     }
 
+    /// One named file of `repo_id` at `revision` (a GGUF file among a repo's several, as
+    /// llama.cpp's `--hf-file` picks one), from the cache or downloaded.
+    ///
+    /// # Errors
+    /// [`HubError::FileNotFound`] if the repo has no such file ([`HubError::NotCached`] when
+    /// offline), and [`Hub::download`]'s errors for the rest.
+    pub fn download_file(
+        &self,
+        repo_id: &str,
+        revision: &str,
+        file: &str,
+    ) -> Result<PathBuf, HubError> {
+        let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
+        match self.fetch(&repo, file)? {
+            Fetched::Found(path) => Ok(path),
+            Fetched::Missing if self.options.offline => Err(HubError::NotCached {
+                repo: repo_id.to_string(),
+                cache_dir: self.options.cache_dir.clone(),
+            }),
+            Fetched::Missing => Err(HubError::FileNotFound {
+                repo: repo_id.to_string(),
+                file: file.to_string(),
+            }),
+        }
+    }
+
     fn no_safetensors(&self, repo: &Repo) -> HubError {
         let repo_id = repo_id(repo);
         if self.options.offline {
