@@ -236,9 +236,18 @@ pub fn quantize_activations(values: &[f32], out: &mut Vec<BlockQ8_0>) {
         let inverse = if largest == 0.0 { 0.0 } else { 127.0 / largest };
         BlockQ8_0 {
             scale: f16::from_f32(largest / 127.0),
-            quants: std::array::from_fn(|i| (values[i] * inverse).round_ties_even() as i8),
+            quants: std::array::from_fn(|i| round_small_to_even(values[i] * inverse) as i8),
         }
     }));
+}
+
+/// `value` rounded to the nearest integer, halves to even, for `|value| < 2^22` (a quantized
+/// activation is at most 127): adding 1.5 × 2^23 leaves no bits below the units, and the
+/// addition rounds as IEEE does, to even. `f32::round_ties_even` is a call to libm's `rintf`
+/// where the build's baseline has no SSE4.1 `roundps`: 3% of a 4-bit decode step.
+fn round_small_to_even(value: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    (value + SHIFT) - SHIFT
 }
 
 /// `blocks` as float32 values into `out` (32 a block).
@@ -593,6 +602,22 @@ mod tests {
         let mut out = vec![0.0; Q6_K_VALUES];
         dequantize_q6_k(&block, &mut out);
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn small_values_round_to_even_as_the_standard_library_does() {
+        let quarters = (-600..=600).map(|i| i as f32 / 4.0);
+        let awkward = awkward_values(8, 99).into_iter().map(|v| v * 42.0);
+        let edges = [
+            127.49999, 127.5, -127.5, 0.49999997, -0.5, 1.5, 2.5, -2.5, 0.0, -0.0,
+        ];
+        for value in quarters.chain(awkward).chain(edges) {
+            assert_eq!(
+                round_small_to_even(value),
+                value.round_ties_even(),
+                "{value}"
+            );
+        }
     }
 
     #[test]
