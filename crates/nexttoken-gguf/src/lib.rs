@@ -318,6 +318,29 @@ impl Gguf {
     pub fn tensor_bytes(&self, tensor: &TensorInfo) -> &[u8] {
         &self.bytes.as_slice()[tensor.start..tensor.start + tensor.len]
     }
+
+    /// Gives a tensor's pages back once its bytes have been copied out (`madvise(MADV_DONTNEED)`
+    /// on the mapping): a model loaded tensor by tensor then holds the file's pages of one
+    /// tensor at a time beside its copy, not the whole file. The pages stay in the operating
+    /// system's page cache, and reading the tensor again faults them back in with the same
+    /// bytes. Does nothing for a file held in memory, or off Unix.
+    pub fn release(&self, tensor: &TensorInfo) {
+        #[cfg(unix)]
+        if let Bytes::Mapped(map) = &self.bytes {
+            // SAFETY: the mapping is a read-only shared mapping of a file: after MADV_DONTNEED
+            // its pages are read from the file again on the next access, so every slice of
+            // it keeps its bytes (an advice that fails changes nothing).
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    tensor.start,
+                    tensor.len,
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = tensor;
+    }
 }
 
 /// A cursor over the file's header, every read checked against its end.

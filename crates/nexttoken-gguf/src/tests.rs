@@ -287,3 +287,47 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// The process's resident memory in bytes (Linux's /proc/self/statm, in pages of 4 KiB).
+#[cfg(target_os = "linux")]
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|field| field.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_released_tensor_leaves_resident_memory_and_reads_back_the_same() {
+    const MIB: usize = 1 << 20;
+    let values: Vec<u8> = (0..48 * MIB).map(|i| (i % 251) as u8).collect();
+    let bytes = Writer::new()
+        .tensor("big", &[values.len()], TensorType::I8, &values)
+        .to_bytes();
+    let dir = std::env::temp_dir().join(format!("nexttoken-gguf-release-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("big.gguf");
+    std::fs::write(&path, bytes).expect("written");
+    let gguf = Gguf::open(&path).expect("valid");
+    let big = gguf.tensor("big").expect("big");
+    let sum = |bytes: &[u8]| bytes.iter().map(|&b| u64::from(b)).sum::<u64>();
+    let expected = sum(&values);
+    assert_eq!(sum(gguf.tensor_bytes(big)), expected);
+    let touched = resident_bytes();
+    gguf.release(big);
+    let released = resident_bytes();
+    assert!(
+        touched.saturating_sub(released) >= 40 * MIB as u64,
+        "resident {touched} -> {released} bytes"
+    );
+    assert_eq!(
+        sum(gguf.tensor_bytes(big)),
+        expected,
+        "the same bytes again"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -190,9 +190,10 @@ impl GgufCheckpoint {
             return Ok(());
         };
         let embedding = tensor(&self.gguf, &self.path, "token_embd.weight")?;
-        if output.kind == embedding.kind
-            && self.gguf.tensor_bytes(output) == self.gguf.tensor_bytes(embedding)
-        {
+        let tied = output.kind == embedding.kind
+            && self.gguf.tensor_bytes(output) == self.gguf.tensor_bytes(embedding);
+        self.gguf.release(output);
+        if tied {
             return Ok(());
         }
         Err(ModelError::GgufUntiedHead {
@@ -247,9 +248,7 @@ impl GgufCheckpoint {
                 table.weight = emptied(device);
             }
             (None, true) if info.kind == TensorType::Q6_K => {
-                let values = self.q6_k_values(info, dims[0] * dims[1])?;
-                table.quantized =
-                    Some(QuantizedWeight::quantize(&values, dims, Quantization::Q8_0));
+                table.quantized = Some(self.q6_k_as_q8_0(info, dims)?);
                 table.weight = emptied(device);
             }
             _ => {
@@ -294,18 +293,30 @@ impl GgufCheckpoint {
         dims: [usize; 2],
         quantization: Quantization,
     ) -> Result<QuantizedWeight, ModelError> {
-        QuantizedWeight::from_bytes(self.gguf.tensor_bytes(info), dims, quantization).ok_or_else(
-            || ModelError::WrongShape {
+        let blocks = QuantizedWeight::from_bytes(self.gguf.tensor_bytes(info), dims, quantization)
+            .ok_or_else(|| ModelError::WrongShape {
                 path: self.path.clone(),
                 name: info.name.clone(),
                 expected: dims.to_vec(),
                 found: info.shape.iter().rev().copied().collect(),
-            },
-        )
+            });
+        self.gguf.release(info);
+        blocks
     }
 
-    /// A tensor's values in its float type (quantized blocks widened to float32).
+    /// A tensor's values in its float type (quantized blocks widened to float32), its pages
+    /// in the mapping given back.
     fn float_data(&self, info: &TensorInfo, shape: Vec<usize>) -> Result<TensorData, ModelError> {
+        let data = self.float_data_of(info, shape);
+        self.gguf.release(info);
+        data
+    }
+
+    fn float_data_of(
+        &self,
+        info: &TensorInfo,
+        shape: Vec<usize>,
+    ) -> Result<TensorData, ModelError> {
         let bytes = self.gguf.tensor_bytes(info);
         let dtype = match info.kind {
             TensorType::F32 => DType::F32,
@@ -331,6 +342,25 @@ impl GgufCheckpoint {
         Ok(TensorData::from_bytes_vec(bytes.to_vec(), shape, dtype))
     }
 
+    /// A Q6_K matrix requantized to Q8_0 a row at a time (a row a whole number of
+    /// super-blocks), so that its float32 values are never all in memory.
+    fn q6_k_as_q8_0(
+        &self,
+        info: &TensorInfo,
+        [rows, k]: [usize; 2],
+    ) -> Result<QuantizedWeight, ModelError> {
+        let bytes = self.gguf.tensor_bytes(info);
+        let row_bytes = k / Q6_K_VALUES * Q6_K_BYTES;
+        if !k.is_multiple_of(Q6_K_VALUES) || bytes.len() != rows * row_bytes {
+            return Err(self.unsupported(info));
+        }
+        let matrix = QuantizedWeight::quantize_rows([rows, k], Quantization::Q8_0, |row, out| {
+            dequantize_q6_k(&bytes[row * row_bytes..(row + 1) * row_bytes], out);
+        });
+        self.gguf.release(info);
+        Ok(matrix)
+    }
+
     /// A Q6_K tensor's `len` values, widened.
     fn q6_k_values(&self, info: &TensorInfo, len: usize) -> Result<Vec<f32>, ModelError> {
         let bytes = self.gguf.tensor_bytes(info);
@@ -339,6 +369,7 @@ impl GgufCheckpoint {
         }
         let mut values = vec![0.0f32; len];
         dequantize_q6_k(bytes, &mut values);
+        self.gguf.release(info);
         Ok(values)
     }
 
@@ -363,5 +394,52 @@ fn quantization_of(kind: TensorType) -> Option<Quantization> {
         TensorType::Q8_0 => Some(Quantization::Q8_0),
         TensorType::Q4_0 => Some(Quantization::Q4_0),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `[rows, k]` Q6_K tensor of arbitrary quants with sane super-block scales (any bits
+    /// are a valid Q6_K block but for the f16 scale, its last two bytes).
+    fn q6_k_file(rows: usize, k: usize) -> GgufCheckpoint {
+        let mut bytes: Vec<u8> = (0..rows * k / Q6_K_VALUES * Q6_K_BYTES)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect();
+        for (i, block) in bytes.chunks_exact_mut(Q6_K_BYTES).enumerate() {
+            // f16 bits 0x1000 and up: about 5e-4, growing with `i`.
+            let scale = 0x1000u16 + 16 * i as u16;
+            block[Q6_K_BYTES - 2..].copy_from_slice(&scale.to_le_bytes());
+        }
+        let file = nexttoken_gguf::Writer::new()
+            .tensor("head", &[k, rows], TensorType::Q6_K, &bytes)
+            .to_bytes();
+        GgufCheckpoint {
+            path: PathBuf::from("head.gguf"),
+            gguf: Gguf::from_bytes(file).expect("a GGUF"),
+            config: Gpt2Config::gpt2(),
+        }
+    }
+
+    /// Row by row, the Q8_0 blocks of the whole matrix widened at once.
+    #[test]
+    fn a_q6_k_matrix_requantizes_to_q8_0_a_row_at_a_time() {
+        let (rows, k) = (3, 2 * Q6_K_VALUES);
+        let file = q6_k_file(rows, k);
+        let info = file.gguf.tensor("head").expect("head");
+        let row_by_row = file.q6_k_as_q8_0(info, [rows, k]).expect("requantized");
+        let mut values = vec![0.0; rows * k];
+        dequantize_q6_k(file.gguf.tensor_bytes(info), &mut values);
+        let whole = QuantizedWeight::quantize(&values, [rows, k], Quantization::Q8_0);
+        assert_eq!(row_by_row.as_bytes(), whole.as_bytes());
+        assert_eq!(row_by_row.dims(), [rows, k]);
+        assert!(values.iter().any(|&v| v != 0.0));
+
+        let error = file
+            .q6_k_as_q8_0(info, [4 * rows, k / 4])
+            .expect_err("rows of half a super-block")
+            .to_string();
+        assert!(error.contains("head") && error.contains("Q6_K"), "{error}");
     }
 }

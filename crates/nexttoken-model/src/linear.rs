@@ -119,9 +119,44 @@ impl QuantizedWeight {
     /// If `k` is not a multiple of 32 or `values` does not hold `rows × k` values.
     pub fn quantize(values: &[f32], [rows, k]: [usize; 2], quantization: Quantization) -> Self {
         assert_eq!(values.len(), rows * k, "[{rows}, {k}]");
+        Self::quantize_rows([rows, k], quantization, |row, out| {
+            out.copy_from_slice(&values[row * k..(row + 1) * k]);
+        })
+    }
+
+    /// A `[rows, k]` matrix quantized row by row, `fill(row, out)` writing each row's float
+    /// values: a matrix widened from another format (a GGUF's Q6_K) never needs all its floats
+    /// at once.
+    ///
+    /// # Panics
+    /// If `k` is not a multiple of 32.
+    pub fn quantize_rows(
+        [rows, k]: [usize; 2],
+        quantization: Quantization,
+        fill: impl FnMut(usize, &mut [f32]),
+    ) -> Self {
+        assert_eq!(k % BLOCK_VALUES, 0, "k = {k}");
+        fn quantized<B: Block>(
+            [rows, k]: [usize; 2],
+            quantize: fn(&[f32]) -> Vec<B>,
+            mut fill: impl FnMut(usize, &mut [f32]),
+        ) -> Arc<[B]> {
+            let per_row = k / BLOCK_VALUES;
+            let mut blocks = Arc::<[B]>::new_uninit_slice(rows * per_row);
+            let out = Arc::get_mut(&mut blocks).expect("not shared yet");
+            let mut values = vec![0.0; k];
+            for (row, out) in out.chunks_exact_mut(per_row).enumerate() {
+                fill(row, &mut values);
+                for (out, block) in out.iter_mut().zip(quantize(&values)) {
+                    out.write(block);
+                }
+            }
+            // SAFETY: each of the `rows` rows wrote its `per_row` blocks.
+            unsafe { blocks.assume_init() }
+        }
         let blocks = match quantization {
-            Quantization::Q8_0 => Blocks::Q8_0(quantize_q8_0(values).into()),
-            Quantization::Q4_0 => Blocks::Q4_0(quantize_q4_0(values).into()),
+            Quantization::Q8_0 => Blocks::Q8_0(quantized([rows, k], quantize_q8_0, fill)),
+            Quantization::Q4_0 => Blocks::Q4_0(quantized([rows, k], quantize_q4_0, fill)),
         };
         Self { rows, k, blocks }
     }
@@ -143,9 +178,11 @@ impl QuantizedWeight {
             if bytes.len() != blocks * std::mem::size_of::<B>() {
                 return None;
             }
-            let mut out = vec![B::default(); blocks];
-            B::as_bytes_mut(&mut out).copy_from_slice(bytes);
-            Some(out.into())
+            // Filled in place: a Vec turned into an `Arc` would be copied once more.
+            let mut out: Arc<[B]> = std::iter::repeat_n(B::default(), blocks).collect();
+            let slots = Arc::get_mut(&mut out).expect("not shared yet");
+            B::as_bytes_mut(slots).copy_from_slice(bytes);
+            Some(out)
         }
         let blocks = match quantization {
             Quantization::Q8_0 => Blocks::Q8_0(copied(bytes, blocks)?),
