@@ -443,6 +443,53 @@ mod tests {
     }
 
     #[test]
+    fn the_statistics_are_their_definitions() {
+        let kl = KlDivergence {
+            divergences: vec![0.1, 0.6, 0.3, 0.2],
+            same_top: 3,
+            base_nll: vec![1.0, 2.0, 3.0, 2.0],
+        };
+        let close = |got: f64, want: f64| assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        close(kl.mean(), 0.3);
+        // Sample variance (0.04 + 0.09 + 0 + 0.01) / 3, over 4 values.
+        close(kl.uncertainty(), (0.14 / 3.0 / 4.0f64).sqrt());
+        assert_eq!(kl.quantile(0.5), 0.2);
+        assert_eq!(kl.quantile(0.99), 0.6);
+        assert_eq!(kl.quantile(0.0), 0.1);
+        let (share, error) = kl.same_top_share();
+        close(share, 0.75);
+        close(error, (0.75 * 0.25 / 4.0f64).sqrt());
+        close(kl.base_perplexity(), 2.0f64.exp());
+    }
+
+    /// A base with no rows is its header alone: its ids fill the file to the last byte.
+    #[test]
+    fn a_base_of_ids_alone_opens() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("base.kld");
+        BaseWriter::create(&path, &scoring(4))
+            .expect("created")
+            .finish()
+            .expect("written");
+        let comparison = BaseComparison::open(&path, &scoring(4)).expect("opens");
+        assert!(comparison.finish().expect("no rows").divergences.is_empty());
+    }
+
+    /// A write that fails (a full disk) is reported when the base is finished, not lost.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_base_that_cannot_be_written_is_an_error() {
+        let path = Path::new("/dev/full");
+        let mut writer = BaseWriter::create(path, &scoring(4)).expect("opens");
+        writer.push(&[1.0, 2.0, 3.0, 4.0]);
+        let error = writer.finish().expect_err("no space").to_string();
+        assert!(
+            error.contains("writing the KL-divergence base /dev/full"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn files_that_are_not_bases_are_named() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("base.kld");
