@@ -58,6 +58,26 @@ pub enum Value {
 }
 
 impl Value {
+    /// GGUF's id of the value's type (`gguf_type` in llama.cpp: 0 for u8 .. 12 for f64), as a
+    /// file writes it before the value.
+    pub fn type_id(&self) -> u32 {
+        match self {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::String(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+
     /// The value as an unsigned integer, whatever its integer type (`None` for a negative one
     /// or another type).
     pub fn as_u64(&self) -> Option<u64> {

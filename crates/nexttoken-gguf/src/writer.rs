@@ -36,7 +36,7 @@ impl Writer {
         out.extend((self.metadata.len() as u64).to_le_bytes());
         for (key, value) in &self.metadata {
             string(&mut out, key);
-            out.extend(kind_of(value).to_le_bytes());
+            out.extend(value.type_id().to_le_bytes());
             write_value(&mut out, value);
         }
         let mut offset = 0usize;
@@ -63,24 +63,6 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.extend(s.as_bytes());
 }
 
-fn kind_of(value: &Value) -> u32 {
-    match value {
-        Value::U8(_) => 0,
-        Value::I8(_) => 1,
-        Value::U16(_) => 2,
-        Value::I16(_) => 3,
-        Value::U32(_) => 4,
-        Value::I32(_) => 5,
-        Value::F32(_) => 6,
-        Value::Bool(_) => 7,
-        Value::String(_) => 8,
-        Value::Array(_) => 9,
-        Value::U64(_) => 10,
-        Value::I64(_) => 11,
-        Value::F64(_) => 12,
-    }
-}
-
 fn write_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::U8(v) => out.extend(v.to_le_bytes()),
@@ -97,7 +79,7 @@ fn write_value(out: &mut Vec<u8>, value: &Value) {
         Value::String(s) => string(out, s),
         Value::Array(values) => {
             // An empty array's element type is not kept; llama.cpp writes none such.
-            let element = values.first().map_or(0, kind_of);
+            let element = values.first().map_or(0, Value::type_id);
             out.extend(element.to_le_bytes());
             out.extend((values.len() as u64).to_le_bytes());
             for value in values {

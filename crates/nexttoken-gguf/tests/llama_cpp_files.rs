@@ -13,21 +13,6 @@ use serde_json::json;
 
 /// gguf-py's value type ids and value, as scripts/gguf_arrays.py writes them.
 fn as_gguf_py(value: &Value) -> serde_json::Value {
-    let type_id = |value: &Value| match value {
-        Value::U8(_) => 0,
-        Value::I8(_) => 1,
-        Value::U16(_) => 2,
-        Value::I16(_) => 3,
-        Value::U32(_) => 4,
-        Value::I32(_) => 5,
-        Value::F32(_) => 6,
-        Value::Bool(_) => 7,
-        Value::String(_) => 8,
-        Value::Array(_) => 9,
-        Value::U64(_) => 10,
-        Value::I64(_) => 11,
-        Value::F64(_) => 12,
-    };
     let plain = |value: &Value| match value {
         Value::U8(v) => json!(v),
         Value::I8(v) => json!(v),
@@ -45,13 +30,13 @@ fn as_gguf_py(value: &Value) -> serde_json::Value {
     };
     match value {
         Value::Array(values) => {
-            let element = values.first().map(type_id).into_iter();
+            let element = values.first().map(Value::type_id).into_iter();
             json!({
                 "types": std::iter::once(9).chain(element).collect::<Vec<_>>(),
                 "value": values.iter().map(plain).collect::<Vec<_>>(),
             })
         }
-        value => json!({"types": [type_id(value)], "value": plain(value)}),
+        value => json!({"types": [value.type_id()], "value": plain(value)}),
     }
 }
 
