@@ -35,6 +35,8 @@ pub struct Scoring {
 pub struct BaseWriter {
     out: BufWriter<File>,
     path: PathBuf,
+    /// One row's log-probabilities and bytes, kept from row to row.
+    logprobs: Vec<f64>,
     row: Vec<u8>,
     /// The first failed write: the scoring callback cannot return one.
     error: Option<std::io::Error>,
@@ -47,6 +49,7 @@ impl BaseWriter {
         let mut writer = Self {
             out: BufWriter::new(file),
             path: path.to_owned(),
+            logprobs: Vec::with_capacity(scoring.width),
             row: Vec::with_capacity(ROW_HEADER + 2 * scoring.width),
             error: None,
         };
@@ -60,12 +63,13 @@ impl BaseWriter {
         for id in &scoring.ids {
             header.extend_from_slice(&id.to_le_bytes());
         }
-        writer.write(&header);
+        record(&mut writer.out, &mut writer.error, &header);
         Ok(writer)
     }
 
     pub fn push(&mut self, logits: &[f32]) {
-        let logprobs = log_softmax(logits);
+        log_softmax(logits, &mut self.logprobs);
+        let logprobs = &self.logprobs;
         let (low, high) = logprobs
             .iter()
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), &x| {
@@ -76,10 +80,10 @@ impl BaseWriter {
         self.row.extend_from_slice(&(low as f32).to_le_bytes());
         self.row.extend_from_slice(&(step as f32).to_le_bytes());
         self.row
-            .extend_from_slice(&(first_largest(&logprobs) as u32).to_le_bytes());
+            .extend_from_slice(&(first_largest(logprobs) as u32).to_le_bytes());
         // Steps from the f32 `low` and `step` a reader gets back, not from the f64 ones.
         let (low, step) = (f64::from(low as f32), f64::from(step as f32));
-        for x in logprobs {
+        for &x in logprobs {
             let steps = if step > 0.0 {
                 ((x - low) / step).round().clamp(0.0, f64::from(u16::MAX)) as u16
             } else {
@@ -87,17 +91,7 @@ impl BaseWriter {
             };
             self.row.extend_from_slice(&steps.to_le_bytes());
         }
-        let row = std::mem::take(&mut self.row);
-        self.write(&row);
-        self.row = row;
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        if self.error.is_none()
-            && let Err(error) = self.out.write_all(bytes)
-        {
-            self.error = Some(error);
-        }
+        record(&mut self.out, &mut self.error, &self.row);
     }
 
     pub fn finish(mut self) -> Result<()> {
@@ -114,7 +108,9 @@ pub struct BaseComparison {
     input: BufReader<File>,
     path: PathBuf,
     bytes: Vec<u8>,
+    /// The base's row and this run's, kept from row to row.
     base: Vec<f64>,
+    run: Vec<f64>,
     rows: usize,
     /// The first problem met while scoring: the scoring callback cannot return one.
     error: Option<anyhow::Error>,
@@ -191,6 +187,7 @@ impl BaseComparison {
             path: path.to_owned(),
             bytes: vec![0; ROW_HEADER + 2 * scoring.width],
             base: Vec::with_capacity(scoring.width),
+            run: Vec::with_capacity(scoring.width),
             rows: 0,
             error: None,
             divergence: KlDivergence::default(),
@@ -211,8 +208,9 @@ impl BaseComparison {
         }
         self.rows += 1;
         let top = decode_row(&self.bytes, &mut self.base);
+        log_softmax(logits, &mut self.run);
         self.divergence
-            .push(&self.base, top, &log_softmax(logits), next as usize);
+            .push(&self.base, top, &self.run, next as usize);
     }
 
     /// The comparison, once every row has been pushed.
@@ -293,11 +291,21 @@ fn to_u32(value: usize) -> Result<u32> {
     u32::try_from(value).context("a KL-divergence base holds sizes below 2^32")
 }
 
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
+/// Writes `bytes` unless an earlier write failed, keeping the first failure for `finish`.
+fn record(out: &mut BufWriter<File>, error: &mut Option<std::io::Error>, bytes: &[u8]) {
+    if error.is_none()
+        && let Err(failed) = out.write_all(bytes)
+    {
+        *error = Some(failed);
+    }
+}
+
+fn log_softmax(logits: &[f32], into: &mut Vec<f64>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&x| f64::from(x - max).exp()).sum();
     let normalizer = f64::from(max) + sum.ln();
-    logits.iter().map(|&x| f64::from(x) - normalizer).collect()
+    into.clear();
+    into.extend(logits.iter().map(|&x| f64::from(x) - normalizer));
 }
 
 /// A stored row's log-probabilities, renormalized (the 16-bit steps shift each a little), and
@@ -331,6 +339,12 @@ fn first_largest(values: &[f64]) -> usize {
 mod tests {
     use super::*;
 
+    fn log_softmax_of(logits: &[f32]) -> Vec<f64> {
+        let mut out = Vec::new();
+        log_softmax(logits, &mut out);
+        out
+    }
+
     fn scoring(width: usize) -> Scoring {
         Scoring {
             width,
@@ -357,7 +371,7 @@ mod tests {
         let mut read = Vec::new();
         // The first of the two largest, exactly.
         assert_eq!(decode_row(&bytes[52..], &mut read), 4);
-        let exact = log_softmax(&logits);
+        let exact = log_softmax_of(&logits);
         let step = (exact[4] - exact[3]) / 65535.0;
         for (got, want) in read.iter().zip(&exact) {
             assert!((got - want).abs() <= step, "{got} vs {want}");
@@ -383,8 +397,8 @@ mod tests {
         let same = same.finish().expect("compared");
         assert!(same.mean() < 1e-9, "{}", same.mean());
         assert_eq!(same.same_top_share(), (1.0, 0.0));
-        let p0 = log_softmax(&rows[0]);
-        let p1 = log_softmax(&rows[1]);
+        let p0 = log_softmax_of(&rows[0]);
+        let p1 = log_softmax_of(&rows[1]);
         let base_ppl = ((-p0[2] - p1[0]) / 2.0).exp();
         // Each stored log-probability is within a step (~2e-4 nats here) of its value.
         assert!((same.base_perplexity() / base_ppl - 1.0).abs() < 1e-3);
@@ -396,7 +410,7 @@ mod tests {
         comparison.push(&other[1], 0);
         let got = comparison.finish().expect("compared");
         let probs =
-            |row: &[f32]| -> Vec<f64> { log_softmax(row).iter().map(|x| x.exp()).collect() };
+            |row: &[f32]| -> Vec<f64> { log_softmax_of(row).iter().map(|x| x.exp()).collect() };
         let want = kl(&probs(&rows[1]), &probs(&other[1]));
         assert!(
             (got.divergences[1] / want - 1.0).abs() < 1e-3,

@@ -92,21 +92,27 @@ fn kl_divergence_compares_whole_distributions_with_a_base_run() {
         text.display().to_string(),
         dir.path().join("f32.kld").display().to_string(),
     );
-    let run = |extra: &[&str]| {
-        let mut args = vec![
+    let args = |stride: &'static str, extra: &[&'static str]| -> Vec<String> {
+        let fixed = [
             "perplexity",
             "-f",
             &text,
             "--context",
             "48",
             "--stride",
-            "24",
-            "--kl-divergence-base",
-            &base,
-            "--json",
+            stride,
         ];
-        args.extend_from_slice(extra);
-        json_lines(&args).remove(0)
+        let base = ["--kl-divergence-base", &base];
+        fixed
+            .iter()
+            .chain(&base)
+            .chain(extra)
+            .map(|arg| arg.to_string())
+            .collect()
+    };
+    let run = |extra: &[&'static str]| {
+        let args = args("24", &[extra, &["--json"]].concat());
+        json_lines(&args.iter().map(String::as_str).collect::<Vec<_>>()).remove(0)
     };
     let saved = run(&[]);
     assert!(saved.get("kl_divergence").is_none(), "{saved}");
@@ -126,19 +132,9 @@ fn kl_divergence_compares_whole_distributions_with_a_base_run() {
     assert!(kl["same_top"].as_f64().expect("a share") > 0.8, "{kl}");
     assert!(kl["p99"].as_f64() <= kl["max"].as_f64(), "{kl}");
 
+    let refused = args("12", &["--kl-divergence"]);
     assert_fails_with(
-        &nexttoken(&[
-            "perplexity",
-            "-f",
-            &text,
-            "--context",
-            "48",
-            "--stride",
-            "12",
-            "--kl-divergence-base",
-            &base,
-            "--kl-divergence",
-        ]),
+        &nexttoken(&refused.iter().map(String::as_str).collect::<Vec<_>>()),
         "was made with --context 48 --stride 24, this run --context 48 --stride 12: compare the \
          same text and windows",
     );
