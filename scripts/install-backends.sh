@@ -83,6 +83,11 @@ PY
       url="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/$sdist"
       mkdir -p "$llama"
       if [ ! -f "$llama/src/CMakeLists.txt" ]; then
+        command -v curl >/dev/null || {
+          echo "llama-cpp: installing curl"
+          sudo_if_needed apt-get update -qq
+          sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl ca-certificates
+        }
         echo "llama-cpp: downloading $sdist from PyPI"
         curl -fsSL --retry 3 -o "$llama/$sdist" "$url"
         echo "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e  $llama/$sdist" | sha256sum -c --quiet
