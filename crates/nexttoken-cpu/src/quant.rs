@@ -25,16 +25,15 @@
 //! assert!(back.iter().zip(&weights).all(|(b, w)| (b - w).abs() < 0.02));
 //! ```
 
+mod interleaved;
+
 use half::f16;
-use rayon::prelude::*;
 
 use crate::arch::portable;
 #[cfg(target_arch = "x86_64")]
 use crate::arch::x86;
 use crate::arch::{Level, level};
-use crate::matmul::{Rhs, matmul_into};
-use crate::pool::{SharedOut, rows_per_task};
-use crate::product::MAX_DOT_ROWS;
+pub use interleaved::{BlockQ4_0x8, BlockQ8_0x8, GROUP_ROWS, Interleave, Interleaved};
 use sealed::Sealed;
 
 /// Values in a block, for every block type here (llama.cpp's `QK8_0` and `QK4_0`).
@@ -311,78 +310,12 @@ pub fn dequantize_q6_k(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-/// `x · wᵀ` for float32 `x: [m, k]` and quantized `w: [n, k]` (`k / 32` blocks a row), as
-/// float32 `[m, n]`, on every thread of the current pool, each over its own rows of `w`. Up to
-/// [`MAX_DOT_ROWS`] rows, `x` is quantized to Q8_0 and every weight row meets every input row in
-/// integer dot products while it is in cache (a decode step's bytes read are the blocks'); more
-/// rows are compute-bound, and each task widens its block of weight rows to float32 for
-/// `gemm`.
-///
-/// # Panics
-/// If `k` is not a multiple of 32, or `x` or `w` hold fewer than `m * k` values or `n` rows.
-pub fn times_transposed_quantized<B: Block>(x: &[f32], w: &[B], [m, k, n]: [usize; 3]) -> Vec<f32> {
-    assert_eq!(
-        k % BLOCK_VALUES,
-        0,
-        "k = {k} is not a whole number of blocks"
-    );
-    let blocks_per_row = k / BLOCK_VALUES;
-    assert!(
-        x.len() >= m * k && w.len() >= n * blocks_per_row,
-        "x: [{m}, {k}], w: [{n}, {k}]"
-    );
-    let (x, w) = (&x[..m * k], &w[..n * blocks_per_row]);
-    let rows_per_task = rows_per_task(n);
-    let mut out = Vec::<f32>::with_capacity(m * n);
-    let shared = SharedOut::new(&mut out);
-    if m <= MAX_DOT_ROWS {
-        let mut quantized = Vec::with_capacity(m * blocks_per_row);
-        quantize_activations(x, &mut quantized);
-        w.par_chunks(rows_per_task * blocks_per_row)
-            .enumerate()
-            .for_each(|(index, rows)| {
-                let first = index * rows_per_task;
-                for (j, row) in rows.chunks_exact(blocks_per_row).enumerate() {
-                    for (r, x) in quantized.chunks_exact(blocks_per_row).enumerate() {
-                        // SAFETY: column `first + j` of row `r` is within `[m, n]` and this
-                        // task's alone (its rows of `w` are its columns).
-                        unsafe { *shared.at(r * n + first + j) = B::dot(row, x) };
-                    }
-                }
-            });
-    } else {
-        w.par_chunks(rows_per_task * blocks_per_row)
-            .enumerate()
-            .for_each(|(index, rows)| {
-                let first = index * rows_per_task;
-                let taken = rows.len() / blocks_per_row;
-                let mut wide = vec![0.0; rows.len() * BLOCK_VALUES];
-                dequantize(rows, &mut wide);
-                // SAFETY: the task's `[m, taken]` columns from `first` are its alone, and
-                // `gemm` writes every one of them.
-                unsafe {
-                    matmul_into(
-                        shared.at(first),
-                        n,
-                        x,
-                        &wide,
-                        [m, k, taken],
-                        Rhs::Transposed,
-                    )
-                }
-            });
-    }
-    // SAFETY: the tasks' columns cover all `n`, each written in every one of the `m` rows.
-    unsafe { out.set_len(m * n) };
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Values of every magnitude, ties at halves of the scale, zeros and a block of zeros.
-    fn awkward_values(blocks: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn awkward_values(blocks: usize, seed: u64) -> Vec<f32> {
         let mut state = seed;
         let mut next = move || {
             state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -633,49 +566,5 @@ mod tests {
         assert_eq!(&out[0].quants[..5], [127, 2, -4, 0, 0]);
         // The weights' quantizer rounds the same halves away from zero.
         assert_eq!(&quantize_q8_0(&values)[0].quants[..5], [127, 3, -4, 1, 0]);
-    }
-
-    /// Each output against the products of the dequantized weights with the quantized
-    /// activations (few rows) or the float32 activations (many rows).
-    fn product_matches_its_definition<B: Block>(quantize: fn(&[f32]) -> Vec<B>) {
-        let (k, n) = (96, 37);
-        for m in [1, 3, MAX_DOT_ROWS, MAX_DOT_ROWS + 1] {
-            let x = awkward_values(m * k / 32, 10 + m as u64);
-            let w = quantize(&awkward_values(n * k / 32, 20));
-            let got = times_transposed_quantized(&x, &w, [m, k, n]);
-            let mut wide_w = vec![0.0; n * k];
-            dequantize(&w, &mut wide_w);
-            let mut quantized = Vec::new();
-            quantize_activations(&x, &mut quantized);
-            let mut wide_x = vec![0.0; m * k];
-            dequantize(&quantized, &mut wide_x);
-            let x_seen = if m <= MAX_DOT_ROWS { &wide_x } else { &x };
-            for r in 0..m {
-                for j in 0..n {
-                    let expected: f64 = (0..k)
-                        .map(|i| f64::from(x_seen[r * k + i]) * f64::from(wide_w[j * k + i]))
-                        .sum();
-                    let magnitude: f64 = (0..k)
-                        .map(|i| f64::from((x_seen[r * k + i] * wide_w[j * k + i]).abs()))
-                        .sum();
-                    let value = f64::from(got[r * n + j]);
-                    assert!(
-                        (value - expected).abs() <= magnitude * 1e-5 + 1e-6,
-                        "{} m = {m} [{r}, {j}]: {value} vs {expected}",
-                        B::NAME
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn q8_0_products_match_their_definition_for_every_row_count() {
-        product_matches_its_definition(quantize_q8_0);
-    }
-
-    #[test]
-    fn q4_0_products_match_their_definition_for_every_row_count() {
-        product_matches_its_definition(quantize_q4_0);
     }
 }

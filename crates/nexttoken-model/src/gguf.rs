@@ -432,7 +432,7 @@ mod tests {
         let mut values = vec![0.0; rows * k];
         dequantize_q6_k(file.gguf.tensor_bytes(info), &mut values);
         let whole = QuantizedWeight::quantize(&values, [rows, k], Quantization::Q8_0);
-        assert_eq!(row_by_row.as_bytes(), whole.as_bytes());
+        assert_eq!(row_by_row.gguf_bytes(), whole.gguf_bytes());
         assert_eq!(row_by_row.dims(), [rows, k]);
         assert!(values.iter().any(|&v| v != 0.0));
 

@@ -9,8 +9,7 @@ use burn::module::{Module, Param};
 use burn::nn::{EmbeddingConfig, LinearConfig};
 use burn::tensor::{Device, Int, Tensor};
 use nexttoken_cpu::quant::{
-    BLOCK_VALUES, Block, BlockQ4_0, BlockQ8_0, dequantize, quantize_q4_0, quantize_q8_0,
-    times_transposed_quantized,
+    BLOCK_VALUES, BlockQ4_0, BlockQ8_0, Interleave, Interleaved, quantize_q4_0, quantize_q8_0,
 };
 
 use crate::quantized::Quantization;
@@ -76,7 +75,7 @@ impl Embedding {
     /// How many vectors the table holds.
     pub fn rows(&self) -> usize {
         match &self.quantized {
-            Some(quantized) => quantized.rows,
+            Some(quantized) => quantized.dims()[0],
             None => self.weight.dims()[0],
         }
     }
@@ -97,19 +96,28 @@ impl Embedding {
     }
 }
 
-/// A matrix of `rows` rows of `k` values in llama.cpp's blocks: Q8_0 or Q4_0, bit for bit as a
-/// GGUF file holds them. Cheap to clone (the blocks are shared).
+/// A matrix of `rows` rows of `k` values in llama.cpp's blocks: Q8_0 or Q4_0, the blocks bit
+/// for bit as a GGUF file holds them, the rows regrouped eight at a time for the products
+/// ([`Interleaved`]). Cheap to clone (the blocks are shared).
 #[derive(Clone, Debug)]
 pub struct QuantizedWeight {
-    rows: usize,
-    k: usize,
     blocks: Blocks,
 }
 
 #[derive(Clone, Debug)]
 enum Blocks {
-    Q8_0(Arc<[BlockQ8_0]>),
-    Q4_0(Arc<[BlockQ4_0]>),
+    Q8_0(Arc<Interleaved<BlockQ8_0>>),
+    Q4_0(Arc<Interleaved<BlockQ4_0>>),
+}
+
+/// `$body` with `$matrix` bound to the weight's [`Interleaved`] matrix, whichever its blocks.
+macro_rules! with_matrix {
+    ($blocks:expr, |$matrix:ident| $body:expr) => {
+        match $blocks {
+            Blocks::Q8_0($matrix) => $body,
+            Blocks::Q4_0($matrix) => $body,
+        }
+    };
 }
 
 impl QuantizedWeight {
@@ -136,29 +144,25 @@ impl QuantizedWeight {
         fill: impl FnMut(usize, &mut [f32]),
     ) -> Self {
         assert_eq!(k % BLOCK_VALUES, 0, "k = {k}");
-        fn quantized<B: Block>(
+        fn quantized<B: Interleave>(
             [rows, k]: [usize; 2],
             quantize: fn(&[f32]) -> Vec<B>,
             mut fill: impl FnMut(usize, &mut [f32]),
-        ) -> Arc<[B]> {
-            let per_row = k / BLOCK_VALUES;
-            let mut blocks = Arc::<[B]>::new_uninit_slice(rows * per_row);
-            let out = Arc::get_mut(&mut blocks).expect("not shared yet");
+        ) -> Arc<Interleaved<B>> {
             let mut values = vec![0.0; k];
-            for (row, out) in out.chunks_exact_mut(per_row).enumerate() {
-                fill(row, &mut values);
-                for (out, block) in out.iter_mut().zip(quantize(&values)) {
-                    out.write(block);
-                }
-            }
-            // SAFETY: each of the `rows` rows wrote its `per_row` blocks.
-            unsafe { blocks.assume_init() }
+            Arc::new(Interleaved::from_rows(
+                [rows, k / BLOCK_VALUES],
+                |row, out| {
+                    fill(row, &mut values);
+                    out.copy_from_slice(&quantize(&values));
+                },
+            ))
         }
         let blocks = match quantization {
             Quantization::Q8_0 => Blocks::Q8_0(quantized([rows, k], quantize_q8_0, fill)),
             Quantization::Q4_0 => Blocks::Q4_0(quantized([rows, k], quantize_q4_0, fill)),
         };
-        Self { rows, k, blocks }
+        Self { blocks }
     }
 
     /// The matrix whose blocks are `bytes`, as a GGUF file stores a `[rows, k]` tensor of
@@ -168,27 +172,33 @@ impl QuantizedWeight {
         [rows, k]: [usize; 2],
         quantization: Quantization,
     ) -> Option<Self> {
-        if k % BLOCK_VALUES != 0 {
+        if k % BLOCK_VALUES != 0 || rows == 0 {
             return None;
         }
         let blocks = rows * k / BLOCK_VALUES;
-        // Copied into blocks of their own: aligned whatever the file's offset, and apart from
-        // the file, which can then be closed.
-        fn copied<B: Block + Default>(bytes: &[u8], blocks: usize) -> Option<Arc<[B]>> {
+        fn regrouped<B: Interleave>(
+            bytes: &[u8],
+            [rows, blocks]: [usize; 2],
+        ) -> Option<Arc<Interleaved<B>>> {
             if bytes.len() != blocks * std::mem::size_of::<B>() {
                 return None;
             }
-            // Filled in place: a Vec turned into an `Arc` would be copied once more.
-            let mut out: Arc<[B]> = std::iter::repeat_n(B::default(), blocks).collect();
-            let slots = Arc::get_mut(&mut out).expect("not shared yet");
-            B::as_bytes_mut(slots).copy_from_slice(bytes);
-            Some(out)
+            let matrix = match B::from_bytes(bytes) {
+                Some(blocks) => Interleaved::new(blocks, rows),
+                // A GGUF aligns its tensors; bytes from elsewhere may not be: copied first.
+                None => {
+                    let mut aligned = vec![B::default(); blocks];
+                    B::as_bytes_mut(&mut aligned).copy_from_slice(bytes);
+                    Interleaved::new(&aligned, rows)
+                }
+            };
+            Some(Arc::new(matrix))
         }
         let blocks = match quantization {
-            Quantization::Q8_0 => Blocks::Q8_0(copied(bytes, blocks)?),
-            Quantization::Q4_0 => Blocks::Q4_0(copied(bytes, blocks)?),
+            Quantization::Q8_0 => Blocks::Q8_0(regrouped(bytes, [rows, blocks])?),
+            Quantization::Q4_0 => Blocks::Q4_0(regrouped(bytes, [rows, blocks])?),
         };
-        Some(Self { rows, k, blocks })
+        Some(Self { blocks })
     }
 
     pub fn quantization(&self) -> Quantization {
@@ -200,35 +210,29 @@ impl QuantizedWeight {
 
     /// `[rows, k]`
     pub fn dims(&self) -> [usize; 2] {
-        [self.rows, self.k]
+        with_matrix!(&self.blocks, |matrix| [
+            matrix.rows(),
+            matrix.blocks_per_row() * BLOCK_VALUES
+        ])
     }
 
-    /// The blocks' bytes, as a GGUF file holds them.
-    pub fn as_bytes(&self) -> &[u8] {
-        match &self.blocks {
-            Blocks::Q8_0(blocks) => BlockQ8_0::as_bytes(blocks),
-            Blocks::Q4_0(blocks) => BlockQ4_0::as_bytes(blocks),
+    /// The blocks' bytes in row order, as a GGUF file holds them.
+    pub fn gguf_bytes(&self) -> Vec<u8> {
+        fn bytes<B: Interleave>(matrix: &Interleaved<B>) -> Vec<u8> {
+            B::as_bytes(&matrix.to_blocks()).to_vec()
         }
+        with_matrix!(&self.blocks, |matrix| bytes(matrix))
     }
 
     /// `x · Wᵀ` for float32 `x: [m, k]`, as float32 `[m, rows]`, on every thread of the current
-    /// pool ([`times_transposed_quantized`]).
+    /// pool ([`Interleaved::times_transposed`]).
     pub(crate) fn times_transposed(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let dims = [m, self.k, self.rows];
-        match &self.blocks {
-            Blocks::Q8_0(w) => times_transposed_quantized(x, w, dims),
-            Blocks::Q4_0(w) => times_transposed_quantized(x, w, dims),
-        }
+        with_matrix!(&self.blocks, |matrix| matrix.times_transposed(x, m))
     }
 
     /// Row `row`'s `k` values as float32 into `out`.
     pub(crate) fn dequantize_row(&self, row: usize, out: &mut [f32]) {
-        let per_row = self.k / BLOCK_VALUES;
-        let blocks = row * per_row..(row + 1) * per_row;
-        match &self.blocks {
-            Blocks::Q8_0(all) => dequantize(&all[blocks], out),
-            Blocks::Q4_0(all) => dequantize(&all[blocks], out),
-        }
+        with_matrix!(&self.blocks, |matrix| matrix.dequantize_row(row, out))
     }
 }
 

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
-use nexttoken_model::{Checkpoint, GgufCheckpoint, Gpt2, Quantization, token_tensor};
+use nexttoken_model::{
+    Checkpoint, GgufCheckpoint, Gpt2, Quantization, QuantizedWeight, token_tensor,
+};
 
 fn files() -> (PathBuf, impl Fn(&str) -> PathBuf) {
     let var = |name: &str| {
@@ -52,7 +54,7 @@ fn quantized(checkpoint: &Path, quantization: Quantization) -> Gpt2 {
 /// block's four.
 fn bytes(model: &Gpt2) -> Vec<Vec<u8>> {
     let wte = model.wte.quantized.as_ref();
-    let mut all = vec![wte.map(|wte| wte.as_bytes().to_vec()).unwrap_or_default()];
+    let mut all = vec![wte.map(QuantizedWeight::gguf_bytes).unwrap_or_default()];
     for block in &model.h {
         for linear in [
             &block.attn.c_attn,
@@ -60,14 +62,7 @@ fn bytes(model: &Gpt2) -> Vec<Vec<u8>> {
             &block.mlp.c_fc,
             &block.mlp.c_proj,
         ] {
-            all.push(
-                linear
-                    .quantized
-                    .as_ref()
-                    .expect("quantized")
-                    .as_bytes()
-                    .to_vec(),
-            );
+            all.push(linear.quantized.as_ref().expect("quantized").gguf_bytes());
         }
     }
     all

@@ -9,14 +9,17 @@
 
 use std::arch::x86_64::{
     __m128i, __m256, __m256i, _mm_add_ps, _mm_cvtph_ps, _mm_cvtsi32_si128, _mm_cvtss_f32,
-    _mm_loadu_si128, _mm_movehdup_ps, _mm_movehl_ps, _mm_mul_ss, _mm_srli_epi16, _mm256_add_ps,
-    _mm256_and_si256, _mm256_broadcastss_ps, _mm256_castps256_ps128, _mm256_castsi128_si256,
-    _mm256_cvtepi32_ps, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_inserti128_si256,
-    _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi8,
-    _mm256_set1_epi16, _mm256_setzero_ps, _mm256_sign_epi8, _mm256_sub_epi8,
+    _mm_loadu_si128, _mm_movehdup_ps, _mm_movehl_ps, _mm_mul_ss, _mm_set1_epi16, _mm_srli_epi16,
+    _mm256_add_epi16, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256, _mm256_broadcastss_ps,
+    _mm256_castps256_ps128, _mm256_castsi128_si256, _mm256_cvtepi32_ps, _mm256_cvtph_ps,
+    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_hadd_epi32, _mm256_inserti128_si256,
+    _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi8,
+    _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi64x, _mm256_setzero_ps,
+    _mm256_setzero_si256, _mm256_sign_epi8, _mm256_srli_epi16, _mm256_storeu_ps, _mm256_sub_epi8,
+    _mm256_sub_epi32,
 };
 
-use crate::quant::{BlockQ4_0, BlockQ8_0};
+use crate::quant::{BlockQ4_0, BlockQ4_0x8, BlockQ8_0, BlockQ8_0x8};
 
 /// The 8 lane sums of `x[i] · y[i]` over 32 signed bytes, as float32s. `vpmaddubsw` multiplies
 /// unsigned by signed bytes, so `x`'s magnitudes meet `y` with `x`'s signs moved onto it; a
@@ -24,10 +27,17 @@ use crate::quant::{BlockQ4_0, BlockQ8_0};
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn products_of_bytes(x: __m256i, y: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(integer_products(x, y))
+}
+
+/// The 8 lane sums of `x[i] · y[i]` over 32 signed bytes, as 32-bit integers.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn integer_products(x: __m256i, y: __m256i) -> __m256i {
     let magnitudes = _mm256_sign_epi8(x, x);
     let signed = _mm256_sign_epi8(y, x);
     let pairs = _mm256_maddubs_epi16(magnitudes, signed);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
 }
 
 #[inline]
@@ -107,4 +117,101 @@ fn bytes_of_nibbles(block: &BlockQ4_0) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q4_0(weights: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
     dot_by(weights, x, |w| (bytes_of_nibbles(w), w.scale))
+}
+
+/// Activation block `x`'s 8-byte part `part` (values `8 part..8 part + 8`) in each quarter of a
+/// register, to meet four rows' bytes of that part at once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn part_of(x: &BlockQ8_0, part: usize) -> __m256i {
+    // SAFETY: `part < 4`: the 8 bytes are within the block's 32 quants.
+    let bytes = unsafe {
+        x.quants
+            .as_ptr()
+            .add(8 * part)
+            .cast::<i64>()
+            .read_unaligned()
+    };
+    _mm256_set1_epi64x(bytes)
+}
+
+/// Eight rows' scales times the activation block's, in row order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn group_scales(scales: &[half::f16; 8], x: half::f16) -> __m256 {
+    // SAFETY: eight f16s are 16 bytes; no alignment is needed.
+    let rows = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.as_ptr().cast()) });
+    _mm256_mul_ps(rows, _mm256_cvtph_ps(_mm_set1_epi16(x.to_bits() as i16)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn to_array(sums: __m256) -> [f32; 8] {
+    let mut out = [0.0; 8];
+    // SAFETY: eight floats; no alignment is needed.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
+    out
+}
+
+/// `Σ row · x` for eight interleaved rows of Q4_0 blocks. The nibbles go into `vpmaddubsw` as
+/// they are, unsigned 0-15, and each block's `8 Σ x` (from `sums`) is taken off the eight rows'
+/// integer sums at once. Four products of at most 2 × 15 × 127 add in 16 bits without saturating.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot8_q4_0(groups: &[BlockQ4_0x8], x: &[BlockQ8_0], sums: &[i32]) -> [f32; 8] {
+    let low_nibbles = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut total = _mm256_setzero_ps();
+    for ((group, x), &sum) in groups.iter().zip(x).zip(sums) {
+        let parts: [__m256i; 4] = std::array::from_fn(|part| part_of(x, part));
+        // Four rows' bytes `8 half..8 half + 8`: values there (low nibbles) and 16 on (high).
+        let products = |chunk: usize, half: usize| {
+            // SAFETY: chunk < 4: 32 bytes within the group's 128.
+            let bytes =
+                unsafe { _mm256_loadu_si256(group.nibbles.as_ptr().add(32 * chunk).cast()) };
+            let low = _mm256_and_si256(bytes, low_nibbles);
+            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low_nibbles);
+            _mm256_add_epi16(
+                _mm256_maddubs_epi16(low, parts[half]),
+                _mm256_maddubs_epi16(high, parts[half + 2]),
+            )
+        };
+        let pairs = |first: usize| {
+            let four_rows = _mm256_add_epi16(products(first, 0), products(first + 1, 1));
+            _mm256_madd_epi16(four_rows, ones)
+        };
+        let (first, second) = (pairs(0), pairs(2));
+        let offset = _mm256_set1_epi32(8 * sum);
+        let scales = group_scales(&group.scales, x.scale);
+        let rows = _mm256_sub_epi32(_mm256_hadd_epi32(first, second), offset);
+        total = _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(rows), total);
+    }
+    to_array(total)
+}
+
+/// `Σ row · x` for eight interleaved rows of Q8_0 blocks: each 32-byte load is four rows' 8
+/// values of one part, against that part of the activations in every quarter.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot8_q8_0(groups: &[BlockQ8_0x8], x: &[BlockQ8_0]) -> [f32; 8] {
+    let mut total = _mm256_setzero_ps();
+    for (group, x) in groups.iter().zip(x) {
+        let parts: [__m256i; 4] = std::array::from_fn(|part| part_of(x, part));
+        let four_rows = |half: usize| {
+            let mut sums = _mm256_setzero_si256();
+            for (part, &x) in parts.iter().enumerate() {
+                // SAFETY: half < 2, part < 4: 32 bytes within the group's 256.
+                let w = unsafe {
+                    _mm256_loadu_si256(group.quants.as_ptr().add(32 * (4 * half + part)).cast())
+                };
+                sums = _mm256_add_epi32(sums, integer_products(w, x));
+            }
+            sums
+        };
+        let rows = _mm256_hadd_epi32(four_rows(0), four_rows(1));
+        total = _mm256_fmadd_ps(
+            group_scales(&group.scales, x.scale),
+            _mm256_cvtepi32_ps(rows),
+            total,
+        );
+    }
+    to_array(total)
 }
