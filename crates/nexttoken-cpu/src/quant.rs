@@ -26,6 +26,7 @@
 //! ```
 
 mod interleaved;
+mod widened;
 
 use half::f16;
 
@@ -35,6 +36,7 @@ use crate::arch::x86;
 use crate::arch::{Level, level};
 pub use interleaved::{BlockQ4_0x8, BlockQ8_0x8, GROUP_ROWS, Interleave, Interleaved};
 use sealed::Sealed;
+pub use widened::WidenedFormat;
 
 /// Values in a block, for every block type here (llama.cpp's `QK8_0` and `QK4_0`).
 pub const BLOCK_VALUES: usize = 32;
@@ -261,55 +263,6 @@ pub fn dequantize<B: Block>(blocks: &[B], out: &mut [f32]) {
     }
 }
 
-/// Values in a Q6_K super-block (llama.cpp's `QK_K`).
-pub const Q6_K_VALUES: usize = 256;
-/// Bytes in a Q6_K super-block: 128 low nibbles, 64 bytes of high bit pairs, 16 int8 scales and
-/// an f16 scale.
-pub const Q6_K_BYTES: usize = 210;
-
-/// Q6_K super-blocks (`bytes`, as a GGUF file holds them) as float32 values into `out`, as
-/// llama.cpp's `dequantize_row_q6_K` computes them: `d × scale × (q - 32)` for 6-bit `q`, 16
-/// scales of 16 values each. llama-quantize writes GPT-2's token embedding (its head) in Q6_K
-/// when it quantizes the rest to 4 bits.
-///
-/// # Panics
-/// If `bytes` is not whole super-blocks or `out` does not hold 256 values for each.
-pub fn dequantize_q6_k(bytes: &[u8], out: &mut [f32]) {
-    assert!(
-        bytes.len().is_multiple_of(Q6_K_BYTES),
-        "{} bytes",
-        bytes.len()
-    );
-    assert_eq!(out.len(), bytes.len() / Q6_K_BYTES * Q6_K_VALUES);
-    for (block, out) in bytes
-        .chunks_exact(Q6_K_BYTES)
-        .zip(out.chunks_exact_mut(Q6_K_VALUES))
-    {
-        let (low, rest) = block.split_at(128);
-        let (high, rest) = rest.split_at(64);
-        let (scales, d) = rest.split_at(16);
-        let d = f16::from_le_bytes([d[0], d[1]]).to_f32();
-        for half in 0..2 {
-            let (low, high) = (&low[half * 64..][..64], &high[half * 32..][..32]);
-            let scales = &scales[half * 8..][..8];
-            let out = &mut out[half * 128..][..128];
-            for l in 0..32 {
-                let six = |nibble: u8, pair: u8| i32::from(nibble | (pair & 3) << 4) - 32;
-                let q = [
-                    six(low[l] & 0x0f, high[l]),
-                    six(low[l + 32] & 0x0f, high[l] >> 2),
-                    six(low[l] >> 4, high[l] >> 4),
-                    six(low[l + 32] >> 4, high[l] >> 6),
-                ];
-                for (quarter, q) in q.into_iter().enumerate() {
-                    let scale = f32::from(scales[l / 16 + 2 * quarter] as i8);
-                    out[l + 32 * quarter] = d * scale * q as f32;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,33 +461,6 @@ mod tests {
     #[test]
     fn q4_0_dots_match_the_reference_at_every_level() {
         dots_match_the_reference_at_every_level(quantize_q4_0);
-    }
-
-    /// One super-block built value by value: the 6-bit value at each position from its nibble
-    /// and bit pair, each group of 16 with its own scale.
-    #[test]
-    fn q6_k_dequantizes_as_llama_cpp() {
-        let mut block = vec![0u8; Q6_K_BYTES];
-        let mut expected = [0.0f32; Q6_K_VALUES];
-        let d = f16::from_f32(0.5);
-        block[208..].copy_from_slice(&d.to_le_bytes());
-        for (i, scale) in block[192..208].iter_mut().enumerate() {
-            *scale = (i as i8 * 3 - 20) as u8;
-        }
-        for (i, expected) in expected.iter_mut().enumerate() {
-            // Value i sits in half h, quarter q, position l of its quarter.
-            let (h, q, l) = (i / 128, i % 128 / 32, i % 32);
-            let six = ((i * 7 + 3) % 64) as u8;
-            let low_byte = h * 64 + l + if q % 2 == 1 { 32 } else { 0 };
-            let nibble_shift = if q >= 2 { 4 } else { 0 };
-            block[low_byte] |= (six & 0x0f) << nibble_shift;
-            block[128 + h * 32 + l] |= (six >> 4) << (2 * q);
-            let scale = f32::from(block[192 + h * 8 + l / 16 + 2 * q] as i8);
-            *expected = 0.5 * scale * (f32::from(six) - 32.0);
-        }
-        let mut out = vec![0.0; Q6_K_VALUES];
-        dequantize_q6_k(&block, &mut out);
-        assert_eq!(out, expected);
     }
 
     #[test]

@@ -4,18 +4,20 @@
 //!
 //! Float tensors (f32, f16, bf16) load as they do from safetensors; Q8_0 and Q4_0 matrices keep
 //! their blocks, bit for bit, on flex ([`QuantizedWeight`]), and are widened to float32 on any
-//! other backend. A Q6_K tensor (llama-quantize's choice for GPT-2's token embedding, its head,
-//! in 4-bit files) is widened to float32; on flex the head's values are then kept in Q8_0
-//! blocks, as `--dtype q4_0` keeps it: within Q8_0's rounding of the Q6_K values, and read at 8.5
-//! bits a weight instead of 32, until a Q6_K kernel exists. llama.cpp stores a matrix by output (`[n, k]`, GGUF's `ne = [k, n]`), which is
-//! the layout flex's products read, so its weights need no transposing there.
+//! other backend. Tensors in llama-quantize's other types ([`WidenedFormat`]: the k-quants of a
+//! `Q4_K_M` file, the Q6_K head of its Q4_0 files, the 32-value formats it falls back to) are
+//! widened to float32; on flex their matrices are then kept in Q8_0 blocks, as `--dtype q4_0`
+//! keeps the head: within Q8_0's rounding of the file's values, and read at 8.5 bits a weight
+//! instead of 32, until kernels for those formats exist. llama.cpp stores a matrix by output
+//! (`[n, k]`, GGUF's `ne = [k, n]`), which is the layout flex's products read, so its weights
+//! need no transposing there.
 
 use std::path::{Path, PathBuf};
 
 use burn::backend::DispatchDevice;
 use burn::module::Param;
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use nexttoken_cpu::quant::{Q6_K_BYTES, Q6_K_VALUES, dequantize_q6_k};
+use nexttoken_cpu::quant::WidenedFormat;
 use nexttoken_gguf::{Gguf, TensorInfo, TensorType, Value};
 
 use crate::linear::{Embedding, Linear, QuantizedWeight, emptied};
@@ -247,8 +249,8 @@ impl GgufCheckpoint {
                 table.quantized = Some(self.blocks(info, dims, quantization)?);
                 table.weight = emptied(device);
             }
-            (None, true) if info.kind == TensorType::Q6_K => {
-                table.quantized = Some(self.q6_k_as_q8_0(info, dims)?);
+            (None, true) if let Some(format) = widened_format(info.kind) => {
+                table.quantized = Some(self.widened_as_q8_0(info, format, dims)?);
                 table.weight = emptied(device);
             }
             _ => {
@@ -273,6 +275,10 @@ impl GgufCheckpoint {
         match (quantization_of(info.kind), blocks_kept) {
             (Some(quantization), true) => {
                 layer.quantized = Some(self.blocks(info, [n, k], quantization)?);
+                layer.weight = emptied(device);
+            }
+            (None, true) if let Some(format) = widened_format(info.kind) => {
+                layer.quantized = Some(self.widened_as_q8_0(info, format, [n, k])?);
                 layer.weight = emptied(device);
             }
             _ => {
@@ -322,8 +328,8 @@ impl GgufCheckpoint {
             TensorType::F32 => DType::F32,
             TensorType::F16 => DType::F16,
             TensorType::BF16 => DType::BF16,
-            TensorType::Q6_K => {
-                let values = self.q6_k_values(info, shape.iter().product())?;
+            kind if let Some(format) = widened_format(kind) => {
+                let values = self.widened_values(info, format, shape.iter().product())?;
                 return Ok(TensorData::new(values, shape));
             }
             kind => {
@@ -342,33 +348,41 @@ impl GgufCheckpoint {
         Ok(TensorData::from_bytes_vec(bytes.to_vec(), shape, dtype))
     }
 
-    /// A Q6_K matrix requantized to Q8_0 a row at a time (a row a whole number of
-    /// super-blocks), so that its float32 values are never all in memory.
-    fn q6_k_as_q8_0(
+    /// A matrix in a widened format requantized to Q8_0 a row at a time (a row a whole number
+    /// of its blocks), so that its float32 values are never all in memory.
+    fn widened_as_q8_0(
         &self,
         info: &TensorInfo,
+        format: WidenedFormat,
         [rows, k]: [usize; 2],
     ) -> Result<QuantizedWeight, ModelError> {
         let bytes = self.gguf.tensor_bytes(info);
-        let row_bytes = k / Q6_K_VALUES * Q6_K_BYTES;
-        if !k.is_multiple_of(Q6_K_VALUES) || bytes.len() != rows * row_bytes {
+        let row_bytes = k / format.values() * format.bytes();
+        if !k.is_multiple_of(format.values()) || bytes.len() != rows * row_bytes {
             return Err(self.unsupported(info));
         }
         let matrix = QuantizedWeight::quantize_rows([rows, k], Quantization::Q8_0, |row, out| {
-            dequantize_q6_k(&bytes[row * row_bytes..(row + 1) * row_bytes], out);
+            format.dequantize(&bytes[row * row_bytes..(row + 1) * row_bytes], out);
         });
         self.gguf.release(info);
         Ok(matrix)
     }
 
-    /// A Q6_K tensor's `len` values, widened.
-    fn q6_k_values(&self, info: &TensorInfo, len: usize) -> Result<Vec<f32>, ModelError> {
+    /// A tensor's `len` values in a widened format, as float32.
+    fn widened_values(
+        &self,
+        info: &TensorInfo,
+        format: WidenedFormat,
+        len: usize,
+    ) -> Result<Vec<f32>, ModelError> {
         let bytes = self.gguf.tensor_bytes(info);
-        if !len.is_multiple_of(Q6_K_VALUES) || bytes.len() != len / Q6_K_VALUES * Q6_K_BYTES {
+        if !len.is_multiple_of(format.values())
+            || bytes.len() != len / format.values() * format.bytes()
+        {
             return Err(self.unsupported(info));
         }
         let mut values = vec![0.0f32; len];
-        dequantize_q6_k(bytes, &mut values);
+        format.dequantize(bytes, &mut values);
         self.gguf.release(info);
         Ok(values)
     }
@@ -389,6 +403,20 @@ fn tensor<'a>(gguf: &'a Gguf, path: &Path, name: &str) -> Result<&'a TensorInfo,
     })
 }
 
+/// The formats read by widening: llama-quantize's k-quants and the 32-value formats it falls
+/// back to where a row is not whole super-blocks.
+fn widened_format(kind: TensorType) -> Option<WidenedFormat> {
+    Some(match kind {
+        TensorType::Q4_1 => WidenedFormat::Q4_1,
+        TensorType::Q5_0 => WidenedFormat::Q5_0,
+        TensorType::Q5_1 => WidenedFormat::Q5_1,
+        TensorType::Q4_K => WidenedFormat::Q4_K,
+        TensorType::Q5_K => WidenedFormat::Q5_K,
+        TensorType::Q6_K => WidenedFormat::Q6_K,
+        _ => return None,
+    })
+}
+
 fn quantization_of(kind: TensorType) -> Option<Quantization> {
     match kind {
         TensorType::Q8_0 => Some(Quantization::Q8_0),
@@ -401,19 +429,28 @@ fn quantization_of(kind: TensorType) -> Option<Quantization> {
 mod tests {
     use super::*;
 
-    /// A `[rows, k]` Q6_K tensor of arbitrary quants with sane super-block scales (any bits
-    /// are a valid Q6_K block but for the f16 scale, its last two bytes).
-    fn q6_k_file(rows: usize, k: usize) -> GgufCheckpoint {
-        let mut bytes: Vec<u8> = (0..rows * k / Q6_K_VALUES * Q6_K_BYTES)
+    /// A `[rows, k]` tensor of `kind` of arbitrary quants with sane scales (any bits make a
+    /// valid block but for its f16 scale and minimum).
+    fn widened_file(kind: TensorType, [rows, k]: [usize; 2]) -> GgufCheckpoint {
+        let format = widened_format(kind).expect("a widened type");
+        let mut bytes: Vec<u8> = (0..rows * k / format.values() * format.bytes())
             .map(|i| (i * 7919 % 251) as u8)
             .collect();
-        for (i, block) in bytes.chunks_exact_mut(Q6_K_BYTES).enumerate() {
+        // Where each format keeps its f16s: Q6_K its one scale last, the others first.
+        let f16s = match format {
+            WidenedFormat::Q6_K => vec![format.bytes() - 2],
+            WidenedFormat::Q5_0 => vec![0],
+            _ => vec![0, 2],
+        };
+        for (i, block) in bytes.chunks_exact_mut(format.bytes()).enumerate() {
             // f16 bits 0x1000 and up: about 5e-4, growing with `i`.
             let scale = 0x1000u16 + 16 * i as u16;
-            block[Q6_K_BYTES - 2..].copy_from_slice(&scale.to_le_bytes());
+            for &at in &f16s {
+                block[at..at + 2].copy_from_slice(&scale.to_le_bytes());
+            }
         }
         let file = nexttoken_gguf::Writer::new()
-            .tensor("head", &[k, rows], TensorType::Q6_K, &bytes)
+            .tensor("head", &[k, rows], kind, &bytes)
             .to_bytes();
         GgufCheckpoint {
             path: PathBuf::from("head.gguf"),
@@ -422,24 +459,39 @@ mod tests {
         }
     }
 
-    /// Row by row, the Q8_0 blocks of the whole matrix widened at once.
+    /// Row by row, the Q8_0 blocks of the whole matrix widened at once; a row that is not
+    /// whole blocks refused naming the tensor and its type.
     #[test]
-    fn a_q6_k_matrix_requantizes_to_q8_0_a_row_at_a_time() {
-        let (rows, k) = (3, 2 * Q6_K_VALUES);
-        let file = q6_k_file(rows, k);
-        let info = file.gguf.tensor("head").expect("head");
-        let row_by_row = file.q6_k_as_q8_0(info, [rows, k]).expect("requantized");
-        let mut values = vec![0.0; rows * k];
-        dequantize_q6_k(file.gguf.tensor_bytes(info), &mut values);
-        let whole = QuantizedWeight::quantize(&values, [rows, k], Quantization::Q8_0);
-        assert_eq!(row_by_row.gguf_bytes(), whole.gguf_bytes());
-        assert_eq!(row_by_row.dims(), [rows, k]);
-        assert!(values.iter().any(|&v| v != 0.0));
+    fn widened_matrices_requantize_to_q8_0_a_row_at_a_time() {
+        use TensorType::*;
+        for kind in [Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K] {
+            let format = widened_format(kind).expect("widened");
+            let (rows, k) = (3, 2 * 256);
+            let file = widened_file(kind, [rows, k]);
+            let info = file.gguf.tensor("head").expect("head");
+            let row_by_row = file
+                .widened_as_q8_0(info, format, [rows, k])
+                .expect("requantized");
+            let mut values = vec![0.0; rows * k];
+            format.dequantize(file.gguf.tensor_bytes(info), &mut values);
+            let whole = QuantizedWeight::quantize(&values, [rows, k], Quantization::Q8_0);
+            assert_eq!(row_by_row.gguf_bytes(), whole.gguf_bytes(), "{kind}");
+            assert_eq!(row_by_row.dims(), [rows, k]);
+            assert!(values.iter().any(|&v| v != 0.0));
+            assert_eq!(
+                file.widened_values(info, format, rows * k)
+                    .expect("widened"),
+                values
+            );
 
-        let error = file
-            .q6_k_as_q8_0(info, [4 * rows, k / 4])
-            .expect_err("rows of half a super-block")
-            .to_string();
-        assert!(error.contains("head") && error.contains("Q6_K"), "{error}");
+            let error = file
+                .widened_as_q8_0(info, format, [rows * k / 16, 16])
+                .expect_err("rows of half a block")
+                .to_string();
+            assert!(
+                error.contains("head") && error.contains(&kind.to_string()),
+                "{error}"
+            );
+        }
     }
 }
