@@ -19,6 +19,8 @@ use safetensors::SafeTensors;
 enum Matrices {
     F32,
     Q8_0,
+    /// A type ggml has and nexttoken does not read (zeros: never read).
+    Q8_1,
 }
 
 /// The trained fixture as a GGUF file; `edit` changes the writer's metadata first.
@@ -69,6 +71,12 @@ fn fixture_gguf(matrices: Matrices, architecture: &str, tokens: Vec<Value>) -> W
                 &[k, n],
                 TensorType::Q8_0,
                 BlockQ8_0::as_bytes(&quantize_q8_0(&by_output)),
+            ),
+            Matrices::Q8_1 => writer.tensor(
+                gguf_name,
+                &[k, n],
+                TensorType::Q8_1,
+                &vec![0; n * k / 32 * 36],
             ),
         }
     };
@@ -260,6 +268,15 @@ fn gguf_files_nexttoken_cannot_run_are_refused_by_name() {
         ]),
         "tokenizer differs from GPT-2's at id 5 (Some(\"&&\") where GPT-2 has Some(\"&\"))",
     );
+    let q8_1 = fixture_gguf(Matrices::Q8_1, "gpt2", gpt2_tokens()).to_bytes();
+    let refused = nexttoken(&[
+        "generate",
+        "-m",
+        &written(dir.path(), "q8_1.gguf", &q8_1),
+        "x",
+    ]);
+    assert_fails_with(&refused, "is Q8_1, which nexttoken does not read");
+    assert_fails_with(&refused, "tensor `token_embd.weight` in");
     // A head of its own, as llama-quantize writes one for other models.
     let untied = fixture_gguf(Matrices::F32, "gpt2", gpt2_tokens())
         .tensor(

@@ -126,7 +126,8 @@ pub enum ModelError {
 
     #[error(
         "tensor `{name}` in {path} is {kind}, which nexttoken does not read: use a GGUF of \
-         f32, f16, bf16, Q8_0 or Q4_0 tensors (llama-quantize IN.gguf OUT.gguf q8_0)"
+         f32, f16, bf16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K tensors \
+         (llama-quantize IN.gguf OUT.gguf q8_0)"
     )]
     GgufTensorType {
         path: PathBuf,
