@@ -30,8 +30,8 @@ pub fn binary(root: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `checkpoint` as GGUF in `outtype` (f32, f16, bf16, q8_0 from the converter; q4_0 from
-/// `llama-quantize` on the f32 file, as llama.cpp's users make one), converted once and kept
+/// `checkpoint` as GGUF in `outtype` (f32, f16, bf16, q8_0 from the converter; q4_0 and
+/// q4_k_m from `llama-quantize` on the f32 file, as llama.cpp's users make them), converted once and kept
 /// beside the llama.cpp build; converted again when the checkpoint is newer.
 pub fn gguf(root: &Path, checkpoint: &Path, outtype: &str) -> Result<PathBuf> {
     let name = checkpoint
@@ -45,13 +45,13 @@ pub fn gguf(root: &Path, checkpoint: &Path, outtype: &str) -> Result<PathBuf> {
     if modified(&out) >= modified(&checkpoint.join("model.safetensors")) && out.is_file() {
         return Ok(out);
     }
-    if outtype == "q4_0" {
+    if matches!(outtype, "q4_0" | "q4_k_m") {
         let float = gguf(root, checkpoint, "f32")?;
         crate::run(
             Command::new(binary(root, "llama-quantize")?)
                 .arg(float)
                 .arg(&out)
-                .arg("Q4_0")
+                .arg(outtype.to_uppercase())
                 .stdout(Stdio::null()),
         )?;
         return Ok(out);
@@ -72,13 +72,13 @@ pub fn gguf(root: &Path, checkpoint: &Path, outtype: &str) -> Result<PathBuf> {
 
 /// GGUF files of `checkpoint` written by llama.cpp's tools, each beside llama.cpp's own reading
 /// of it (`NAME.gguf-py.safetensors`, scripts/gguf_arrays.py), for the tests on them: f32 and
-/// Q8_0 from the converter (its sources alone, seconds), and Q4_0 from `llama-quantize` where
-/// llama.cpp is built (a build is 15 minutes: CI does without). The folder, and whether the Q4_0
-/// file is there.
+/// Q8_0 from the converter (its sources alone, seconds), and Q4_0 and Q4_K_M from
+/// `llama-quantize` where llama.cpp is built (a build is 15 minutes: CI does without). The
+/// folder, and whether llama-quantize's files are there.
 pub fn test_files(root: &Path, checkpoint: &Path) -> Result<(PathBuf, bool)> {
     let quantize_built = dir()?.join("build/bin/llama-quantize").is_file();
     let outtypes: &[&str] = if quantize_built {
-        &["f32", "q8_0", "q4_0"]
+        &["f32", "q8_0", "q4_0", "q4_k_m"]
     } else {
         &["f32", "q8_0"]
     };
