@@ -380,8 +380,17 @@ fn half_precision(dtype: &str) -> (DType, f32) {
 /// How many times Hugging Face's own half-vs-float32 difference at a step ours may differ from
 /// Hugging Face's half-precision logits there. PyTorch rounds to the dtype after every
 /// operation, nexttoken's decode products once after float32 sums, so the two land on
-/// different sides of float32 by up to about that difference each.
-const HALF_STEP_FACTOR: f32 = 2.0;
+/// different sides of float32 by up to about that difference each: 2 (flex's worst step uses
+/// half of it). libtorch (tch) rounds as PyTorch does, but its CPU kernels differ by CPU: the
+/// goldens were made on an AVX2 CPU, and on an AVX-512 BF16 one (Zen 4) Hugging Face's own
+/// bf16 logits move by up to 0.06 (as far as they are from float32) and tch's land up to 2.46
+/// times the goldens' difference away: 3 there.
+fn half_step_factor(backend: Backend) -> f32 {
+    match backend {
+        Backend::Tch => 3.0,
+        _ => 2.0,
+    }
+}
 
 /// Each row's last-position logits at every step, with the reference's ids fed in as the
 /// model's choices (teacher forcing): by the cached path (a prefill of the prompts, then one id
@@ -447,22 +456,22 @@ struct Forced {
 }
 
 impl Forced {
-    fn tolerance(&self, floor: f32) -> f32 {
-        half_step_tolerance(&self.half, &self.f32, floor)
+    fn tolerance(&self, floor: f32, factor: f32) -> f32 {
+        half_step_tolerance(&self.half, &self.f32, floor, factor)
     }
 }
 
 /// A half-precision step's tolerance, from Hugging Face's logits of the same ids in the dtype
-/// (`half`) and in float32 (`wide`): [`HALF_STEP_FACTOR`] times its own largest difference
-/// there, at least `floor` of max(1, |logit|).
-fn half_step_tolerance(half: &[f32], wide: &[f32], floor: f32) -> f32 {
+/// (`half`) and in float32 (`wide`): `factor` ([`half_step_factor`]) times its own largest
+/// difference there, at least `floor` of max(1, |logit|).
+fn half_step_tolerance(half: &[f32], wide: &[f32], floor: f32, factor: f32) -> f32 {
     let own = half
         .iter()
         .zip(wide)
         .map(|(h, f)| (h - f).abs())
         .fold(0.0, f32::max);
     let scale = half.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    (HALF_STEP_FACTOR * own).max(floor * scale)
+    (factor * own).max(floor * scale)
 }
 
 /// Near-tie allowances per golden file: steps where our best id is not the reference's,
@@ -527,7 +536,7 @@ fn half_precision_matches_hugging_face_at_every_step() {
                     let (own, _, _) = differences(theirs, wide);
                     let (diff, _, _) = differences(&row_steps[0].0, theirs);
                     assert!(
-                        diff <= HALF_STEP_FACTOR * own,
+                        diff <= half_step_factor(backend) * own,
                         "{at}: logits over the vocabulary differ from Hugging Face's by up to \
                          {diff:.3e}, its own half-vs-float32 difference is {own:.3e}"
                     );
@@ -550,7 +559,7 @@ fn half_precision_matches_hugging_face_at_every_step() {
                         let forced = case.steps[step].forced[row].as_ref().unwrap_or_else(|| {
                             panic!("{at}: no record ({})", "cargo xtask goldens")
                         });
-                        let tolerance = forced.tolerance(floor);
+                        let tolerance = forced.tolerance(floor, half_step_factor(backend));
                         for (ours, path) in [(cached, "cached"), (plain, "plain")] {
                             for ((&id, &theirs), &wide) in
                                 forced.ids.iter().zip(&forced.half).zip(&forced.f32)

@@ -255,6 +255,7 @@ fn gpt2_shapes_match_hugging_face_at_every_step() {
                                     &record.logits,
                                     &record.f32,
                                     half_precision(dtype).1,
+                                    half_step_factor(backend),
                                 )
                             };
                             let mut parted = false;
