@@ -80,6 +80,11 @@ pub trait Interleave: Block + Default + PartialEq + std::fmt::Debug {
     fn dot8(groups: &[Self::Group], x: &[BlockQ8_0], sums: &[i32]) -> [f32; GROUP_ROWS] {
         match level() {
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512 VNNI (for 256-bit registers), AVX2, FMA and F16C were detected.
+            Level::Avx512 | Level::Avx2Fma if x86::has_avx512_vnni() => unsafe {
+                Self::vnni_dot8(groups, x, sums)
+            },
+            #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX2, FMA and F16C were detected (every AVX-512 CPU has them too).
             Level::Avx512 | Level::Avx2Fma => unsafe { Self::avx2_dot8(groups, x, sums) },
             Level::Baseline => Self::portable_dot8(groups, x),
@@ -92,6 +97,13 @@ pub trait Interleave: Block + Default + PartialEq + std::fmt::Debug {
     /// The CPU must have them.
     #[cfg(target_arch = "x86_64")]
     unsafe fn avx2_dot8(groups: &[Self::Group], x: &[BlockQ8_0], sums: &[i32]) -> [f32; 8];
+
+    /// The kernel for AVX-512 VNNI on 256-bit registers beside AVX2, FMA and F16C.
+    ///
+    /// # Safety
+    /// The CPU must have them.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn vnni_dot8(groups: &[Self::Group], x: &[BlockQ8_0], sums: &[i32]) -> [f32; 8];
 
     /// Each row's plain [`Block::dot`]: for CPUs without a kernel of their own, and the
     /// reference the kernels are tested against.
@@ -164,6 +176,12 @@ impl Interleave for BlockQ4_0 {
         // SAFETY: the caller's promise.
         unsafe { x86::quant::dot8_q4_0(groups, x, sums) }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn vnni_dot8(groups: &[BlockQ4_0x8], x: &[BlockQ8_0], sums: &[i32]) -> [f32; 8] {
+        // SAFETY: the caller's promise.
+        unsafe { x86::quant::dot8_q4_0_vnni(groups, x, sums) }
+    }
 }
 
 impl Interleave for BlockQ8_0 {
@@ -190,6 +208,12 @@ impl Interleave for BlockQ8_0 {
     unsafe fn avx2_dot8(groups: &[BlockQ8_0x8], x: &[BlockQ8_0], _sums: &[i32]) -> [f32; 8] {
         // SAFETY: the caller's promise.
         unsafe { x86::quant::dot8_q8_0(groups, x) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn vnni_dot8(groups: &[BlockQ8_0x8], x: &[BlockQ8_0], _sums: &[i32]) -> [f32; 8] {
+        // SAFETY: the caller's promise.
+        unsafe { x86::quant::dot8_q8_0_vnni(groups, x) }
     }
 }
 
@@ -394,6 +418,8 @@ pub(crate) fn sums_of(x: &[BlockQ8_0]) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "x86_64")]
+    use crate::arch::x86;
     use crate::quant::tests::awkward_values;
     use crate::quant::{quantize_q4_0, quantize_q8_0};
 
@@ -415,17 +441,45 @@ mod tests {
         }
     }
 
+    type Dot8<B> = Box<dyn Fn(&[<B as Interleave>::Group], &[BlockQ8_0], &[i32]) -> [f32; 8]>;
+
+    /// Every kernel this CPU runs, by name, the dispatched one first.
+    fn kernels<B: Interleave>() -> Vec<(&'static str, Dot8<B>)> {
+        #[allow(unused_mut)] // where there is no vector module
+        let mut kernels: Vec<(&'static str, Dot8<B>)> = vec![("dispatched", Box::new(B::dot8))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::has_avx2_fma_f16c() {
+                // SAFETY: AVX2, FMA and F16C were detected.
+                kernels.push(("avx2", Box::new(|g, x, s| unsafe { B::avx2_dot8(g, x, s) })));
+            }
+            if x86::has_avx512_vnni() {
+                // SAFETY: AVX-512 VNNI and VL, AVX2, FMA and F16C were detected.
+                kernels.push(("vnni", Box::new(|g, x, s| unsafe { B::vnni_dot8(g, x, s) })));
+            }
+        }
+        kernels
+    }
+
+    /// Each kernel this CPU runs, row by row against the portable dot of the row's blocks: the
+    /// same integer sums, scaled and added in another order.
     fn eight_rows_each_match_their_own_dot<B: Interleave>(quantize: fn(&[f32]) -> Vec<B>) {
+        let kernels = kernels::<B>();
+        eprintln!(
+            "{}: {:?}",
+            B::NAME,
+            kernels.iter().map(|(name, _)| name).collect::<Vec<_>>()
+        );
         for blocks in [1, 2, 3, 24, 96] {
             let w = quantize(&awkward_values(8 * blocks, blocks as u64));
             let matrix = Interleaved::new(&w, 8);
             let mut x = Vec::new();
             quantize_activations(&awkward_values(blocks, 77 + blocks as u64), &mut x);
             let sums = sums_of(&x);
-            let got = B::dot8(&matrix.groups, &x, &sums);
             let portable = B::portable_dot8(&matrix.groups, &x);
             for (row, w) in w.chunks_exact(blocks).enumerate() {
                 let expected = B::portable_dot(w, &x);
+                assert_eq!(portable[row], expected, "{} row {row}", B::NAME);
                 let magnitude: f32 = w
                     .iter()
                     .zip(&x)
@@ -436,14 +490,15 @@ mod tests {
                         a.iter().zip(&b).map(|(a, b)| (a * b).abs()).sum::<f32>()
                     })
                     .sum();
-                assert_eq!(portable[row], expected, "{} row {row}", B::NAME);
-                // Exact integer sums; only the scaled blocks' float sum rounds (fused here).
-                assert!(
-                    (got[row] - expected).abs() <= magnitude * 1e-6,
-                    "{} {blocks} blocks, row {row}: {} vs {expected}",
-                    B::NAME,
-                    got[row]
-                );
+                for (kernel, dot8) in &kernels {
+                    let got = dot8(&matrix.groups, &x, &sums)[row];
+                    // Exact integer sums; only the scaled blocks' float sum rounds (fused here).
+                    assert!(
+                        (got - expected).abs() <= magnitude * 1e-6,
+                        "{} {kernel}, {blocks} blocks, row {row}: {got} vs {expected}",
+                        B::NAME,
+                    );
+                }
             }
         }
     }

@@ -38,6 +38,17 @@ pub(crate) fn has_avx512_bf16() -> bool {
     *HAS.get_or_init(|| matches!(level(), Level::Avx512) && is_x86_feature_detected!("avx512bf16"))
 }
 
+/// Whether the CPU has AVX-512 VNNI for 256-bit registers (`vpdpbusd`), what the quantized
+/// kernels' VNNI versions need beside AVX2.
+pub(crate) fn has_avx512_vnni() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        has_avx2_fma_f16c()
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl")
+    })
+}
+
 /// A register's worth of a float type, widened to float32 as it is loaded or rounded as it is
 /// stored, in one or two instructions. Each method is `#[inline]`: the kernels that call them
 /// are generic, so they are compiled in the crate that uses them, and a call that cannot be

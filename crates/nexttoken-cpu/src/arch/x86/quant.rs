@@ -5,18 +5,21 @@
 //! running sums. The same integers as the portable loops; only the final float sums' order
 //! differs.
 //!
-//! AVX-512 CPUs run these too; their VNNI `vpdpbusd` would fuse the two integer steps.
+//! The eight-row kernels over [`Interleaved`](crate::quant::Interleaved) matrices come in two
+//! versions: AVX2's, and one for CPUs with AVX-512 VNNI on 256-bit registers (Zen 4, Ice Lake
+//! on), whose `vpdpbusd` multiplies, sums four and accumulates in one instruction where AVX2
+//! takes `vpmaddubsw`, `vpmaddwd` and an add.
 
 use std::arch::x86_64::{
     __m128i, __m256, __m256i, _mm_add_ps, _mm_cvtph_ps, _mm_cvtsi32_si128, _mm_cvtss_f32,
     _mm_loadu_si128, _mm_movehdup_ps, _mm_movehl_ps, _mm_mul_ss, _mm_set1_epi16, _mm_srli_epi16,
     _mm256_add_epi16, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256, _mm256_broadcastss_ps,
     _mm256_castps256_ps128, _mm256_castsi128_si256, _mm256_cvtepi32_ps, _mm256_cvtph_ps,
-    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_hadd_epi32, _mm256_inserti128_si256,
-    _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_set1_epi8,
-    _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi64x, _mm256_setzero_ps,
-    _mm256_setzero_si256, _mm256_sign_epi8, _mm256_srli_epi16, _mm256_storeu_ps, _mm256_sub_epi8,
-    _mm256_sub_epi32,
+    _mm256_dpbusd_epi32, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_hadd_epi32,
+    _mm256_inserti128_si256, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16,
+    _mm256_mul_ps, _mm256_set1_epi8, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi64x,
+    _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_srli_epi16, _mm256_storeu_ps,
+    _mm256_sub_epi8, _mm256_sub_epi32,
 };
 
 use crate::quant::{BlockQ4_0, BlockQ4_0x8, BlockQ8_0, BlockQ8_0x8};
@@ -27,17 +30,10 @@ use crate::quant::{BlockQ4_0, BlockQ4_0x8, BlockQ8_0, BlockQ8_0x8};
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn products_of_bytes(x: __m256i, y: __m256i) -> __m256 {
-    _mm256_cvtepi32_ps(integer_products(x, y))
-}
-
-/// The 8 lane sums of `x[i] · y[i]` over 32 signed bytes, as 32-bit integers.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn integer_products(x: __m256i, y: __m256i) -> __m256i {
     let magnitudes = _mm256_sign_epi8(x, x);
     let signed = _mm256_sign_epi8(y, x);
     let pairs = _mm256_maddubs_epi16(magnitudes, signed);
-    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
 #[inline]
@@ -153,45 +149,85 @@ fn to_array(sums: __m256) -> [f32; 8] {
     out
 }
 
-/// `Σ row · x` for eight interleaved rows of Q4_0 blocks. The nibbles go into `vpmaddubsw` as
-/// they are, unsigned 0-15, and each block's `8 Σ x` (from `sums`) is taken off the eight rows'
-/// integer sums at once. Four products of at most 2 × 15 × 127 add in 16 bits without saturating.
+/// A Q4_0 group's 32 bytes at `chunk` (four rows' 8 bytes) as their low and high nibbles.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot8_q4_0(groups: &[BlockQ4_0x8], x: &[BlockQ8_0], sums: &[i32]) -> [f32; 8] {
+fn nibbles_of(group: &BlockQ4_0x8, chunk: usize) -> (__m256i, __m256i) {
+    // SAFETY: chunk < 4: 32 bytes within the group's 128.
+    let bytes = unsafe { _mm256_loadu_si256(group.nibbles.as_ptr().add(32 * chunk).cast()) };
     let low_nibbles = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
+    (
+        _mm256_and_si256(bytes, low_nibbles),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low_nibbles),
+    )
+}
+
+/// `Σ row · x` for eight interleaved rows of Q4_0 blocks, `four_rows(group, first, parts)`
+/// giving the 32-bit pair sums of the four rows in chunks `first` and `first + 1` (the unsigned
+/// nibbles times the activations' parts). Each block's `8 Σ x` (from `sums`) is taken off the
+/// eight rows' integer sums at once.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot8_q4_0_by(
+    groups: &[BlockQ4_0x8],
+    x: &[BlockQ8_0],
+    sums: &[i32],
+    four_rows: impl Fn(&BlockQ4_0x8, usize, &[__m256i; 4]) -> __m256i,
+) -> [f32; 8] {
     let mut total = _mm256_setzero_ps();
     for ((group, x), &sum) in groups.iter().zip(x).zip(sums) {
         let parts: [__m256i; 4] = std::array::from_fn(|part| part_of(x, part));
-        // Four rows' bytes `8 half..8 half + 8`: values there (low nibbles) and 16 on (high).
-        let products = |chunk: usize, half: usize| {
-            // SAFETY: chunk < 4: 32 bytes within the group's 128.
-            let bytes =
-                unsafe { _mm256_loadu_si256(group.nibbles.as_ptr().add(32 * chunk).cast()) };
-            let low = _mm256_and_si256(bytes, low_nibbles);
-            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low_nibbles);
-            _mm256_add_epi16(
-                _mm256_maddubs_epi16(low, parts[half]),
-                _mm256_maddubs_epi16(high, parts[half + 2]),
-            )
-        };
-        let pairs = |first: usize| {
-            let four_rows = _mm256_add_epi16(products(first, 0), products(first + 1, 1));
-            _mm256_madd_epi16(four_rows, ones)
-        };
-        let (first, second) = (pairs(0), pairs(2));
-        let offset = _mm256_set1_epi32(8 * sum);
+        let rows = _mm256_hadd_epi32(four_rows(group, 0, &parts), four_rows(group, 2, &parts));
+        let rows = _mm256_sub_epi32(rows, _mm256_set1_epi32(8 * sum));
         let scales = group_scales(&group.scales, x.scale);
-        let rows = _mm256_sub_epi32(_mm256_hadd_epi32(first, second), offset);
         total = _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(rows), total);
     }
     to_array(total)
 }
 
-/// `Σ row · x` for eight interleaved rows of Q8_0 blocks: each 32-byte load is four rows' 8
-/// values of one part, against that part of the activations in every quarter.
+/// [`dot8_q4_0_by`] on AVX2: the nibbles go into `vpmaddubsw` as they are, unsigned 0-15, and
+/// four products of at most 2 × 15 × 127 add in 16 bits without saturating before one
+/// `vpmaddwd` widens them.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot8_q8_0(groups: &[BlockQ8_0x8], x: &[BlockQ8_0]) -> [f32; 8] {
+pub fn dot8_q4_0(groups: &[BlockQ4_0x8], x: &[BlockQ8_0], sums: &[i32]) -> [f32; 8] {
+    dot8_q4_0_by(groups, x, sums, |group, first, parts| {
+        let products = |chunk: usize, half: usize| {
+            let (low, high) = nibbles_of(group, chunk);
+            _mm256_add_epi16(
+                _mm256_maddubs_epi16(low, parts[half]),
+                _mm256_maddubs_epi16(high, parts[half + 2]),
+            )
+        };
+        let four_rows = _mm256_add_epi16(products(first, 0), products(first + 1, 1));
+        _mm256_madd_epi16(four_rows, _mm256_set1_epi16(1))
+    })
+}
+
+/// [`dot8_q4_0_by`] with AVX-512 VNNI's `vpdpbusd`, which multiplies, sums four and accumulates
+/// in 32 bits in one instruction.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub fn dot8_q4_0_vnni(groups: &[BlockQ4_0x8], x: &[BlockQ8_0], sums: &[i32]) -> [f32; 8] {
+    dot8_q4_0_by(groups, x, sums, |group, first, parts| {
+        let mut rows = _mm256_setzero_si256();
+        for (chunk, half) in [(first, 0), (first + 1, 1)] {
+            let (low, high) = nibbles_of(group, chunk);
+            rows = _mm256_dpbusd_epi32(rows, low, parts[half]);
+            rows = _mm256_dpbusd_epi32(rows, high, parts[half + 2]);
+        }
+        rows
+    })
+}
+
+/// `Σ row · x` for eight interleaved rows of Q8_0 blocks: each 32-byte load is four rows' 8
+/// values of one part, against that part of the activations in every quarter; `accumulate(sums,
+/// unsigned, signed)` adds the products of each four bytes to a 32-bit lane of `sums`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot8_q8_0_by(
+    groups: &[BlockQ8_0x8],
+    x: &[BlockQ8_0],
+    accumulate: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+) -> [f32; 8] {
     let mut total = _mm256_setzero_ps();
     for (group, x) in groups.iter().zip(x) {
         let parts: [__m256i; 4] = std::array::from_fn(|part| part_of(x, part));
@@ -202,16 +238,29 @@ pub fn dot8_q8_0(groups: &[BlockQ8_0x8], x: &[BlockQ8_0]) -> [f32; 8] {
                 let w = unsafe {
                     _mm256_loadu_si256(group.quants.as_ptr().add(32 * (4 * half + part)).cast())
                 };
-                sums = _mm256_add_epi32(sums, integer_products(w, x));
+                // The weights' magnitudes, the activations with the weights' signs.
+                sums = accumulate(sums, _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
             }
             sums
         };
         let rows = _mm256_hadd_epi32(four_rows(0), four_rows(1));
-        total = _mm256_fmadd_ps(
-            group_scales(&group.scales, x.scale),
-            _mm256_cvtepi32_ps(rows),
-            total,
-        );
+        let scales = group_scales(&group.scales, x.scale);
+        total = _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(rows), total);
     }
     to_array(total)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot8_q8_0(groups: &[BlockQ8_0x8], x: &[BlockQ8_0]) -> [f32; 8] {
+    dot8_q8_0_by(groups, x, |sums, unsigned, signed| {
+        let pairs = _mm256_maddubs_epi16(unsigned, signed);
+        _mm256_add_epi32(sums, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub fn dot8_q8_0_vnni(groups: &[BlockQ8_0x8], x: &[BlockQ8_0]) -> [f32; 8] {
+    dot8_q8_0_by(groups, x, |sums, unsigned, signed| {
+        _mm256_dpbusd_epi32(sums, unsigned, signed)
+    })
 }
