@@ -30,10 +30,11 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use crate::arch::x86;
 use crate::arch::{Level, level};
-use crate::matmul::{Rhs, matmul_into};
+use crate::matmul::{Rhs, bf16_products, has_bf16_products, matmul_into};
 use crate::pool::{SharedOut, rows_per_task};
 use crate::product::MAX_DOT_ROWS;
 use crate::quant::{BLOCK_VALUES, Block, BlockQ4_0, BlockQ8_0, dequantize, quantize_activations};
+use crate::widen::narrowed;
 
 /// Rows stored together.
 pub const GROUP_ROWS: usize = 8;
@@ -351,22 +352,28 @@ impl<B: Interleave> Interleaved<B> {
                 self.dots(rows, &quantized, &sums, write);
             });
         } else {
+            // Multiplied as bf16 pairs where the CPU has them (twice float32's multiply-adds an
+            // instruction): a weight, its block's f16 step times up to 8 (Q4_0) or 127 (Q8_0),
+            // rounds to bf16's 8 bits by at most 1/64 or 1/4 of that step, within its
+            // quantization's own rounding; the activations round as a bf16 model's do.
+            let narrow_x = has_bf16_products().then(|| narrowed::<half::bf16>(x));
             tasks.into_par_iter().for_each(|rows| {
                 let mut wide = vec![0.0; rows.len() * k];
                 for (row, out) in rows.clone().zip(wide.chunks_exact_mut(k)) {
                     self.dequantize_row(row, out);
                 }
-                // SAFETY: the task's `[m, rows.len()]` columns from `rows.start` are its
-                // alone, and `gemm` writes every one of them.
-                unsafe {
-                    matmul_into(
-                        shared.at(rows.start),
-                        n,
-                        x,
-                        &wide,
-                        [m, k, rows.len()],
-                        Rhs::Transposed,
-                    )
+                let dims = [m, k, rows.len()];
+                match &narrow_x {
+                    // SAFETY: the task's `[m, rows.len()]` columns from `rows.start` are its
+                    // alone, and the kernel writes every one of them; the CPU has its
+                    // instructions.
+                    Some(x) => unsafe {
+                        bf16_products(shared.at(rows.start), n, x, &narrowed(&wide), dims)
+                    },
+                    // SAFETY: as above, `gemm` writing them.
+                    None => unsafe {
+                        matmul_into(shared.at(rows.start), n, x, &wide, dims, Rhs::Transposed)
+                    },
                 }
             });
         }
@@ -422,6 +429,7 @@ mod tests {
     use crate::arch::x86;
     use crate::quant::tests::awkward_values;
     use crate::quant::{quantize_q4_0, quantize_q8_0};
+    use crate::widen::round_through;
 
     #[test]
     fn payloads_interleave_as_documented_and_come_back() {
@@ -533,7 +541,13 @@ mod tests {
             quantize_activations(&x, &mut quantized);
             let mut wide_x = vec![0.0; m * k];
             dequantize(&quantized, &mut wide_x);
-            let x_seen = if m <= MAX_DOT_ROWS { &wide_x } else { &x };
+            // Many rows: float32, or both sides rounded to bf16 where the CPU multiplies those.
+            let mut many = x.clone();
+            if m > MAX_DOT_ROWS && has_bf16_products() {
+                round_through::<half::bf16>(&mut many);
+                round_through::<half::bf16>(&mut wide_w);
+            }
+            let x_seen = if m <= MAX_DOT_ROWS { &wide_x } else { &many };
             for r in 0..m {
                 for j in 0..n {
                     let expected: f64 = (0..k)
