@@ -108,13 +108,7 @@ fn llama_cpp_s_converter_files_load_as_their_checkpoint() {
 fn llama_quantize_s_q4_0_file_loads_as_its_checkpoint() {
     let device = Device::flex();
     let (checkpoint, gguf) = files();
-    let expected = logits(
-        &Checkpoint::open(&checkpoint)
-            .expect("checkpoint")
-            .load(&device)
-            .expect("loads"),
-        &device,
-    );
+    let expected = float_logits(&checkpoint, &device);
     // llama-quantize's Q4_0 quantizes every matrix as `--dtype q4_0` does, and the token
     // embedding (the head) in Q6_K, whose values load into Q8_0 blocks; a width that is not a
     // whole Q6_K super-block (256) falls back to Q8_0 for it, as `--dtype q4_0` quantizes it.
@@ -139,6 +133,15 @@ fn llama_quantize_s_q4_0_file_loads_as_its_checkpoint() {
     assert!(error < 0.5, "Q4_0 logits {error} of float32's norm away");
 }
 
+/// The safetensors checkpoint's own float32 logits.
+fn float_logits(checkpoint: &Path, device: &Device) -> Vec<f32> {
+    let model = Checkpoint::open(checkpoint)
+        .expect("checkpoint")
+        .load(device)
+        .expect("loads");
+    logits(&model, device)
+}
+
 /// `got`'s distance from `expected`, relative to `expected`'s norm.
 fn distance(got: &[f32], expected: &[f32]) -> f32 {
     let norm = |values: &mut dyn Iterator<Item = f32>| values.map(|v| v * v).sum::<f32>().sqrt();
@@ -155,13 +158,7 @@ fn distance(got: &[f32], expected: &[f32]) -> f32 {
 fn llama_quantize_s_q4_k_m_file_loads_near_its_checkpoint() {
     let device = Device::flex();
     let (checkpoint, gguf) = files();
-    let expected = logits(
-        &Checkpoint::open(&checkpoint)
-            .expect("checkpoint")
-            .load(&device)
-            .expect("loads"),
-        &device,
-    );
+    let expected = float_logits(&checkpoint, &device);
     let file = GgufCheckpoint::open(gguf("q4_k_m")).expect("q4_k_m GGUF");
     let widened: Vec<String> = file
         .gguf()
