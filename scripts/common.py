@@ -5,8 +5,10 @@ tiktoken-rs carries OpenAI's original GPT-2 `encoder.json` and `vocab.bpe` (Hugg
 offline and makes HF's tokenizer an independent check of nexttoken's tiktoken-based one.
 """
 
+import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +25,24 @@ def registry_crate(name: str) -> Path:
         if package["name"] == name:
             return Path(package["manifest_path"]).parent
     raise SystemExit(f"{name} is not in the workspace's dependency graph")
+
+
+def add_llama_cpp_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--llama-cpp", type=Path, default=Path.home() / ".cache/nexttoken/llama.cpp"
+    )
+
+
+def use_llama_cpps_gguf_py(llama_cpp: Path) -> None:
+    """Make `import gguf` load the gguf-py of llama.cpp's checked-out sources.
+
+    PyPI's `gguf` can lag or lead the llama.cpp build the tests compare against; the reference
+    arrays must come from the same sources as the tools that wrote the files.
+    """
+    gguf_py = llama_cpp / "src" / "gguf-py"
+    if not (gguf_py / "gguf").is_dir():
+        sys.exit(f"{gguf_py} is missing: run scripts/install-backends.sh llama-cpp-sources first")
+    sys.path.insert(0, str(gguf_py))
 
 
 def tiktoken_rs_assets() -> Path:

@@ -13,26 +13,22 @@ DIR is where `scripts/install-backends.sh llama-cpp-sources` put llama.cpp (defa
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
+
+from common import add_llama_cpp_argument, use_llama_cpps_gguf_py
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("gguf", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument(
-        "--llama-cpp", type=Path, default=Path.home() / ".cache/nexttoken/llama.cpp"
-    )
+    add_llama_cpp_argument(parser)
     args = parser.parse_args()
-    gguf_py = args.llama_cpp / "src" / "gguf-py"
-    if not (gguf_py / "gguf").is_dir():
-        sys.exit(f"{gguf_py} is missing: run scripts/install-backends.sh llama-cpp-sources first")
-    sys.path.insert(0, str(gguf_py))
-    from gguf import GGUFReader  # llama.cpp's, not another version from PyPI
+    use_llama_cpps_gguf_py(args.llama_cpp)
+    from gguf import GGUFReader
 
     reader = GGUFReader(args.gguf)
     arrays, tensors = {}, []

@@ -13,11 +13,12 @@ DIR is where `scripts/install-backends.sh llama-cpp-sources` put llama.cpp (defa
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
+
+from common import add_llama_cpp_argument, use_llama_cpps_gguf_py
 
 OUT = Path(__file__).resolve().parent.parent / "tests/goldens/gguf-blocks.safetensors"
 
@@ -35,15 +36,10 @@ BLOCKS = 6
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--llama-cpp", type=Path, default=Path.home() / ".cache/nexttoken/llama.cpp"
-    )
+    add_llama_cpp_argument(parser)
     args = parser.parse_args()
-    gguf_py = args.llama_cpp / "src" / "gguf-py"
-    if not (gguf_py / "gguf").is_dir():
-        sys.exit(f"{gguf_py} is missing: run scripts/install-backends.sh llama-cpp-sources first")
-    sys.path.insert(0, str(gguf_py))
-    from gguf import GGMLQuantizationType  # llama.cpp's, not another version from PyPI
+    use_llama_cpps_gguf_py(args.llama_cpp)
+    from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
     rng = np.random.default_rng(35)

@@ -253,10 +253,10 @@ impl<B: Interleave> Interleaved<B> {
         [rows, blocks_per_row]: [usize; 2],
         mut fill: impl FnMut(usize, &mut [B]),
     ) -> Self {
-        let whole = rows / GROUP_ROWS * GROUP_ROWS;
+        let grouped = rows / GROUP_ROWS * GROUP_ROWS;
         let mut scratch = vec![B::default(); GROUP_ROWS * blocks_per_row];
-        let mut groups = Vec::with_capacity(whole / GROUP_ROWS * blocks_per_row);
-        for first in (0..whole).step_by(GROUP_ROWS) {
+        let mut groups = Vec::with_capacity(grouped / GROUP_ROWS * blocks_per_row);
+        for first in (0..grouped).step_by(GROUP_ROWS) {
             for (row, out) in scratch.chunks_exact_mut(blocks_per_row).enumerate() {
                 fill(first + row, out);
             }
@@ -266,8 +266,8 @@ impl<B: Interleave> Interleaved<B> {
                 }))
             }));
         }
-        let mut rest = vec![B::default(); (rows - whole) * blocks_per_row];
-        for (row, out) in (whole..rows).zip(rest.chunks_exact_mut(blocks_per_row.max(1))) {
+        let mut rest = vec![B::default(); (rows - grouped) * blocks_per_row];
+        for (row, out) in (grouped..rows).zip(rest.chunks_exact_mut(blocks_per_row.max(1))) {
             fill(row, out);
         }
         Self {
@@ -293,14 +293,23 @@ impl<B: Interleave> Interleaved<B> {
     pub fn row_into(&self, row: usize, out: &mut [B]) {
         assert!(row < self.rows, "row {row} of {}", self.rows);
         assert_eq!(out.len(), self.blocks_per_row);
-        let whole = self.groups.len() / self.blocks_per_row.max(1) * GROUP_ROWS;
-        if row < whole {
-            let group = &self.groups[row / GROUP_ROWS * self.blocks_per_row..][..out.len()];
-            for (out, group) in out.iter_mut().zip(group) {
-                *out = B::take(group, row % GROUP_ROWS);
-            }
+        for (column, out) in out.iter_mut().enumerate() {
+            *out = self.block(row, column);
+        }
+    }
+
+    /// The rows stored in groups of eight; the rest are plain.
+    fn grouped_rows(&self) -> usize {
+        self.rows / GROUP_ROWS * GROUP_ROWS
+    }
+
+    fn block(&self, row: usize, column: usize) -> B {
+        let grouped = self.grouped_rows();
+        if row < grouped {
+            let group = &self.groups[row / GROUP_ROWS * self.blocks_per_row + column];
+            B::take(group, row % GROUP_ROWS)
         } else {
-            out.copy_from_slice(&self.rest[(row - whole) * self.blocks_per_row..][..out.len()]);
+            self.rest[(row - grouped) * self.blocks_per_row + column]
         }
     }
 
@@ -314,10 +323,15 @@ impl<B: Interleave> Interleaved<B> {
     }
 
     /// Row `row` as float32 values (`32 × blocks_per_row`) into `out`.
+    ///
+    /// # Panics
+    /// If `row` is out of range or `out` is not one row's values.
     pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
-        let mut blocks = vec![B::default(); self.blocks_per_row];
-        self.row_into(row, &mut blocks);
-        dequantize(&blocks, out);
+        assert!(row < self.rows, "row {row} of {}", self.rows);
+        assert_eq!(out.len(), self.blocks_per_row * BLOCK_VALUES);
+        for (column, out) in out.chunks_exact_mut(BLOCK_VALUES).enumerate() {
+            dequantize(&[self.block(row, column)], out);
+        }
     }
 
     /// `x · Wᵀ` for float32 `x: [m, k]`, as float32 `[m, rows]`, on every thread of the current
@@ -392,8 +406,8 @@ impl<B: Interleave> Interleaved<B> {
         write: impl Fn(usize, usize, f32),
     ) {
         let per_row = self.blocks_per_row;
-        let whole = self.groups.len() / per_row.max(1) * GROUP_ROWS;
-        for first in (rows.start..rows.end.min(whole)).step_by(GROUP_ROWS) {
+        let grouped = self.grouped_rows();
+        for first in (rows.start..rows.end.min(grouped)).step_by(GROUP_ROWS) {
             let group = &self.groups[first / GROUP_ROWS * per_row..][..per_row];
             for (r, (x, sums)) in x
                 .chunks_exact(per_row)
@@ -405,8 +419,8 @@ impl<B: Interleave> Interleaved<B> {
                 }
             }
         }
-        for row in rows.start.max(whole)..rows.end {
-            let blocks = &self.rest[(row - whole) * per_row..][..per_row];
+        for row in rows.start.max(grouped)..rows.end {
+            let blocks = &self.rest[(row - grouped) * per_row..][..per_row];
             for (r, x) in x.chunks_exact(per_row).enumerate() {
                 write(r, row, B::dot(blocks, x));
             }
