@@ -1,9 +1,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use nexttoken_backend::{Backend, dtype_name};
-use nexttoken_model::Quantization;
-use nexttoken_model::burn::tensor::DType;
+use nexttoken_backend::Backend;
+use nexttoken_load::{Dtype, ModelSource};
 
 /// Text generation with GPT-2 models on burn.
 #[derive(Debug, Parser)]
@@ -365,36 +364,12 @@ pub struct ModelArgs {
     pub dtype: Option<Dtype>,
 }
 
-/// What `--dtype` takes: a float type to compute in, or a block format for the weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Dtype {
-    F32,
-    F16,
-    Bf16,
-    #[value(name = "q8_0")]
-    Q8_0,
-    #[value(name = "q4_0")]
-    Q4_0,
-}
-
-impl Dtype {
-    /// The name `--dtype` takes.
-    pub fn name(self) -> &'static str {
-        match self.split() {
-            (_, Some(quantization)) => quantization.name(),
-            (float, None) => dtype_name(float),
-        }
-    }
-
-    /// The float type to load in, and the quantization to apply after (whose weights load as
-    /// float32 first, from whatever the checkpoint stores).
-    pub fn split(self) -> (DType, Option<Quantization>) {
-        match self {
-            Dtype::F32 => (DType::F32, None),
-            Dtype::F16 => (DType::F16, None),
-            Dtype::Bf16 => (DType::BF16, None),
-            Dtype::Q8_0 => (DType::F32, Some(Quantization::Q8_0)),
-            Dtype::Q4_0 => (DType::F32, Some(Quantization::Q4_0)),
+impl ModelArgs {
+    pub fn source(&self) -> ModelSource {
+        ModelSource {
+            model: self.model.clone(),
+            revision: self.revision.clone(),
+            gguf_file: self.gguf_file.clone(),
         }
     }
 }

@@ -21,7 +21,7 @@ use nexttoken_model::Quantization;
 use serde::Serialize;
 
 use crate::args::BenchArgs;
-use crate::{apply, load_generator, memory, model};
+use crate::{apply, memory, model};
 
 /// llama-bench's default prompt length.
 const DEFAULT_PROMPT: usize = 512;
@@ -107,7 +107,7 @@ struct Record<'a> {
 pub fn run(args: BenchArgs) -> Result<()> {
     apply(&args.run)?;
     let mut opened = model::open(&args.model, args.json)?;
-    let config = opened.checkpoint.config().clone();
+    let config = opened.weights.config().clone();
     let context = config.n_positions;
     let n_prompt = args
         .n_prompt
@@ -188,7 +188,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     for &backend in &args.backend {
         let (generator, load_time) =
-            load_generator(backend, &mut opened.checkpoint, args.model.dtype)?;
+            nexttoken_load::load(backend, &mut opened.weights, args.model.dtype)?;
         let runs = tests.iter().flat_map(|&test| {
             args.batch_size
                 .iter()

@@ -16,7 +16,7 @@ use nexttoken_generate::{SamplingParams, Selection, random_seed};
 
 use crate::args::{GenerateArgs, SamplingArgs};
 use crate::logits::LogitsRecorder;
-use crate::{apply, load_generator, model, plural};
+use crate::{apply, model, plural};
 
 mod prompts;
 mod report;
@@ -40,14 +40,14 @@ pub fn run(args: GenerateArgs) -> Result<Outcome> {
     let seed = args.sampling.seed.unwrap_or_else(random_seed);
     apply(&args.run)?;
     let mut opened = model::open(&args.model, args.json)?;
-    let vocab_size = opened.checkpoint.config().vocab_size;
+    let vocab_size = opened.weights.config().vocab_size;
     let mut recorder = args
         .save_logits
         .as_deref()
         .map(|path| LogitsRecorder::create(path, prompts.len(), vocab_size))
         .transpose()?;
     let (generator, load_time) =
-        load_generator(args.backend, &mut opened.checkpoint, args.model.dtype)?;
+        nexttoken_load::load(args.backend, &mut opened.weights, args.model.dtype)?;
     let mut config = generator.generation_config(args.max_new_tokens as usize);
     if args.ignore_eos {
         config = config.without_eos();

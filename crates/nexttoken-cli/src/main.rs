@@ -18,17 +18,13 @@ mod perplexity;
 mod serve;
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::Parser;
-use nexttoken_backend::{Backend, BackendError, dtype_name, set_cpu_threads};
-use nexttoken_generate::TextGenerator;
-use nexttoken_model::ModelError;
+use nexttoken_backend::{Backend, BackendError, set_cpu_threads};
 
-use crate::args::{Cli, Command, Dtype, RunArgs};
+use crate::args::{Cli, Command, RunArgs};
 use crate::generate::Outcome;
-use crate::model::Weights;
 
 fn main() -> ExitCode {
     restore_default_sigpipe();
@@ -73,66 +69,6 @@ fn apply(run: &RunArgs) -> Result<()> {
         set_cpu_threads(threads as usize)?;
     }
     Ok(())
-}
-
-/// Starts the backend and loads the checkpoint on it, refusing (before reading the weights) a
-/// model the device cannot hold, in the `--dtype` asked for (or the default `Backend::dtype_for`
-/// picks); the generator and the load time.
-fn load_generator(
-    backend: Backend,
-    weights: &mut Weights,
-    dtype: Option<Dtype>,
-) -> Result<(TextGenerator, Duration)> {
-    let (float, quantization) = dtype.map(Dtype::split).unzip();
-    let quantization = quantization.flatten();
-    if let Some(quantization) = quantization
-        && backend != Backend::Flex
-    {
-        return Err(ModelError::QuantizedOffFlex {
-            quantization: quantization.name(),
-        }
-        .into());
-    }
-    if let (Weights::Gguf(gguf), Some(dtype)) = (&*weights, dtype) {
-        let stored = match gguf.quantization() {
-            Some(quantization) => quantization.name(),
-            None => dtype_name(gguf.dtype()),
-        };
-        if dtype.name() != stored {
-            bail!(
-                "{} is stored as {stored}, and a GGUF file loads as it is stored: leave out \
-                 --dtype, or make a {} file with llama.cpp's llama-quantize",
-                gguf.path().display(),
-                dtype.name()
-            );
-        }
-    }
-    let device = backend.probe()?;
-    let dtype = backend.dtype_for(float, weights.dtype())?;
-    let (tensor, bytes) = weights.config().largest_tensor();
-    backend.check_fits(tensor, bytes)?;
-    let start = Instant::now();
-    let loaded = memory::returning_freed_memory(|| match weights {
-        Weights::Safetensors(checkpoint) => checkpoint.load_as(&device, dtype),
-        Weights::Gguf(gguf) => gguf.load(&device),
-    });
-    let model = loaded.with_context(|| {
-        let files: Vec<String> = weights
-            .files()
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect();
-        format!("loading the weights from {}", files.join(", "))
-    })?;
-    let model = match quantization {
-        Some(quantization) if model.quantization().is_none() => model.quantized(quantization)?,
-        _ => model,
-    };
-    let load_time = start.elapsed();
-    Ok((
-        TextGenerator::new(model, weights.config().clone())?,
-        load_time,
-    ))
 }
 
 /// "1 token", "2 tokens".

@@ -11,14 +11,14 @@ use nexttoken_tokenizer::VOCAB_SIZE;
 
 use crate::args::PerplexityArgs;
 use crate::kl_divergence::{BaseComparison, BaseWriter, Scoring};
-use crate::{apply, load_generator, model};
+use crate::{apply, model};
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
     apply(&args.run)?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let mut opened = model::open(&args.model, args.json)?;
-    let (generator, _) = load_generator(args.backend, &mut opened.checkpoint, args.model.dtype)?;
+    let (generator, _) = nexttoken_load::load(args.backend, &mut opened.weights, args.model.dtype)?;
     let ids = generator.tokenizer().encode(&text);
     let window = args
         .context

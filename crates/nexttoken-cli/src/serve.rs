@@ -10,7 +10,7 @@ use nexttoken_backend::set_cpu_threads;
 use nexttoken_server::ServerOptions;
 
 use crate::args::ServeArgs;
-use crate::{load_generator, model};
+use crate::model;
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let options = options(&args, "(loading)".into())?;
@@ -19,7 +19,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let mut opened = model::open(&args.model, false)?;
     let (generator, load_time) =
-        load_generator(args.backend, &mut opened.checkpoint, args.model.dtype)?;
+        nexttoken_load::load(args.backend, &mut opened.weights, args.model.dtype)?;
     let options = ServerOptions {
         model_name: args.model_name.clone().unwrap_or(opened.name.clone()),
         ..options

@@ -116,9 +116,47 @@ impl TextGenerator {
             .collect())
     }
 
+    /// The model's logits at every position of `ids`, over its whole vocabulary, from one
+    /// forward pass: `[ids.len(), vocab_size]` in row order, what transformers'
+    /// `model(ids).logits[0]` holds. With [`TextGenerator::score`]'s errors.
+    pub fn logits(&self, ids: &[u32]) -> Result<Vec<f32>, GenerateError> {
+        self.check_ids(ids)?;
+        let vocab_size = self.model.vocab_size();
+        let logits = self
+            .model
+            .forward(token_tensor(&[ids], &self.model.wte.weight.device()))
+            .reshape([ids.len(), vocab_size]);
+        read_back_now(logits)
+    }
+
     /// Logits over the ids the tokenizer can decode at each position of `ids` but the last, from
     /// one forward pass: row `i` predicts `ids[i + 1]`, with [`TextGenerator::score`]'s errors.
     pub(crate) fn next_id_logits(&self, ids: &[u32]) -> Result<LogitRows, GenerateError> {
+        self.check_ids(ids)?;
+        let t = ids.len();
+        let vocab_size = self.model.vocab_size();
+        let choosable = vocab_size.min(VOCAB_SIZE as usize);
+        if t < 2 {
+            return Ok(LogitRows {
+                values: Vec::new(),
+                width: choosable,
+            });
+        }
+        let device = self.model.wte.weight.device();
+        let logits = self
+            .model
+            .forward(token_tensor(&[ids], &device))
+            .reshape([t, vocab_size])
+            .slice([0..t - 1, 0..choosable]);
+        Ok(LogitRows {
+            values: read_back_now(logits)?,
+            width: choosable,
+        })
+    }
+
+    /// One sequence the model can take in a single pass: not empty, within the context, every
+    /// id in the vocabulary.
+    fn check_ids(&self, ids: &[u32]) -> Result<(), GenerateError> {
         let context = self.model.context_length();
         let vocab_size = self.model.vocab_size();
         if ids.is_empty() {
@@ -137,30 +175,17 @@ impl TextGenerator {
                 vocab_size,
             });
         }
-        let t = ids.len();
-        let choosable = vocab_size.min(VOCAB_SIZE as usize);
-        if t < 2 {
-            return Ok(LogitRows {
-                values: Vec::new(),
-                width: choosable,
-            });
-        }
-        let device = self.model.wte.weight.device();
-        let logits = self
-            .model
-            .forward(token_tensor(&[ids], &device))
-            .reshape([t, vocab_size])
-            .slice([0..t - 1, 0..choosable]);
-        let values = try_read_sync(read_back(logits)).unwrap_or_else(|| {
-            Err(GenerateError::ReadBack {
-                reason: "the device's results cannot be waited for here".into(),
-            })
-        })?;
-        Ok(LogitRows {
-            values,
-            width: choosable,
-        })
+        Ok(())
     }
+}
+
+/// A tensor's values on the host, waited for here.
+fn read_back_now(tensor: Tensor<2>) -> Result<Vec<f32>, GenerateError> {
+    try_read_sync(read_back(tensor)).unwrap_or_else(|| {
+        Err(GenerateError::ReadBack {
+            reason: "the device's results cannot be waited for here".into(),
+        })
+    })
 }
 
 /// Rows of logits read back from the device, `width` each.
@@ -650,6 +675,41 @@ mod tests {
             }
         }
         assert_eq!(streamed[1], stopped[1].text);
+    }
+
+    /// Row `i` of the logits is what predicts `ids[i + 1]` (score's log-probability after a
+    /// log-softmax) and depends on `ids[..=i]` only; the last row predicts past the sequence.
+    #[test]
+    fn logits_hold_every_position_over_the_whole_vocabulary() {
+        let generator = tiny_generator();
+        let vocab = generator.model().vocab_size();
+        let ids = [3, 1, 4, 1, 5, 9];
+        let logits = generator.logits(&ids).unwrap();
+        assert_eq!(logits.len(), ids.len() * vocab);
+        let scored = generator.score(&ids, 0).unwrap();
+        for (i, (row, scored)) in logits.chunks_exact(vocab).zip(&scored).enumerate() {
+            let max = row.iter().copied().fold(f32::MIN, f32::max);
+            let log_sum = row.iter().map(|x| (x - max).exp()).sum::<f32>().ln() + max;
+            let logprob = row[ids[i + 1] as usize] - log_sum;
+            assert!((logprob - scored.logprob).abs() < 1e-5, "position {i}");
+        }
+        let prefix = generator.logits(&ids[..3]).unwrap();
+        for (a, b) in prefix.iter().zip(&logits[..3 * vocab]) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert_ne!(logits[5 * vocab..], logits[4 * vocab..5 * vocab]);
+        assert!(matches!(
+            generator.logits(&[]),
+            Err(GenerateError::EmptyPrompt { .. })
+        ));
+        assert!(matches!(
+            generator.logits(&[0; 17]),
+            Err(GenerateError::TooLong { len: 17, .. })
+        ));
+        assert!(matches!(
+            generator.logits(&[16]),
+            Err(GenerateError::TokenOutOfRange { id: 16, .. })
+        ));
     }
 
     #[test]
