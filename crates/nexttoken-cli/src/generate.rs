@@ -200,17 +200,14 @@ fn catch_ctrl_c() -> Arc<AtomicBool> {
 
 /// How the flags choose each id.
 fn selection(args: &SamplingArgs) -> Result<Selection> {
-    let filtering = args.top_k.is_some() || args.top_p.is_some() || args.min_p.is_some();
     let params = SamplingParams {
-        temperature: args
-            .temperature
-            .unwrap_or(if filtering { 1.0 } else { 0.0 }),
         top_k: args.top_k,
         top_p: args.top_p,
         min_p: args.min_p,
         repeat_penalty: args.repeat_penalty,
         repeat_last_n: args.repeat_last_n,
         ..SamplingParams::default()
-    };
+    }
+    .at_temperature_or_filters_default(args.temperature);
     Selection::new(params).context("invalid sampling settings")
 }

@@ -65,6 +65,18 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// These settings at `temperature`, or where it is left out, at the temperature a user of
+    /// the command line or the Python package means: 1 (transformers') if a filter (top-k,
+    /// top-p, min-p) asks for sampling, else 0, greedy (llama.cpp's `--temp 0`, transformers'
+    /// `do_sample=False`).
+    pub fn at_temperature_or_filters_default(self, temperature: Option<f32>) -> Self {
+        let filtering = self.top_k.is_some() || self.top_p.is_some() || self.min_p.is_some();
+        Self {
+            temperature: temperature.unwrap_or(if filtering { 1.0 } else { 0.0 }),
+            ..self
+        }
+    }
+
     /// Whether these settings pick what greedy decoding picks: a temperature below
     /// [`MIN_TEMPERATURE`], no penalty and no bias (the filters keep the most likely id), so a
     /// row needs no sampler.
@@ -411,6 +423,35 @@ mod tests {
 
     fn sampler(params: SamplingParams) -> Sampler {
         Sampler::new(params, 42).expect("valid settings")
+    }
+
+    #[test]
+    fn a_left_out_temperature_is_greedy_unless_a_filter_asks_for_sampling() {
+        let at = |params: SamplingParams, temperature| {
+            params
+                .at_temperature_or_filters_default(temperature)
+                .temperature
+        };
+        let plain = SamplingParams::default();
+        assert_eq!(at(plain.clone(), None), 0.0);
+        assert_eq!(at(plain.clone(), Some(0.7)), 0.7);
+        for filtered in [
+            SamplingParams {
+                top_k: Some(5),
+                ..plain.clone()
+            },
+            SamplingParams {
+                top_p: Some(0.9),
+                ..plain.clone()
+            },
+            SamplingParams {
+                min_p: Some(0.1),
+                ..plain.clone()
+            },
+        ] {
+            assert_eq!(at(filtered.clone(), None), 1.0);
+            assert_eq!(at(filtered, Some(0.0)), 0.0);
+        }
     }
 
     /// Pearson's chi-square statistic of `counts` against `expected` probabilities over `n`
