@@ -123,6 +123,7 @@ fn main() -> Result<()> {
             let test = || -> Result<Command> {
                 let mut command = cargo(&root);
                 command.args(["test", "--release", "--workspace"]);
+                command.args(WITHOUT_PYTHON_PACKAGE);
                 // The server's test with OpenAI's Python client runs it from here.
                 if let Some(python) = venv_python().ok().filter(|p| p.exists()) {
                     command.env("NEXTTOKEN_PYTHON", python);
@@ -201,7 +202,8 @@ fn main() -> Result<()> {
             if !features.is_empty() {
                 example.args(["--features", &features.join(",")]);
             }
-            run(&mut example)
+            run(&mut example)?;
+            python_tests(&root)
         }
         Task::Bench(args) => bench::run_benches(&root, &args),
         Task::Check { feature } => run(cargo(&root).args([
@@ -407,7 +409,16 @@ fn install(root: &Path, targets: &[&str]) -> Result<()> {
 
 /// cargo, with the environment the tch and wgpu backends need to build and run.
 fn cargo(root: &Path) -> Command {
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    build_command(
+        root,
+        std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()),
+    )
+}
+
+/// `program` with the environment of [`cargo`]: for cargo itself, and for the programs that
+/// run it (pip building the Python package with maturin).
+fn build_command(root: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
     command.current_dir(root);
     // `cargo run` sets these for xtask itself. Some build scripts track them (ring: the manifest
     // directory), so passing them on would make every build from another clone, or a plain
@@ -447,6 +458,35 @@ fn cargo(root: &Path) -> Command {
         }
     }
     command
+}
+
+/// The Python extension module is maturin's to build, with flex alone (a module that linked
+/// libtorch would not import without it on the library path); in a workspace build it would
+/// take the other backends and link for nothing. Clippy still checks it.
+const WITHOUT_PYTHON_PACKAGE: [&str; 2] = ["--exclude", "nexttoken-python"];
+
+/// The Python package, built and installed into the torch environment as its README says
+/// (`pip install ./crates/nexttoken-python`: maturin from PyPI builds it), then its tests, with
+/// this run's `nexttoken` for the comparisons with the CLI and no test allowed to skip.
+fn python_tests(root: &Path) -> Result<()> {
+    let python = venv_python()?;
+    if !python.exists() {
+        bail!(
+            "{} is missing: `cargo xtask setup` makes the environment the Python tests run in",
+            python.display()
+        );
+    }
+    run(build_command(root, &python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "./crates/nexttoken-python[test]",
+    ]))?;
+    run(build_command(root, &python)
+        .args(["-m", "pytest", "-q", "-rs", "crates/nexttoken-python/tests"])
+        .env("NEXTTOKEN_BIN", target_dir(root)?.join("release/nexttoken"))
+        .env("NEXTTOKEN_REQUIRE_ALL", "1"))
 }
 
 /// The virtual environment scripts/install-backends.sh installs torch into.
@@ -495,6 +535,7 @@ enum Build {
 fn build_nexttoken(root: &Path, features: &str, build: Build) -> Result<PathBuf> {
     let mut command = cargo(root);
     command.args(["build", "--release", "--workspace"]);
+    command.args(WITHOUT_PYTHON_PACKAGE);
     if let Build::Checked = build {
         command.args(checked_build(root)?);
     }
