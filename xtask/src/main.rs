@@ -481,7 +481,7 @@ fn python_tests(root: &Path) -> Result<()> {
         "pip",
         "install",
         "--quiet",
-        "./crates/nexttoken-python[test]",
+        "./crates/nexttoken-python[test,ray]",
     ]))?;
     run(build_command(root, &python)
         .args(["-m", "pytest", "-q", "-rs", "crates/nexttoken-python/tests"])

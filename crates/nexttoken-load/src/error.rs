@@ -27,7 +27,7 @@ pub enum LoadError {
     Open {
         path: PathBuf,
         #[source]
-        error: ModelError,
+        error: Box<ModelError>,
     },
     #[error(
         "{} has the tokenizer `{kind}`, not GPT-2's byte-level BPE (`gpt2`): nexttoken encodes \
@@ -72,7 +72,7 @@ pub enum LoadError {
     Weights {
         files: String,
         #[source]
-        error: ModelError,
+        error: Box<ModelError>,
     },
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -126,7 +126,7 @@ pub fn load(
             .map(|file| file.display().to_string())
             .collect::<Vec<_>>()
             .join(", "),
-        error,
+        error: Box::new(error),
     })?;
     let model = match quantization {
         Some(quantization) if model.quantization().is_none() => model.quantized(quantization)?,

@@ -129,7 +129,7 @@ pub fn open(source: &ModelSource, progress: bool) -> Result<OpenedModel, LoadErr
     };
     let opening = |error| LoadError::Open {
         path: folder.clone(),
-        error,
+        error: Box::new(error),
     };
     let weights = if is_gguf(&folder) {
         let gguf = GgufCheckpoint::open(&folder).map_err(opening)?;

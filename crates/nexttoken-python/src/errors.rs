@@ -32,10 +32,14 @@ pub fn value_error(error: &dyn Error) -> PyErr {
 pub fn load_error(error: &LoadError) -> PyErr {
     let text = message(error);
     match error {
-        LoadError::Open {
-            error: ModelError::NotFound { .. } | ModelError::NoWeights { .. },
-            ..
-        } => PyFileNotFoundError::new_err(text),
+        LoadError::Open { error, .. }
+            if matches!(
+                **error,
+                ModelError::NotFound { .. } | ModelError::NoWeights { .. }
+            ) =>
+        {
+            PyFileNotFoundError::new_err(text)
+        }
         LoadError::Hub { error, .. } | LoadError::HubSetup(error) => match error {
             HubError::RepoNotFound { .. }
             | HubError::RevisionNotFound { .. }

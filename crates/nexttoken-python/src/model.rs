@@ -104,9 +104,9 @@ impl Model {
         }
         let model = name_or_path
             .map(|path| {
-                path.into_os_string().into_string().map_err(|path| {
-                    PyValueError::new_err(format!("{path:?} is not valid UTF-8"))
-                })
+                path.into_os_string()
+                    .into_string()
+                    .map_err(|path| PyValueError::new_err(format!("{path:?} is not valid UTF-8")))
             })
             .transpose()?;
         let source = ModelSource {
@@ -114,12 +114,13 @@ impl Model {
             gguf_file,
             ..ModelSource::named(model)
         };
-        let (generator, name) = py.detach(|| {
-            let mut opened = nexttoken_load::open(&source, false)?;
-            let (generator, _) = nexttoken_load::load(backend, &mut opened.weights, dtype)?;
-            Ok((generator, opened.name))
-        })
-        .map_err(|e| load_error(&e))?;
+        let (generator, name) = py
+            .detach(|| {
+                let mut opened = nexttoken_load::open(&source, false)?;
+                let (generator, _) = nexttoken_load::load(backend, &mut opened.weights, dtype)?;
+                Ok((generator, opened.name))
+            })
+            .map_err(|e| load_error(&e))?;
         let dtype = match generator.model().quantization() {
             Some(quantization) => quantization.name(),
             None => nexttoken_backend::dtype_name(generator.model().dtype()),
@@ -229,10 +230,9 @@ impl Model {
             .flatten()
             .flat_map(|value| value.to_ne_bytes())
             .collect();
-        let array = py.import("numpy")?.call_method1(
-            "frombuffer",
-            (PyByteArray::new(py, &bytes), "float32"),
-        )?;
+        let array = py
+            .import("numpy")?
+            .call_method1("frombuffer", (PyByteArray::new(py, &bytes), "float32"))?;
         let vocab_size = self.generator.model().vocab_size();
         match ids {
             Sequences::One(_) => array.call_method1("reshape", ((tokens, vocab_size),)),

@@ -93,6 +93,9 @@ fn count<T: TryFrom<i64>>(key: &str, value: &Bound<'_, PyAny>) -> PyResult<T> {
         .extract()
         .map_err(|_| PyValueError::new_err(format!("{key} must be a whole number, got {value}")))?;
     T::try_from(number).map_err(|_| {
-        PyValueError::new_err(format!("{key} must be from 0 to {}, got {number}", i64::MAX))
+        PyValueError::new_err(format!(
+            "{key} must be from 0 to {}, got {number}",
+            i64::MAX
+        ))
     })
 }
