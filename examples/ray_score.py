@@ -23,9 +23,6 @@ from typing import Dict, Optional
 import numpy as np
 import ray
 
-SCORE_COLUMNS = ["tokens", "scored", "log_likelihood", "perplexity"]
-
-
 class NexttokenScorer:
     """One model per actor, loaded once; each batch's texts scored in order."""
 
@@ -54,8 +51,14 @@ class TransformersScorer:
         self.torch = torch
         self.model = GPT2LMHeadModel.from_pretrained(model).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
-        self.window = context or self.model.config.n_positions
-        self.stride = stride or max(self.window // 2, 1)
+        positions = self.model.config.n_positions
+        self.window = positions if context is None else context
+        self.stride = max(self.window // 2, 1) if stride is None else stride
+        # nexttoken's checks (TextGenerator::check_windows), so that both refuse the same.
+        if not 2 <= self.window <= positions:
+            raise ValueError(f"a window of {self.window} ids: it must hold 2 to {positions}")
+        if not 1 <= self.stride <= self.window:
+            raise ValueError(f"a stride of {self.stride}: it must be 1 to the window's {self.window}")
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         return with_scores(batch, [self.score(text) for text in batch["text"]])
@@ -83,7 +86,8 @@ class TransformersScorer:
 
 
 def with_scores(batch: Dict[str, np.ndarray], scores) -> Dict[str, np.ndarray]:
-    tokens, scored, log_likelihood = (np.array(column) for column in zip(*scores))
+    tokens, scored, log_likelihood = (np.array(column) for column in zip(*scores)) if scores \
+        else (np.array([]), np.array([]), np.array([]))
     batch["tokens"] = tokens.astype(np.int64)
     batch["scored"] = scored.astype(np.int64)
     batch["log_likelihood"] = log_likelihood.astype(np.float64)
@@ -99,7 +103,10 @@ SCORERS = {"nexttoken": NexttokenScorer, "transformers": TransformersScorer}
 def score_corpus(source: str, destination: str, *, scorer=NexttokenScorer, actors: int = 2,
                  threads: int = 1, batch_size: int = 32, **scorer_args) -> ray.data.Dataset:
     """Reads `source` (.jsonl/.json or .parquet), scores its `text` column on `actors` actors of
-    `threads` threads, writes Parquet files into `destination`; the dataset it wrote."""
+    `threads` threads, writes Parquet files into `destination` (a new or empty folder, or a
+    remote URI); the dataset it wrote."""
+    if "://" not in destination and Path(destination).is_dir() and any(Path(destination).iterdir()):
+        raise ValueError(f"{destination} is not empty: its files would be read back as scores")
     reader = ray.data.read_parquet if source.endswith(".parquet") else ray.data.read_json
     # Reading and writing take no CPU of their own: with every CPU an actor's, they would
     # wait for one forever.
@@ -110,10 +117,10 @@ def score_corpus(source: str, destination: str, *, scorer=NexttokenScorer, actor
         batch_format="numpy",
         concurrency=actors,
         num_cpus=threads,
-        # A dead actor is started again and its batch run again (Ray Data's defaults for
-        # actors too, spelled out here since the job's correctness rests on them).
-        max_restarts=-1,
-        max_task_retries=-1,
+        # A dead actor is started again and its batch run again, a few times: a batch that kills
+        # every actor it meets (out of memory) ends the job instead of looping forever.
+        max_restarts=4,
+        max_task_retries=4,
     )
     scored.write_parquet(destination, ray_remote_args={"num_cpus": 0})
     return ray.data.read_parquet(destination)

@@ -41,6 +41,28 @@ impl Perplexity {
 }
 
 impl TextGenerator {
+    /// Whether [`TextGenerator::perplexity`] takes windows of `window` ids `stride` apart, before
+    /// any text is scored.
+    ///
+    /// # Errors
+    /// [`GenerateError::InvalidWindows`] for a window past the context or a zero or too long
+    /// stride.
+    pub fn check_windows(&self, window: usize, stride: usize) -> Result<(), GenerateError> {
+        let context = self.model().context_length();
+        let invalid = |reason: String| GenerateError::InvalidWindows { reason };
+        if window < 2 || window > context {
+            return Err(invalid(format!(
+                "a window of {window} ids: it must hold 2 to {context} (the context)"
+            )));
+        }
+        if stride == 0 || stride > window {
+            return Err(invalid(format!(
+                "a stride of {stride}: it must be 1 to the window's {window}"
+            )));
+        }
+        Ok(())
+    }
+
     /// The perplexity of `ids` in windows of `window` ids (at most the context), `stride` apart
     /// (at most `window`). `logits(row, id)` sees each scored id with the logits that predicted
     /// it (over the ids the tokenizer can decode), in the order the ids are scored, for a
@@ -58,23 +80,11 @@ impl TextGenerator {
         mut logits: impl FnMut(&[f32], u32),
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Perplexity, GenerateError> {
-        let context = self.model().context_length();
-        let invalid = |reason: String| GenerateError::InvalidWindows { reason };
-        if window < 2 || window > context {
-            return Err(invalid(format!(
-                "a window of {window} ids: it must hold 2 to {context} (the context)"
-            )));
-        }
-        if stride == 0 || stride > window {
-            return Err(invalid(format!(
-                "a stride of {stride}: it must be 1 to the window's {window}"
-            )));
-        }
+        self.check_windows(window, stride)?;
         if ids.len() < 2 {
-            return Err(invalid(format!(
-                "{} id(s) to score: perplexity needs at least 2",
-                ids.len()
-            )));
+            return Err(GenerateError::InvalidWindows {
+                reason: format!("{} id(s) to score: perplexity needs at least 2", ids.len()),
+            });
         }
         // transformers' loop: a window from each stride until one reaches the end.
         let mut starts = vec![0];

@@ -120,7 +120,7 @@ impl TextGenerator {
     /// forward pass: `[ids.len(), vocab_size]` in row order, what transformers'
     /// `model(ids).logits[0]` holds. With [`TextGenerator::score`]'s errors.
     pub fn logits(&self, ids: &[u32]) -> Result<Vec<f32>, GenerateError> {
-        self.check_ids(ids)?;
+        self.check_ids(ids, 0)?;
         let vocab_size = self.model.vocab_size();
         let logits = self
             .model
@@ -132,7 +132,7 @@ impl TextGenerator {
     /// Logits over the ids the tokenizer can decode at each position of `ids` but the last, from
     /// one forward pass: row `i` predicts `ids[i + 1]`, with [`TextGenerator::score`]'s errors.
     pub(crate) fn next_id_logits(&self, ids: &[u32]) -> Result<LogitRows, GenerateError> {
-        self.check_ids(ids)?;
+        self.check_ids(ids, 0)?;
         let t = ids.len();
         let vocab_size = self.model.vocab_size();
         let choosable = vocab_size.min(VOCAB_SIZE as usize);
@@ -154,13 +154,17 @@ impl TextGenerator {
         })
     }
 
-    /// One sequence the model can take in a single pass: not empty, within the context, every
-    /// id in the vocabulary.
-    fn check_ids(&self, ids: &[u32]) -> Result<(), GenerateError> {
+    /// Whether `ids`, sequence `index` of a caller's, is one the model can take in a single
+    /// pass: not empty, within the context, every id in the vocabulary.
+    ///
+    /// # Errors
+    /// [`GenerateError::EmptyPrompt`], [`GenerateError::TooLong`] or
+    /// [`GenerateError::TokenOutOfRange`], naming `index`.
+    pub fn check_ids(&self, ids: &[u32], index: usize) -> Result<(), GenerateError> {
         let context = self.model.context_length();
         let vocab_size = self.model.vocab_size();
         if ids.is_empty() {
-            return Err(GenerateError::EmptyPrompt { index: 0 });
+            return Err(GenerateError::EmptyPrompt { index });
         }
         if ids.len() > context {
             return Err(GenerateError::TooLong {
@@ -170,7 +174,7 @@ impl TextGenerator {
         }
         if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(GenerateError::TokenOutOfRange {
-                index: 0,
+                index,
                 id,
                 vocab_size,
             });

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nexttoken_backend::{Backend, dtype_name};
@@ -150,6 +151,12 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// beside the model (docs/performance.md, "Memory"). A generation's own steps keep the delay,
 /// whose reuse of freed blocks they need: prefill is far slower without it.
 fn returning_freed_memory<R>(load: impl FnOnce() -> R) -> R {
+    // The option is the process's: loads that overlapped (Python's threads) could each restore
+    // the other's 0, and leave every later step without the delay.
+    static ONE_LOAD_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_LOAD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let delay = purge_delay();
     set_purge_delay(0);
     let result = load();

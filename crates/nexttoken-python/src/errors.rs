@@ -57,6 +57,10 @@ pub fn load_error(error: &LoadError) -> PyErr {
 
 pub fn backend_error(error: &BackendError, text: String) -> PyErr {
     match error {
+        BackendError::NotCompiled { name, .. } => PyValueError::new_err(format!(
+            "backend `{name}` is not in the Python package, which is built with flex only (the \
+             nexttoken command has the others: see the README's Backends)"
+        )),
         BackendError::NoVulkanAdapter { .. }
         | BackendError::StartFailed { .. }
         | BackendError::TensorTooLarge { .. } => PyRuntimeError::new_err(text),

@@ -13,6 +13,7 @@ mod errors;
 mod model;
 mod results;
 mod settings;
+mod signals;
 mod stream;
 mod tokenizer;
 

@@ -11,7 +11,8 @@ use pyo3::types::{PyByteArray, PyDict, PyList};
 
 use crate::errors::{backend_error, generate_error, load_error, message, value_error};
 use crate::results::{Completion, Score};
-use crate::settings::Settings;
+use crate::settings::{Settings, count};
+use crate::signals::Signals;
 use crate::stream::Stream;
 use crate::tokenizer::Tokenizer;
 
@@ -88,7 +89,7 @@ impl Model {
         name_or_path: Option<PathBuf>,
         dtype: Option<&str>,
         backend: &str,
-        threads: Option<usize>,
+        threads: Option<&Bound<'_, PyAny>>,
         revision: Option<String>,
         gguf_file: Option<String>,
     ) -> PyResult<Self> {
@@ -100,7 +101,7 @@ impl Model {
             .transpose()
             .map_err(|e| value_error(&e))?;
         if let Some(threads) = threads {
-            use_threads(backend, threads)?;
+            use_threads(backend, count("threads", threads)?)?;
         }
         let model = name_or_path
             .map(|path| {
@@ -145,25 +146,17 @@ impl Model {
     ) -> PyResult<Py<PyAny>> {
         let settings = Settings::from_kwargs("generate", settings, self.eos_token_id())?;
         let texts = prompts.as_slice();
-        let mut interrupt = None;
+        let mut signals = Signals::new(py)?;
         let generated = py.detach(|| {
             self.generator.session().generate(
                 &texts,
                 &settings.config,
                 &settings.stop,
                 |_, _| ControlFlow::Continue(()),
-                |_| match Python::attach(|py| py.check_signals()) {
-                    Ok(()) => ControlFlow::Continue(()),
-                    Err(error) => {
-                        interrupt = Some(error);
-                        ControlFlow::Break(())
-                    }
-                },
+                |_| signals.check(),
             )
         });
-        if let Some(interrupt) = interrupt {
-            return Err(interrupt);
-        }
+        signals.raised()?;
         let (completions, _) = generated.map_err(|e| generate_error(&e))?;
         let completions = completions
             .into_iter()
@@ -183,18 +176,28 @@ impl Model {
     /// Each text's log-likelihood and perplexity, as `nexttoken perplexity` and transformers'
     /// perplexity recipe compute them: every token after the first given the ones before it,
     /// in windows of `context` tokens (default: the model's) `stride` apart (default: half a
-    /// window), each token scored once.
+    /// window), each token scored once (a stride of a whole window leaves each window's first
+    /// token unscored, as transformers' recipe does).
     #[pyo3(signature = (texts, /, *, context=None, stride=None, token_logprobs=false))]
     fn score(
         &self,
         py: Python<'_>,
         texts: Texts,
-        context: Option<usize>,
-        stride: Option<usize>,
+        context: Option<&Bound<'_, PyAny>>,
+        stride: Option<&Bound<'_, PyAny>>,
         token_logprobs: bool,
     ) -> PyResult<Py<PyAny>> {
-        let window = context.unwrap_or(self.generator.config().n_positions);
-        let stride = stride.unwrap_or((window / 2).max(1));
+        let window = match context {
+            Some(context) => count("context", context)?,
+            None => self.generator.config().n_positions,
+        };
+        let stride = match stride {
+            Some(stride) => count("stride", stride)?,
+            None => (window / 2).max(1),
+        };
+        self.generator
+            .check_windows(window, stride)
+            .map_err(|e| generate_error(&e))?;
         let mut scores = Vec::new();
         for text in texts.as_slice() {
             py.check_signals()?;
@@ -211,25 +214,29 @@ impl Model {
     /// one length. What transformers' `model(ids).logits` holds.
     fn logits<'py>(&self, py: Python<'py>, ids: Sequences) -> PyResult<Bound<'py, PyAny>> {
         let rows = ids.rows();
-        let tokens = rows[0].len();
-        if let Some((index, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != tokens) {
-            return Err(PyValueError::new_err(format!(
-                "sequence {index} has {} ids, sequence 0 {tokens}: give sequences of one length",
-                row.len()
-            )));
+        let tokens = rows.first().map_or(0, |row| row.len());
+        for (index, row) in rows.iter().enumerate() {
+            if row.len() != tokens {
+                return Err(PyValueError::new_err(format!(
+                    "sequence {index} has {} ids, sequence 0 {tokens}: give sequences of one \
+                     length",
+                    row.len()
+                )));
+            }
+            self.generator
+                .check_ids(row, index)
+                .map_err(|e| generate_error(&e))?;
         }
-        let values = py
-            .detach(|| {
-                rows.iter()
-                    .map(|row| self.generator.logits(row))
-                    .collect::<Result<Vec<_>, _>>()
+        let bytes = py
+            .detach(|| -> Result<Vec<u8>, _> {
+                let mut bytes = Vec::new();
+                for row in &rows {
+                    let values = self.generator.logits(row)?;
+                    bytes.extend(values.iter().flat_map(|value| value.to_ne_bytes()));
+                }
+                Ok(bytes)
             })
             .map_err(|e| generate_error(&e))?;
-        let bytes: Vec<u8> = values
-            .iter()
-            .flatten()
-            .flat_map(|value| value.to_ne_bytes())
-            .collect();
         let array = py
             .import("numpy")?
             .call_method1("frombuffer", (PyByteArray::new(py, &bytes), "float32"))?;
@@ -305,6 +312,10 @@ impl Model {
 /// Sizes the CPU thread pool, which can be sized once per process, before its first use: a
 /// later call asking for the size it has is fine, another size is a `ValueError`.
 fn use_threads(backend: Backend, threads: usize) -> PyResult<()> {
+    if threads == 0 {
+        // Asked after a failed start, the pool's size would start it at its default.
+        return Err(PyValueError::new_err("threads must be 1 or more, got 0"));
+    }
     let Err(error) = set_cpu_threads(threads) else {
         return Ok(());
     };

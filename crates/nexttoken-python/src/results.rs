@@ -85,7 +85,8 @@ impl TokenLogprob {
 pub struct Score {
     /// The text's tokens.
     pub tokens: usize,
-    /// The tokens with a log-probability: all but the first (none for a text of one token).
+    /// The tokens with a log-probability: all but the first (and, with a stride of a whole
+    /// window, each window's first).
     pub scored: usize,
     /// The sum of the scored tokens' natural-log probabilities.
     pub log_likelihood: f64,

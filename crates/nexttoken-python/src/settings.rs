@@ -2,6 +2,7 @@
 //! (`max_new_tokens`, `repetition_penalty`) where it has one, the command line's meaning.
 
 use nexttoken_generate::{GenerationConfig, SamplingParams, Selection, random_seed};
+use pyo3::conversion::FromPyObjectOwned;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -10,6 +11,21 @@ use crate::errors::message;
 
 /// The command line's `--max-new-tokens` default.
 const MAX_NEW_TOKENS: usize = 50;
+
+/// The keywords `generate` and `stream` take (`None` for any of them is its default).
+const KEYWORDS: [&str; 11] = [
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "seed",
+    "stop",
+    "stop_token_ids",
+    "logprobs",
+    "ignore_eos",
+];
 
 /// Generation settings as a call gave them.
 pub struct Settings {
@@ -35,31 +51,35 @@ impl Settings {
         let mut ignore_eos = false;
         for (key, value) in kwargs.into_iter().flatten() {
             let key: String = key.extract()?;
+            if !KEYWORDS.contains(&key.as_str()) {
+                return Err(PyTypeError::new_err(format!(
+                    "{method}() got an unexpected keyword argument '{key}'"
+                )));
+            }
             if value.is_none() {
                 continue;
             }
             match key.as_str() {
                 "max_new_tokens" => max_new_tokens = count(&key, &value)?,
-                "temperature" => temperature = Some(value.extract()?),
+                "temperature" => temperature = Some(typed(&key, &value, "a number")?),
                 "top_k" => params.top_k = Some(count(&key, &value)?),
-                "top_p" => params.top_p = Some(value.extract()?),
-                "min_p" => params.min_p = Some(value.extract()?),
-                "repetition_penalty" => params.repeat_penalty = value.extract()?,
+                "top_p" => params.top_p = Some(typed(&key, &value, "a number")?),
+                "min_p" => params.min_p = Some(typed(&key, &value, "a number")?),
+                "repetition_penalty" => {
+                    params.repeat_penalty = typed(&key, &value, "a number")?;
+                }
                 "seed" => seed = Some(count(&key, &value)?),
                 "stop" => {
                     stop = match value.extract::<String>() {
                         Ok(one) => vec![one],
-                        Err(_) => value.extract()?,
+                        Err(_) => typed(&key, &value, "a string or a list of strings")?,
                     }
                 }
-                "stop_token_ids" => stop_token_ids = value.extract()?,
-                "logprobs" => logprobs = Some(count(&key, &value)?),
-                "ignore_eos" => ignore_eos = value.extract()?,
-                _ => {
-                    return Err(PyTypeError::new_err(format!(
-                        "{method}() got an unexpected keyword argument '{key}'"
-                    )));
+                "stop_token_ids" => {
+                    stop_token_ids = typed(&key, &value, "a list of token ids (0 or more)")?;
                 }
+                "logprobs" => logprobs = Some(count(&key, &value)?),
+                _ => ignore_eos = typed(&key, &value, "True or False")?,
             }
         }
         if max_new_tokens == 0 {
@@ -86,16 +106,43 @@ impl Settings {
     }
 }
 
-/// A whole number of at least 0 that fits `T`: `ValueError` otherwise, naming the setting
-/// (where PyO3 alone raises `OverflowError` for a negative number).
-fn count<T: TryFrom<i64>>(key: &str, value: &Bound<'_, PyAny>) -> PyResult<T> {
-    let number: i64 = value
+/// `value` as a `T`, or a `TypeError` naming the setting and what it takes.
+fn typed<'py, T: FromPyObjectOwned<'py>>(
+    key: &str,
+    value: &Bound<'py, PyAny>,
+    takes: &str,
+) -> PyResult<T> {
+    value
         .extract()
-        .map_err(|_| PyValueError::new_err(format!("{key} must be a whole number, got {value}")))?;
-    T::try_from(number).map_err(|_| {
-        PyValueError::new_err(format!(
-            "{key} must be from 0 to {}, got {number}",
-            i64::MAX
-        ))
-    })
+        .map_err(|_| PyTypeError::new_err(format!("{key} must be {takes}, got {value:?}")))
+}
+
+/// A whole number of at least 0 that fits `T`; a `ValueError` naming the setting otherwise
+/// (where PyO3 alone raises `OverflowError`, which is no `ValueError`).
+pub fn count<'py, T: FromPyObjectOwned<'py> + Largest>(
+    key: &str,
+    value: &Bound<'py, PyAny>,
+) -> PyResult<T> {
+    if let Ok(number) = value.extract::<T>() {
+        return Ok(number);
+    }
+    let number: i128 = typed(key, value, "a whole number")?;
+    Err(PyValueError::new_err(if number < 0 {
+        format!("{key} must be 0 or more, got {number}")
+    } else {
+        format!("{key} must be at most {}, got {number}", T::LARGEST)
+    }))
+}
+
+/// The largest value of an unsigned integer type, for messages.
+pub trait Largest {
+    const LARGEST: u128;
+}
+
+impl Largest for u64 {
+    const LARGEST: u128 = u64::MAX as u128;
+}
+
+impl Largest for usize {
+    const LARGEST: u128 = usize::MAX as u128;
 }

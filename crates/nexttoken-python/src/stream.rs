@@ -1,13 +1,12 @@
 //! `Model.stream`: the generation runs on a thread of its own and hands its text over a
-//! channel, so that Python code between two chunks (printing, sending) overlaps the next step,
-//! and a consumer that stops reading (`break`, `close()`, the iterator collected) stops it at
-//! the next step.
+//! channel, so that Python code between two chunks (printing, sending) overlaps the next steps.
+//! The channel holds a few chunks: a consumer that stops reading pauses the generation there,
+//! and `close()`, the end of a `with` block or the stream's collection ends it.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use nexttoken_generate::{GenerateError, TextGenerator};
 use pyo3::exceptions::PyRuntimeError;
@@ -16,9 +15,10 @@ use pyo3::prelude::*;
 use crate::errors::generate_error;
 use crate::results::Completion;
 use crate::settings::Settings;
+use crate::signals::SIGNAL_CHECK;
 
-/// How long `__next__` waits with the GIL released before it looks for Ctrl-C.
-const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+/// Chunks the generation may run ahead of its reader.
+const AHEAD: usize = 4;
 
 enum Event {
     Text(String),
@@ -40,7 +40,7 @@ pub struct Stream {
 
 impl Stream {
     pub fn start(generator: Arc<TextGenerator>, prompt: String, settings: Settings) -> Self {
-        let (sender, events) = channel();
+        let (sender, events) = sync_channel(AHEAD);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         std::thread::spawn(move || generate(&generator, &prompt, &settings, &sender, &stopped));
@@ -57,7 +57,7 @@ fn generate(
     generator: &TextGenerator,
     prompt: &str,
     settings: &Settings,
-    events: &Sender<Event>,
+    events: &SyncSender<Event>,
     stop: &AtomicBool,
 ) {
     let result = generator.session().generate(
@@ -131,6 +131,19 @@ impl Stream {
     fn close(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.finished = true;
+        // A generation waiting for room in the channel sees the stop once it has some.
+        if let Ok(events) = self.events.get_mut() {
+            while events.try_recv().is_ok() {}
+        }
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exception))]
+    fn __exit__(&mut self, _exception: &Bound<'_, pyo3::types::PyTuple>) {
+        self.close();
     }
 }
 

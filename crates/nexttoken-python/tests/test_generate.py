@@ -126,6 +126,19 @@ def test_leaving_a_stream_early_stops_its_generation(model):
     assert os_threads() == before, "the generation thread ended"
 
 
+def test_closing_a_stream_ends_its_generation_at_once(model):
+    model.generate("x", max_new_tokens=2)
+    before = os_threads()
+    with model.stream("ROMEO:", max_new_tokens=100_000, ignore_eos=True) as stream:
+        first = next(stream)
+    assert first
+    assert list(stream) == [] and stream.completion is None, "closed: nothing more"
+    deadline = time.monotonic() + 10
+    while os_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os_threads() == before, "the generation thread ended though `stream` is alive"
+
+
 def test_generate_lets_other_python_threads_run(model):
     done = threading.Event()
 

@@ -60,7 +60,7 @@ def test_logits_are_every_positions_over_the_vocabulary(model):
     logits = model.logits(ids)
     assert logits.shape == (len(ids), model.vocab_size) and logits.dtype == np.float32
     # The last position predicts the first greedy id; row i predicts ids[i + 1].
-    assert int(logits[-1].argmax()) == model.generate(ids and "Every effort moves you",
+    assert int(logits[-1].argmax()) == model.generate("Every effort moves you",
                                                        max_new_tokens=1).ids[0]
     score = model.score("Every effort moves you", token_logprobs=True)
     rows = logits[:-1].astype(np.float64)

@@ -21,41 +21,61 @@ class Tokenizer:
     def eos_token_id(self) -> int: ...
 
 class TokenLogprob:
-    id: int
-    logprob: float
-    top: list[tuple[int, float]]
+    @property
+    def id(self) -> int: ...
+    @property
+    def logprob(self) -> float: ...
+    @property
+    def top(self) -> list[tuple[int, float]]: ...
 
 class Completion:
-    text: str
-    prompt: str
-    prompt_ids: list[int]
-    ids: list[int]
-    finish_reason: Optional[Literal["eos", "length", "stop"]]
-    logprobs: list[TokenLogprob]
+    @property
+    def text(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def prompt_ids(self) -> list[int]: ...
+    @property
+    def ids(self) -> list[int]: ...
+    @property
+    def finish_reason(self) -> Optional[Literal["eos", "length", "stop"]]: ...
+    @property
+    def logprobs(self) -> list[TokenLogprob]: ...
 
 class Score:
-    tokens: int
-    scored: int
-    log_likelihood: float
-    perplexity: float
-    token_logprobs: Optional[list[float]]
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def scored(self) -> int: ...
+    @property
+    def log_likelihood(self) -> float: ...
+    @property
+    def perplexity(self) -> float: ...
+    @property
+    def token_logprobs(self) -> Optional[list[float]]: ...
 
 class Stream(Iterator[str]):
-    completion: Optional[Completion]
+    @property
+    def completion(self) -> Optional[Completion]: ...
     def __iter__(self) -> "Stream": ...
     def __next__(self) -> str: ...
     def close(self) -> None: ...
+    def __enter__(self) -> "Stream": ...
+    def __exit__(self, *exception: object) -> None: ...
 
 class Model:
-    name: str
-    backend: str
-    dtype: str
+    @property
+    def name(self) -> str: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
     @staticmethod
     def load(
         name_or_path: Union[str, os.PathLike[str], None] = None,
         *,
         dtype: Optional[Literal["f32", "f16", "bf16", "q8_0", "q4_0"]] = None,
-        backend: str = "flex",
+        backend: Literal["flex"] = "flex",  # the package is built with flex only
         threads: Optional[int] = None,
         revision: Optional[str] = None,
         gguf_file: Optional[str] = None,
@@ -66,17 +86,17 @@ class Model:
         prompts: str,
         /,
         *,
-        max_new_tokens: int = 50,
+        max_new_tokens: Optional[int] = 50,
         temperature: Optional[float] = None,
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
         min_p: Optional[float] = None,
-        repetition_penalty: float = 1.0,
+        repetition_penalty: Optional[float] = 1.0,
         seed: Optional[int] = None,
         stop: Union[str, Sequence[str], None] = None,
         stop_token_ids: Optional[Sequence[int]] = None,
         logprobs: Optional[int] = None,
-        ignore_eos: bool = False,
+        ignore_eos: Optional[bool] = False,
     ) -> Completion: ...
     @overload
     def generate(
@@ -84,34 +104,34 @@ class Model:
         prompts: Sequence[str],
         /,
         *,
-        max_new_tokens: int = 50,
+        max_new_tokens: Optional[int] = 50,
         temperature: Optional[float] = None,
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
         min_p: Optional[float] = None,
-        repetition_penalty: float = 1.0,
+        repetition_penalty: Optional[float] = 1.0,
         seed: Optional[int] = None,
         stop: Union[str, Sequence[str], None] = None,
         stop_token_ids: Optional[Sequence[int]] = None,
         logprobs: Optional[int] = None,
-        ignore_eos: bool = False,
+        ignore_eos: Optional[bool] = False,
     ) -> list[Completion]: ...
     def stream(
         self,
         prompt: str,
         /,
         *,
-        max_new_tokens: int = 50,
+        max_new_tokens: Optional[int] = 50,
         temperature: Optional[float] = None,
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
         min_p: Optional[float] = None,
-        repetition_penalty: float = 1.0,
+        repetition_penalty: Optional[float] = 1.0,
         seed: Optional[int] = None,
         stop: Union[str, Sequence[str], None] = None,
         stop_token_ids: Optional[Sequence[int]] = None,
         logprobs: Optional[int] = None,
-        ignore_eos: bool = False,
+        ignore_eos: Optional[bool] = False,
     ) -> Stream: ...
     @overload
     def score(
