@@ -166,7 +166,8 @@ impl Model {
     }
 
     /// An iterator over the text of `prompt`'s continuation as it is generated, in whole
-    /// characters; leaving the loop early stops the generation. Takes `generate`'s settings.
+    /// characters. Leaving a `for` loop over it early stops the generation once the stream is
+    /// collected; `close()` or a `with` block stops it at once. Takes `generate`'s settings.
     #[pyo3(signature = (prompt, /, **settings))]
     fn stream(&self, prompt: String, settings: Option<&Bound<'_, PyDict>>) -> PyResult<Stream> {
         let settings = Settings::from_kwargs("stream", settings, self.eos_token_id())?;
