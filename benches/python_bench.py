@@ -78,10 +78,10 @@ def main() -> None:
                             min_new_tokens=args.n, do_sample=False, pad_token_id=50256)
 
     results = {k: [] for k in ["python", "cli", "transformers", "score", "hf score"]}
-    ours.generate(PROMPT, max_new_tokens=4)  # first-call costs out of the timings
-    hf_generate_warm = torch.tensor([prompt_ids])
+    # First-call costs out of the timings.
+    ours.generate(PROMPT, max_new_tokens=4)
     with torch.inference_mode():
-        theirs(hf_generate_warm)
+        theirs(torch.tensor([prompt_ids]))
     for _ in range(args.rounds):
         results["python"].append(args.n / timed(
             lambda: ours.generate(PROMPT, max_new_tokens=args.n, ignore_eos=True))[0])

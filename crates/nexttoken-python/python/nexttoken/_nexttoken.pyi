@@ -1,7 +1,9 @@
 """Type stubs of nexttoken's native module (crates/nexttoken-python/src)."""
 
 import os
-from typing import Iterator, Literal, Optional, Sequence, Union, overload
+from typing import Iterator, Literal, Optional, Sequence, TypedDict, Union, overload
+
+from typing_extensions import Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +65,21 @@ class Stream(Iterator[str]):
     def __enter__(self) -> "Stream": ...
     def __exit__(self, *exception: object) -> None: ...
 
+class GenerationSettings(TypedDict, total=False):
+    """`generate`'s and `stream`'s keywords; `None` or leaving one out is its default."""
+
+    max_new_tokens: Optional[int]  # 50
+    temperature: Optional[float]  # 0 (greedy), 1 with a top_k/top_p/min_p filter
+    top_k: Optional[int]
+    top_p: Optional[float]
+    min_p: Optional[float]
+    repetition_penalty: Optional[float]  # 1.0: off
+    seed: Optional[int]  # a random one
+    stop: Union[str, Sequence[str], None]
+    stop_token_ids: Optional[Sequence[int]]
+    logprobs: Optional[int]
+    ignore_eos: Optional[bool]  # False
+
 class Model:
     @property
     def name(self) -> str: ...
@@ -80,61 +97,29 @@ class Model:
         revision: Optional[str] = None,
         gguf_file: Optional[str] = None,
     ) -> "Model": ...
+    # A str is a Sequence[str] too: the first overload that matches wins, as typeshed's do.
     @overload
-    def generate(
+    def generate(  # type: ignore[overload-overlap]
         self,
         prompts: str,
         /,
-        *,
-        max_new_tokens: Optional[int] = 50,
-        temperature: Optional[float] = None,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        min_p: Optional[float] = None,
-        repetition_penalty: Optional[float] = 1.0,
-        seed: Optional[int] = None,
-        stop: Union[str, Sequence[str], None] = None,
-        stop_token_ids: Optional[Sequence[int]] = None,
-        logprobs: Optional[int] = None,
-        ignore_eos: Optional[bool] = False,
+        **settings: Unpack[GenerationSettings],
     ) -> Completion: ...
     @overload
     def generate(
         self,
         prompts: Sequence[str],
         /,
-        *,
-        max_new_tokens: Optional[int] = 50,
-        temperature: Optional[float] = None,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        min_p: Optional[float] = None,
-        repetition_penalty: Optional[float] = 1.0,
-        seed: Optional[int] = None,
-        stop: Union[str, Sequence[str], None] = None,
-        stop_token_ids: Optional[Sequence[int]] = None,
-        logprobs: Optional[int] = None,
-        ignore_eos: Optional[bool] = False,
+        **settings: Unpack[GenerationSettings],
     ) -> list[Completion]: ...
     def stream(
         self,
         prompt: str,
         /,
-        *,
-        max_new_tokens: Optional[int] = 50,
-        temperature: Optional[float] = None,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        min_p: Optional[float] = None,
-        repetition_penalty: Optional[float] = 1.0,
-        seed: Optional[int] = None,
-        stop: Union[str, Sequence[str], None] = None,
-        stop_token_ids: Optional[Sequence[int]] = None,
-        logprobs: Optional[int] = None,
-        ignore_eos: Optional[bool] = False,
+        **settings: Unpack[GenerationSettings],
     ) -> Stream: ...
     @overload
-    def score(
+    def score(  # type: ignore[overload-overlap]
         self,
         texts: str,
         /,
